@@ -1,0 +1,60 @@
+"""The engine plugin API of inferclub.
+
+Engines teach the agent about one kind of local inference server. Write one by subclassing
+`Engine` and registering it from a plugin::
+
+    from inferclub.engines import Engine, hookimpl
+
+    class MyEngine(Engine):
+        name = "my-engine"
+
+    @hookimpl
+    def register_engines(register):
+        register(MyEngine)
+
+and declare the module in your package's `inferclub.engines` entry-point group.
+"""
+
+from __future__ import annotations
+
+from inferclub.engines.base import (
+    SERVICE_TYPES,
+    Engine,
+    EngineError,
+    EngineRequest,
+    EngineResponse,
+    Health,
+    Model,
+    Service,
+    get_json,
+    openai_model_ids,
+)
+from inferclub.engines.errors import normalise_error_body, openai_error
+from inferclub.engines.hookspecs import hookimpl, hookspec
+from inferclub.engines.plugins import (
+    ENTRYPOINT_GROUP,
+    engine_sources,
+    get_engines,
+    get_plugin_manager,
+)
+
+__all__ = [
+    "ENTRYPOINT_GROUP",
+    "SERVICE_TYPES",
+    "Engine",
+    "EngineError",
+    "EngineRequest",
+    "EngineResponse",
+    "Health",
+    "Model",
+    "Service",
+    "engine_sources",
+    "get_engines",
+    "get_json",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "normalise_error_body",
+    "openai_error",
+    "openai_model_ids",
+]
