@@ -21,6 +21,7 @@ from inferclub.engines.base import (
     EngineRequest,
     EngineResponse,
     Health,
+    Model,
     Service,
     get_json,
 )
@@ -125,7 +126,8 @@ class WhisperEngine(Engine):
             engine=self.name,
             type="stt",
             url=root_url,
-            models=(),
+            # whisper.cpp serves the one model it was started with, whatever the name.
+            models=(Model("whisper-1"),),
             options={"api": "whispercpp"},
         )
 

@@ -1,0 +1,3 @@
+from inferclub_agent.cli import main
+
+raise SystemExit(main())
