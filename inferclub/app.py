@@ -1,0 +1,83 @@
+"""The hub's application object and its services. ``make_app`` opens no sockets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tornado.web
+
+from inferclub import keys
+from inferclub.config import Secrets, Settings
+from inferclub.handlers import agent as agent_handlers
+from inferclub.handlers import openai as openai_handlers
+from inferclub.history import HistoryWriter
+from inferclub.keycache import KeyCache
+from inferclub.proxy import Relay, Timeouts
+from inferclub.routing import Registry
+from inferclub.store import Store
+
+access_log = logging.getLogger("inferclub.access")
+
+
+class Hub:
+    """Everything a handler needs, reached through ``Application.settings["hub"]``."""
+
+    def __init__(self, settings: Settings, store: Store, secrets: Secrets) -> None:
+        self.settings = settings
+        self.store = store
+        self.secrets = secrets
+        self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
+        self.registry = Registry(settings.online_window)
+        self.history = HistoryWriter(store, settings.history_flush_interval)
+        self.relay = Relay(
+            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
+        )
+        #: Requests being proxied right now (drained on shutdown).
+        self.inflight = 0
+        self._callback_tokens: dict[int, str] = {}
+
+    async def start(self) -> None:
+        """Load providers into the routing registry and start the background writers."""
+        self.registry.load(await self.store.list_providers())
+        await self.keys.start()
+        await self.history.start()
+        await self.relay.start()
+
+    async def stop(self) -> None:
+        await self.relay.close()
+        await self.history.stop()
+        await self.keys.stop()
+
+    def callback_token(self, provider_id: int) -> str:
+        """The secret the hub presents to a provider's agent; derived, so never stored."""
+        token = self._callback_tokens.get(provider_id)
+        if token is None:
+            token = keys.derive_secret(self.secrets.pepper, f"callback-token:{provider_id}")
+            self._callback_tokens[provider_id] = token
+        return token
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    if access_log.isEnabledFor(level):
+        access_log.log(
+            level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+            1000.0 * handler.request.request_time(),
+        )
+
+
+def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
+    routes: list[Any] = [
+        *openai_handlers.routes,
+        *agent_handlers.routes,
+        *openai_handlers.fallback_routes,
+    ]
+    return tornado.web.Application(
+        routes,
+        hub=hub,
+        log_function=_log_request,
+        compress_response=False,
+        **overrides,
+    )

@@ -1,0 +1,27 @@
+"""The only package with SQL in it."""
+
+from __future__ import annotations
+
+from inferclub.store.base import AlreadyExists, NotFound, RequestFilter, Store, StoreError
+from inferclub.store.models import (
+    ApiKey,
+    KeyOwner,
+    ProviderRecord,
+    RequestRecord,
+    ServiceInfo,
+    User,
+)
+from inferclub.store.sqlite import SQLiteStore
+
+
+def open_store(url_or_path: str) -> Store:
+    """A store for ``url_or_path``: a SQLite file path (the default backend)."""
+    if url_or_path.startswith(("postgres://", "postgresql://")):
+        raise StoreError("the PostgreSQL backend is not available in this release; use a SQLite path")
+    return SQLiteStore(url_or_path.removeprefix("sqlite:///"))
+
+
+__all__ = [
+    "AlreadyExists", "ApiKey", "KeyOwner", "NotFound", "ProviderRecord", "RequestFilter",
+    "RequestRecord", "SQLiteStore", "ServiceInfo", "Store", "StoreError", "User", "open_store",
+]

@@ -1,0 +1,96 @@
+"""Plain records the store returns. Handlers and services only ever see these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    login: str
+    github_id: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as listed: never the key itself, never its hash."""
+
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """What authenticating a key yields."""
+
+    key_id: int
+    user_id: int
+    login: str
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    type: str
+    engine: str
+    features: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProviderRecord:
+    id: int
+    user_id: int
+    name: str
+    callback_url: str
+    agent_version: str
+    health: dict[str, Any]
+    created_at: float
+    last_heartbeat_at: float
+    services: tuple[ServiceInfo, ...] = ()
+
+
+@dataclass
+class RequestRecord:
+    """One row of request history: metadata only, no content."""
+
+    id: str
+    user_id: int
+    endpoint: str
+    started_at: float
+    status: int = 0
+    key_id: int | None = None
+    provider_id: int | None = None
+    service: str | None = None
+    type: str | None = None
+    model: str | None = None
+    error_type: str | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    audio_seconds: float | None = None
+    images: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+REQUEST_COLUMNS = (
+    "id", "user_id", "key_id", "provider_id", "service", "type", "endpoint", "model", "status",
+    "error_type", "started_at", "ttfb_ms", "duration_ms", "prompt_tokens", "completion_tokens",
+    "audio_seconds", "images", "bytes_in", "bytes_out", "cancelled",
+)
