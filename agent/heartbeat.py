@@ -110,7 +110,7 @@ class Heartbeat:
                     next_beat = time.monotonic() + self.interval
                 else:
                     next_beat = time.monotonic() + backoff
-                    backoff = min(backoff * 2, MAX_BACKOFF, max(self.interval, 1.0))
+                    backoff = min(backoff * 2, MAX_BACKOFF, 4 * self.interval)
             delay = max(0.0, min(next_beat - time.monotonic(), self.interval, MAX_PROBE_INTERVAL))
             try:
                 await asyncio.wait_for(self.wake.wait(), delay)
