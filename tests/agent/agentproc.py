@@ -8,7 +8,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 EXE = Path(sys.executable).with_name("inference-club-agent")
 
@@ -105,3 +109,15 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def manifest_text(*services: dict[str, Any], agent: dict[str, Any] | None = None) -> str:
+    """A one-host manifest for these services."""
+    doc: dict[str, Any] = {"hosts": [{"id": "test-rig", "services": list(services)}]}
+    if agent:
+        doc = {"agent": agent, **doc}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+#: The `start_agent` fixture: start the agent CLI on services (or `manifest=` text).
+StartAgent = Callable[..., AgentProcess]

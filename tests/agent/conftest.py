@@ -1,31 +1,14 @@
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-# tests/ holds shared helpers (fakes/, hubproc.py); make them importable however pytest runs.
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from agentproc import AgentProcess
-from fakehub import KEY, FakeHub
-from fakes import FakeOllama, FakeVllm, FakeWhisperCpp
-
-
-def manifest_text(*services: dict[str, Any], agent: dict[str, Any] | None = None) -> str:
-    doc: dict[str, Any] = {"hosts": [{"id": "test-rig", "services": list(services)}]}
-    if agent:
-        doc = {"agent": agent, **doc}
-    return yaml.safe_dump(doc, sort_keys=False)
+from tests.agent.agentproc import AgentProcess, StartAgent, manifest_text
+from tests.agent.fakehub import KEY, FakeHub
+from tests.fakes import FakeOllama, FakeVllm, FakeWhisperCpp
 
 
 @pytest.fixture
@@ -52,19 +35,17 @@ def whispercpp() -> Iterator[FakeWhisperCpp]:
         yield f
 
 
-StartAgent = Callable[..., AgentProcess]
-
-
 @pytest.fixture
 def start_agent(tmp_path: Path, hub: FakeHub) -> Iterator[StartAgent]:
-    """Start the agent CLI on a manifest (text or service dicts) against the fake hub."""
+    """Start the agent CLI on a manifest (service dicts or `manifest=` text) against the fake
+    hub, listening on 127.0.0.1 port 0; every process is killed at the end of the test."""
     procs: list[AgentProcess] = []
 
     def start(
         *services: dict[str, Any],
         manifest: str | None = None,
         args: tuple[str, ...] = (),
-        interval: float = 1.0,
+        interval: float | None = 1.0,
         key: str | None = KEY,
         hub_url: str | None = None,
         env: dict[str, str] | None = None,
@@ -73,7 +54,9 @@ def start_agent(tmp_path: Path, hub: FakeHub) -> Iterator[StartAgent]:
         path = tmp_path / f"manifest-{len(procs)}.yaml"
         path.write_text(manifest if manifest is not None else manifest_text(*services))
         argv = ["run", "--manifest", str(path), "--hub", hub_url or hub.root,
-                "--listen", "127.0.0.1:0", "--heartbeat-interval", str(interval), *args]
+                "--listen", "127.0.0.1:0", *args]
+        if interval is not None:
+            argv += ["--heartbeat-interval", str(interval)]
         if key is not None:
             argv += ["--key", key]
         proc = AgentProcess(argv, env)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fakes.base import FakeHandler, FakeServer
+from tests.fakes.base import FakeHandler, FakeServer
 
 KEY = "hub_TestKey0123456789abcdefghijkl"
 CALLBACK_TOKEN = "cbt_0123456789abcdefghijklmnopqrstuv"

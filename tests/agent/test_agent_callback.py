@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from conftest import StartAgent
-from fakehub import CALLBACK_TOKEN, FakeHub
-from fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
+
+from tests.agent.agentproc import StartAgent
+from tests.agent.fakehub import CALLBACK_TOKEN, FakeHub
+from tests.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
 
 def vllm_service(fake: FakeVllm, **extra: Any) -> dict[str, Any]:

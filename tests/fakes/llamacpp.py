@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fakes.base import FakeHandler
-from fakes.openai_api import OpenAIFake
+from tests.fakes.base import FakeHandler
+from tests.fakes.openai_api import OpenAIFake
 
 
 class FakeLlamaServer(OpenAIFake):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes.base import FakeHandler
-from fakes.openai_api import OpenAIFake
+from tests.fakes.base import FakeHandler
+from tests.fakes.openai_api import OpenAIFake
 
 
 def _norm(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fakes.base import (
+from tests.fakes.base import (
     FakeHandler,
     FakeServer,
     chat_chunks,

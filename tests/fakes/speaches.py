@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes.base import FakeHandler
-from fakes.openai_api import OpenAIFake, OpenAIHandler
+from tests.fakes.base import FakeHandler
+from tests.fakes.openai_api import OpenAIFake, OpenAIHandler
 
 
 class FakeSpeaches(OpenAIFake):

@@ -15,8 +15,8 @@ import math
 import time
 from typing import Any
 
-from fakes.base import FakeHandler
-from fakes.openai_api import OpenAIFake, OpenAIHandler
+from tests.fakes.base import FakeHandler
+from tests.fakes.openai_api import OpenAIFake, OpenAIHandler
 
 
 class FakeVllm(OpenAIFake):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes.base import FakeHandler, FakeServer
+from tests.fakes.base import FakeHandler, FakeServer
 
 
 class FakeWhisperCpp(FakeServer):
