@@ -1,0 +1,159 @@
+"""Run the real hub as a subprocess through its CLI, the way users and scripts do."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LISTENING = re.compile(r"^listening on (http://\S+)$")
+
+
+class HubProcess:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.db = workdir / "hub.db"
+        self.log_path = workdir / "hub.log"
+        self.env = {
+            **os.environ,
+            "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
+            "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
+            "INFERCLUB_LOG_LEVEL": "DEBUG",
+            **(env or {}),
+        }
+        self.args = args
+        self.stdout_lines: list[str] = []
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    # -- lifecycle --
+    def start(self, timeout: float = 20) -> HubProcess:
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--db", str(self.db), *self.args],
+            stdout=subprocess.PIPE, stderr=self._log, text=True, env=self.env, cwd=self.workdir,
+        )
+        found = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.stdout_lines.append(line.rstrip("\n"))
+                m = LISTENING.match(line.strip())
+                if m and not self.url:
+                    self.url = m.group(1)
+                    found.set()
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        if not found.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"hub did not start; log:\n{self.log()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._pump.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/v1"
+
+    # -- CLI --
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "inferclub", *args, "--db", str(self.db)],
+            capture_output=True, text=True, env=self.env, cwd=self.workdir, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"inferclub {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def create_user(self, login: str) -> None:
+        self.cli("users", "create", login)
+
+    def create_key(self, login: str, name: str = "") -> str:
+        return self.cli("keys", "create", login, "--name", name).stdout.strip().splitlines()[-1]
+
+    def user_with_key(self, login: str) -> str:
+        self.create_user(login)
+        return self.create_key(login)
+
+    # -- agent protocol --
+    def heartbeat(self, key: str, name: str, callback_url: str,
+                  services: list[dict[str, Any]], **extra: Any) -> tuple[int, dict[str, Any]]:
+        payload = {"name": name, "callback_url": callback_url, "version": "test",
+                   "services": services, **extra}
+        return self.post_json("/v1/agent/heartbeat", payload, key)
+
+    def post_json(self, path: str, payload: Any, key: str | None) -> tuple[int, dict[str, Any]]:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        req.add_header("Content-Type", "application/json")
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, json.loads(err.read())
+
+    # -- store, read-only --
+    def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            con.row_factory = sqlite3.Row
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def wait_for_request_rows(self, n: int = 1, timeout: float = 10) -> list[sqlite3.Row]:
+        """History rows, newest last, once at least ``n`` were written (they are batched)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query("SELECT * FROM requests ORDER BY started_at")
+            if len(rows) >= n or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+@contextmanager
+def start_hub(workdir: Path, *args: str, online_window: float | None = None,
+              env: dict[str, str] | None = None) -> Iterator[HubProcess]:
+    extra = list(args)
+    if online_window is not None:
+        extra += ["--online-window", str(online_window)]
+    hub = HubProcess(workdir, *extra, env=env).start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
