@@ -215,6 +215,11 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
         max_body_size=limit + 1024 * 1024,
         idle_connection_timeout=300,
     )
+    # Before "listening on": a supervisor may signal as soon as it sees that line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
@@ -225,10 +230,6 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
     if quickstart:
         await _print_quickstart(store, settings, url)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)

@@ -316,10 +316,9 @@ def test_agent_errors_are_relayed_in_openai_shape(hub: HubProcess, alice: str, a
 
 def test_error_after_stream_start_is_a_final_error_event(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
     agent.break_after = 3
-    got = []
+    got: list[Any] = []
     with pytest.raises(openai.APIError) as exc:
-        for chunk in client(hub, alice).chat.completions.create(model="m1", messages=[], stream=True):
-            got.append(chunk)
+        got.extend(client(hub, alice).chat.completions.create(model="m1", messages=[], stream=True))
     assert len(got) == 3
     assert "connection to the provider broke" in exc.value.message
 
@@ -329,10 +328,9 @@ def test_idle_stream_times_out_with_an_error_event(tmp_path: Path, agent: FakeAg
         key = hub.user_with_key("alice")
         hub.heartbeat(key, "rig", agent.url, LLM)
         agent.stall_after = 2
-        got = []
+        got: list[Any] = []
         with pytest.raises(openai.APIError) as exc:
-            for chunk in client(hub, key).chat.completions.create(model="m1", messages=[], stream=True):
-                got.append(chunk)
+            got.extend(client(hub, key).chat.completions.create(model="m1", messages=[], stream=True))
         assert len(got) == 2 and "sent nothing for 0.5 s" in exc.value.message
         assert wait_until(lambda: agent.disconnects, 2), "the stalled upstream is closed"
 
@@ -407,7 +405,7 @@ def test_heartbeat_response_and_not_json(hub: HubProcess, alice: str, agent: Fak
 
 def test_only_a_keyed_hash_of_the_key_is_stored(hub: HubProcess, alice: str) -> None:
     dump = "\n".join(
-        json.dumps([tuple(r) for r in hub.query(f"SELECT * FROM {t}")])  # noqa: S608 - test
+        json.dumps([tuple(r) for r in hub.query(f"SELECT * FROM {t}")])
         for t in ("users", "api_keys", "providers", "services", "requests")
     )
     assert alice not in dump
