@@ -23,8 +23,10 @@ from inferclub_agent.services import ServiceTable, describe
 log = logging.getLogger("inferclub_agent.heartbeat")
 
 DEFAULT_INTERVAL = 30.0
-#: Services are probed at least this often, so changes are announced between beats too.
+#: Services are probed three times per interval, and at least this often, so that a change
+#: is announced well before the next regular beat.
 MAX_PROBE_INTERVAL = 10.0
+PROBES_PER_INTERVAL = 3
 MAX_BACKOFF = 60.0
 
 
@@ -111,7 +113,8 @@ class Heartbeat:
                 else:
                     next_beat = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF, 4 * self.interval)
-            delay = max(0.0, min(next_beat - time.monotonic(), self.interval, MAX_PROBE_INTERVAL))
+            probe_every = min(self.interval / PROBES_PER_INTERVAL, MAX_PROBE_INTERVAL)
+            delay = max(0.0, min(next_beat - time.monotonic(), probe_every))
             try:
                 await asyncio.wait_for(self.wake.wait(), delay)
             except TimeoutError:
