@@ -1,0 +1,165 @@
+"""End to end: the openai SDK -> the real hub -> the agent (both subprocesses) -> an engine.
+
+The engines are the fakes here; `test_agent_real_engines.py` does the same with real servers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from tests.agent.agentproc import AgentProcess, manifest_text
+from tests.fakes import FakeOllama, FakeVllm
+from tests.hubproc import HubProcess, start_hub
+
+
+@pytest.fixture
+def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
+    with start_hub(tmp_path) as hub:
+        yield hub
+
+
+def start(hub: HubProcess, key: str, path: Path, *services: dict, interval: float = 1.0
+          ) -> AgentProcess:
+    path.write_text(manifest_text(*services))
+    agent = AgentProcess(["run", "--manifest", str(path), "--hub", hub.url, "--key", key,
+                          "--listen", "127.0.0.1:0", "--name", "home-rig",
+                          "--heartbeat-interval", str(interval)])
+    agent.wait_listening()
+    return agent
+
+
+def model_ids(sdk: openai.OpenAI) -> set[str]:
+    return {m.id for m in sdk.models.list().data}
+
+
+def wait_models(sdk: openai.OpenAI, expected: set[str], timeout: float = 15) -> float:
+    """Seconds until the hub lists exactly `expected`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if model_ids(sdk) == expected:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"hub lists {model_ids(sdk)}, not {expected}")
+
+
+def test_openai_sdk_through_hub_and_agent(
+    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+) -> None:
+    key = real_hub.user_with_key("alice")
+    agent = start(real_hub, key, tmp_path / "m.yaml",
+                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
+                   "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}]})
+    try:
+        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+            wait_models(sdk, {"qwen"})
+            reply = sdk.chat.completions.create(
+                model="qwen", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
+            chunks = list(sdk.chat.completions.create(
+                model="qwen", messages=[{"role": "user", "content": "hi"}], stream=True
+            ))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text == "tok0 tok1 tok2 tok3 tok4 "
+            completion = sdk.completions.create(model="qwen", prompt="Say")
+            assert completion.choices[0].text.startswith("tok0")
+
+        sent = vllm.posts("/v1/chat/completions")
+        assert [r.json()["model"] for r in sent] == ["Qwen/Qwen3-8B", "Qwen/Qwen3-8B"]
+        assert all("Authorization" not in r.headers for r in sent)
+        rows = real_hub.wait_for_request_rows(3)
+        assert [r["status"] for r in rows] == [200, 200, 200]
+        assert rows[0]["service"] == "vllm-qwen" and rows[0]["completion_tokens"] == 3
+    finally:
+        agent.kill()
+
+
+def test_engine_errors_reach_the_client_in_openai_shape(
+    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+) -> None:
+    key = real_hub.user_with_key("bob")
+    # Advertise a model the engine does not really have: vLLM answers 404 with an int code.
+    agent = start(real_hub, key, tmp_path / "m.yaml",
+                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
+                   "models": [{"id": "ghost"}]})
+    try:
+        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+            wait_models(sdk, {"ghost"})
+            with pytest.raises(openai.NotFoundError) as info:
+                sdk.chat.completions.create(model="ghost", messages=[])
+            assert isinstance(info.value.body, dict)
+            assert info.value.body["message"] == "The model `ghost` does not exist."
+            assert info.value.body["code"] == "model_not_found"
+            vllm.stop()
+            with pytest.raises(openai.APIStatusError) as down:
+                sdk.chat.completions.create(model="ghost", messages=[])
+            assert down.value.status_code == 502
+            assert "vllm-qwen" in down.value.message
+    finally:
+        agent.kill()
+
+
+def test_service_down_and_back_changes_hub_models_within_one_beat(
+    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
+) -> None:
+    key = real_hub.user_with_key("carol")
+    interval = 3.0
+    agent = start(real_hub, key, tmp_path / "m.yaml",
+                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
+                  {"name": "ollama", "engine": "ollama", "url": ollama.url},
+                  interval=interval)
+    everything = {"Qwen/Qwen3-8B", "llama3.2:latest", "qwen3:8b"}
+    try:
+        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+            wait_models(sdk, everything)
+            ollama.stop()
+            assert wait_models(sdk, {"Qwen/Qwen3-8B"}) < interval + 0.5
+            with pytest.raises(openai.NotFoundError):
+                sdk.chat.completions.create(model="qwen3:8b", messages=[])
+            ollama.start()
+            assert wait_models(sdk, everything) < interval + 0.5
+            reply = sdk.chat.completions.create(model="qwen3:8b", messages=[])
+            assert reply.model == "qwen3:8b"
+    finally:
+        agent.kill()
+
+
+def test_client_disconnect_reaches_the_engine(
+    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+) -> None:
+    key = real_hub.user_with_key("dave")
+    vllm.chunks, vllm.chunk_delay = 200, 0.05
+    agent = start(real_hub, key, tmp_path / "m.yaml",
+                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url})
+    try:
+        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+            wait_models(sdk, {"Qwen/Qwen3-8B"})
+        parts = urlsplit(real_hub.url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions",
+                     body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
+                     headers={"Authorization": f"Bearer {key}",
+                              "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.readline().startswith(b"data: ")
+        closed_at = time.monotonic()
+        assert conn.sock is not None
+        conn.sock.close()
+        conn.close()
+        deadline = closed_at + 5
+        while not vllm.disconnects and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert vllm.disconnects, "the engine never saw the client leave"
+        assert vllm.disconnects[0] - closed_at < 2.0  # hub (<1 s) + agent (at once)
+        assert vllm.completed_streams == 0
+    finally:
+        agent.kill()

@@ -1,0 +1,117 @@
+"""End to end with real engines: openai SDK -> hub -> agent -> llama-server / faster-whisper.
+
+The engines come from scripts/install-engines.sh; without them these tests skip (or fail when
+INFERCLUB_REQUIRE_REAL_ENGINES=1, as `make test` sets).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.agent.agentproc import AgentProcess, manifest_text, run_cli
+from tests.agent.test_agent_e2e import start, wait_models
+from tests.hubproc import HubProcess, start_hub
+from tests.real_engines import RunningEngine, llama_server, whisper_server
+
+pytestmark = pytest.mark.real_engine
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[RunningEngine]:
+    with llama_server() as engine:
+        yield engine
+
+
+@pytest.fixture
+def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
+    with start_hub(tmp_path) as hub:
+        yield hub
+
+
+def test_check_sees_the_real_llama_server(llama: RunningEngine, tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest_text({"name": "llama", "engine": "llamacpp", "url": llama.base_url}))
+    result = run_cli("check", "--manifest", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"models: {llama.model}" in result.stdout
+
+
+def test_chat_through_hub_and_agent_to_llama_server(
+    llama: RunningEngine, real_hub: HubProcess, tmp_path: Path
+) -> None:
+    key = real_hub.user_with_key("alice")
+    # No `models:`: the agent discovers what llama-server serves.
+    agent = start(real_hub, key, tmp_path / "m.yaml",
+                  {"name": "llama", "engine": "llamacpp", "url": llama.base_url})
+    try:
+        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0,
+                           timeout=60) as sdk:
+            wait_models(sdk, {llama.model})
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            reply = sdk.chat.completions.create(
+                model=llama.model, messages=messages, max_tokens=16, temperature=0  # type: ignore[arg-type]
+            )
+            assert reply.choices[0].message.content
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+            stream = sdk.chat.completions.create(
+                model=llama.model, messages=messages, max_tokens=16, temperature=0,  # type: ignore[arg-type]
+                stream=True, stream_options={"include_usage": True},
+            )
+            chunks = list(stream)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text.strip()
+            assert sum(1 for c in chunks if c.choices) > 2  # really streamed, not one blob
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+            # At temperature 0 the streamed answer is the same as the plain one.
+            assert text == reply.choices[0].message.content
+
+        rows = real_hub.wait_for_request_rows(2)
+        assert [(r["status"], r["service"], r["model"]) for r in rows] == [
+            (200, "llama", llama.model), (200, "llama", llama.model)
+        ]
+        assert all(r["prompt_tokens"] and r["completion_tokens"] for r in rows)
+        assert rows[1]["completion_tokens"] == chunks[-1].usage.completion_tokens
+    finally:
+        agent.kill()
+
+
+def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        frames = (int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(rate * seconds)))
+        wav.writeframes(b"".join(struct.pack("<h", f) for f in frames))
+    return buf.getvalue()
+
+
+def test_transcription_through_hub_and_agent_to_faster_whisper(
+    real_hub: HubProcess, tmp_path: Path
+) -> None:
+    with whisper_server() as engine:
+        key = real_hub.user_with_key("erin")
+        agent: AgentProcess = start(
+            real_hub, key, tmp_path / "m.yaml",
+            {"name": "whisper", "type": "stt", "engine": "whisper", "url": engine.base_url,
+             "models": [{"id": engine.model}]},
+        )
+        try:
+            with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0,
+                               timeout=120) as sdk:
+                wait_models(sdk, {engine.model})
+                result = sdk.audio.transcriptions.create(
+                    model=engine.model, file=("tone.wav", tone_wav())
+                )
+                assert isinstance(result.text, str)
+        finally:
+            agent.kill()
