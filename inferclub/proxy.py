@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_RESPONSE = 256 * 1024 * 1024
 _RELAYED_HEADERS = ("Content-Type", "Content-Disposition")
+
+
+#: Rewrites a whole success body: ``(content type, body) -> (content type, body)``.
+Transform = Callable[[str, bytes], tuple[str, bytes]]
 
 
 class Sink(Protocol):
@@ -109,6 +114,7 @@ class Relay:
         headers: dict[str, str],
         record: RequestRecord,
         strip_usage: bool = False,
+        transform: Transform | None = None,
     ) -> None:
         """Send ``body`` to ``url`` and relay the answer into ``sink``. Fills ``record``."""
         assert self._session is not None, "relay not started"
@@ -146,7 +152,7 @@ class Relay:
             record.ttfb_ms = (loop.time() - t0) * 1000
             ctype = resp.headers.get("Content-Type", "")
             if resp.status >= 400 or ctype.startswith("application/json") or resp.status in (204, 304):
-                await self._relay_whole(sink, resp, record)
+                await self._relay_whole(sink, resp, record, transform)
             else:
                 started = True
                 for name in _RELAYED_HEADERS:
@@ -192,7 +198,11 @@ class Relay:
                 resp.close()
 
     async def _relay_whole(
-        self, sink: Sink, resp: aiohttp.ClientResponse, record: RequestRecord
+        self,
+        sink: Sink,
+        resp: aiohttp.ClientResponse,
+        record: RequestRecord,
+        transform: Transform | None = None,
     ) -> None:
         parts: list[bytes] = []
         size = 0
@@ -211,12 +221,15 @@ class Relay:
             body = json.dumps(shaped).encode()
             sink.set_header("Content-Type", "application/json")
         else:
-            sink.set_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
-            if b'"usage"' in body:
+            ctype = resp.headers.get("Content-Type", "application/json")
+            if ctype.startswith("application/json") and _has_metrics(body, record):
                 try:
                     _take_usage(json.loads(body), record)
                 except ValueError:
                     pass
+            if transform is not None:
+                ctype, body = transform(ctype, body)
+            sink.set_header("Content-Type", ctype)
         for name, value in resp.headers.items():
             if name.lower().startswith("x-inferclub-"):
                 sink.set_header(name, value)
@@ -274,8 +287,25 @@ class Relay:
             log.debug("client of %s left before the error event", record.id)
 
 
+def _has_metrics(body: bytes, record: RequestRecord) -> bool:
+    """Whether parsing ``body`` can tell usage: skip the parse when it cannot."""
+    if record.type == "image":
+        return True
+    return b'"usage"' in body or (record.type == "stt" and b'"duration"' in body)
+
+
 def _take_usage(obj: Any, record: RequestRecord) -> bool:
-    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return False
+    if record.type == "image" and isinstance(obj.get("data"), list):
+        record.images = len(obj["data"])
+    duration = obj.get("duration")
+    if record.type == "stt" and duration is not None:
+        try:
+            record.audio_seconds = float(duration)  # vLLM sends it as a string
+        except (TypeError, ValueError):
+            pass
+    usage = obj.get("usage")
     if not isinstance(usage, dict):
         return False
     for field, attr in (
