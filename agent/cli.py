@@ -113,7 +113,11 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
         host, port = parse_listen(args.listen or section.listen or DEFAULT_LISTEN)
     except ValueError as exc:
         raise usage_error(f"--listen: {exc}") from None
-    interval = args.heartbeat_interval or section.heartbeat_interval
+    interval = (
+        args.heartbeat_interval
+        if args.heartbeat_interval is not None
+        else section.heartbeat_interval
+    )
     if interval is not None and interval <= 0:
         raise usage_error("--heartbeat-interval must be positive")
     config = RunConfig(

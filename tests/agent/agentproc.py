@@ -78,6 +78,11 @@ class AgentProcess:
             time.sleep(0.02)
         raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.stderr}")
 
+    def wait_registered(self, timeout: float = 15) -> None:
+        """Until a heartbeat succeeded, i.e. the agent holds a callback token. (The hub records
+        a beat just before the agent reads the answer, so the hub's view alone is racy.)"""
+        self.wait_log("heartbeat accepted by the hub", timeout)
+
     def wait(self, timeout: float = 15) -> int:
         code = self.proc.wait(timeout)
         for t in self._readers:

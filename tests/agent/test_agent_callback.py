@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.agent.agentproc import StartAgent
+from tests.agent.agentproc import AgentProcess, StartAgent
 from tests.agent.fakehub import CALLBACK_TOKEN, FakeHub
 from tests.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
@@ -63,8 +63,9 @@ def assert_openai_error(body: bytes) -> dict[str, Any]:
     return err
 
 
-def registered(hub: FakeHub, name: str = "vllm-qwen") -> None:
+def registered(agent: AgentProcess, hub: FakeHub, name: str = "vllm-qwen") -> None:
     hub.wait_for(lambda b: any(s["name"] == name for s in b["services"]))
+    agent.wait_registered()
 
 
 # -- authentication ------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_requests_need_the_latest_callback_token(
     start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     chat = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
     for token in (None, "wrong-token", CALLBACK_TOKEN + "x"):
         status, _, body = request(agent.url, "POST", "/chat/completions", chat, token=token)
@@ -99,7 +100,7 @@ def test_503_until_a_heartbeat_succeeds(
     assert status == 503
     assert "not registered" in assert_openai_error(body)["message"]
     hub.fail_next = 0
-    registered(hub)
+    registered(agent, hub)
     status, _, _ = request(
         agent.url, "POST", "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": []}, service="vllm-qwen",
@@ -114,7 +115,7 @@ def test_chat_with_the_openai_sdk_streaming_and_not(
     start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     with client(agent.url, "vllm-qwen") as sdk:
         reply = sdk.chat.completions.create(
             model="Qwen/Qwen3-8B", messages=[{"role": "user", "content": "hi"}]
@@ -142,7 +143,7 @@ def test_chunks_are_relayed_as_they_arrive(
 ) -> None:
     vllm.chunks, vllm.chunk_delay = 4, 0.4
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request(
@@ -195,7 +196,7 @@ def test_service_selection_without_header(
             vllm_service(vllm),
             {"name": "lms-embed", "type": "embedding", "engine": "lmstudio", "url": lms.url},
         )
-        registered(hub, "lms-embed")
+        registered(agent, hub, "lms-embed")
         with client(agent.url) as sdk:
             emb = sdk.embeddings.create(
                 model="text-embedding-nomic-embed-text-v1.5",
@@ -236,7 +237,7 @@ def test_vllm_errors_come_back_in_openai_shape(
 ) -> None:
     vllm.flat_errors = flat
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     with client(agent.url, "vllm-qwen") as sdk, pytest.raises(openai.NotFoundError) as info:
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     err = info.value.body
@@ -253,7 +254,7 @@ def test_string_and_detail_errors_are_normalised(start_agent: StartAgent, hub: F
              "options": {"api": "whispercpp"}, "models": [{"id": "whisper-1"}]},
             {"name": "speaches", "type": "stt", "engine": "whisper", "url": sp.url},
         )
-        registered(hub, "speaches")
+        registered(agent, hub, "speaches")
         boundary = "b0und4ry"
         no_file = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
                    f"whisper-1\r\n--{boundary}--\r\n").encode()
@@ -277,7 +278,7 @@ def test_down_engine_gives_502_naming_the_service(
     start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     vllm.stop()
     count = len(hub.beats)
     status, _, body = request(agent.url, "POST", "/chat/completions",
@@ -293,7 +294,7 @@ def test_down_engine_gives_502_naming_the_service(
 def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
     vllm.chunks, vllm.chunk_delay = 20, 0.1
     agent = start_agent(vllm_service(vllm, max_concurrency=1))
-    registered(hub)
+    registered(agent, hub)
     parts = urlsplit(agent.url)
     slow = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     slow.request("POST", "/v1/chat/completions",
@@ -318,7 +319,7 @@ def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: 
 def test_service_timeout_gives_504(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
     vllm.first_delay = 3
     agent = start_agent(vllm_service(vllm, timeout=0.5))
-    registered(hub)
+    registered(agent, hub)
     start = time.monotonic()
     status, _, body = request(agent.url, "POST", "/chat/completions",
                               {"model": "Qwen/Qwen3-8B", "messages": [], "stream": True},
@@ -339,7 +340,7 @@ def test_hub_disconnect_closes_the_engine_connection(
     if phase == "before-first-byte":
         vllm.first_delay = 30
     agent = start_agent(vllm_service(vllm))
-    registered(hub)
+    registered(agent, hub)
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request("POST", "/v1/chat/completions",
@@ -388,7 +389,7 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
         {"name": "wcpp", "type": "stt", "engine": "whisper", "url": whispercpp.url,
          "options": {"api": "whispercpp"}, "models": [{"id": "whisper-1"}]}
     )
-    registered(hub, "wcpp")
+    registered(agent, hub, "wcpp")
     audio = bytes(range(256)) * 64 + b"\r\n--not-a-boundary\r\n" + bytes(1000)
     boundary = uuid.uuid4().hex
     ctype = f"multipart/form-data; boundary={boundary}"
@@ -421,7 +422,7 @@ def test_multipart_alias_rewrites_only_the_model_field(
         {"name": "asr", "type": "stt", "engine": "vllm", "url": vllm.url,
          "models": [{"id": "Qwen/Qwen3-8B", "alias": "asr-small"}]}
     )
-    registered(hub, "asr")
+    registered(agent, hub, "asr")
     audio = b"RIFF" + bytes(range(256)) * 40
     boundary = uuid.uuid4().hex
     body = multipart({"model": "asr-small", "language": "en"}, audio, boundary)

@@ -33,6 +33,7 @@ def start(hub: HubProcess, key: str, path: Path, *services: dict, interval: floa
                           "--listen", "127.0.0.1:0", "--name", "home-rig",
                           "--heartbeat-interval", str(interval)])
     agent.wait_listening()
+    agent.wait_registered()
     return agent
 
 

@@ -171,6 +171,7 @@ def test_sigterm_drains_in_flight_requests(
     vllm.chunks, vllm.chunk_delay = 10, 0.15
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url})
     hub.wait_for(lambda b: bool(b["services"]))
+    agent.wait_registered()
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request("POST", "/v1/chat/completions",

@@ -125,6 +125,7 @@ def test_agent_serves_through_the_plugin_engine(
     agent = start_agent(service)
     beat = hub.wait_for(lambda b: bool(b["services"]))
     assert beat["services"][0]["engine"] == "example"
+    agent.wait_registered()
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request("POST", "/v1/chat/completions",
