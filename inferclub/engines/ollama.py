@@ -34,7 +34,9 @@ class OllamaEngine(Engine):
 
     async def discover_models(self, session: aiohttp.ClientSession, service: Service) -> list[str]:
         # Ollama loads pulled models on demand, so every pulled model can be served.
-        tags = _models(await get_json(session, f"{service.root_url}/api/tags"))
+        tags = _models(
+            await get_json(session, f"{service.root_url}/api/tags", self.auth_headers(service))
+        )
         names = []
         for m in tags:
             caps = m.get("capabilities")
@@ -46,12 +48,13 @@ class OllamaEngine(Engine):
         return names
 
     async def health(self, session: aiohttp.ClientSession, service: Service) -> Health:
-        async with session.get(f"{service.root_url}/") as resp:
+        headers = self.auth_headers(service)  # Ollama has no auth; a proxy in front may
+        async with session.get(f"{service.root_url}/", headers=headers) as resp:
             text = await resp.text(errors="replace")
             if resp.status != 200 or "Ollama is running" not in text:
                 return Health(False, f"GET / returned HTTP {resp.status}, not 'Ollama is running'")
-        loaded = [str(m["name"]) for m in _models(await get_json(
-            session, f"{service.root_url}/api/ps"))]
+        ps = await get_json(session, f"{service.root_url}/api/ps", headers)
+        loaded = [str(m["name"]) for m in _models(ps)]
         return Health(True, info={"loaded": loaded})
 
     def model_matches(self, service: Service, advertised: str, requested: str) -> bool:
