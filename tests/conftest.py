@@ -11,7 +11,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from hubproc import HubProcess, start_hub  # noqa: E402
+from hubproc import HubProcess, start_hub
 
 
 @pytest.fixture

@@ -250,6 +250,9 @@ def test_body_over_the_limit_is_413_before_the_agent(tmp_path: Path, agent: Fake
         assert exc.value.status_code == 413
         assert exc.value.body["type"] == "invalid_request_error"
         assert not agent.posts("/v1/chat/completions")
+        # Far over the limit, the hub answers before reading the body at all.
+        status, body = raw_post(hub.api_base + "/chat/completions", b"x" * 100_000, key)
+        assert status == 413 and body["error"]["code"] == "request_too_large"
         # The connection and the hub are still fine afterwards.
         assert client(hub, key).chat.completions.create(model="m1", messages=[]).choices
 

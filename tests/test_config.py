@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from inferclub.config import ConfigError, Settings, load_or_create_secrets, load_settings, setting_names
+from inferclub.config import (
+    ConfigError,
+    Settings,
+    load_or_create_secrets,
+    load_settings,
+    setting_names,
+)
 
 
 def test_precedence_is_flags_then_env_then_file(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inferclub.api")
 
+#: An oversize body up to this many times its limit is drained before the 413 is sent.
+DISCARD_FACTOR = 4
+
 
 @tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
@@ -47,8 +50,13 @@ class ApiHandler(tornado.web.RequestHandler):
         self.owner = await self.authenticate()
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limit:
-            # Refuse before reading: the agent is never contacted.
-            raise errors.too_large(self._limit)
+            # The agent is never contacted. A body up to a few times the limit is read and
+            # dropped, so the client gets its 413 on a healthy connection instead of a reset
+            # while it is still sending; anything larger is refused before it is read.
+            if int(length) > DISCARD_FACTOR * self._limit:
+                raise errors.too_large(self._limit)
+            self._too_large = True
+            self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished or self._too_large:

@@ -15,9 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def docs() -> str:
-    # docs/agent.md is the agent's README section; once merged, README.md carries it.
-    path = ROOT / "docs" / "agent.md"
-    return path.read_text() if path.exists() else (ROOT / "README.md").read_text()
+    return (ROOT / "README.md").read_text()
 
 
 def test_every_hook_is_documented() -> None:
