@@ -287,6 +287,11 @@ class ApiHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Type")
         for name, value in out.headers.items():
             self.set_header(name, value)
+        # Tornado leaves Nagle's algorithm on until finish(): small streamed chunks would wait
+        # for the hub's delayed ACKs.
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
         try:
             async for chunk in out.chunks:
                 self.write(chunk)

@@ -162,6 +162,7 @@ class Relay:
                     if name.lower().startswith("x-inferclub-"):
                         sink.set_header(name, value)
                 sink.set_status(resp.status)
+                sink.start_stream()
                 if ctype.startswith("text/event-stream"):
                     sink.set_header("Cache-Control", "no-cache")
                     sink.set_header("X-Accel-Buffering", "no")

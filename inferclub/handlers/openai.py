@@ -142,6 +142,13 @@ class ProxyHandler(ApiHandler):
         if not self._finished:
             self.finish()
 
+    def start_stream(self) -> None:
+        # Tornado leaves Nagle's algorithm on until finish(); a stream of small chunks would
+        # then wait for the client's delayed ACKs (up to 40 ms each on a real network).
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+
     def on_connection_close(self) -> None:
         task = self._relay_task
         if task is not None and not task.done():
