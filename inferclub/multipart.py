@@ -9,6 +9,7 @@ with `--boundary CRLF`, has headers up to a blank line, and its content ends bef
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?\bname="([^"]*)"')
 _FILENAME = re.compile(rb"(?i)content-disposition:[^\r\n]*?\bfilename")
@@ -22,26 +23,30 @@ def boundary_of(content_type: str) -> bytes | None:
     return m.group(2).encode("latin-1") if m else None
 
 
-def _field_span(body: bytes, boundary: bytes, name: str) -> tuple[int, int] | None:
-    """Start and end offsets of the content of the first non-file part called `name`."""
+def _field_spans(body: bytes, boundary: bytes, name: str) -> Iterator[tuple[int, int]]:
+    """Start and end offsets of the content of each non-file part called `name`."""
     delim = b"--" + boundary
     pos = body.find(delim)
     while pos != -1:
         head_start = pos + len(delim)
         if body[head_start : head_start + 2] == b"--":
-            return None  # closing delimiter
+            return  # closing delimiter
         head_end = body.find(b"\r\n\r\n", head_start)
         if head_end == -1:
-            return None
+            return
         headers = body[head_start:head_end]
         nxt = body.find(b"\r\n" + delim, head_end + 4)
         if nxt == -1:
-            return None
+            return
         m = _NAME.search(headers)
         if m and m.group(1).decode("utf-8", "replace") == name and not _FILENAME.search(headers):
-            return head_end + 4, nxt
+            yield head_end + 4, nxt
         pos = nxt + 2
-    return None
+
+
+def _field_span(body: bytes, boundary: bytes, name: str) -> tuple[int, int] | None:
+    """Start and end offsets of the content of the first non-file part called `name`."""
+    return next(_field_spans(body, boundary, name), None)
 
 
 def get_field(body: bytes, content_type: str, name: str) -> str | None:
@@ -49,6 +54,15 @@ def get_field(body: bytes, content_type: str, name: str) -> str | None:
     boundary = boundary_of(content_type)
     span = _field_span(body, boundary, name) if boundary else None
     return body[span[0] : span[1]].decode("utf-8", "replace") if span else None
+
+
+def get_fields(body: bytes, content_type: str, name: str) -> list[str]:
+    """The text values of every form field `name` (list fields such as
+    `timestamp_granularities[]` repeat), in order; empty when absent or not multipart."""
+    boundary = boundary_of(content_type)
+    if boundary is None:
+        return []
+    return [body[a:b].decode("utf-8", "replace") for a, b in _field_spans(body, boundary, name)]
 
 
 def set_field(body: bytes, content_type: str, name: str, value: str) -> bytes:

@@ -91,6 +91,8 @@ class EngineRequest:
     `path` is relative to the service URL and starts with a slash (`/chat/completions`);
     `headers` are the headers sent to the engine (the hub's own headers are never in it);
     `body` is forwarded as is. `model` is the engine-side model name, when the request names one.
+    `notes` is never sent: `prepare_request` leaves there what `translate_response` must know
+    about the client's request after the body was changed (engines keep no per-request state).
     """
 
     method: str
@@ -99,6 +101,7 @@ class EngineRequest:
     body: bytes
     query: str = ""
     model: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,6 +201,7 @@ class Engine:
             request,
             path=self.forward_path(service, request.path),
             headers={**request.headers, **self.auth_headers(service)},
+            notes=dict(request.notes),
         )
 
     def translate_response(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import aiohttp
 
+from inferclub.engines.audio import map_sse, normalise_transcript, stt_ask, usage_from_token_usage
 from inferclub.engines.base import (
     SERVICE_TYPES,
     Engine,
+    EngineRequest,
+    EngineResponse,
     Health,
     Service,
     get_json,
@@ -32,6 +36,17 @@ class OpenAICompatEngine(Engine):
             if resp.status < 500:
                 return Health(True)
             return Health(False, f"GET {service.base_url}/models returned HTTP {resp.status}")
+
+    def translate_response(
+        self, service: Service, request: EngineRequest, response: EngineResponse
+    ) -> EngineResponse:
+        if service.type == "stt":
+            return normalise_transcript(response, stt_ask(request))
+        if service.type == "tts" and response.headers.get("Content-Type", "").startswith(
+            "text/event-stream"
+        ):
+            return replace(response, chunks=map_sse(response.chunks, usage_from_token_usage))
+        return response
 
     async def probe(self, session: aiohttp.ClientSession, root_url: str) -> Service | None:
         if not openai_model_ids(await get_json(session, f"{root_url}/v1/models")):

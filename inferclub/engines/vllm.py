@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import aiohttp
 
-from inferclub.engines.base import Engine, EngineError, Health, Service, get_json, owned_by
+from inferclub.engines.audio import ChunksToTranscriptEvents, map_sse, normalise_transcript, stt_ask
+from inferclub.engines.base import (
+    Engine,
+    EngineError,
+    EngineRequest,
+    EngineResponse,
+    Health,
+    Service,
+    get_json,
+    owned_by,
+)
 from inferclub.engines.hookspecs import hookimpl
 
 
@@ -30,6 +41,17 @@ class VllmEngine(Engine):
             return Health(True)  # /version is optional; the server is up
         info = {"version": version.get("version")} if isinstance(version, dict) else {}
         return Health(True, info=info)
+
+    def translate_response(
+        self, service: Service, request: EngineRequest, response: EngineResponse
+    ) -> EngineResponse:
+        if service.type != "stt":
+            return response
+        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            # Chat-style chunks, not OpenAI's transcript.text.* events.
+            return replace(response, chunks=map_sse(response.chunks, ChunksToTranscriptEvents()))
+        # `text` comes as JSON {"text", "usage"}; verbose_json's `duration` is a string.
+        return normalise_transcript(response, stt_ask(request))
 
     async def probe(self, session: aiohttp.ClientSession, root_url: str) -> Service | None:
         models = await get_json(session, f"{root_url}/v1/models")

@@ -3,8 +3,12 @@
 whisper.cpp's `whisper-server` has its own API: uploads go to `/inference` (same multipart
 fields as OpenAI), translation is a `translate=true` field, there is no model list (it serves the
 one model it was started with, whatever `model` says), `text` answers come as `text/html` and
-errors as `{"error": "..."}`. Choose it with `options: {api: whispercpp}` and give the service
-URL without `/v1` (`http://127.0.0.1:8080`).
+errors as `{"error": "..."}`, and its verbose_json keeps token-level `words` inside each segment.
+Choose it with `options: {api: whispercpp}` and give the service URL without `/v1`
+(`http://127.0.0.1:8080`).
+
+Some OpenAI-style servers (faster-whisper-server) refuse `response_format=text`; every one
+answers `json`, so `text` is asked as `json` and the answer's `text` relayed as `text/plain`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from types import MappingProxyType
 
 import aiohttp
 
+from inferclub.engines.audio import normalise_transcript, remember_format, stt_ask
 from inferclub.engines.base import (
     Engine,
     EngineError,
@@ -94,21 +99,23 @@ class WhisperEngine(Engine):
         return path
 
     def prepare_request(self, service: Service, request: EngineRequest) -> EngineRequest:
-        prepared = super().prepare_request(service, request)
-        if _is_whispercpp(service) and request.path == "/audio/translations":
-            ctype = request.headers.get("Content-Type", "")
-            prepared = replace(prepared, body=set_field(prepared.body, ctype, "translate", "true"))
+        prepared = remember_format(super().prepare_request(service, request))
+        ctype = request.headers.get("Content-Type", "")
+        if _is_whispercpp(service):
+            if request.path == "/audio/translations":
+                prepared = replace(prepared, body=set_field(prepared.body, ctype, "translate", "true"))
+        elif prepared.notes.get("response_format") == "text":
+            prepared = replace(
+                prepared, body=set_field(prepared.body, ctype, "response_format", "json")
+            )
         return prepared
 
     def translate_response(
         self, service: Service, request: EngineRequest, response: EngineResponse
     ) -> EngineResponse:
-        ctype = response.headers.get("Content-Type", "")
-        if _is_whispercpp(service) and ctype.startswith("text/html"):
-            # whisper.cpp sends response_format=text as text/html; OpenAI sends text/plain.
-            headers = {**response.headers, "Content-Type": "text/plain; charset=utf-8"}
-            return replace(response, headers=headers)
-        return response
+        # whisper.cpp: `text` comes as text/html, verbose_json has words per segment only.
+        # OpenAI-style: `text` was asked as `json` (see prepare_request).
+        return normalise_transcript(response, stt_ask(request))
 
     async def probe(self, session: aiohttp.ClientSession, root_url: str) -> Service | None:
         health = await get_json(session, f"{root_url}/health")
