@@ -53,3 +53,13 @@ def too_large(limit: int, what: str = "request body") -> ApiError:
         "invalid_request_error",
         "request_too_large",
     )
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from inferclub import errors
 from inferclub.errors import ApiError
 from inferclub.store import ProviderRecord, ServiceInfo
 
@@ -87,13 +88,7 @@ class Registry:
                     "model_not_found",
                     "model",
                 )
-        raise ApiError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            "invalid_request_error",
-            "model_not_found",
-            "model",
-        )
+        raise errors.model_not_found(model)
 
     def models(self, user_id: int) -> list[tuple[str, str, ProviderRecord]]:
         """``(model, type, provider)`` of online providers, each (model, type) once."""

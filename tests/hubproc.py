@@ -39,7 +39,7 @@ class HubProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     # -- lifecycle --
-    def start(self, timeout: float = 20) -> HubProcess:
+    def start(self, timeout: float = 60) -> HubProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0",
@@ -114,10 +114,12 @@ class HubProcess:
                    "services": services, **extra}
         return self.post_json("/v1/agent/heartbeat", payload, key)
 
-    def post_json(self, path: str, payload: Any, key: str | None) -> tuple[int, dict[str, Any]]:
+    def post_json(self, path: str, payload: Any, key: str | None,
+                  content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+        """POST ``payload`` (an object, or raw bytes sent as they are); the JSON answer."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         req = urllib.request.Request(self.url + path, data=data, method="POST")
-        req.add_header("Content-Type", "application/json")
+        req.add_header("Content-Type", content_type)
         if key:
             req.add_header("Authorization", f"Bearer {key}")
         try:

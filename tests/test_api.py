@@ -6,8 +6,6 @@ import hashlib
 import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,19 +44,6 @@ def client() -> Iterator[Any]:
     yield make
     for c in made:
         c.close()
-
-
-def raw_post(url: str, body: bytes, key: str | None, ctype: str = "application/json") -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=body, method="POST")
-    req.add_header("Content-Type", ctype)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
 
 
 def wait_until(cond: Any, timeout: float = 5.0) -> bool:
@@ -170,7 +155,7 @@ def test_completions_streaming_and_not(hub: HubProcess, alice: str, client: Any)
 
 
 def test_missing_and_invalid_keys_are_401(hub: HubProcess, alice: str, client: Any) -> None:
-    status, body = raw_post(hub.api_base + "/chat/completions", b'{"model":"m1"}', None)
+    status, body = hub.post_json("/v1/chat/completions", b'{"model":"m1"}', None)
     assert status == 401 and body["error"]["code"] == "missing_api_key"
     for bad in ("sk-nope", alice[:-1] + ("A" if alice[-1] != "A" else "B"), "ic_" + "0" * 36):
         with pytest.raises(openai.AuthenticationError) as exc:
@@ -197,10 +182,10 @@ def test_revoked_key_stops_working_within_a_second(hub: HubProcess, alice: str, 
 
 
 def test_malformed_json_and_missing_model_are_400(hub: HubProcess, alice: str, client: Any) -> None:
-    status, body = raw_post(hub.api_base + "/chat/completions", b'{"model": ', alice)
+    status, body = hub.post_json("/v1/chat/completions", b'{"model": ', alice)
     assert status == 400 and "not valid JSON" in body["error"]["message"]
     assert set(body["error"]) == {"message", "type", "param", "code"}
-    status, body = raw_post(hub.api_base + "/chat/completions", b"[1, 2]", alice)
+    status, body = hub.post_json("/v1/chat/completions", b"[1, 2]", alice)
     assert status == 400
     with pytest.raises(openai.BadRequestError) as exc:
         client(hub, alice).chat.completions.create(model="", messages=[])
@@ -251,7 +236,7 @@ def test_body_over_the_limit_is_413_before_the_agent(tmp_path: Path, agent: Fake
         assert exc.value.body["type"] == "invalid_request_error"
         assert not agent.posts("/v1/chat/completions")
         # Far over the limit, the hub answers before reading the body at all.
-        status, body = raw_post(hub.api_base + "/chat/completions", b"x" * 100_000, key)
+        status, body = hub.post_json("/v1/chat/completions", b"x" * 100_000, key)
         assert status == 413 and body["error"]["code"] == "request_too_large"
         # The connection and the hub are still fine afterwards.
         assert client(hub, key).chat.completions.create(model="m1", messages=[]).choices

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,17 +155,6 @@ def test_embeddings(hub: HubProcess, c: openai.OpenAI) -> None:
     assert (row["type"], row["prompt_tokens"]) == ("embedding", 2)
 
 
-def _post(hub: HubProcess, path: str, body: bytes, ctype: str, key: str) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(hub.url + path, data=body, method="POST",
-                                 headers={"Content-Type": ctype, "Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
-
-
 def test_malformed_uploads_are_400(hub: HubProcess, key: str, agent: FakeAgent) -> None:
     form = "multipart/form-data; boundary=XX"
     only_model = b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--XX--\r\n'
@@ -178,9 +165,9 @@ def test_malformed_uploads_are_400(hub: HubProcess, key: str, agent: FakeAgent) 
         (b"--XX\r\nbroken", form, "Malformed multipart"),
     ]
     for body, ctype, message in cases:
-        status, err = _post(hub, "/v1/audio/transcriptions", body, ctype, key)
+        status, err = hub.post_json("/v1/audio/transcriptions", body, key, ctype)
         assert status == 400 and message in err["error"]["message"], err
-    status, err = _post(hub, "/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), form, key)
+    status, err = hub.post_json("/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), key, form)
     assert status == 400 and err["error"]["param"] == "image"
     assert not agent.requests
 

@@ -41,13 +41,7 @@ class ModelHandler(ApiHandler):
             if m == model:
                 self.write_json(_model_entry(m, type_, provider))
                 return
-        raise ApiError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            "invalid_request_error",
-            "model_not_found",
-            "model",
-        )
+        raise errors.model_not_found(model)
 
 
 @dataclass
