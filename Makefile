@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml
 	$(PY) -m pip install -q -e '.[test]' -e tests/plugins/example_engine
 	@touch $@
 
-## Set everything up and run the hub on http://127.0.0.1:8080 with its embedded SQLite store.
+## Set everything up and run the hub on http://127.0.0.1:8321 with its embedded SQLite store.
 run: $(STAMP)
 	$(VENV)/bin/inferclub serve --quickstart
 

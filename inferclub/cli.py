@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the hub")
     _common(serve)
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8080)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8321)")
     serve.add_argument("--online-window", type=float, dest="online_window",
                        help="seconds a provider stays online after a heartbeat (default 60)")
     serve.add_argument("--quickstart", action="store_true",

@@ -34,7 +34,7 @@ class Settings:
     #: Interface to bind.
     host: str = "127.0.0.1"
     #: TCP port; 0 picks a free one (the real one is printed as ``listening on ...``).
-    port: int = 8080
+    port: int = 8321
     #: SQLite database file. Default: ``inferclub.db`` in the user's data directory.
     db: str = ""
     #: File holding the server secrets (key pepper, cookie secret). Default: beside the database.
@@ -63,12 +63,29 @@ class Settings:
     history_flush_interval: float = 1.0
     #: Log level name.
     log_level: str = "INFO"
+    #: Client id of the GitHub OAuth app used for dashboard sign-in; empty: no GitHub sign-in.
+    github_client_id: str = ""
+    #: Client secret of that GitHub OAuth app (prefer the environment variable).
+    github_client_secret: str = ""
+    #: GitHub's web base URL (the authorize and token endpoints live under it).
+    github_url: str = "https://github.com"
+    #: GitHub's REST API base URL (``GET /user``).
+    github_api_url: str = "https://api.github.com"
+    #: The hub's public base URL as browsers see it: builds the OAuth callback URL and printed
+    #: links; ``https://`` makes session cookies Secure. Default: from each request's Host.
+    public_url: str = ""
+    #: Seconds the one-time sign-in link printed by ``serve`` stays valid.
+    login_link_ttl: float = 900.0
     #: Where the settings file was read from (informational).
     config: str = field(default="", metadata={"internal": True})
 
     @property
     def db_path(self) -> Path:
         return Path(self.db) if self.db else default_data_dir() / "inferclub.db"
+
+    @property
+    def github_enabled(self) -> bool:
+        return bool(self.github_client_id and self.github_client_secret)
 
     @property
     def secrets_path(self) -> Path:
