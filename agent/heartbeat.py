@@ -84,6 +84,7 @@ class Heartbeat:
         self.wake = asyncio.Event()
         self.beats = 0
         self._failing = False
+        self._unreachable: str | None = None
 
     @property
     def interval(self) -> float:
@@ -152,6 +153,17 @@ class Heartbeat:
             heartbeat_interval=_positive(data.get("heartbeat_interval")),
             online_window=_positive(data.get("online_window")),
         )
+        problem = data.get("callback_error") if data.get("callback_reachable") is False else None
+        if problem != self._unreachable:
+            if problem:
+                log.warning(
+                    "the hub cannot reach this agent at %s (%s): requests will fail until it "
+                    "can; pass --callback-url with an address the hub can reach",
+                    self.callback_url, problem,
+                )
+            elif self._unreachable:
+                log.info("the hub reaches this agent at %s again", self.callback_url)
+            self._unreachable = problem
         models = sum(len(s["models"]) for s in advertised)
         if self.beats == 0 or self._failing:
             log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import tornado.web
@@ -36,6 +37,8 @@ class Hub:
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         self._callback_tokens: dict[int, str] = {}
+        #: provider id -> (callback URL, problem or None, when checked)
+        self._reachability: dict[int, tuple[str, str | None, float]] = {}
 
     async def start(self) -> None:
         """Load providers into the routing registry and start the background writers."""
@@ -48,6 +51,21 @@ class Hub:
         await self.relay.close()
         await self.history.stop()
         await self.keys.stop()
+
+    async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
+        """Why the hub cannot reach this provider's callback URL, or None when it can.
+
+        Checked when a provider first shows up or changes its URL, and again at most once a
+        minute while it is failing, so an agent learns at once that it is unreachable (behind
+        NAT, bound to the wrong interface) instead of from failing requests.
+        """
+        now = time.monotonic()
+        known = self._reachability.get(provider_id)
+        if known is not None and known[0] == callback_url and (known[1] is None or now - known[2] < 60):
+            return known[1]
+        problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
+        self._reachability[provider_id] = (callback_url, problem, now)
+        return problem
 
     def callback_token(self, provider_id: int) -> str:
         """The secret the hub presents to a provider's agent; derived, so never stored."""

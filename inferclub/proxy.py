@@ -106,6 +106,23 @@ class Relay:
             await self._session.close()
             self._session = None
 
+    async def probe(self, callback_url: str, token: str, timeout: float = 3.0) -> str | None:
+        """Can the hub reach an agent? None if any HTTP answer came back, else why not."""
+        assert self._session is not None, "relay not started"
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.get(
+                    callback_url.rstrip("/") + "/models",
+                    headers={"Authorization": f"Bearer {token}"},
+                    allow_redirects=False,
+                ) as resp:
+                    await resp.read()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     async def forward(
         self,
         sink: Sink,

@@ -379,11 +379,25 @@ def test_bad_heartbeat_never_partly_overwrites(hub: HubProcess, alice: str, agen
     assert [r["callback_url"] for r in hub.query("SELECT callback_url FROM providers")] == [agent.url]
 
 
+def test_heartbeat_tells_an_agent_the_hub_cannot_reach_it(hub: HubProcess, alice: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    status, body = hub.heartbeat(alice, "behind-nat", dead, LLM)
+    assert status == 200 and body["callback_reachable"] is False
+    assert "Connect" in body["callback_error"]
+    assert "cannot reach" in hub.log()
+
+
 def test_heartbeat_response_and_not_json(hub: HubProcess, alice: str, agent: FakeAgent) -> None:
     status, body = hub.heartbeat(alice, "rig", agent.url, LLM)
     assert status == 200
     assert body["heartbeat_interval"] == 30 and body["online_window"] == 60
     assert body["provider_id"] == 1 and len(body["callback_token"]) >= 32
+    assert body["callback_reachable"] is True and "callback_error" not in body
+    probe = agent.requests[0]
+    assert (probe.method, probe.path) == ("GET", "/v1/models")
+    assert probe.headers["Authorization"] == f"Bearer {body['callback_token']}"
     status, body = hub.post_json("/v1/agent/heartbeat", b"not json", alice)
     assert status == 400
 

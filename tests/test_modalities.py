@@ -169,7 +169,7 @@ def test_malformed_uploads_are_400(hub: HubProcess, key: str, agent: FakeAgent) 
         assert status == 400 and message in err["error"]["message"], err
     status, err = hub.post_json("/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), key, form)
     assert status == 400 and err["error"]["param"] == "image"
-    assert not agent.requests
+    assert not [r for r in agent.requests if r.method == "POST"]
 
 
 def test_oversize_uploads_are_413_and_never_forwarded(tmp_path: Path, agent: FakeAgent) -> None:
@@ -184,7 +184,7 @@ def test_oversize_uploads_are_413_and_never_forwarded(tmp_path: Path, agent: Fak
             with pytest.raises(openai.APIStatusError) as exc:
                 c.images.edit(model="sd", prompt="x", image=[("a.png", bytes(1000)), ("b.png", bytes(3500))])
             assert exc.value.status_code == 413 and "b.png" in exc.value.message
-            assert not agent.requests
+            assert not [r for r in agent.requests if r.method == "POST"]
             # Within the limits, both work.
             assert c.audio.transcriptions.create(model="whisper-1", file=("a.wav", bytes(3000))).text
             assert c.images.edit(model="sd", prompt="x", image=("a.png", bytes(2000))).data

@@ -27,14 +27,19 @@ class HeartbeatHandler(ApiHandler):
                 record.name, self.owner.login, record.callback_url, len(record.services),
                 sum(len(s.models) for s in record.services),
             )
-        self.write_json(
-            {
-                "provider_id": record.id,
-                "heartbeat_interval": hub.settings.heartbeat_interval,
-                "online_window": hub.settings.online_window,
-                "callback_token": hub.callback_token(record.id),
-            }
-        )
+        answer = {
+            "provider_id": record.id,
+            "heartbeat_interval": hub.settings.heartbeat_interval,
+            "online_window": hub.settings.online_window,
+            "callback_token": hub.callback_token(record.id),
+            "callback_reachable": True,
+        }
+        problem = await hub.check_callback(record.id, record.callback_url)
+        if problem is not None:
+            log.warning("provider %r of %s: the hub cannot reach %s (%s)",
+                        record.name, self.owner.login, record.callback_url, problem)
+            answer.update(callback_reachable=False, callback_error=problem)
+        self.write_json(answer)
 
 
 routes = [(r"/v1/agent/heartbeat", HeartbeatHandler)]
