@@ -167,7 +167,8 @@ def words_from_segments(segments: list[Any]) -> list[dict[str, Any]]:
             text = token["word"]
             if token_style and merged and not text[:1].isspace():
                 merged[-1]["word"] += text
-                merged[-1]["end"] = token["end"]
+                if text.strip(_WORD_EDGES):  # trailing punctuation does not lengthen a word
+                    merged[-1]["end"] = token["end"]
             else:
                 merged.append({"word": text, "start": token["start"], "end": token["end"]})
         for word in merged:
