@@ -3,7 +3,9 @@
 No model list (`/v1/models` is a 404 `text/plain`); `GET /health` is `{"status":"ok"}`, or 503
 `{"status":"loading model"}`; `POST /inference` takes the OpenAI multipart fields (`model` is
 ignored; `translate=true` translates); `text` comes back as `text/html`; errors are
-`{"error": "..."}`.
+`{"error": "..."}`. verbose_json has `language` as a full name, no `seek` or
+`compression_ratio`, and words only inside each segment, as tokens (" Amer", "icans", ","),
+whatever `timestamp_granularities[]` says.
 """
 
 from __future__ import annotations
@@ -63,23 +65,50 @@ class InferenceHandler(FakeHandler):
             self.set_header("Content-Type", "text/vtt")
             self.finish(f"WEBVTT\n\n00:00:00.000 --> 00:00:04.000\n{text}\n\n")
         elif fmt == "verbose_json":
+            segments = [segment(i, part) for i, part in enumerate(split_segments(text))]
             self.send_json({
                 "task": "translate" if translate else "transcribe",
                 "language": "english",
-                "duration": 4.0,
+                "duration": segments[-1]["end"] if segments else 0.0,
                 "text": text,
-                "segments": [{
-                    "id": 0, "text": text, "start": 0.0, "end": 4.0, "tokens": [50364, 400],
-                    "words": [{"word": w, "start": i * 0.5, "end": i * 0.5 + 0.4, "t_dtw": -1,
-                               "probability": 0.9} for i, w in enumerate(text.split())],
-                    "temperature": 0.0, "avg_logprob": -0.2, "no_speech_prob": 0.01,
-                }],
+                "segments": segments,
                 "detected_language": "english",
                 "detected_language_probability": 0.98,
                 "language_probabilities": {"english": 0.98},
             })
         else:
             self.send_json({"text": text})
+
+
+def split_segments(text: str) -> list[str]:
+    """Segments end after a comma, the way whisper.cpp cuts at pauses."""
+    parts = [p + "," for p in text.split(",")]
+    parts[-1] = parts[-1][:-1]
+    return [p for p in parts if p.strip()]
+
+
+def tokens(text: str) -> list[str]:
+    """Whisper-like tokens: a leading space starts a word, long words split in two, and
+    punctuation is a token of its own."""
+    out: list[str] = []
+    for word in text.split():
+        core = word.rstrip(",.?!")
+        if len(core) > 6:
+            out += [" " + core[:4], core[4:]]
+        elif core:
+            out.append(" " + core)
+        out += list(word[len(core):])
+    return out
+
+
+def segment(index: int, text: str) -> dict[str, Any]:
+    """One verbose_json segment with its token-level words: 0.25 s per token, 3 s per segment."""
+    start = index * 3.0
+    words = [{"word": t, "start": round(start + i * 0.25, 2), "end": round(start + i * 0.25 + 0.2, 2),
+              "t_dtw": -1, "probability": 0.9} for i, t in enumerate(tokens(text))]
+    return {"id": index, "text": text, "start": start, "end": words[-1]["end"] if words else start,
+            "tokens": [50364 + i for i in range(len(words))], "words": words,
+            "temperature": 0.0, "avg_logprob": -0.2, "no_speech_prob": 0.01}
 
 
 class LoadHandler(FakeHandler):
