@@ -1,0 +1,79 @@
+"""The whole path: the openai SDK -> the real hub -> the real agent (both subprocesses) -> engines.
+
+`Stack` starts a hub, a user with a key, and an agent on a manifest, and waits until the hub
+lists every expected (model, type). Test modules start one stack per module; each test reads its
+own history row by the `X-Request-Id` of its response, so tests do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from tests.agent.agentproc import AgentProcess, manifest_text
+from tests.hubproc import HubProcess, start_hub
+
+#: Seconds between agent heartbeats in these tests (the hub's default asks for 30).
+HEARTBEAT = 1.0
+
+
+class Stack:
+    def __init__(self, hub: HubProcess, key: str, agent: AgentProcess) -> None:
+        self.hub = hub
+        self.key = key
+        self.agent = agent
+
+    def client(self, timeout: float = 30) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.hub.api_base, api_key=self.key, max_retries=0,
+                             timeout=timeout)
+
+    def listed(self) -> set[tuple[str, str]]:
+        with self.client() as sdk:
+            return {(m.id, (m.model_extra or {})["type"]) for m in sdk.models.list().data}
+
+    def wait_listed(self, expected: set[tuple[str, str]], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while (listed := self.listed()) != expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"hub lists {sorted(listed)}, not {sorted(expected)}\n"
+                                     f"agent log:\n{self.agent.stderr}")
+            time.sleep(0.05)
+
+    def row(self, request_id: str, timeout: float = 10) -> sqlite3.Row:
+        """The history row of one request (rows are written in batches)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.hub.query("SELECT * FROM requests WHERE id = ?", request_id)
+            if rows:
+                return rows[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no history row for {request_id}")
+            time.sleep(0.05)
+
+
+@contextmanager
+def start_stack(workdir: Path, services: list[dict[str, Any]], expected: set[tuple[str, str]],
+                env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A hub, user `alice` with a key, and an agent serving `services`, all ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with start_hub(workdir, env=env) as hub:
+        key = hub.user_with_key("alice")
+        manifest = workdir / "manifest.yaml"
+        manifest.write_text(manifest_text(*services))
+        agent = AgentProcess(["run", "--manifest", str(manifest), "--hub", hub.url,
+                              "--key", key, "--listen", "127.0.0.1:0", "--name", "rig",
+                              "--heartbeat-interval", str(HEARTBEAT)])
+        try:
+            agent.wait_listening()
+            agent.wait_registered()
+            stack = Stack(hub, key, agent)
+            stack.wait_listed(expected)
+            yield stack
+        finally:
+            agent.kill()
