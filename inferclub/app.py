@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -11,6 +12,8 @@ import tornado.web
 from inferclub import keys
 from inferclub.config import Secrets, Settings
 from inferclub.handlers import agent as agent_handlers
+from inferclub.handlers import auth as auth_handlers
+from inferclub.handlers import dashboard as dashboard_handlers
 from inferclub.handlers import openai as openai_handlers
 from inferclub.history import HistoryWriter
 from inferclub.keycache import KeyCache
@@ -91,11 +94,23 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         *openai_handlers.routes,
         *agent_handlers.routes,
         *openai_handlers.fallback_routes,
+        *auth_handlers.routes,
+        *dashboard_handlers.routes,
     ]
-    return tornado.web.Application(
-        routes,
-        hub=hub,
-        log_function=_log_request,
-        compress_response=False,
+    here = Path(__file__).resolve().parent
+    secure = auth_handlers.is_secure(hub.settings)
+    settings: dict[str, Any] = {
+        "hub": hub,
+        "log_function": _log_request,
+        "compress_response": False,
+        # The dashboard: signed session cookies, XSRF on every mutation. /v1 handlers take
+        # the bearer key only and skip XSRF (handlers/base.py).
+        "cookie_secret": hub.secrets.cookie_secret,
+        "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax", "secure": secure},
+        "login_url": "/login",
+        "template_path": str(here / "templates"),
+        "static_path": str(here / "static"),
         **overrides,
-    )
+    }
+    return tornado.web.Application(routes, **settings)

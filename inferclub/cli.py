@@ -20,6 +20,7 @@ import tornado.netutil
 from inferclub import __version__, keys
 from inferclub.app import Hub, make_app
 from inferclub.config import ConfigError, Settings, load_or_create_secrets, load_settings
+from inferclub.handlers import auth
 from inferclub.store import AlreadyExists, Store, StoreError, open_store
 
 log = logging.getLogger("inferclub")
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(u_create)
     u_list = users.add_parser("list", help="list users")
     _common(u_list)
+    u_link = users.add_parser("login-link", help="print a one-time dashboard sign-in link")
+    u_link.add_argument("login")
+    _common(u_link)
 
     keys_p = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     k_create = keys_p.add_parser("create", help="create a key; it is printed once, on the last line")
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]] = {
             ("users", "create"): _users_create,
             ("users", "list"): _users_list,
+            ("users", "login-link"): _users_login_link,
             ("keys", "create"): _keys_create,
             ("keys", "list"): _keys_list,
             ("keys", "revoke"): _keys_revoke,
@@ -154,6 +159,30 @@ async def _users_list(store: Store, settings: Settings, args: argparse.Namespace
     for user in await store.list_users():
         print(f"{user.login}" + (f"  (github id {user.github_id})" if user.github_id else ""))
     return 0
+
+
+async def _users_login_link(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(store, args.login)
+    base = auth.local_base_url(settings, settings.host, settings.port)
+    link = await auth.create_login_link(store, user.id, base, settings.login_link_ttl)
+    print(f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):")
+    print(link)
+    return 0
+
+
+async def _print_login_link(store: Store, settings: Settings, host: str, port: int) -> None:
+    """Without a GitHub app, the local admin signs in to the dashboard with a one-time link,
+    the way Jupyter prints its token link. The admin is the first local user; on an empty
+    database it is created when the link is first used, not before."""
+    admin = await auth.local_admin(store)
+    link = await auth.create_login_link(
+        store, admin.id if admin else None, auth.local_base_url(settings, host, port),
+        settings.login_link_ttl,
+    )
+    who = f" as {admin.login}" if admin else ""
+    print(f"Dashboard: sign in{who} with this link (works once, expires in "
+          f"{settings.login_link_ttl / 60:g} min; `inferclub users login-link LOGIN` "
+          f"prints another):\n    {link}", flush=True)
 
 
 async def _new_key(store: Store, settings: Settings) -> tuple[str, str, str]:
@@ -240,6 +269,8 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
     print(f"listening on {url}", flush=True)
     if quickstart:
         await _print_quickstart(store, settings, url)
+    if not settings.github_enabled:
+        await _print_login_link(store, settings, settings.host, port)
 
     await stop.wait()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from inferclub.store.base import AlreadyExists, NotFound, RequestFilter, Store, StoreError
 from inferclub.store.models import (
     ApiKey,
+    AuthToken,
     KeyOwner,
     ProviderRecord,
+    RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
@@ -22,6 +24,7 @@ def open_store(url_or_path: str) -> Store:
 
 
 __all__ = [
-    "AlreadyExists", "ApiKey", "KeyOwner", "NotFound", "ProviderRecord", "RequestFilter",
-    "RequestRecord", "SQLiteStore", "ServiceInfo", "Store", "StoreError", "User", "open_store",
+    "AlreadyExists", "ApiKey", "AuthToken", "KeyOwner", "NotFound", "ProviderRecord",
+    "RequestBucket", "RequestFilter", "RequestRecord", "SQLiteStore", "ServiceInfo", "Store",
+    "StoreError", "User", "open_store",
 ]

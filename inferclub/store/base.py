@@ -13,8 +13,10 @@ from typing import Any
 
 from inferclub.store.models import (
     ApiKey,
+    AuthToken,
     KeyOwner,
     ProviderRecord,
+    RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
@@ -139,3 +141,28 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_request(self, user_id: int, request_id: str) -> RequestRecord | None: ...
+
+    @abc.abstractmethod
+    async def request_buckets(
+        self, user_id: int, flt: RequestFilter | None, bucket_seconds: float
+    ) -> list[RequestBucket]:
+        """History aggregated per ``bucket_seconds`` (aligned to the epoch), oldest first;
+        buckets without requests are left out."""
+
+    # dashboard sign-in tokens (stored by hash only)
+    @abc.abstractmethod
+    async def create_auth_token(
+        self, kind: str, token_hash: str, user_id: int | None, expires_at: float, data: str = ""
+    ) -> None:
+        """Store a token; expired tokens of any kind are purged in the same transaction."""
+
+    @abc.abstractmethod
+    async def get_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        """The unexpired token, left in place (sessions)."""
+
+    @abc.abstractmethod
+    async def consume_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        """Delete the token and return it if it had not expired: each works at most once."""
+
+    @abc.abstractmethod
+    async def delete_auth_token(self, kind: str, token_hash: str) -> bool: ...

@@ -89,6 +89,32 @@ class RequestRecord:
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class AuthToken:
+    """A dashboard sign-in secret as stored: a session, a one-time link or an OAuth state."""
+
+    kind: str
+    user_id: int | None
+    data: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class RequestBucket:
+    """Request history aggregated over one time bucket, for charts."""
+
+    #: Start of the bucket, seconds since the epoch.
+    start: float
+    requests: int
+    #: Requests that ended with a status of 400 or more.
+    errors: int
+    avg_ttfb_ms: float | None
+    avg_duration_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
 REQUEST_COLUMNS = (
     "id", "user_id", "key_id", "provider_id", "service", "type", "endpoint", "model", "status",
     "error_type", "started_at", "ttfb_ms", "duration_ms", "prompt_tokens", "completion_tokens",

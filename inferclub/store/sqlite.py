@@ -19,8 +19,10 @@ from inferclub.store.base import AlreadyExists, RequestFilter, Store
 from inferclub.store.models import (
     REQUEST_COLUMNS,
     ApiKey,
+    AuthToken,
     KeyOwner,
     ProviderRecord,
+    RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
@@ -381,8 +383,69 @@ class SQLiteStore(Store):
             ).fetchone()
         return _request(row) if row else None
 
+    async def request_buckets(
+        self, user_id: int, flt: RequestFilter | None, bucket_seconds: float
+    ) -> list[RequestBucket]:
+        where, args = _request_where(user_id, flt)
+        async with self._read() as db:
+            rows = await (
+                await db.execute(
+                    "SELECT CAST(started_at / ? AS INTEGER) AS b, count(*),"
+                    " sum(status >= 400), avg(ttfb_ms), avg(duration_ms),"
+                    " coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)"
+                    f" FROM requests {where} GROUP BY b ORDER BY b",
+                    (bucket_seconds, *args),
+                )
+            ).fetchall()
+        return [
+            RequestBucket(r[0] * bucket_seconds, r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows
+        ]
+
+    # ---------------------------------------------------- dashboard sign-in
+    async def create_auth_token(
+        self, kind: str, token_hash: str, user_id: int | None, expires_at: float, data: str = ""
+    ) -> None:
+        now = time.time()
+        async with self._write() as db:
+            await db.execute("DELETE FROM auth_tokens WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "INSERT INTO auth_tokens (hash, kind, user_id, data, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token_hash, kind, user_id, data, now, expires_at),
+            )
+
+    async def get_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    f"SELECT {_TOKEN_COLS} FROM auth_tokens"
+                    " WHERE hash = ? AND kind = ? AND expires_at > ?",
+                    (token_hash, kind, now),
+                )
+            ).fetchone()
+        return AuthToken(*row) if row else None
+
+    async def consume_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        async with self._write() as db:
+            row = await (
+                await db.execute(
+                    f"DELETE FROM auth_tokens WHERE hash = ? AND kind = ? RETURNING {_TOKEN_COLS}",
+                    (token_hash, kind),
+                )
+            ).fetchone()
+        token = AuthToken(*row) if row else None
+        return token if token is not None and token.expires_at > now else None
+
+    async def delete_auth_token(self, kind: str, token_hash: str) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM auth_tokens WHERE hash = ? AND kind = ?", (token_hash, kind)
+            )
+            return bool(cur.rowcount)
+
 
 _KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
+_TOKEN_COLS = "kind, user_id, data, created_at, expires_at"
 
 
 async def _bump_keys_version(db: aiosqlite.Connection) -> None:
