@@ -230,23 +230,25 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
     assert fields["timestamp_granularities[]"] == ["word", "segment"]
     assert files["file"][0].body == audio.read_bytes()
 
-    page.wait_for_function("document.getElementById('stt-audio').readyState >= 1")
+    page.wait_for_function("() => document.getElementById('stt-audio').readyState >= 1")
     words.nth(2).click()  # "brown" starts at 1.0 s
-    page.wait_for_function("Math.abs(document.getElementById('stt-audio').currentTime - 1.0) < 0.05")
+    page.wait_for_function("() => Math.abs(document.getElementById('stt-audio').currentTime - 1.0) < 0.05")
     assert page.locator("#transcript .word.current").inner_text() == "brown"
     screenshot(page, "playground-transcript")
 
     words.nth(3).click()
-    page.wait_for_function("Math.abs(document.getElementById('stt-audio').currentTime - 1.5) < 0.05")
+    page.wait_for_function("() => Math.abs(document.getElementById('stt-audio').currentTime - 1.5) < 0.05")
     assert page.locator("#transcript .word.current").inner_text() == "fox"
     page.click("#transcript .seg-time")  # the segment starts at 0
-    page.wait_for_function("document.getElementById('stt-audio').currentTime < 0.05")
+    page.wait_for_function("() => document.getElementById('stt-audio').currentTime < 0.05")
     assert page.locator("#transcript .word.current").inner_text() == "the"
 
-    # Playing moves the highlight along by itself.
-    page.evaluate("document.getElementById('stt-audio').currentTime = 0.6")
-    page.wait_for_function(
-        "document.querySelector('#transcript .word.current')?.textContent === 'quick'")
+    # Playing moves the highlight along by itself, word by word.
+    page.evaluate("document.getElementById('stt-audio').play()")
+    for word in ("quick", "brown"):
+        page.wait_for_function(
+            f"() => document.querySelector('#transcript .word.current')?.textContent === '{word}'")
+    page.evaluate("document.getElementById('stt-audio').pause()")
 
     # A service without timestamps: plain text, no clickable words.
     page.select_option("#stt-model", "whisper-plain")
