@@ -19,7 +19,11 @@
   };
 
   const fmtNumber = (v, unit) => {
-    if (unit === "ms") return v >= 10000 ? `${(v / 1000).toFixed(0)} s` : v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
+    if (unit === "ms") {
+      if (v >= 10000) return `${(v / 1000).toFixed(0)} s`;
+      if (v >= 1000) return `${(v / 1000).toFixed(1)} s`;
+      return `${v >= 10 || Number.isInteger(v) ? Math.round(v) : v.toFixed(1)} ms`;
+    }
     if (v >= 1e6) return `${(v / 1e6).toFixed(1)}M`;
     if (v >= 1e4) return `${(v / 1e3).toFixed(0)}k`;
     if (v >= 1e3) return `${(v / 1e3).toFixed(1)}k`;

@@ -4,18 +4,20 @@ Each test saves screenshots to test-artifacts/."""
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import struct
 import time
 import wave
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from fakes.agent import FakeAgent
+from fakes.agent import FakeAgent, ImagesHandler
 from fakes.github import FakeGitHub
 from hubproc import HubProcess, start_hub
 
@@ -44,9 +46,33 @@ def wav(seconds: float = 3.0, rate: int = 8000) -> bytes:
     return buf.getvalue()
 
 
+def png(size: int = 96) -> bytes:
+    """A real PNG (a colour gradient), so the page can show that it decoded the image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + bytes(c for x in range(size) for c in (x * 255 // size, y * 255 // size, 160))
+                   for y in range(size))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+class PaintingImagesHandler(ImagesHandler):
+    def post(self, kind: str) -> None:
+        self.send_json({"created": 1, "data": [{"b64_json": base64.b64encode(png()).decode(),
+                                                 "revised_prompt": "a lighthouse at dusk, oil"}]})
+
+
+class PaintingAgent(FakeAgent):
+    """The fake agent, with images that really decode."""
+
+    def routes(self) -> list[Any]:
+        return [(r"/v1/images/(generations|edits)", PaintingImagesHandler, {"fake": self}),
+                *super().routes()]
+
+
 @pytest.fixture
 def agent() -> Iterator[FakeAgent]:
-    with FakeAgent(["m1"]) as a:
+    with PaintingAgent(["m1"]) as a:
         yield a
 
 
@@ -269,6 +295,8 @@ def test_playground_image_and_speech(page: Any, dashboard_hub: HubProcess, agent
     img = page.locator("#generated-image")
     img.wait_for()
     assert img.get_attribute("src").startswith("data:image/png;base64,")
+    page.wait_for_function("() => document.getElementById('generated-image').naturalWidth === 96")
+    assert "a lighthouse at dusk, oil" in page.inner_text("#image-result")
     assert agent.posts("/v1/images/generations")[-1].json()["prompt"] == "a lighthouse at dusk"
     screenshot(page, "playground-image")
 
