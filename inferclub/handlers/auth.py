@@ -252,6 +252,10 @@ class WebHandler(tornado.web.RequestHandler):
         return ns
 
     async def start_session(self, user: User) -> None:
+        """A new session (never a reused token), replacing any this browser had."""
+        name = session_cookie_name(self.secure)
+        if old := self.get_signed_cookie(name, max_age_days=SESSION_DAYS):
+            await self.hub.store.delete_auth_token(SESSION, token_hash(old.decode()))
         token = new_token()
         await self.hub.store.create_auth_token(
             SESSION, token_hash(token), user.id, time.time() + SESSION_DAYS * 86400

@@ -286,3 +286,14 @@ def test_v1_ignores_the_session_cookie(dashboard_hub: HubProcess, github: FakeGi
     key = dashboard_hub.create_key("octocat")
     with openai.OpenAI(base_url=dashboard_hub.api_base, api_key=key, max_retries=0) as client:
         assert client.models.list().data == []
+
+
+def test_signing_in_again_replaces_the_session(
+    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+) -> None:
+    web.github_sign_in(github)
+    first = web.cookie(SESSION)
+    web.github_sign_in(github)
+    assert web.cookie(SESSION) not in (None, first) and web.signed_in_as() == "octocat"
+    sessions = dashboard_hub.query("SELECT user_id FROM auth_tokens WHERE kind = 'session'")
+    assert len(sessions) == 1, "the old session ended with the new sign-in"
