@@ -67,7 +67,8 @@ class KeyCache:
                     self._unknown.popitem(last=False)
                 return None
             self._owners[digest] = owner
-        self._last_used[owner.key_id] = time.time()
+        if owner.key_id is not None:
+            self._last_used[owner.key_id] = time.time()
         return owner
 
     def invalidate(self) -> None:

@@ -387,8 +387,9 @@ PLAYGROUND_PREFIX = "/dashboard/api"
 
 
 class PlaygroundProxyMixin(ProxyHandler):
-    """Mixed in before a ``/v1`` proxy handler class, turns a ``/v1`` proxy handler into a dashboard one: the session cookie instead of the
-    bearer key, XSRF checked again. History rows get no key id (the dashboard made them)."""
+    """Mixed in before a ``/v1`` proxy handler class, it serves ``/dashboard/api/v1/...`` with
+    the session cookie instead of the bearer key, XSRF checked again. Routing, relay and
+    history are the ``/v1`` handler's own; rows get no key id (the dashboard made them)."""
 
     check_xsrf_cookie = tornado.web.RequestHandler.check_xsrf_cookie
 
@@ -397,18 +398,11 @@ class PlaygroundProxyMixin(ProxyHandler):
         if user is None:
             raise ApiError(401, "Sign in to the dashboard first.", "invalid_request_error",
                            "not_signed_in")
-        return KeyOwner(key_id=None, user_id=user.id, login=user.login)  # type: ignore[arg-type]
+        return KeyOwner(key_id=None, user_id=user.id, login=user.login)
 
-    async def prepare(self) -> None:
-        # The relay forwards the path after /v1 and history records the /v1 endpoint: serve
-        # /dashboard/api/v1/x as /v1/x, and put the real path back before the access log.
-        self._dashboard_path = self.request.path
-        self.request.path = self.request.path[len(PLAYGROUND_PREFIX):]
-        await super().prepare()
-
-    def finish(self, chunk: Any = None) -> Any:
-        self.request.path = getattr(self, "_dashboard_path", self.request.path)
-        return super().finish(chunk)
+    @property
+    def api_path(self) -> str:
+        return self.request.path[len(PLAYGROUND_PREFIX):]
 
 
 def _playground_routes() -> list[tuple[str, type[Any]]]:

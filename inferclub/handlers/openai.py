@@ -64,6 +64,11 @@ class ProxyHandler(ApiHandler):
 
     _relay_task: asyncio.Task[None] | None = None
 
+    @property
+    def api_path(self) -> str:
+        """The ``/v1/...`` path this request stands for (the dashboard serves them elsewhere)."""
+        return self.request.path
+
     def parse(self) -> tuple[str, Forward]:
         """The model to route on and what to forward; JSON bodies by default."""
         payload = self.json_body()
@@ -82,7 +87,7 @@ class ProxyHandler(ApiHandler):
             id="req_" + secrets.token_hex(12),
             user_id=self.owner.user_id,
             key_id=self.owner.key_id,
-            endpoint=self.request.path,
+            endpoint=self.api_path,
             started_at=time.time(),
             type=self.service_type,
             bytes_in=self._size,
@@ -111,7 +116,7 @@ class ProxyHandler(ApiHandler):
             hub.history.add(record)
 
     async def _relay(self, route: Route, fwd: Forward, record: RequestRecord) -> None:
-        path = self.request.path[len("/v1"):]
+        path = self.api_path[len("/v1"):]
         url = route.provider.callback_url.rstrip("/") + path
         headers = {
             "Content-Type": self.request.headers.get("Content-Type", "application/json"),

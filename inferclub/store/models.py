@@ -33,9 +33,9 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class KeyOwner:
-    """What authenticating a key yields."""
+    """What authenticating a key yields (``key_id`` is None for a dashboard session)."""
 
-    key_id: int
+    key_id: int | None
     user_id: int
     login: str
 
