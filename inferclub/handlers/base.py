@@ -21,6 +21,13 @@ log = logging.getLogger("inferclub.api")
 DISCARD_FACTOR = 4
 
 
+def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 200) -> None:
+    """Finish ``handler``'s response with ``data`` as compact JSON."""
+    handler.set_status(status)
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps(data, separators=(",", ":")))
+
+
 @tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
     """Authenticates with ``Authorization: Bearer <key>`` only: cookies are ignored and XSRF
@@ -102,9 +109,7 @@ class ApiHandler(tornado.web.RequestHandler):
         return data
 
     def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, separators=(",", ":")))
+        finish_json(self, data, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

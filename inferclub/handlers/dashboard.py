@@ -21,6 +21,7 @@ from inferclub.errors import ApiError
 from inferclub.handlers import auth
 from inferclub.handlers import openai as openai_handlers
 from inferclub.handlers.auth import WebHandler
+from inferclub.handlers.base import finish_json
 from inferclub.handlers.openai import ProxyHandler
 from inferclub.routing import Registry
 from inferclub.store import KeyOwner, ProviderRecord, RequestFilter, RequestRecord
@@ -157,9 +158,7 @@ class DashboardApiHandler(DashboardHandler):
             raise tornado.web.HTTPError(401, "Sign in to the dashboard first.")
 
     def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, separators=(",", ":")))
+        finish_json(self, data, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

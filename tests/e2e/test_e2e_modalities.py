@@ -122,18 +122,6 @@ def request_id(raw: Any) -> str:
     return str(raw.headers["x-request-id"])
 
 
-def post(stack: Stack, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
-    """A raw POST to the hub (for bodies the SDK would never send); status and JSON answer."""
-    req = urllib.request.Request(stack.hub.url + path, data=body, method="POST", headers={
-        "Authorization": f"Bearer {stack.key}", "Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read())
-
-
 # -- routing by type ---------------------------------------------------------------------------
 
 
@@ -425,7 +413,7 @@ def test_oversize_and_malformed_uploads_never_reach_an_engine(
         ("/v1/images/edits", model_only % b"sd-cpp-local", form_type, "missing_file"),
     ]
     for path, body, ctype, code in cases:
-        status, err = post(stack, path, body, ctype)
+        status, err = stack.hub.post_json(path, body, stack.key, ctype)
         assert status == 400, (path, err)
         assert code is None or err["error"]["code"] == code
     assert [len(f.requests) for f in fakes.all()] == seen, "an engine was contacted"
