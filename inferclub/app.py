@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from inferclub.proxy import Relay, Timeouts
 from inferclub.routing import Registry
 from inferclub.store import Store
 
+log = logging.getLogger("inferclub")
 access_log = logging.getLogger("inferclub.access")
 
 
@@ -40,6 +43,7 @@ class Hub:
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         self._callback_tokens: dict[int, str] = {}
+        self._registry_task: asyncio.Task[None] | None = None
         #: provider id -> (callback URL, problem or None, when checked)
         self._reachability: dict[int, tuple[str, str | None, float]] = {}
 
@@ -49,11 +53,29 @@ class Hub:
         await self.keys.start()
         await self.history.start()
         await self.relay.start()
+        self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
 
     async def stop(self) -> None:
+        if self._registry_task is not None:
+            self._registry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registry_task
+            self._registry_task = None
         await self.relay.close()
         await self.history.stop()
         await self.keys.stop()
+
+    async def _watch_providers(self) -> None:
+        """Reload providers from the store now and then: another hub instance sharing the
+        store may have received their heartbeats (or a deletion)."""
+        while True:
+            await asyncio.sleep(self.settings.registry_refresh)
+            try:
+                self.registry.load(await self.store.list_providers())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep routing on the current registry; retry next round
+                log.exception("reloading providers from the store failed")
 
     async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
         """Why the hub cannot reach this provider's callback URL, or None when it can.

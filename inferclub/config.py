@@ -59,6 +59,9 @@ class Settings:
     drain_timeout: float = 30.0
     #: How often the hub checks the store for key changes made elsewhere (revocations), seconds.
     key_cache_refresh: float = 0.5
+    #: How often providers are reloaded from the store (heartbeats another hub instance
+    #: sharing the store received), seconds.
+    registry_refresh: float = 5.0
     #: How often buffered request-history rows are written, seconds.
     history_flush_interval: float = 1.0
     #: Log level name.

@@ -37,10 +37,25 @@ class Registry:
         self._users: dict[int, _UserIndex] = {}
 
     def load(self, providers: Iterable[ProviderRecord]) -> None:
+        """Replace the registry with the store's providers (in routing order).
+
+        Called at start and then periodically, so heartbeats received by another hub
+        instance sharing the store are seen here too. A provider whose heartbeat this
+        instance saw more recently than the store's copy keeps the newer state, and only
+        users whose providers changed get their index rebuilt.
+        """
+        current = {p.id: p for idx in self._users.values() for p in idx.providers}
         grouped: dict[int, list[ProviderRecord]] = {}
         for p in providers:
+            mine = current.get(p.id)
+            if mine is not None and mine.last_heartbeat_at > p.last_heartbeat_at:
+                p = mine
             grouped.setdefault(p.user_id, []).append(p)
-        self._users = {uid: _build(ps) for uid, ps in grouped.items()}
+        users: dict[int, _UserIndex] = {}
+        for uid, ps in grouped.items():
+            old = self._users.get(uid)
+            users[uid] = old if old is not None and old.providers == ps else _build(ps)
+        self._users = users
 
     def update(self, provider: ProviderRecord) -> None:
         idx = self._users.get(provider.user_id)
