@@ -347,6 +347,14 @@ def test_client_disconnect_before_first_byte_cancels_upstream(hub: HubProcess, a
     assert row["cancelled"] == 1 and row["ttfb_ms"] is None
 
 
+def test_client_disconnect_cancels_a_non_streaming_request_too(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+    agent.delay = 30  # a long generation, not streamed
+    with pytest.raises(openai.APITimeoutError):
+        client(hub, alice, timeout=0.5).chat.completions.create(model="m1", messages=[])
+    assert wait_until(lambda: agent.disconnects, timeout=1.0), "upstream not closed within 1 s"
+    assert hub.wait_for_request_rows(1)[-1]["cancelled"] == 1
+
+
 # ---------------------------------------------------------------------- heartbeat
 
 
