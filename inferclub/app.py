@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import tornado.web
 
-from inferclub import keys
+from inferclub import background, keys
 from inferclub.config import Secrets, Settings
 from inferclub.handlers import agent as agent_handlers
 from inferclub.handlers import auth as auth_handlers
@@ -56,11 +55,8 @@ class Hub:
         self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
 
     async def stop(self) -> None:
-        if self._registry_task is not None:
-            self._registry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._registry_task
-            self._registry_task = None
+        await background.cancel(self._registry_task)
+        self._registry_task = None
         await self.relay.close()
         await self.history.stop()
         await self.keys.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from inferclub import background
 from inferclub.store import RequestRecord, Store
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,8 @@ class HistoryWriter:
         self._task = asyncio.create_task(self._loop(), name="history-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await background.cancel(self._task)
+        self._task = None
         await self.flush()
 
     async def flush(self) -> None:

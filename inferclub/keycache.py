@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from inferclub import keys
+from inferclub import background, keys
 from inferclub.store import KeyOwner, Store
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,8 @@ class KeyCache:
         self._task = asyncio.create_task(self._watch(), name="key-cache-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await background.cancel(self._task)
+        self._task = None
         await self.flush_last_used()
 
     async def authenticate(self, token: str) -> KeyOwner | None:
