@@ -245,9 +245,21 @@ async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespac
 async def serve(settings: Settings, quickstart: bool = False) -> int:
     store = open_store(str(settings.db_path))
     await store.open()
-    secrets = load_or_create_secrets(settings.secrets_path)
-    hub = Hub(settings, store, secrets)
-    await hub.start()
+    # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
+    # the hub's tasks are stopped, so the process exits instead of hanging.
+    try:
+        secrets = load_or_create_secrets(settings.secrets_path)
+        hub = Hub(settings, store, secrets)
+        await hub.start()
+        try:
+            return await _run_server(hub, settings, quickstart)
+        finally:
+            await hub.stop()
+    finally:
+        await store.close()
+
+
+async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     limit = max(settings.max_json_body, settings.max_audio_body, settings.max_image_body * 16)
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
@@ -260,7 +272,10 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    try:
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
@@ -268,9 +283,9 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
     log.info("inferclub %s, database %s", __version__, settings.db_path)
     print(f"listening on {url}", flush=True)
     if quickstart:
-        await _print_quickstart(store, settings, url)
+        await _print_quickstart(hub.store, settings, url)
     if not settings.github_enabled:
-        await _print_login_link(store, settings, settings.host, port)
+        await _print_login_link(hub.store, settings, settings.host, port)
 
     await stop.wait()
 
@@ -282,8 +297,6 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
     if hub.inflight:
         log.warning("drain deadline reached with %d requests in flight; closing them", hub.inflight)
     await server.close_all_connections()
-    await hub.stop()
-    await store.close()
     log.info("stopped")
     return 0
 

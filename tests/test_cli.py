@@ -100,3 +100,23 @@ def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path)
             assert c.models.list().data == []
     finally:
         assert hub.stop() == 0
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = inferclub("serve", "--port", port, "--db", str(tmp_path / "h.db"))
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(b"these are my notes, not a database" * 100)
+    for args in (("users", "create", "alice"), ("serve", "--port", "0")):
+        result = inferclub(*args, "--db", str(bad))
+        assert result.returncode == 1, result.stderr
+        assert f"{bad}: cannot open the database" in result.stderr

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from inferclub.store.base import AlreadyExists, RequestFilter, Store
+from inferclub.store.base import AlreadyExists, RequestFilter, Store, StoreError
 from inferclub.store.models import (
     REQUEST_COLUMNS,
     ApiKey,
@@ -53,14 +53,21 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        self._db = db
-        await self._migrate()
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.Error as exc:
+            # Close the connection's thread too, or the process would never exit.
+            await self.close()
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
