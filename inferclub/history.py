@@ -45,9 +45,12 @@ class HistoryWriter:
         batch, self._rows = self._rows, []
         try:
             await self._store.add_requests(batch)
-        except Exception:
-            log.exception("writing %d history rows failed; will retry", len(batch))
+        except BaseException as exc:
+            # Keep the rows for the next flush (also when cancelled at shutdown: stop()
+            # flushes once more). Rows are inserted by id, so a retry never duplicates.
             self._rows[:0] = batch
+            if isinstance(exc, Exception):
+                log.exception("writing %d history rows failed; will retry", len(batch))
             raise
 
     async def _loop(self) -> None:

@@ -79,7 +79,11 @@ class KeyCache:
     async def flush_last_used(self) -> None:
         if self._last_used:
             batch, self._last_used = self._last_used, {}
-            await self._store.touch_keys(batch)
+            try:
+                await self._store.touch_keys(batch)
+            except BaseException:
+                self._last_used = {**batch, **self._last_used}
+                raise
 
     async def _watch(self) -> None:
         ticks = 0

@@ -115,3 +115,28 @@ def test_two_connections_writing_at_once_never_see_locked(tmp_path: Path) -> Non
         await b.close()
 
     run(go())
+
+
+def test_a_writer_cancelled_mid_transaction_leaves_the_store_usable(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = await _open(tmp_path / "h.db")
+        try:
+            await cancel_writes(store)
+        finally:
+            await store.close()  # or aiosqlite's thread keeps the test process alive
+
+    async def cancel_writes(store: SQLiteStore) -> None:
+        user = await store.create_user("alice")
+        for step in range(6):
+            # Cancel at each point of a write: before BEGIN ran, inside, around COMMIT.
+            task = asyncio.create_task(
+                store.add_requests([RequestRecord(f"r{step}", user.id, "/v1/x", 1.0, 200)])
+            )
+            for _ in range(step):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.create_user(f"u{step}")  # the next write works
+        assert await store.count_requests(user.id) <= 6
+
+    run(go())

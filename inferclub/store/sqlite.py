@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -95,13 +96,16 @@ class SQLiteStore(Store):
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
             db = self.db
-            # IMMEDIATE takes the write lock up front, so a read-then-write transaction
-            # can't fail with SQLITE_BUSY halfway (the busy handler covers the wait).
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                # IMMEDIATE takes the write lock up front, so a read-then-write transaction
+                # can't fail with SQLITE_BUSY halfway (the busy handler covers the wait).
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
             except BaseException:
-                await db.execute("ROLLBACK")
+                # Also when the writer was cancelled while BEGIN was on its way: statements
+                # run in order on the connection's thread, so this ROLLBACK comes after it.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
 
