@@ -133,6 +133,14 @@ class FakeServer:
         """The URL a manifest uses for this server (with /v1 when its API lives there)."""
         return f"{self.root}/v1"
 
+    def seconds_until_disconnect(self, since: float, timeout: float = 5.0) -> float | None:
+        """How long after ``since`` (a ``time.monotonic()``) this fake first saw a client
+        leave mid-response; None if it did not within ``timeout``."""
+        deadline = since + timeout
+        while not self.disconnects and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.disconnects[0] - since if self.disconnects else None
+
     def posts(self, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST" and r.path == path]
 
