@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check inferclub agent tests bench
+	$(VENV)/bin/ruff check src tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,7 +16,7 @@
 #   llama/.installed                       stamp (pinned versions + build flags)
 #   stt-venv/   tts-venv/   embed-venv/    virtualenvs, each with its own .installed stamp
 #   tts-data/settings.json                 local-tts-studio settings (voices_dir -> wheel data)
-#   engines.env / engines.json             resolved paths, read by tests/real_engines.py
+#   engines.env / engines.json             resolved paths, read by tests/support/real_engines.py
 #
 # Idempotent: an engine whose stamp matches the pinned versions is skipped, so a second run
 # takes a few seconds. An interrupted install leaves no stamp (llama.cpp is built in a temp

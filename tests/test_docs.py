@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from inferclub.config import setting_names
-from inferclub.handlers import agent as agent_handlers
-from inferclub.handlers import openai as openai_handlers
+from inferclub.hub.config import setting_names
+from inferclub.hub.handlers import agent as agent_handlers
+from inferclub.hub.handlers import openai as openai_handlers
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

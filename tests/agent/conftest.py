@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.agent.agentproc import AgentProcess, StartAgent, manifest_text
-from tests.agent.fakehub import KEY, FakeHub
-from tests.fakes import FakeOllama, FakeVllm, FakeWhisperCpp
+from tests.support.agentproc import AgentProcess, StartAgent, manifest_text
+from tests.support.fakehub import KEY, FakeHub
+from tests.support.fakes import FakeOllama, FakeVllm, FakeWhisperCpp
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from inferclub.engines.audio import (
     usage_from_token_usage,
     words_from_segments,
 )
-from inferclub.engines.multipart import get_fields
+from inferclub.multipart import get_fields
 
 CTYPE = "multipart/form-data; boundary=b0"
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.agent.agentproc import AgentProcess, StartAgent
-from tests.agent.fakehub import CALLBACK_TOKEN, FakeHub
-from tests.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
+from tests.support.agentproc import AgentProcess, StartAgent
+from tests.support.fakehub import CALLBACK_TOKEN, FakeHub
+from tests.support.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
 
 def vllm_service(fake: FakeVllm, **extra: Any) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.agent.agentproc import manifest_text, run_cli
-from tests.fakes import (
+from tests.support.agentproc import manifest_text, run_cli
+from tests.support.fakes import (
     FakeLlamaServer,
     FakeLmStudio,
     FakeOllama,

@@ -6,8 +6,8 @@ import inspect
 from pathlib import Path
 
 import pytest
-from inferclub_agent.cli import build_parser
-from inferclub_agent.manifest import AGENT_FIELDS, HOST_FIELDS, MODEL_FIELDS, SERVICE_FIELDS
+from inferclub.agent.cli import build_parser
+from inferclub.agent.manifest import AGENT_FIELDS, HOST_FIELDS, MODEL_FIELDS, SERVICE_FIELDS
 
 from inferclub.engines import Engine, get_engines, get_plugin_manager, hookspecs
 

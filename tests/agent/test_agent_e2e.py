@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.agent.agentproc import AgentProcess, manifest_text
-from tests.fakes import FakeOllama, FakeVllm
-from tests.hubproc import HubProcess, start_hub
+from tests.support.agentproc import AgentProcess, manifest_text
+from tests.support.fakes import FakeOllama, FakeVllm
+from tests.support.hubproc import HubProcess, start_hub
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.agent.agentproc import AgentProcess, StartAgent, manifest_text
-from tests.agent.fakehub import CALLBACK_TOKEN, KEY, FakeHub, advertised
-from tests.fakes import FakeOllama, FakeVllm
+from tests.support.agentproc import AgentProcess, StartAgent, manifest_text
+from tests.support.fakehub import CALLBACK_TOKEN, KEY, FakeHub, advertised
+from tests.support.fakes import FakeOllama, FakeVllm
 
 
 def test_first_heartbeat_describes_the_agent(

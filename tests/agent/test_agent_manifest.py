@@ -7,11 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from inferclub_agent.manifest import ManifestError, load_manifest, parse_manifest
+from inferclub.agent.manifest import ManifestError, load_manifest, parse_manifest
 
 from inferclub.engines import Model, get_engines, get_plugin_manager
-from tests.agent.agentproc import StartAgent, run_cli
-from tests.agent.fakehub import FakeHub
+from tests.support.agentproc import StartAgent, run_cli
+from tests.support.fakehub import FakeHub
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests").glob("*.yaml"))
 BUILTIN = get_engines(get_plugin_manager(entrypoints=False))

@@ -16,10 +16,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.agent.agentproc import AgentProcess, manifest_text, run_cli
+from tests.support.agentproc import AgentProcess, manifest_text, run_cli
 from tests.agent.test_agent_e2e import start, wait_models
-from tests.hubproc import HubProcess, start_hub
-from tests.real_engines import RunningEngine, llama_server, whisper_server
+from tests.support.hubproc import HubProcess, start_hub
+from tests.support.real_engines import RunningEngine, llama_server, whisper_server
 
 pytestmark = pytest.mark.real_engine
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.github import FakeGitHub
-from hubproc import HubProcess, start_hub
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubproc import HubProcess, start_hub
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

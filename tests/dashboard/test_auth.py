@@ -11,8 +11,8 @@ import urllib.parse
 from pathlib import Path
 
 import openai
-from fakes.github import FakeGitHub
-from hubproc import HubProcess, start_hub
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubproc import HubProcess, start_hub
 
 from tests.dashboard.conftest import WebClient
 

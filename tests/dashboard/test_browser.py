@@ -17,9 +17,9 @@ from typing import Any
 
 import openai
 import pytest
-from fakes.agent import FakeAgent, ImagesHandler
-from fakes.github import FakeGitHub
-from hubproc import HubProcess, start_hub
+from tests.support.fakes.agent import FakeAgent, ImagesHandler
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubproc import HubProcess, start_hub
 
 from tests.dashboard.conftest import screenshot
 

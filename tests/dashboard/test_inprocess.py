@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import tornado.web
 
-from inferclub.app import Hub, make_app
-from inferclub.config import Secrets, Settings
-from inferclub.handlers import auth
-from inferclub.store import RequestFilter, RequestRecord, SQLiteStore
+from inferclub.hub.app import Hub, make_app
+from inferclub.hub.config import Secrets, Settings
+from inferclub.hub.handlers import auth
+from inferclub.hub.store import RequestFilter, RequestRecord, SQLiteStore
 
 PUBLIC = "https://hub.example.org"
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from fakes.agent import FakeAgent
-from fakes.github import FakeGitHub
-from hubproc import HubProcess
+from tests.support.fakes.agent import FakeAgent
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubproc import HubProcess
 
 from tests.dashboard.conftest import WebClient
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import openai
 
-from tests.agent.agentproc import AgentProcess, manifest_text
-from tests.hubproc import HubProcess, start_hub
+from tests.support.agentproc import AgentProcess, manifest_text
+from tests.support.hubproc import HubProcess, start_hub
 
 #: Seconds between agent heartbeats in these tests (the hub's default asks for 30).
 HEARTBEAT = 1.0

@@ -18,7 +18,7 @@ import pytest
 from tornado.httputil import HTTPFile, parse_body_arguments
 
 from tests.e2e.conftest import Stack, start_stack
-from tests.fakes import (
+from tests.support.fakes import (
     FakeLocalAIImages,
     FakeSdCpp,
     FakeServer,
@@ -26,8 +26,8 @@ from tests.fakes import (
     FakeVllm,
     FakeWhisperCpp,
 )
-from tests.fakes.base import Recorded
-from tests.fakes.images import png
+from tests.support.fakes.base import Recorded
+from tests.support.fakes.images import png
 
 QWEN = "Qwen/Qwen3-8B"
 ASR = "Qwen/Qwen3-ASR-1.7B"

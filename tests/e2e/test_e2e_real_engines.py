@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Stack, start_stack
-from tests.real_engines import (
+from tests.support.real_engines import (
     EMBED_DIM,
     RunningEngine,
     embeddings_server,

@@ -1,3 +1,0 @@
-from inferclub_agent.cli import main
-
-raise SystemExit(main())

@@ -1,3 +1,0 @@
-from inferclub.cli import main
-
-raise SystemExit(main())

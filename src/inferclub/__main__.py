@@ -1,0 +1,3 @@
+from inferclub.hub.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from inferclub.agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Running the agent: callback server, heartbeat loop, signals and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import tornado.httpserver
+import tornado.netutil
+from inferclub.agent import health
+from inferclub.agent.heartbeat import CallbackAuth, Heartbeat, KeyRejected
+from inferclub.agent.manifest import Manifest
+from inferclub.agent.server import Runtime, make_app
+from inferclub.agent.services import ServiceState, ServiceTable
+
+from inferclub.engines import Engine
+
+log = logging.getLogger("inferclub.agent")
+
+#: Exit status when the hub rejects the API key.
+EXIT_KEY_REJECTED = 3
+#: Seconds SIGTERM waits for in-flight requests before closing them.
+DRAIN_TIMEOUT = 30.0
+#: Largest request body accepted from the hub (uploads included).
+MAX_BODY_SIZE = 200 * 1024 * 1024
+PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    manifest: Manifest
+    hub: str
+    key: str = field(repr=False)
+    name: str
+    listen_host: str
+    listen_port: int
+    callback_url: str | None = None
+    heartbeat_interval: float | None = None
+    drain_timeout: float = DRAIN_TIMEOUT
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[v6]:PORT`) -> (host, port); ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def outbound_address(hub: str) -> str:
+    """The local address this machine uses to reach the hub (no packet is sent)."""
+    parts = urlsplit(hub)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            return str(sock.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
+
+
+def default_callback_url(listen_host: str, port: int, hub: str) -> str:
+    host = listen_host
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        unspecified = False
+    if unspecified:
+        host = outbound_address(hub)
+    return f"http://{format_host(host)}:{port}/v1"
+
+
+class Agent:
+    def __init__(self, config: RunConfig, engines: Mapping[str, Engine]) -> None:
+        self.config = config
+        self.table = ServiceTable(config.manifest.services, engines)
+        self.auth = CallbackAuth()
+        self.started = time.monotonic()
+        self.stop_requested = asyncio.Event()
+        self.exit_code = 0
+        self.heartbeat: Heartbeat | None = None
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def service_failed(self, state: ServiceState) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.poke()
+
+    async def health_snapshot(self) -> dict[str, Any]:
+        return health.snapshot(self.table, self.started, await health.gpus())
+
+    async def run(self) -> int:
+        config = self.config
+        # Forwarding has no total timeout (a healthy stream may run for long); per-request
+        # read timeouts come from each service. No connection cap: max_concurrency limits.
+        forward_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        )
+        probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
+        runtime = Runtime(self.table, self.auth, forward_session, self.service_failed)
+        server = tornado.httpserver.HTTPServer(make_app(runtime), max_body_size=MAX_BODY_SIZE)
+        beat_task: asyncio.Task[None] | None = None
+        try:
+            sockets = tornado.netutil.bind_sockets(config.listen_port, config.listen_host)
+            server.add_sockets(sockets)
+            port = sockets[0].getsockname()[1]
+            print(f"listening on http://{format_host(config.listen_host)}:{port}", flush=True)
+            callback_url = config.callback_url or default_callback_url(
+                config.listen_host, port, config.hub
+            )
+            log.info("agent %r: hub %s, callback URL %s", config.name, config.hub, callback_url)
+            self.heartbeat = Heartbeat(
+                probe_session,
+                self.table,
+                hub=config.hub,
+                key=config.key,
+                name=config.name,
+                callback_url=callback_url,
+                auth=self.auth,
+                health=self.health_snapshot,
+                interval=config.heartbeat_interval,
+            )
+            beat_task = asyncio.ensure_future(self.heartbeat.run())
+            stop_task = asyncio.ensure_future(self.stop_requested.wait())
+            await asyncio.wait({beat_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            if beat_task.done():
+                exc = beat_task.exception()
+                if isinstance(exc, KeyRejected):
+                    log.error("API key rejected by the hub (HTTP 401 from %s); stopping",
+                              self.heartbeat.url)
+                    self.exit_code = EXIT_KEY_REJECTED
+                elif exc is not None:
+                    raise exc
+            else:
+                log.info("stopping: waiting for %d requests in flight", self.table.total_in_flight)
+                beat_task.cancel()
+                await asyncio.gather(beat_task, return_exceptions=True)
+            server.stop()
+            runtime.draining = True
+            await self.drain(config.drain_timeout)
+        finally:
+            if beat_task is not None and not beat_task.done():
+                beat_task.cancel()
+                await asyncio.gather(beat_task, return_exceptions=True)
+            server.stop()
+            await server.close_all_connections()
+            await forward_session.close()
+            await probe_session.close()
+        return self.exit_code
+
+    async def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.table.total_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.table.total_in_flight:
+            log.warning("closing %d requests still in flight", self.table.total_in_flight)
+
+
+async def run_agent(config: RunConfig, engines: Mapping[str, Engine]) -> int:
+    agent = Agent(config, engines)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    try:
+        return await agent.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def main_run(config: RunConfig, engines: Mapping[str, Engine]) -> int:
+    try:
+        return asyncio.run(run_agent(config, engines))
+    except OSError as exc:  # e.g. the listen address is taken
+        print(f"inference-club-agent: {exc}", file=sys.stderr)
+        return 1

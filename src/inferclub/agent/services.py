@@ -1,0 +1,146 @@
+"""The agent's live view of its services: health, discovered models, requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from inferclub.engines import Engine, EngineError, Service
+
+log = logging.getLogger("inferclub.agent.services")
+
+#: Which service type an OpenAI path (relative to /v1) needs.
+PATH_TYPES: Mapping[str, str] = {
+    "/chat/completions": "llm",
+    "/completions": "llm",
+    "/responses": "llm",
+    "/embeddings": "embedding",
+    "/audio/transcriptions": "stt",
+    "/audio/translations": "stt",
+    "/audio/speech": "tts",
+    "/images/generations": "image",
+    "/images/edits": "image",
+    "/images/variations": "image",
+}
+
+
+@dataclass
+class ServiceState:
+    service: Service
+    engine: Engine
+    up: bool = False
+    detail: str = "not checked yet"
+    discovered: tuple[str, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+    in_flight: int = 0
+    checked_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    def model_names(self) -> list[str]:
+        """Advertised model names: the manifest's (aliases first) or the discovered ones."""
+        if self.service.models:
+            return [m.name for m in self.service.models]
+        return list(self.discovered)
+
+    def serves(self, requested: str) -> bool:
+        return any(self.engine.model_matches(self.service, n, requested) for n in self.model_names())
+
+    def engine_model(self, requested: str) -> str:
+        """The name the engine knows `requested` by (resolves aliases)."""
+        for model in self.service.models:
+            if self.engine.model_matches(self.service, model.name, requested):
+                return model.id
+        return requested
+
+    def advertisement(self) -> dict[str, Any]:
+        s = self.service
+        return {
+            "name": s.name,
+            "type": s.type,
+            "engine": s.engine,
+            "features": list(s.features),
+            "models": self.model_names(),
+        }
+
+    def full(self) -> bool:
+        limit = self.service.max_concurrency
+        return limit is not None and self.in_flight >= limit
+
+
+class ServiceTable:
+    """All services of the manifest, in manifest order."""
+
+    def __init__(self, services: Iterable[Service], engines: Mapping[str, Engine]) -> None:
+        self.states = {s.name: ServiceState(s, engines[s.engine]) for s in services}
+
+    def get(self, name: str) -> ServiceState | None:
+        return self.states.get(name)
+
+    def find(self, model: str, service_type: str) -> ServiceState | None:
+        """The first service of `service_type` that serves `model`, preferring live ones."""
+        candidates = [
+            st
+            for st in self.states.values()
+            if st.service.type == service_type and st.serves(model)
+        ]
+        candidates.sort(key=lambda st: not st.up)
+        return candidates[0] if candidates else None
+
+    def advertised(self) -> list[dict[str, Any]]:
+        """What the heartbeat announces: live services that have at least one model."""
+        return [st.advertisement() for st in self.states.values() if st.up and st.model_names()]
+
+    def in_flight(self) -> dict[str, int]:
+        return {name: st.in_flight for name, st in self.states.items()}
+
+    @property
+    def total_in_flight(self) -> int:
+        return sum(st.in_flight for st in self.states.values())
+
+    async def probe_all(self, session: aiohttp.ClientSession) -> None:
+        await asyncio.gather(*(probe(session, st) for st in self.states.values()))
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of an I/O failure."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+        return f"cannot connect to {exc.host}:{exc.port} ({reason})"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    return str(exc) or type(exc).__name__
+
+
+async def probe(session: aiohttp.ClientSession, st: ServiceState) -> None:
+    """Health-check one service, discover its models, and log when it goes up or down."""
+    was_up = st.up if st.checked_at is not None else None
+    service, engine = st.service, st.engine
+    try:
+        health = await engine.health(session, service)
+        discovered = st.discovered
+        if health.ok and not service.models:
+            discovered = tuple(await engine.discover_models(session, service))
+        st.up, st.detail, st.info, st.discovered = health.ok, health.detail, health.info, discovered
+    except (TimeoutError, aiohttp.ClientError, EngineError) as exc:
+        st.up, st.detail = False, describe(exc)
+    except Exception as exc:  # a plugin bug must not stop the agent's other services
+        log.exception("engine %r failed while probing service %r", engine.name, service.name)
+        st.up, st.detail = False, f"engine error: {type(exc).__name__}"
+    st.checked_at = time.time()
+    if st.up and not was_up:
+        log.info("service %s is up (%d models)", service.name, len(st.model_names()))
+    elif not st.up and was_up is not False:
+        log.warning("service %s is down: %s", service.name, st.detail)

@@ -1,0 +1,1 @@
+"""The hub: an OpenAI-compatible gateway that routes each user's requests to their own agents."""

@@ -1,0 +1,134 @@
+"""The hub's application object and its services. ``make_app`` opens no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+from inferclub.hub import background, keys
+from inferclub.hub.config import Secrets, Settings
+from inferclub.hub.handlers import agent as agent_handlers
+from inferclub.hub.handlers import auth as auth_handlers
+from inferclub.hub.handlers import dashboard as dashboard_handlers
+from inferclub.hub.handlers import openai as openai_handlers
+from inferclub.hub.history import HistoryWriter
+from inferclub.hub.keycache import KeyCache
+from inferclub.hub.relay import Relay, Timeouts
+from inferclub.hub.routing import Registry
+from inferclub.hub.store import Store
+
+log = logging.getLogger("inferclub")
+access_log = logging.getLogger("inferclub.access")
+
+
+class Hub:
+    """Everything a handler needs, reached through ``Application.settings["hub"]``."""
+
+    def __init__(self, settings: Settings, store: Store, secrets: Secrets) -> None:
+        self.settings = settings
+        self.store = store
+        self.secrets = secrets
+        self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
+        self.registry = Registry(settings.online_window)
+        self.history = HistoryWriter(store, settings.history_flush_interval)
+        self.relay = Relay(
+            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
+        )
+        #: Requests being proxied right now (drained on shutdown).
+        self.inflight = 0
+        self._callback_tokens: dict[int, str] = {}
+        self._registry_task: asyncio.Task[None] | None = None
+        #: provider id -> (callback URL, problem or None, when checked)
+        self._reachability: dict[int, tuple[str, str | None, float]] = {}
+
+    async def start(self) -> None:
+        """Load providers into the routing registry and start the background writers."""
+        self.registry.load(await self.store.list_providers())
+        await self.keys.start()
+        await self.history.start()
+        await self.relay.start()
+        self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
+
+    async def stop(self) -> None:
+        await background.cancel(self._registry_task)
+        self._registry_task = None
+        await self.relay.close()
+        await self.history.stop()
+        await self.keys.stop()
+
+    async def _watch_providers(self) -> None:
+        """Reload providers from the store now and then: another hub instance sharing the
+        store may have received their heartbeats (or a deletion)."""
+        while True:
+            await asyncio.sleep(self.settings.registry_refresh)
+            try:
+                self.registry.load(await self.store.list_providers())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep routing on the current registry; retry next round
+                log.exception("reloading providers from the store failed")
+
+    async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
+        """Why the hub cannot reach this provider's callback URL, or None when it can.
+
+        Checked when a provider first shows up or changes its URL, and again at most once a
+        minute while it is failing, so an agent learns at once that it is unreachable (behind
+        NAT, bound to the wrong interface) instead of from failing requests.
+        """
+        now = time.monotonic()
+        known = self._reachability.get(provider_id)
+        if known is not None and known[0] == callback_url and (known[1] is None or now - known[2] < 60):
+            return known[1]
+        problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
+        self._reachability[provider_id] = (callback_url, problem, now)
+        return problem
+
+    def callback_token(self, provider_id: int) -> str:
+        """The secret the hub presents to a provider's agent; derived, so never stored."""
+        token = self._callback_tokens.get(provider_id)
+        if token is None:
+            token = keys.derive_secret(self.secrets.pepper, f"callback-token:{provider_id}")
+            self._callback_tokens[provider_id] = token
+        return token
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    if access_log.isEnabledFor(level):
+        access_log.log(
+            level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+            1000.0 * handler.request.request_time(),
+        )
+
+
+def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
+    routes: list[Any] = [
+        *openai_handlers.routes,
+        *agent_handlers.routes,
+        *openai_handlers.fallback_routes,
+        *auth_handlers.routes,
+        *dashboard_handlers.routes,
+    ]
+    here = Path(__file__).resolve().parent
+    secure = auth_handlers.is_secure(hub.settings)
+    settings: dict[str, Any] = {
+        "hub": hub,
+        "log_function": _log_request,
+        "compress_response": False,
+        # The dashboard: signed session cookies, XSRF on every mutation. /v1 handlers take
+        # the bearer key only and skip XSRF (handlers/base.py).
+        "cookie_secret": hub.secrets.cookie_secret,
+        "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax", "secure": secure},
+        "login_url": "/login",
+        "template_path": str(here / "templates"),
+        "static_path": str(here / "static"),
+        **overrides,
+    }
+    return tornado.web.Application(routes, **settings)

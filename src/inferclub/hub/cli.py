@@ -1,0 +1,327 @@
+"""The ``inferclub`` command: ``serve``, ``users`` and ``keys``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+
+from inferclub import __version__
+from inferclub.hub import keys
+from inferclub.hub.app import Hub, make_app
+from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
+from inferclub.hub.handlers import auth
+from inferclub.hub.store import AlreadyExists, Store, StoreError, open_store
+
+log = logging.getLogger("inferclub")
+
+LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,38}[A-Za-z0-9])?$")
+
+
+class CliError(Exception):
+    pass
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLite database file (default: in the user data dir; $INFERCLUB_DB)")
+    p.add_argument("--config", help="YAML settings file ($INFERCLUB_CONFIG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inferclub", description="The inferclub hub: your own GPUs behind the OpenAI API."
+    )
+    parser.add_argument("--version", action="version", version=f"inferclub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hub")
+    _common(serve)
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8321)")
+    serve.add_argument("--online-window", type=float, dest="online_window",
+                       help="seconds a provider stays online after a heartbeat (default 60)")
+    serve.add_argument("--quickstart", action="store_true",
+                       help="on an empty database, create a local user and a key, and print next steps")
+
+    users = sub.add_parser("users", help="manage local users").add_subparsers(dest="action", required=True)
+    u_create = users.add_parser("create", help="create a local user (no GitHub needed)")
+    u_create.add_argument("login")
+    _common(u_create)
+    u_list = users.add_parser("list", help="list users")
+    _common(u_list)
+    u_link = users.add_parser("login-link", help="print a one-time dashboard sign-in link")
+    u_link.add_argument("login")
+    _common(u_link)
+
+    keys_p = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    k_create = keys_p.add_parser("create", help="create a key; it is printed once, on the last line")
+    k_create.add_argument("login")
+    k_create.add_argument("--name", default="", help="a label for the key")
+    _common(k_create)
+    k_list = keys_p.add_parser("list", help="list a user's keys by prefix")
+    k_list.add_argument("login")
+    _common(k_list)
+    k_revoke = keys_p.add_parser("revoke", help="revoke a key (takes effect within a second)")
+    k_revoke.add_argument("key", metavar="PREFIX_OR_ID")
+    _common(k_revoke)
+    k_rotate = keys_p.add_parser("rotate", help="revoke a key and print its replacement")
+    k_rotate.add_argument("key", metavar="PREFIX_OR_ID")
+    _common(k_rotate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in ("db", "config", "host", "port", "online_window")}
+    try:
+        settings = load_settings(flags)
+    except ConfigError as exc:
+        print(f"inferclub: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(serve(settings, quickstart=args.quickstart))
+        command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]] = {
+            ("users", "create"): _users_create,
+            ("users", "list"): _users_list,
+            ("users", "login-link"): _users_login_link,
+            ("keys", "create"): _keys_create,
+            ("keys", "list"): _keys_list,
+            ("keys", "revoke"): _keys_revoke,
+            ("keys", "rotate"): _keys_rotate,
+        }[(args.command, args.action)]
+        return asyncio.run(_with_store(settings, args, command))
+    except (CliError, ConfigError, StoreError) as exc:
+        print(f"inferclub: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (a default dependency on Linux and macOS): the event loop
+    is about a quarter of the hub's CPU per request. Plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+async def _with_store(
+    settings: Settings,
+    args: argparse.Namespace,
+    command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]],
+) -> int:
+    store = open_store(str(settings.db_path))
+    await store.open()
+    try:
+        return await command(store, settings, args)
+    finally:
+        await store.close()
+
+
+async def _user(store: Store, login: str) -> Any:
+    user = await store.get_user(login)
+    if user is None:
+        raise CliError(f"no user {login!r}; create it with `inferclub users create {login}`")
+    return user
+
+
+async def _users_create(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    if not LOGIN_RE.match(args.login):
+        raise CliError(f"invalid login {args.login!r}: use letters, digits, '.', '_' or '-'")
+    try:
+        user = await store.create_user(args.login)
+    except AlreadyExists as exc:
+        raise CliError(str(exc)) from None
+    print(f"created user {user.login} (id {user.id})")
+    return 0
+
+
+async def _users_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    for user in await store.list_users():
+        print(f"{user.login}" + (f"  (github id {user.github_id})" if user.github_id else ""))
+    return 0
+
+
+async def _users_login_link(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(store, args.login)
+    base = auth.local_base_url(settings, settings.host, settings.port)
+    link = await auth.create_login_link(store, user.id, base, settings.login_link_ttl)
+    print(f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):")
+    print(link)
+    return 0
+
+
+async def _print_login_link(store: Store, settings: Settings, host: str, port: int) -> None:
+    """Without a GitHub app, the local admin signs in to the dashboard with a one-time link,
+    the way Jupyter prints its token link. The admin is the first local user; on an empty
+    database it is created when the link is first used, not before."""
+    admin = await auth.local_admin(store)
+    link = await auth.create_login_link(
+        store, admin.id if admin else None, auth.local_base_url(settings, host, port),
+        settings.login_link_ttl,
+    )
+    who = f" as {admin.login}" if admin else ""
+    print(f"Dashboard: sign in{who} with this link (works once, expires in "
+          f"{settings.login_link_ttl / 60:g} min; `inferclub users login-link LOGIN` "
+          f"prints another):\n    {link}", flush=True)
+
+
+async def _new_key(store: Store, settings: Settings) -> tuple[str, str, str]:
+    secrets = load_or_create_secrets(settings.secrets_path)
+    key = keys.generate()
+    return key, keys.display_prefix(key), keys.hash_key(secrets.pepper, key)
+
+
+async def _keys_create(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(store, args.login)
+    key, prefix, digest = await _new_key(store, settings)
+    record = await store.create_key(user.id, args.name, prefix, digest)
+    print(f"created key {record.prefix}… (id {record.id}) for {user.login}; it is shown only once:")
+    print(key)
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "never"
+
+
+async def _keys_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(store, args.login)
+    rows = await store.list_keys(user.id)
+    print(f"{'ID':>4}  {'PREFIX':<12} {'NAME':<20} {'CREATED':<16}  {'LAST USED':<16}  STATUS")
+    for k in rows:
+        status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
+        print(f"{k.id:>4}  {k.prefix:<12} {k.name[:20]:<20} {_when(k.created_at):<16}  "
+              f"{_when(k.last_used_at):<16}  {status}")
+    return 0
+
+
+async def _one_key(store: Store, prefix_or_id: str) -> Any:
+    found = [k for k in await store.find_keys(prefix_or_id) if k.active]
+    if not found:
+        raise CliError(f"no active key matches {prefix_or_id!r}")
+    if len(found) > 1:
+        raise CliError(f"{prefix_or_id!r} matches {len(found)} keys; use the numeric id")
+    return found[0]
+
+
+async def _keys_revoke(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    key = await _one_key(store, args.key)
+    await store.revoke_key(key.id)
+    print(f"revoked key {key.prefix}… (id {key.id})")
+    return 0
+
+
+async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    old = await _one_key(store, args.key)
+    key, prefix, digest = await _new_key(store, settings)
+    new = await store.rotate_key(old.user_id, old.id, prefix, digest)
+    if new is None:
+        raise CliError(f"key {old.prefix} was revoked meanwhile")
+    print(f"revoked key {old.prefix}… (id {old.id}); its replacement {new.prefix}… (id {new.id}) is shown only once:")
+    print(key)
+    return 0
+
+
+async def serve(settings: Settings, quickstart: bool = False) -> int:
+    store = open_store(str(settings.db_path))
+    await store.open()
+    # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
+    # the hub's tasks are stopped, so the process exits instead of hanging.
+    try:
+        secrets = load_or_create_secrets(settings.secrets_path)
+        hub = Hub(settings, store, secrets)
+        await hub.start()
+        try:
+            return await _run_server(hub, settings, quickstart)
+        finally:
+            await hub.stop()
+    finally:
+        await store.close()
+
+
+async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
+    limit = max(settings.max_json_body, settings.max_audio_body, settings.max_image_body * 16)
+    server = tornado.httpserver.HTTPServer(
+        make_app(hub),
+        xheaders=False,
+        max_body_size=limit + 1024 * 1024,
+        idle_connection_timeout=300,
+    )
+    # Before "listening on": a supervisor may signal as soon as it sees that line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    url = f"http://{host}:{port}"
+    log.info("inferclub %s, database %s", __version__, settings.db_path)
+    print(f"listening on {url}", flush=True)
+    if quickstart:
+        await _print_quickstart(hub.store, settings, url)
+    if not settings.github_enabled:
+        await _print_login_link(hub.store, settings, settings.host, port)
+
+    await stop.wait()
+
+    log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)
+    server.stop()
+    deadline = time.monotonic() + settings.drain_timeout
+    while hub.inflight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if hub.inflight:
+        log.warning("drain deadline reached with %d requests in flight; closing them", hub.inflight)
+    await server.close_all_connections()
+    log.info("stopped")
+    return 0
+
+
+async def _print_quickstart(store: Store, settings: Settings, url: str) -> None:
+    lines = ["", f"inferclub hub is up at {url}"]
+    if await store.count_users() == 0:
+        login = re.sub(r"[^A-Za-z0-9._-]", "", getpass.getuser()) or "me"
+        user = await store.create_user(login)
+        key, prefix, digest = await _new_key(store, settings)
+        await store.create_key(user.id, "quickstart", prefix, digest)
+        lines += [
+            f"Created local user '{user.login}' and an API key (shown only this once):",
+            f"    {key}",
+        ]
+    else:
+        key = "<your key>"
+        lines += ["Create a key with:  inferclub keys create <login>"]
+    lines += [
+        "Next steps:",
+        "  1. Run an agent next to your inference server (see manifests/ for examples):",
+        f"       INFERCLUB_API_KEY={key} inference-club-agent run --manifest manifests/llamacpp.yaml --hub {url}",
+        "  2. Use the hub from any OpenAI client:",
+        f'       OpenAI(base_url="{url}/v1", api_key="{key}")',
+        "",
+    ]
+    print("\n".join(lines), flush=True)

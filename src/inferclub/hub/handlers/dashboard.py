@@ -1,0 +1,431 @@
+"""The dashboard: keys, providers, request history with charts, and the playground.
+
+Pages are server-rendered templates with a little JavaScript (``inferclub/static``). Every
+query is scoped to the signed-in user, so another user's key, provider or request id is a 404.
+The playground's endpoints (``/dashboard/api/v1/...``) are the ``/v1`` proxy handlers with the
+session cookie (and XSRF) in place of the bearer key: same routing, relay and history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import tornado.web
+
+from inferclub import SERVICE_TYPES
+from inferclub.hub import keys
+from inferclub.hub.errors import ApiError
+from inferclub.hub.handlers import auth
+from inferclub.hub.handlers import openai as openai_handlers
+from inferclub.hub.handlers.auth import WebHandler
+from inferclub.hub.handlers.base import finish_json
+from inferclub.hub.handlers.openai import ProxyHandler
+from inferclub.hub.routing import Registry
+from inferclub.hub.store import KeyOwner, ProviderRecord, RequestFilter, RequestRecord
+
+PAGE_SIZE = 50
+#: How often the providers page polls its JSON, milliseconds.
+PROVIDERS_POLL_MS = 2000
+#: Chart windows when no dates are given: name -> (seconds, bucket seconds).
+RANGES = {
+    "1h": (3600, 60),
+    "24h": (86400, 1800),
+    "7d": (7 * 86400, 3 * 3600),
+    "30d": (30 * 86400, 12 * 3600),
+}
+_NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+
+
+# -- formatting helpers for templates ---------------------------------------------------------
+
+
+def iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else ""
+
+
+def utc(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "never"
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def usage(r: RequestRecord) -> str:
+    parts = []
+    if r.prompt_tokens is not None or r.completion_tokens is not None:
+        parts.append(f"{r.prompt_tokens or 0} + {r.completion_tokens or 0}")
+    if r.audio_seconds is not None:
+        parts.append(f"{r.audio_seconds:g} s audio")
+    if r.images is not None:
+        parts.append(f"{r.images} image" + ("s" if r.images != 1 else ""))
+    return ", ".join(parts) or "–"
+
+
+def json_script(data: Any) -> str:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` breakout)."""
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str, Any]:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for s in p.services:
+        by_type.setdefault(s.type, []).append(
+            {"name": s.name, "engine": s.engine, "features": list(s.features),
+             "models": list(s.models)}
+        )
+    return {
+        "id": p.id,
+        "name": p.name,
+        "callback_url": p.callback_url,
+        "agent_version": p.agent_version,
+        "online": registry.is_online(p, now),
+        "last_heartbeat_at": p.last_heartbeat_at,
+        "heartbeat_age": max(0.0, now - p.last_heartbeat_at),
+        "created_at": p.created_at,
+        "services_by_type": [
+            {"type": t, "services": by_type[t]}
+            for t in sorted(by_type, key=lambda t: SERVICE_TYPES.index(t)
+                            if t in SERVICE_TYPES else len(SERVICE_TYPES))
+        ],
+        "health": p.health,
+    }
+
+
+def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
+    hub = handler.hub
+    now = time.time()
+    return {
+        "now": now,
+        "online_window": hub.registry.online_window,
+        "poll_ms": PROVIDERS_POLL_MS,
+        "providers": [provider_json(p, hub.registry, now) for p in hub.registry.providers(user_id)],
+    }
+
+
+def playground_models(registry: Registry, user_id: int) -> list[dict[str, Any]]:
+    """What the playground offers: each (model, type) of an online provider, with the
+    features of the service a request would be routed to."""
+    out = []
+    for model, type_, provider in registry.models(user_id):
+        try:
+            route = registry.route(user_id, type_, model)
+        except ApiError:
+            continue
+        out.append({"model": model, "type": type_, "provider": provider.name,
+                    "service": route.service.name, "features": list(route.service.features)})
+    return out
+
+
+# -- base classes -----------------------------------------------------------------------------
+
+
+class DashboardHandler(WebHandler):
+    """A page of the signed-in user's dashboard."""
+
+    section = ""
+
+    @property
+    def user_id(self) -> int:
+        assert self.current_user is not None
+        return self.current_user.id
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        ns = super().get_template_namespace()
+        ns.update(section=self.section, iso=iso, utc=utc, ms=ms, usage=usage,
+                  json_script=json_script, hub_url=self.hub_url)
+        return ns
+
+    @property
+    def hub_url(self) -> str:
+        """The hub's base URL as this browser reaches it, for snippets to copy."""
+        return self.hub.settings.public_url.rstrip("/") or (
+            f"{self.request.protocol}://{self.request.host}"
+        )
+
+
+class DashboardApiHandler(DashboardHandler):
+    """Small JSON endpoints the pages poll: 401 instead of a redirect to the sign-in page."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.current_user is None:
+            raise tornado.web.HTTPError(401, "Sign in to the dashboard first.")
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        finish_json(self, data, status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.write_json({"error": {"message": message, "type": "invalid_request_error",
+                                   "param": None, "code": None}}, status_code)
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+class HomeHandler(WebHandler):
+    async def get(self) -> None:
+        self.redirect("/dashboard/providers" if self.current_user else "/login")
+
+
+class _KeysPage(DashboardHandler):
+    section = "keys"
+
+    async def show(self, new_key: str = "", new_id: int = 0, notice: str = "") -> None:
+        """The keys page; a new key appears in it this once (the page is never cached)."""
+        rows = await self.hub.store.list_keys(self.user_id)
+        rows.sort(key=lambda k: (not k.active, -k.id))
+        self.render("keys.html", keys=rows, new_key=new_key, new_id=new_id, notice=notice)
+
+
+class KeysHandler(_KeysPage):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.show()
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        label = self.get_body_argument("name", "").strip()[:100]
+        key = keys.generate()
+        record = await self.hub.store.create_key(
+            self.user_id, label, keys.display_prefix(key), keys.hash_key(self.hub.secrets.pepper, key)
+        )
+        self.hub.keys.invalidate()
+        self.set_status(201)
+        await self.show(new_key=key, new_id=record.id, notice="Key created.")
+
+
+class KeyActionHandler(_KeysPage):
+    @tornado.web.authenticated
+    async def post(self, key_id: str, action: str) -> None:
+        store, kid = self.hub.store, int(key_id)
+        mine = next((k for k in await store.list_keys(self.user_id) if k.id == kid), None)
+        if mine is None:
+            raise tornado.web.HTTPError(404, "No such key.")
+        if not mine.active:
+            raise tornado.web.HTTPError(409, "Key %s… is already revoked.", mine.prefix)
+        if action == "revoke":
+            await store.revoke_key(kid, self.user_id)
+            # Takes effect at once on this hub (other hubs see keys_version change within a second).
+            self.hub.keys.invalidate()
+            await self.show(notice=f"Key {mine.prefix}… revoked.")
+            return
+        key = keys.generate()
+        new = await store.rotate_key(
+            self.user_id, kid, keys.display_prefix(key), keys.hash_key(self.hub.secrets.pepper, key)
+        )
+        self.hub.keys.invalidate()
+        if new is None:
+            raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
+        await self.show(new_key=key, new_id=new.id,
+                        notice=f"Key {mine.prefix}… revoked; here is its replacement.")
+
+
+class ProvidersHandler(DashboardHandler):
+    section = "providers"
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        has_key = any(k.active for k in await self.hub.store.list_keys(self.user_id))
+        self.render("providers.html", data=providers_payload(self, self.user_id), has_key=has_key)
+
+
+class ProvidersApiHandler(DashboardApiHandler):
+    async def get(self) -> None:
+        self.write_json(providers_payload(self, self.user_id))
+
+
+class ProviderApiHandler(DashboardApiHandler):
+    async def get(self, provider_id: str) -> None:
+        for p in self.hub.registry.providers(self.user_id):
+            if p.id == int(provider_id):
+                self.write_json(provider_json(p, self.hub.registry, time.time()))
+                return
+        raise tornado.web.HTTPError(404, "No such provider.")
+
+
+class ProviderDeleteHandler(DashboardHandler):
+    @tornado.web.authenticated
+    async def post(self, provider_id: str) -> None:
+        pid = int(provider_id)
+        if not await self.hub.store.delete_provider(self.user_id, pid):
+            raise tornado.web.HTTPError(404, "No such provider.")
+        self.hub.registry.remove(self.user_id, pid)
+        self.redirect("/dashboard/providers")
+
+
+def _day(value: str) -> float | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def chart_series(
+    buckets: list[Any], since: float, until: float, size: float
+) -> list[dict[str, Any]]:
+    """Every bucket of the window, empty ones included, so the charts have a time axis."""
+    by_start = {b.start: b for b in buckets}
+    out = []
+    start = math.floor(since / size) * size
+    while start < until:
+        b = by_start.get(start)
+        out.append({
+            "t": start,
+            "requests": b.requests if b else 0,
+            "errors": b.errors if b else 0,
+            "ttfb_ms": b.avg_ttfb_ms if b else None,
+            "duration_ms": b.avg_duration_ms if b else None,
+            "prompt_tokens": b.prompt_tokens if b else 0,
+            "completion_tokens": b.completion_tokens if b else 0,
+        })
+        start += size
+    return out
+
+
+class RequestsHandler(DashboardHandler):
+    section = "requests"
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        arg = self.get_query_argument
+        model = arg("model", "").strip()
+        type_ = arg("type", "")
+        status_raw = arg("status", "").strip()
+        date_from, date_to = arg("from", ""), arg("to", "")
+        range_name = arg("range", "24h")
+        if range_name not in RANGES:
+            range_name = "24h"
+        try:
+            page = max(1, int(arg("page", "1")))
+        except ValueError:
+            page = 1
+        since, until = _day(date_from), _day(date_to)
+        if until is not None:
+            until += 86400  # "to" is inclusive: the whole day
+        flt = RequestFilter(
+            model=model or None,
+            type=type_ if type_ in SERVICE_TYPES else None,
+            status=int(status_raw) if status_raw.isdigit() else None,
+            since=since,
+            until=until,
+        )
+        store = self.hub.store
+        total = await store.count_requests(self.user_id, flt)
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(page, pages)
+        rows = await store.list_requests(self.user_id, flt, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+
+        now = time.time()
+        if since is None and until is None:
+            span, bucket = RANGES[range_name]
+            c_since, c_until = now - span, now
+        else:
+            c_until = until if until is not None else now
+            c_since = since if since is not None else c_until - RANGES["30d"][0]
+            bucket = next((b for b in _NICE_BUCKETS if (c_until - c_since) / b <= 72),
+                          _NICE_BUCKETS[-1])
+        chart_flt = RequestFilter(flt.model, flt.type, flt.status, c_since, c_until)
+        buckets = await store.request_buckets(self.user_id, chart_flt, bucket)
+        series = chart_series(buckets, c_since, c_until, bucket)
+
+        providers = {p.id: p.name for p in await store.list_providers(self.user_id)}
+        models = sorted({m for m, _, _ in self.hub.registry.models(self.user_id)})
+        params = {k: v for k, v in (("model", model), ("type", flt.type or ""),
+                                    ("status", status_raw), ("from", date_from),
+                                    ("to", date_to), ("range", range_name)) if v}
+        self.render(
+            "requests.html", rows=rows, total=total, page=page, pages=pages, params=params,
+            providers=providers, models=models, types=SERVICE_TYPES, ranges=list(RANGES),
+            range_name=range_name, dated=since is not None or until is not None,
+            chart={"bucket": bucket, "since": c_since, "until": c_until, "series": series},
+            page_size=PAGE_SIZE,
+        )
+
+
+class RequestDetailHandler(DashboardHandler):
+    section = "requests"
+
+    @tornado.web.authenticated
+    async def get(self, request_id: str) -> None:
+        store = self.hub.store
+        row = await store.get_request(self.user_id, request_id)
+        if row is None:
+            raise tornado.web.HTTPError(404, "No such request.")
+        provider = next((p.name for p in await store.list_providers(self.user_id)
+                         if p.id == row.provider_id), None)
+        key = next((k for k in await store.list_keys(self.user_id) if k.id == row.key_id), None)
+        self.render("request.html", r=row, provider=provider, key=key)
+
+
+class PlaygroundHandler(DashboardHandler):
+    section = "playground"
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.render("playground.html", models=playground_models(self.hub.registry, self.user_id))
+
+
+class ModelsApiHandler(DashboardApiHandler):
+    async def get(self) -> None:
+        self.write_json({"models": playground_models(self.hub.registry, self.user_id)})
+
+
+# -- the playground's inference endpoints -----------------------------------------------------
+
+PLAYGROUND_PREFIX = "/dashboard/api"
+
+
+class PlaygroundProxyMixin(ProxyHandler):
+    """Mixed in before a ``/v1`` proxy handler class, it serves ``/dashboard/api/v1/...`` with
+    the session cookie instead of the bearer key, XSRF checked again. Routing, relay and
+    history are the ``/v1`` handler's own; rows get no key id (the dashboard made them)."""
+
+    check_xsrf_cookie = tornado.web.RequestHandler.check_xsrf_cookie
+
+    async def authenticate(self) -> KeyOwner:
+        user = await auth.session_user(self, self.hub)
+        if user is None:
+            raise ApiError(401, "Sign in to the dashboard first.", "invalid_request_error",
+                           "not_signed_in")
+        return KeyOwner(key_id=None, user_id=user.id, login=user.login)
+
+    @property
+    def api_path(self) -> str:
+        return self.request.path[len(PLAYGROUND_PREFIX):]
+
+
+def _playground_routes() -> list[tuple[str, type[Any]]]:
+    out: list[tuple[str, type[Any]]] = []
+    for pattern, handler in openai_handlers.routes:
+        if isinstance(handler, type) and issubclass(handler, ProxyHandler):
+            cls = type(f"Playground{handler.__name__}", (PlaygroundProxyMixin, handler), {})
+            out.append((PLAYGROUND_PREFIX + pattern, cls))
+    return out
+
+
+routes: list[tuple[str, Any]] = [
+    (r"/", HomeHandler),
+    (r"/dashboard/?", HomeHandler),
+    (r"/dashboard/keys", KeysHandler),
+    (r"/dashboard/keys/(\d+)/(revoke|rotate)", KeyActionHandler),
+    (r"/dashboard/providers", ProvidersHandler),
+    (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
+    (r"/dashboard/requests", RequestsHandler),
+    (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
+    (r"/dashboard/playground", PlaygroundHandler),
+    (r"/dashboard/api/providers", ProvidersApiHandler),
+    (r"/dashboard/api/providers/(\d+)", ProviderApiHandler),
+    (r"/dashboard/api/models", ModelsApiHandler),
+    *_playground_routes(),
+]

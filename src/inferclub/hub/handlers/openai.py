@@ -1,0 +1,299 @@
+"""The OpenAI-compatible consumer API: models, and the proxied inference endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
+
+from inferclub import multipart
+from inferclub.hub import errors
+from inferclub.hub.errors import ApiError
+from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
+from inferclub.hub.relay import Transform
+from inferclub.hub.routing import Route
+from inferclub.hub.store import ProviderRecord, RequestRecord
+
+
+def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
+    return {
+        "id": model,
+        "object": "model",
+        "created": int(provider.created_at),
+        "owned_by": provider.name,
+        "type": type_,
+    }
+
+
+class ModelsHandler(ApiHandler):
+    async def get(self) -> None:
+        data = [_model_entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
+        self.write_json({"object": "list", "data": data})
+
+
+class ModelHandler(ApiHandler):
+    async def get(self, model: str) -> None:
+        for m, type_, provider in self.hub.registry.models(self.owner.user_id):
+            if m == model:
+                self.write_json(_model_entry(m, type_, provider))
+                return
+        raise errors.model_not_found(model)
+
+
+@dataclass
+class Forward:
+    """What goes to the agent, and how its answer comes back."""
+
+    body: bytes
+    #: The hub asked for stream usage the client did not ask for: strip it again.
+    strip_usage: bool = False
+    #: Rewrites a whole (non-streamed) success body: ``(content type, body) -> same``.
+    transform: Transform | None = None
+    #: Extra response headers for the client.
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ProxyHandler(ApiHandler):
+    """Routes a request to one of the caller's online providers and relays the answer."""
+
+    service_type = "llm"
+
+    _relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def api_path(self) -> str:
+        """The ``/v1/...`` path this request stands for (the dashboard serves them elsewhere)."""
+        return self.request.path
+
+    def parse(self) -> tuple[str, Forward]:
+        """The model to route on and what to forward; JSON bodies by default."""
+        payload = self.json_body()
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+        return model, Forward(self.body)
+
+    def adapt(self, route: Route, fwd: Forward) -> Forward:
+        """A last change of the request once the service is known (see transcriptions)."""
+        return fwd
+
+    async def post(self) -> None:
+        hub = self.hub
+        record = RequestRecord(
+            id="req_" + secrets.token_hex(12),
+            user_id=self.owner.user_id,
+            key_id=self.owner.key_id,
+            endpoint=self.api_path,
+            started_at=time.time(),
+            type=self.service_type,
+            bytes_in=self._size,
+        )
+        self.set_header("X-Request-Id", record.id)
+        t0 = time.perf_counter()
+        hub.inflight += 1
+        try:
+            model, fwd = self.parse()
+            record.model = model
+            route = hub.registry.route(self.owner.user_id, self.service_type, model)
+            record.provider_id, record.service = route.provider.id, route.service.name
+            fwd = self.adapt(route, fwd)
+            self.set_header("X-InferClub-Provider", route.provider.name)
+            for name, value in fwd.headers.items():
+                self.set_header(name, value)
+            await self._relay(route, fwd, record)
+        except ApiError as err:
+            record.status, record.error_type = err.status, err.type
+            raise
+        finally:
+            hub.inflight -= 1
+            record.duration_ms = (time.perf_counter() - t0) * 1000
+            if not record.status:
+                record.status = 499 if record.cancelled else 500
+            hub.history.add(record)
+
+    async def _relay(self, route: Route, fwd: Forward, record: RequestRecord) -> None:
+        path = self.api_path[len("/v1"):]
+        url = route.provider.callback_url.rstrip("/") + path
+        headers = {
+            "Content-Type": self.request.headers.get("Content-Type", "application/json"),
+            "Authorization": "Bearer " + self.hub.callback_token(route.provider.id),
+            "X-InferClub-Service": route.service.name,
+            "X-Request-Id": record.id,
+        }
+        task = asyncio.ensure_future(
+            self.hub.relay.forward(self, url, fwd.body, headers, record, fwd.strip_usage, fwd.transform)
+        )
+        self._relay_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            # on_connection_close cancelled the relay: the client is gone.
+            record.cancelled = True
+            return
+        finally:
+            self._relay_task = None
+        if not self._finished:
+            self.finish()
+
+    def start_stream(self) -> None:
+        # Tornado leaves Nagle's algorithm on until finish(); a stream of small chunks would
+        # then wait for the client's delayed ACKs (up to 40 ms each on a real network).
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+
+    def on_connection_close(self) -> None:
+        task = self._relay_task
+        if task is not None and not task.done():
+            task.cancel()
+
+
+class ChatCompletionsHandler(ProxyHandler):
+    service_type = "llm"
+
+    def parse(self) -> tuple[str, Forward]:
+        payload = self.json_body()
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+        fwd = Forward(self.body)
+        if payload.get("stream") is True:
+            opts = payload.get("stream_options")
+            if not isinstance(opts, dict) or not opts.get("include_usage"):
+                # Ask for usage so history has token counts; the usage-only chunk is
+                # stripped again before the client sees it.
+                payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                             "include_usage": True}
+                fwd = Forward(json.dumps(payload).encode(), strip_usage=True)
+        return model, fwd
+
+
+class CompletionsHandler(ChatCompletionsHandler):
+    service_type = "llm"
+
+
+class EmbeddingsHandler(ProxyHandler):
+    service_type = "embedding"
+
+
+class SpeechHandler(ProxyHandler):
+    """Audio bytes (or ``stream_format: sse`` events) stream back as they arrive."""
+
+    service_type = "tts"
+
+
+class ImageGenerationsHandler(ProxyHandler):
+    service_type = "image"
+
+
+class MultipartHandler(ProxyHandler):
+    """Uploads: parsed just enough to route on ``model``; forwarded byte for byte."""
+
+    #: Form fields of which at least one must carry a file.
+    file_fields: tuple[str, ...] = ("file",)
+
+    def parse(self) -> tuple[str, Forward]:
+        ctype = self.request.headers.get("Content-Type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise errors.bad_request("Expected a multipart/form-data body.")
+        body = self.body
+        self.fields: dict[str, list[bytes]] = {}
+        self.files: dict[str, list[HTTPFile]] = {}
+        try:
+            parse_body_arguments(ctype, body, self.fields, self.files)
+        except HTTPInputError as exc:
+            raise errors.bad_request(f"Malformed multipart body: {exc}") from None
+        model = self.field("model")
+        if not model:
+            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+        if not any(self.files.get(name) for name in self.file_fields):
+            raise errors.bad_request(
+                f"You must upload a file in `{self.file_fields[0]}`.", self.file_fields[0], "missing_file"
+            )
+        return model, Forward(body)
+
+    def field(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[0].decode("utf-8", "replace") if values else None
+
+
+class TranscriptionsHandler(MultipartHandler):
+    """Speech to text. ``verbose_json`` reaches only services that declare ``timestamps``;
+    for others it is downgraded to plain text, and the client is told by a header."""
+
+    service_type = "stt"
+    body_limit_setting = "max_audio_body"
+
+    def adapt(self, route: Route, fwd: Forward) -> Forward:
+        ctype = self.request.headers["Content-Type"]
+        wanted = self.field("response_format") or "json"
+        if wanted == "verbose_json" and "timestamps" not in route.service.features:
+            body = multipart.set_field(fwd.body, ctype, "response_format", "text")
+            body = multipart.remove_field(body, ctype, "timestamp_granularities[]")
+            return Forward(body, transform=_json_text_to_plain,
+                           headers={"X-InferClub-Downgraded": "verbose_json->text"})
+        if wanted == "text":
+            return Forward(fwd.body, transform=_json_text_to_plain)
+        return fwd
+
+
+class TranslationsHandler(TranscriptionsHandler):
+    pass
+
+
+class ImageEditsHandler(MultipartHandler):
+    service_type = "image"
+    body_limit_setting = "max_image_body"
+    file_fields = ("image", "image[]")
+    #: OpenAI accepts up to 16 images per edit.
+    max_images = 16
+
+    def body_limit(self) -> int:
+        per_image = self.hub.settings.max_image_body
+        return per_image * (self.max_images + 1) + 1024 * 1024
+
+    def parse(self) -> tuple[str, Forward]:
+        model, fwd = super().parse()
+        limit = self.hub.settings.max_image_body
+        images = [f for name in ("image", "image[]", "mask") for f in self.files.get(name, ())]
+        if len(images) > self.max_images + 1:
+            raise errors.bad_request(f"At most {self.max_images} images can be edited at once.", "image")
+        for f in images:
+            if len(f.body) > limit:
+                raise errors.too_large(limit, f"image {f.filename!r}")
+        return model, fwd
+
+
+def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
+    """Some engines answer ``response_format=text`` with ``{"text": ...}``; clients get text."""
+    if ctype.startswith("application/json"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return ctype, body
+        if isinstance(data, dict) and isinstance(data.get("text"), str):
+            return "text/plain; charset=utf-8", data["text"].encode()
+    return ctype, body
+
+
+routes = [
+    (r"/v1/models", ModelsHandler),
+    (r"/v1/models/(.+)", ModelHandler),
+    (r"/v1/chat/completions", ChatCompletionsHandler),
+    (r"/v1/completions", CompletionsHandler),
+    (r"/v1/embeddings", EmbeddingsHandler),
+    (r"/v1/audio/transcriptions", TranscriptionsHandler),
+    (r"/v1/audio/translations", TranslationsHandler),
+    (r"/v1/audio/speech", SpeechHandler),
+    (r"/v1/images/generations", ImageGenerationsHandler),
+    (r"/v1/images/edits", ImageEditsHandler),
+]
+
+fallback_routes = [(r"/v1/.*", NotFoundHandler)]

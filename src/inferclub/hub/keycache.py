@@ -1,0 +1,102 @@
+"""Key authentication with an in-memory cache, off the database on the hot path.
+
+Positive and negative lookups are cached. A background task polls the store's
+``keys_version`` (one tiny query every ``key_cache_refresh`` seconds, 0.5 s by default) and
+drops the whole cache when it changes, so a key revoked anywhere (dashboard, CLI, another hub
+instance) stops working within a second. ``last_used`` times are collected here and written
+in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+from inferclub.hub import background, keys
+from inferclub.hub.store import KeyOwner, Store
+
+log = logging.getLogger(__name__)
+
+_NEGATIVE_CACHE_MAX = 10_000
+
+
+class KeyCache:
+    def __init__(self, store: Store, pepper: bytes, refresh_interval: float = 0.5) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._refresh_interval = refresh_interval
+        self._owners: dict[str, KeyOwner] = {}
+        self._unknown: OrderedDict[str, None] = OrderedDict()
+        self._version: int | None = None
+        self._last_used: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._version = await self._store.keys_version()
+        self._task = asyncio.create_task(self._watch(), name="key-cache-watch")
+
+    async def stop(self) -> None:
+        await background.cancel(self._task)
+        self._task = None
+        await self.flush_last_used()
+
+    async def authenticate(self, token: str) -> KeyOwner | None:
+        """The owner of ``token``, or None. Malformed keys never reach the store."""
+        if not keys.is_well_formed(token):
+            return None
+        digest = keys.hash_key(self._pepper, token)
+        owner = self._owners.get(digest)
+        if owner is None:
+            if digest in self._unknown:
+                return None
+            version = self._version
+            owner = await self._store.find_active_key(digest)
+            if version != self._version:
+                # The cache was dropped while we looked: the answer may be stale already.
+                return owner
+            if owner is None:
+                self._unknown[digest] = None
+                if len(self._unknown) > _NEGATIVE_CACHE_MAX:
+                    self._unknown.popitem(last=False)
+                return None
+            self._owners[digest] = owner
+        if owner.key_id is not None:
+            self._last_used[owner.key_id] = time.time()
+        return owner
+
+    def invalidate(self) -> None:
+        self._owners.clear()
+        self._unknown.clear()
+
+    async def refresh(self) -> None:
+        version = await self._store.keys_version()
+        if version != self._version:
+            self._version = version
+            self.invalidate()
+
+    async def flush_last_used(self) -> None:
+        if self._last_used:
+            batch, self._last_used = self._last_used, {}
+            try:
+                await self._store.touch_keys(batch)
+            except BaseException:
+                self._last_used = {**batch, **self._last_used}
+                raise
+
+    async def _watch(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            try:
+                await self.refresh()
+                ticks += 1
+                if ticks % 20 == 0:
+                    await self.flush_last_used()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A store outage must not turn valid cached keys into 401s: keep serving
+                # from the cache and try again next tick.
+                log.exception("key cache refresh failed; keeping the current cache")

@@ -1,0 +1,168 @@
+"""The store interface. Handlers and services talk to this, never to SQL.
+
+SQLite (``sqlite.py``) is the embedded default. A PostgreSQL backend implements the same
+methods; nothing above this package changes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inferclub.hub.store.models import (
+    ApiKey,
+    AuthToken,
+    KeyOwner,
+    ProviderRecord,
+    RequestBucket,
+    RequestRecord,
+    ServiceInfo,
+    User,
+)
+
+
+class StoreError(Exception):
+    """Base class of store errors that callers are expected to handle."""
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    model: str | None = None
+    type: str | None = None
+    status: int | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+class Store(abc.ABC):
+    """Persistent state of the hub. Every write method is one atomic transaction."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # users
+    @abc.abstractmethod
+    async def create_user(self, login: str, github_id: int | None = None) -> User: ...
+
+    @abc.abstractmethod
+    async def get_user(self, login: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_id(self, user_id: int) -> User | None: ...
+
+    @abc.abstractmethod
+    async def upsert_github_user(self, github_id: int, login: str) -> User:
+        """Find the user by GitHub's numeric id (updating a changed login) or create it."""
+
+    @abc.abstractmethod
+    async def count_users(self) -> int: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]: ...
+
+    # keys
+    @abc.abstractmethod
+    async def create_key(self, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, user_id: int) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    async def find_keys(self, prefix_or_id: str) -> list[ApiKey]:
+        """Keys whose display prefix or numeric id matches, for the CLI."""
+
+    @abc.abstractmethod
+    async def find_active_key(self, key_hash: str) -> KeyOwner | None: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
+        """Revoke; with ``user_id`` only that user's key. False when nothing matched."""
+
+    @abc.abstractmethod
+    async def rotate_key(
+        self, user_id: int, key_id: int, prefix: str, key_hash: str
+    ) -> ApiKey | None:
+        """Revoke ``key_id`` and create its replacement (same label) in one transaction."""
+
+    @abc.abstractmethod
+    async def keys_version(self) -> int:
+        """A number that changes whenever any key is created, revoked or rotated."""
+
+    @abc.abstractmethod
+    async def touch_keys(self, last_used: Mapping[int, float]) -> None: ...
+
+    # providers
+    @abc.abstractmethod
+    async def save_heartbeat(
+        self,
+        user_id: int,
+        name: str,
+        callback_url: str,
+        agent_version: str,
+        health: dict[str, Any],
+        services: Sequence[ServiceInfo],
+        now: float,
+    ) -> ProviderRecord:
+        """Upsert the provider by (user, name) and replace its services, all or nothing."""
+
+    @abc.abstractmethod
+    async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
+        """Providers (of one user, or all) in routing order: oldest provider first."""
+
+    @abc.abstractmethod
+    async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...
+
+    # request history
+    @abc.abstractmethod
+    async def add_requests(self, rows: Iterable[RequestRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def list_requests(
+        self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RequestRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def count_requests(self, user_id: int, flt: RequestFilter | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def get_request(self, user_id: int, request_id: str) -> RequestRecord | None: ...
+
+    @abc.abstractmethod
+    async def request_buckets(
+        self, user_id: int, flt: RequestFilter | None, bucket_seconds: float
+    ) -> list[RequestBucket]:
+        """History aggregated per ``bucket_seconds`` (aligned to the epoch), oldest first;
+        buckets without requests are left out."""
+
+    # dashboard sign-in tokens (stored by hash only)
+    @abc.abstractmethod
+    async def create_auth_token(
+        self, kind: str, token_hash: str, user_id: int | None, expires_at: float, data: str = ""
+    ) -> None:
+        """Store a token; expired tokens of any kind are purged in the same transaction."""
+
+    @abc.abstractmethod
+    async def get_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        """The unexpired token, left in place (sessions)."""
+
+    @abc.abstractmethod
+    async def consume_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        """Delete the token and return it if it had not expired: each works at most once."""
+
+    @abc.abstractmethod
+    async def delete_auth_token(self, kind: str, token_hash: str) -> bool: ...

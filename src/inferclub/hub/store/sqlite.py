@@ -1,0 +1,509 @@
+"""SQLite backend (aiosqlite): WAL, a busy timeout, ``BEGIN IMMEDIATE`` for every write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from inferclub.hub.store.base import AlreadyExists, RequestFilter, Store, StoreError
+from inferclub.hub.store.models import (
+    REQUEST_COLUMNS,
+    ApiKey,
+    AuthToken,
+    KeyOwner,
+    ProviderRecord,
+    RequestBucket,
+    RequestRecord,
+    ServiceInfo,
+    User,
+)
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def migrations() -> list[tuple[int, str]]:
+    """``(version, sql)`` for every file in ``migrations/``, in order."""
+    found = []
+    for entry in resources.files("inferclub.hub.store").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        # One connection, one lock: statements of two coroutines never interleave inside a
+        # transaction, and no write waits on another write of this process.
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.Error as exc:
+            # Close the connection's thread too, or the process would never exit.
+            await self.close()
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        async with self._write() as db:
+            current = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            for version, sql in migrations():
+                if version <= current:
+                    continue
+                log.info("applying schema migration %04d", version)
+                for statement in _split_sql(sql):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {version}")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            try:
+                # IMMEDIATE takes the write lock up front, so a read-then-write transaction
+                # can't fail with SQLITE_BUSY halfway (the busy handler covers the wait).
+                await db.execute("BEGIN IMMEDIATE")
+                yield db
+            except BaseException:
+                # Also when the writer was cancelled while BEGIN was on its way: statements
+                # run in order on the connection's thread, so this ROLLBACK comes after it.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self.db
+
+    # ------------------------------------------------------------------ users
+    async def create_user(self, login: str, github_id: int | None = None) -> User:
+        now = time.time()
+        try:
+            async with self._write() as db:
+                cur = await db.execute(
+                    "INSERT INTO users (login, github_id, created_at) VALUES (?, ?, ?)",
+                    (login, github_id, now),
+                )
+                return User(cur.lastrowid or 0, login, github_id, now)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"user {login!r} already exists") from None
+
+    async def get_user(self, login: str) -> User | None:
+        async with self._read() as db:
+            row = await (await db.execute("SELECT * FROM users WHERE login = ?", (login,))).fetchone()
+        return _user(row) if row else None
+
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        async with self._read() as db:
+            row = await (await db.execute("SELECT * FROM users WHERE id = ?", (user_id,))).fetchone()
+        return _user(row) if row else None
+
+    async def upsert_github_user(self, github_id: int, login: str) -> User:
+        async with self._write() as db:
+            row = await (
+                await db.execute("SELECT * FROM users WHERE github_id = ?", (github_id,))
+            ).fetchone()
+            if row is not None:
+                if row["login"] != login:
+                    # The login moved to this GitHub account; free it from any stale holder.
+                    await db.execute(
+                        "UPDATE users SET login = login || '~' || id WHERE login = ? AND id != ?",
+                        (login, row["id"]),
+                    )
+                    await db.execute("UPDATE users SET login = ? WHERE id = ?", (login, row["id"]))
+                return User(row["id"], login, github_id, row["created_at"])
+            taken = await (await db.execute("SELECT id FROM users WHERE login = ?", (login,))).fetchone()
+            if taken is not None:
+                await db.execute(
+                    "UPDATE users SET login = login || '~' || id WHERE id = ?", (taken["id"],)
+                )
+            now = time.time()
+            cur = await db.execute(
+                "INSERT INTO users (login, github_id, created_at) VALUES (?, ?, ?)",
+                (login, github_id, now),
+            )
+            return User(cur.lastrowid or 0, login, github_id, now)
+
+    async def count_users(self) -> int:
+        async with self._read() as db:
+            return (await (await db.execute("SELECT count(*) FROM users")).fetchone())[0]
+
+    async def list_users(self) -> list[User]:
+        async with self._read() as db:
+            rows = await (await db.execute("SELECT * FROM users ORDER BY id")).fetchall()
+        return [_user(r) for r in rows]
+
+    # ------------------------------------------------------------------- keys
+    async def create_key(self, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
+        async with self._write() as db:
+            return await self._insert_key(db, user_id, name, prefix, key_hash)
+
+    async def _insert_key(
+        self, db: aiosqlite.Connection, user_id: int, name: str, prefix: str, key_hash: str
+    ) -> ApiKey:
+        now = time.time()
+        cur = await db.execute(
+            "INSERT INTO api_keys (user_id, name, prefix, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user_id, name, prefix, key_hash, now),
+        )
+        await _bump_keys_version(db)
+        return ApiKey(cur.lastrowid or 0, user_id, name, prefix, now, None, None)
+
+    async def list_keys(self, user_id: int) -> list[ApiKey]:
+        async with self._read() as db:
+            rows = await (
+                await db.execute(
+                    f"SELECT {_KEY_COLS} FROM api_keys WHERE user_id = ? ORDER BY id", (user_id,)
+                )
+            ).fetchall()
+        return [_key(r) for r in rows]
+
+    async def find_keys(self, prefix_or_id: str) -> list[ApiKey]:
+        async with self._read() as db:
+            if prefix_or_id.isdigit():
+                sql = f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ?"
+                args: tuple[Any, ...] = (int(prefix_or_id),)
+            else:
+                sql = f"SELECT {_KEY_COLS} FROM api_keys WHERE prefix = ? ORDER BY id"
+                args = (prefix_or_id,)
+            rows = await (await db.execute(sql, args)).fetchall()
+        return [_key(r) for r in rows]
+
+    async def find_active_key(self, key_hash: str) -> KeyOwner | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    "SELECT k.id, k.user_id, u.login FROM api_keys k JOIN users u ON u.id = k.user_id"
+                    " WHERE k.hash = ? AND k.revoked_at IS NULL",
+                    (key_hash,),
+                )
+            ).fetchone()
+        return KeyOwner(row[0], row[1], row[2]) if row else None
+
+    async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
+        async with self._write() as db:
+            return await self._revoke(db, key_id, user_id)
+
+    async def _revoke(self, db: aiosqlite.Connection, key_id: int, user_id: int | None) -> bool:
+        sql = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+        args: tuple[Any, ...] = (time.time(), key_id)
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            args += (user_id,)
+        cur = await db.execute(sql, args)
+        if cur.rowcount:
+            await _bump_keys_version(db)
+        return bool(cur.rowcount)
+
+    async def rotate_key(
+        self, user_id: int, key_id: int, prefix: str, key_hash: str
+    ) -> ApiKey | None:
+        async with self._write() as db:
+            row = await (
+                await db.execute(
+                    "SELECT name FROM api_keys WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+                    (key_id, user_id),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            await self._revoke(db, key_id, user_id)
+            return await self._insert_key(db, user_id, row["name"], prefix, key_hash)
+
+    async def keys_version(self) -> int:
+        async with self._read() as db:
+            row = await (
+                await db.execute("SELECT value FROM counters WHERE name = 'keys_version'")
+            ).fetchone()
+        return int(row[0])
+
+    async def touch_keys(self, last_used: Mapping[int, float]) -> None:
+        if not last_used:
+            return
+        async with self._write() as db:
+            await db.executemany(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                [(ts, key_id) for key_id, ts in last_used.items()],
+            )
+
+    # -------------------------------------------------------------- providers
+    async def save_heartbeat(
+        self,
+        user_id: int,
+        name: str,
+        callback_url: str,
+        agent_version: str,
+        health: dict[str, Any],
+        services: Sequence[ServiceInfo],
+        now: float,
+    ) -> ProviderRecord:
+        health_json = json.dumps(health, separators=(",", ":"))
+        async with self._write() as db:
+            row = await (
+                await db.execute(
+                    "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
+                    " created_at, last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
+                    " agent_version = excluded.agent_version, health = excluded.health,"
+                    " last_heartbeat_at = excluded.last_heartbeat_at"
+                    " RETURNING id, created_at",
+                    (user_id, name, callback_url, agent_version, health_json, now, now),
+                )
+            ).fetchone()
+            provider_id, created_at = row[0], row[1]
+            await db.execute("DELETE FROM services WHERE provider_id = ?", (provider_id,))
+            for position, svc in enumerate(services):
+                cur = await db.execute(
+                    "INSERT INTO services (provider_id, position, name, type, engine, features)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (provider_id, position, svc.name, svc.type, svc.engine, json.dumps(svc.features)),
+                )
+                await db.executemany(
+                    "INSERT INTO service_models (service_id, position, model) VALUES (?, ?, ?)",
+                    [(cur.lastrowid, i, m) for i, m in enumerate(svc.models)],
+                )
+        return ProviderRecord(
+            provider_id, user_id, name, callback_url, agent_version, health, created_at, now,
+            tuple(services),
+        )
+
+    async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
+        where, args = ("WHERE p.user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        async with self._read() as db:
+            prows = await (
+                await db.execute(f"SELECT p.* FROM providers p {where} ORDER BY p.id", args)
+            ).fetchall()
+            srows = await (
+                await db.execute(
+                    "SELECT s.id, s.provider_id, s.name, s.type, s.engine, s.features FROM services s"
+                    f" JOIN providers p ON p.id = s.provider_id {where} ORDER BY s.provider_id, s.position",
+                    args,
+                )
+            ).fetchall()
+            mrows = await (
+                await db.execute(
+                    "SELECT m.service_id, m.model FROM service_models m JOIN services s ON s.id = m.service_id"
+                    f" JOIN providers p ON p.id = s.provider_id {where} ORDER BY m.service_id, m.position",
+                    args,
+                )
+            ).fetchall()
+        models: dict[int, list[str]] = {}
+        for m in mrows:
+            models.setdefault(m[0], []).append(m[1])
+        services: dict[int, list[ServiceInfo]] = {}
+        for s in srows:
+            services.setdefault(s["provider_id"], []).append(
+                ServiceInfo(
+                    s["name"], s["type"], s["engine"], tuple(json.loads(s["features"])),
+                    tuple(models.get(s["id"], ())),
+                )
+            )
+        return [
+            ProviderRecord(
+                p["id"], p["user_id"], p["name"], p["callback_url"], p["agent_version"],
+                json.loads(p["health"]), p["created_at"], p["last_heartbeat_at"],
+                tuple(services.get(p["id"], ())),
+            )
+            for p in prows
+        ]
+
+    async def delete_provider(self, user_id: int, provider_id: int) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM providers WHERE id = ? AND user_id = ?", (provider_id, user_id)
+            )
+            return bool(cur.rowcount)
+
+    # -------------------------------------------------------- request history
+    async def add_requests(self, rows: Iterable[RequestRecord]) -> None:
+        values = [tuple(_db_value(getattr(r, c)) for c in REQUEST_COLUMNS) for r in rows]
+        if not values:
+            return
+        placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)
+        async with self._write() as db:
+            await db.executemany(
+                f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({placeholders})",
+                values,
+            )
+
+    async def list_requests(
+        self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RequestRecord]:
+        where, args = _request_where(user_id, flt)
+        async with self._read() as db:
+            rows = await (
+                await db.execute(
+                    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests {where}"
+                    " ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?",
+                    (*args, limit, offset),
+                )
+            ).fetchall()
+        return [_request(r) for r in rows]
+
+    async def count_requests(self, user_id: int, flt: RequestFilter | None = None) -> int:
+        where, args = _request_where(user_id, flt)
+        async with self._read() as db:
+            return (await (await db.execute(f"SELECT count(*) FROM requests {where}", args)).fetchone())[0]
+
+    async def get_request(self, user_id: int, request_id: str) -> RequestRecord | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE id = ? AND user_id = ?",
+                    (request_id, user_id),
+                )
+            ).fetchone()
+        return _request(row) if row else None
+
+    async def request_buckets(
+        self, user_id: int, flt: RequestFilter | None, bucket_seconds: float
+    ) -> list[RequestBucket]:
+        where, args = _request_where(user_id, flt)
+        async with self._read() as db:
+            rows = await (
+                await db.execute(
+                    "SELECT CAST(started_at / ? AS INTEGER) AS b, count(*),"
+                    " sum(status >= 400), avg(ttfb_ms), avg(duration_ms),"
+                    " coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)"
+                    f" FROM requests {where} GROUP BY b ORDER BY b",
+                    (bucket_seconds, *args),
+                )
+            ).fetchall()
+        return [
+            RequestBucket(r[0] * bucket_seconds, r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows
+        ]
+
+    # ---------------------------------------------------- dashboard sign-in
+    async def create_auth_token(
+        self, kind: str, token_hash: str, user_id: int | None, expires_at: float, data: str = ""
+    ) -> None:
+        now = time.time()
+        async with self._write() as db:
+            await db.execute("DELETE FROM auth_tokens WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "INSERT INTO auth_tokens (hash, kind, user_id, data, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token_hash, kind, user_id, data, now, expires_at),
+            )
+
+    async def get_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    f"SELECT {_TOKEN_COLS} FROM auth_tokens"
+                    " WHERE hash = ? AND kind = ? AND expires_at > ?",
+                    (token_hash, kind, now),
+                )
+            ).fetchone()
+        return AuthToken(*row) if row else None
+
+    async def consume_auth_token(self, kind: str, token_hash: str, now: float) -> AuthToken | None:
+        async with self._write() as db:
+            row = await (
+                await db.execute(
+                    f"DELETE FROM auth_tokens WHERE hash = ? AND kind = ? RETURNING {_TOKEN_COLS}",
+                    (token_hash, kind),
+                )
+            ).fetchone()
+        token = AuthToken(*row) if row else None
+        return token if token is not None and token.expires_at > now else None
+
+    async def delete_auth_token(self, kind: str, token_hash: str) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM auth_tokens WHERE hash = ? AND kind = ?", (token_hash, kind)
+            )
+            return bool(cur.rowcount)
+
+
+_KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
+_TOKEN_COLS = "kind, user_id, data, created_at, expires_at"
+
+
+async def _bump_keys_version(db: aiosqlite.Connection) -> None:
+    await db.execute("UPDATE counters SET value = value + 1 WHERE name = 'keys_version'")
+
+
+def _split_sql(sql: str) -> list[str]:
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["id"], row["login"], row["github_id"], row["created_at"])
+
+
+def _key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(*row)
+
+
+def _db_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _request(row: sqlite3.Row) -> RequestRecord:
+    data = dict(zip(REQUEST_COLUMNS, row))
+    data["cancelled"] = bool(data["cancelled"])
+    return RequestRecord(**data)
+
+
+def _request_where(user_id: int, flt: RequestFilter | None) -> tuple[str, tuple[Any, ...]]:
+    clauses, args = ["user_id = ?"], [user_id]
+    if flt is not None:
+        for column, value, op in (
+            ("model", flt.model, "="),
+            ("type", flt.type, "="),
+            ("status", flt.status, "="),
+            ("started_at", flt.since, ">="),
+            ("started_at", flt.until, "<"),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                args.append(value)
+    return "WHERE " + " AND ".join(clauses), tuple(args)

@@ -1,0 +1,122 @@
+"""The ``inferclub`` command as users run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import openai
+from tests.support.fakes.agent import FakeAgent
+from tests.support.hubproc import HubProcess, start_hub
+
+LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
+
+
+def inferclub(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "inferclub", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60, check=False)
+
+
+def test_users_and_keys_lifecycle(hub: HubProcess) -> None:
+    assert "created user alice" in hub.cli("users", "create", "alice").stdout
+    dup = hub.cli("users", "create", "alice", check=False)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    bad = hub.cli("users", "create", "no spaces", check=False)
+    assert bad.returncode == 1 and "invalid login" in bad.stderr
+
+    key = hub.create_key("alice", name="laptop")
+    listing = hub.cli("keys", "list", "alice").stdout
+    assert key[:11] in listing and "laptop" in listing and "active" in listing
+    assert key not in listing
+
+    rotated = hub.cli("keys", "rotate", key[:11]).stdout.strip().splitlines()
+    new_key = rotated[-1]
+    assert new_key != key and new_key.startswith("ic_") and "revoked" in rotated[0]
+    with openai.OpenAI(base_url=hub.api_base, api_key=new_key, max_retries=0) as c:
+        assert c.models.list().data == []
+
+    missing = hub.cli("keys", "revoke", key[:11], check=False)
+    assert missing.returncode == 1 and "no active key" in missing.stderr
+    key_id = hub.query("SELECT id FROM api_keys WHERE revoked_at IS NULL")[0]["id"]
+    assert "revoked" in hub.cli("keys", "revoke", str(key_id)).stdout
+    unknown = hub.cli("keys", "create", "nobody", check=False)
+    assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
+
+
+def test_default_database_comes_from_the_environment(tmp_path: Path) -> None:
+    db = tmp_path / "env.db"
+    assert inferclub("users", "create", "dora", env={"INFERCLUB_DB": str(db)}).returncode == 0
+    assert db.exists()
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text("prot: 1\n")
+    result = inferclub("serve", "--config", str(cfg))
+    assert result.returncode == 2 and "unknown setting 'prot'" in result.stderr
+
+
+def test_sigint_stops_an_idle_hub_with_exit_0(tmp_path: Path) -> None:
+    hub = HubProcess(tmp_path).start()
+    assert hub.stop(signal.SIGINT) == 0
+    assert "stopped" in hub.log()
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(tmp_path: Path) -> None:
+    with FakeAgent(["m1"]) as agent, start_hub(tmp_path) as hub:
+        key = hub.user_with_key("alice")
+        hub.heartbeat(key, "rig", agent.url, LLM)
+        agent.chunks, agent.chunk_delay = 10, 0.1
+        with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
+            stream = c.chat.completions.create(model="m1", messages=[], stream=True)
+            it = iter(stream)
+            next(it)
+            stopper = threading.Thread(target=lambda: setattr(hub, "code", hub.stop()))
+            stopper.start()
+            rest = list(it)
+            stopper.join(30)
+        text = "".join(ch.choices[0].delta.content or "" for ch in rest if ch.choices)
+        assert text.endswith("tok9 "), "the stream ran to its end"
+        assert hub.code == 0, hub.log()  # type: ignore[attr-defined]
+        assert "draining 1 in-flight" in hub.log()
+
+
+def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path) -> None:
+    hub = HubProcess(tmp_path, "--quickstart").start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while not any("Next steps" in ln for ln in hub.stdout_lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = "\n".join(hub.stdout_lines)
+        key = next(ln.strip() for ln in hub.stdout_lines if ln.strip().startswith("ic_"))
+        assert "inference-club-agent run" in out and f"api_key=\"{key}\"" in out
+        with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
+            assert c.models.list().data == []
+    finally:
+        assert hub.stop() == 0
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = inferclub("serve", "--port", port, "--db", str(tmp_path / "h.db"))
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(b"these are my notes, not a database" * 100)
+    for args in (("users", "create", "alice"), ("serve", "--port", "0")):
+        result = inferclub(*args, "--db", str(bad))
+        assert result.returncode == 1, result.stderr
+        assert f"{bad}: cannot open the database" in result.stderr
