@@ -35,23 +35,39 @@ MAX_BODY = 16 * 1024 * 1024
 CONTENT = "Hello from the bench upstream."
 USAGE = {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required",
-            413: "Payload Too Large"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    411: "Length Required",
+    413: "Payload Too Large",
+}
 
 
-def _response(status: int, body: bytes, keep_alive: bool,
-              ctype: bytes = b"application/json") -> bytes:
-    head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
-        % (status, _REASONS[status].encode(), ctype, len(body),
-           b"" if keep_alive else b"Connection: close\r\n")
+def _response(
+    status: int, body: bytes, keep_alive: bool, ctype: bytes = b"application/json"
+) -> bytes:
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+        status,
+        _REASONS[status].encode(),
+        ctype,
+        len(body),
+        b"" if keep_alive else b"Connection: close\r\n",
     )
     return head + body
 
 
 def _error(status: int, message: str, keep_alive: bool) -> bytes:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                 "param": None, "code": None}}).encode()
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    ).encode()
     return _response(status, body, keep_alive)
 
 
@@ -71,13 +87,23 @@ class _Bodies:
     def completion(self, model: str) -> bytes:
         body = self._completion.get(model)
         if body is None:
-            body = json.dumps({
-                "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": CONTENT},
-                             "finish_reason": "stop"}],
-                "usage": USAGE,
-            }, separators=(",", ":")).encode()
+            body = json.dumps(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": CONTENT},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": USAGE,
+                },
+                separators=(",", ":"),
+            ).encode()
             if len(self._completion) < 64:
                 self._completion[model] = body
         return body
@@ -92,13 +118,23 @@ class _Bodies:
                 if i == 0:
                     delta["role"] = "assistant"
                 event = {
-                    "id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": model,
-                    "choices": [{"index": 0, "delta": delta,
-                                 "finish_reason": "stop" if i == n - 1 else None}],
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "finish_reason": "stop" if i == n - 1 else None,
+                        }
+                    ],
                 }
-                events.append(b"data: " + json.dumps(event, separators=(",", ":")).encode()[:-1]
-                              + b',"bench_sent":')
+                events.append(
+                    b"data: "
+                    + json.dumps(event, separators=(",", ":")).encode()[:-1]
+                    + b',"bench_sent":'
+                )
             if len(self._chunks) < 64:
                 self._chunks[(model, n)] = events
         return events
@@ -106,8 +142,14 @@ class _Bodies:
     def usage(self, model: str) -> bytes:
         frame = self._usage.get(model)
         if frame is None:
-            event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model, "choices": [], "usage": USAGE}
+            event = {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": USAGE,
+            }
             frame = _frame(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
             if len(self._usage) < 64:
                 self._usage[model] = frame
@@ -115,11 +157,17 @@ class _Bodies:
 
 
 BODIES = _Bodies()
-SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 DONE = _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
-MODELS = json.dumps({"object": "list", "data": [
-    {"id": "bench-model", "object": "model", "created": 0, "owned_by": "bench"}]}).encode()
+MODELS = json.dumps(
+    {
+        "object": "list",
+        "data": [{"id": "bench-model", "object": "model", "created": 0, "owned_by": "bench"}],
+    }
+).encode()
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -179,8 +227,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 return
             if len(self.buf) < end + 4 + length:
                 return
-            body = bytes(self.buf[end + 4:end + 4 + length])
-            del self.buf[:end + 4 + length]
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
             self._handle(method, target.split(b"?", 1)[0], body, keep_alive)
             if not keep_alive and self.streaming is None:
                 self._close()
@@ -202,7 +250,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 n = max(1, min(int(req.get("bench_chunks") or 20), 100_000))
                 delay = max(0.0, min(float(req.get("bench_delay") or 0.0), 60.0))
                 self.streaming = asyncio.ensure_future(
-                    self._stream(model, n, delay, usage, keep_alive))
+                    self._stream(model, n, delay, usage, keep_alive)
+                )
             else:
                 self._send(_response(200, BODIES.completion(model), keep_alive))
         elif method == b"GET" and path.endswith(b"/models"):
@@ -212,8 +261,9 @@ class UpstreamProtocol(asyncio.Protocol):
         else:
             self._send(_error(404, f"no route {path.decode('latin-1')}", keep_alive))
 
-    async def _stream(self, model: str, n: int, delay: float, usage: bool,
-                      keep_alive: bool) -> None:
+    async def _stream(
+        self, model: str, n: int, delay: float, usage: bool, keep_alive: bool
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             events = BODIES.chunks(model, n)
@@ -275,8 +325,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--exit-on-stdin-eof", action="store_true",
-                        help="stop when stdin closes (the benchmark passes a pipe)")
+    parser.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="stop when stdin closes (the benchmark passes a pipe)",
+    )
     args = parser.parse_args()
     try:
         import uvloop  # type: ignore[import-not-found]  # optional, never a dependency

@@ -80,15 +80,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class Proc:
     """A child process whose stdout/stderr go to files in the work dir (no pipes to drain)."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str],
-                 stdin_pipe: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        stdin_pipe: bool = False,
+    ) -> None:
         self.name = name
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.log"
         self._out: TextIO = open(self.out_path, "w")  # noqa: SIM115 - closed in stop()
         self._err: TextIO = open(self.err_path, "w")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv, stdout=self._out, stderr=self._err, env=env, cwd=workdir,
+            argv,
+            stdout=self._out,
+            stderr=self._err,
+            env=env,
+            cwd=workdir,
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             # Started before any thread exists (aiohttp never resolves: all URLs are IPs).
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
@@ -105,8 +115,9 @@ class Proc:
             if self.popen.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError(f"{self.name} did not start (exit code {self.popen.poll()}); "
-                           f"its log:\n{self.tail()}")
+        raise RuntimeError(
+            f"{self.name} did not start (exit code {self.popen.poll()}); its log:\n{self.tail()}"
+        )
 
     def tail(self, n: int = 30) -> str:
         text = self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
@@ -157,7 +168,12 @@ class Cluster:
     def _cli(self, *args: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "inferclub", *args, "--db", str(self.db)],
-            capture_output=True, text=True, env=self.env, cwd=self.workdir, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.workdir,
+            timeout=60,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"inferclub {' '.join(args)} failed:\n{result.stderr}")
@@ -166,9 +182,18 @@ class Cluster:
     def start(self) -> None:
         self.upstream = Proc(
             "upstream",
-            [sys.executable, str(HERE / "fake_upstream.py"), "--host", "127.0.0.1", "--port", "0",
-             "--exit-on-stdin-eof"],
-            self.workdir, self.env, stdin_pipe=True,
+            [
+                sys.executable,
+                str(HERE / "fake_upstream.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--exit-on-stdin-eof",
+            ],
+            self.workdir,
+            self.env,
+            stdin_pipe=True,
         )
         self.procs.append(self.upstream)
         self._cli("users", "create", LOGIN)
@@ -176,8 +201,17 @@ class Cluster:
         hub_cmd = [sys.executable]
         if self.profile and self.profile.endswith(".prof"):
             hub_cmd += ["-m", "cProfile", "-o", str(Path(self.profile).resolve())]
-        hub_cmd += ["-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0",
-                    "--db", str(self.db)]
+        hub_cmd += [
+            "-m",
+            "inferclub",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--db",
+            str(self.db),
+        ]
         self.hub = Proc("hub", hub_cmd, self.workdir, self.env)
         self.procs.append(self.hub)
         self.upstream_url = self.upstream.wait_url()
@@ -188,15 +222,29 @@ class Cluster:
     def _start_py_spy(self, out: str) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(exe).exists():
-            raise RuntimeError("--profile-hub with a non-.prof file needs py-spy "
-                               "(pip install py-spy); or name the file *.prof for cProfile")
+            raise RuntimeError(
+                "--profile-hub with a non-.prof file needs py-spy "
+                "(pip install py-spy); or name the file *.prof for cProfile"
+            )
         fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(out).suffix, "flamegraph")
         assert self.hub is not None
         self.profiler = Proc(
             "py-spy",
-            [exe, "record", "--pid", str(self.hub.pid), "--rate", "250", "--format", fmt,
-             "--output", str(Path(out).resolve()), "--nonblocking"],
-            self.workdir, self.env,
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.hub.pid),
+                "--rate",
+                "250",
+                "--format",
+                fmt,
+                "--output",
+                str(Path(out).resolve()),
+                "--nonblocking",
+            ],
+            self.workdir,
+            self.env,
         )
         time.sleep(1.0)
         if self.profiler.popen.poll() is not None:
@@ -227,8 +275,11 @@ async def heartbeat(session: aiohttp.ClientSession, cluster: Cluster) -> None:
         "version": "bench",
         "services": [{"name": "s", "type": "llm", "engine": "openai", "models": [MODEL]}],
     }
-    async with session.post(cluster.hub_url + "/v1/agent/heartbeat", json=payload,
-                            headers={"Authorization": f"Bearer {cluster.key}"}) as resp:
+    async with session.post(
+        cluster.hub_url + "/v1/agent/heartbeat",
+        json=payload,
+        headers={"Authorization": f"Bearer {cluster.key}"},
+    ) as resp:
         if resp.status != 200:
             raise RuntimeError(f"heartbeat failed: {resp.status} {await resp.text()}")
 
@@ -293,8 +344,9 @@ class Scenario:
         return json.dumps(payload).encode()
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                      body: bytes, out: Sample) -> None:
+async def one_request(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, out: Sample
+) -> None:
     t0 = time.monotonic()
     async with session.post(url, data=body, headers=headers) as resp:
         data = await resp.read()
@@ -305,8 +357,15 @@ async def one_request(session: aiohttp.ClientSession, url: str, headers: dict[st
     out.latency.append(elapsed)
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                     body: bytes, out: Sample, chunks: int, delay: float) -> None:
+async def one_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    out: Sample,
+    chunks: int,
+    delay: float,
+) -> None:
     t0 = time.monotonic()
     times: list[float] = []
     transit = out.transit
@@ -321,14 +380,14 @@ async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str
             out.reads += 1
             buf = buf + piece if buf else piece
             while (cut := buf.find(b"\n\n")) >= 0:
-                event, buf = buf[:cut], buf[cut + 2:]
+                event, buf = buf[:cut], buf[cut + 2 :]
                 if event.startswith(b"data: [DONE]"):
                     done = True
                 elif event.startswith(b"data:") and b'"choices":[]' not in event:
                     times.append(now)  # a content chunk (usage-only chunks are not counted)
                     at = event.rfind(b'"bench_sent":')
                     if at > 0:
-                        transit.append(now - float(event[at + 13:event.index(b"}", at)]))
+                        transit.append(now - float(event[at + 13 : event.index(b"}", at)]))
     end = time.monotonic()
     if not done or len(times) != chunks:
         out.error(f"stream incomplete: {len(times)}/{chunks} chunks, done={done}")
@@ -339,8 +398,13 @@ async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str
         out.gap_error.extend(abs(b - a - delay) for a, b in itertools.pairwise(times))
 
 
-async def drive(total: int, concurrency: int, call: Callable[[], Awaitable[None]],
-                out: Sample, stagger: float = 0.0) -> None:
+async def drive(
+    total: int,
+    concurrency: int,
+    call: Callable[[], Awaitable[None]],
+    out: Sample,
+    stagger: float = 0.0,
+) -> None:
     """``total`` calls, at most ``concurrency`` at a time (bounded: each worker takes a ticket).
     With ``stagger``, worker *i* starts ``i * stagger`` seconds late."""
     left = total
@@ -368,7 +432,6 @@ async def measure(cluster: Cluster, sc: Scenario, base: str) -> Sample:
     connector = aiohttp.TCPConnector(limit=sc.concurrency, limit_per_host=sc.concurrency)
     timeout = aiohttp.ClientTimeout(total=60 + sc.chunks * sc.delay * 2, sock_connect=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
         if sc.stream:
             fast = sc.body(delay=0.0)
 
@@ -378,6 +441,7 @@ async def measure(cluster: Cluster, sc: Scenario, base: str) -> Sample:
             async def call() -> None:
                 await one_stream(session, url, headers, body, out, sc.chunks, sc.delay)
         else:
+
             async def warm_call() -> None:
                 await one_request(session, url, headers, body, warm)
 
@@ -391,8 +455,13 @@ async def measure(cluster: Cluster, sc: Scenario, base: str) -> Sample:
         cpu0 = cluster.cpu()
         t0 = time.perf_counter()
         async with asyncio.timeout(PHASE_LIMIT):
-            await drive(sc.requests, sc.concurrency, call, out,
-                        sc.delay / sc.concurrency if sc.stagger else 0.0)
+            await drive(
+                sc.requests,
+                sc.concurrency,
+                call,
+                out,
+                sc.delay / sc.concurrency if sc.stagger else 0.0,
+            )
         out.wall = time.perf_counter() - t0
         cpu1 = cluster.cpu()
     out.count = sc.requests
@@ -417,7 +486,10 @@ def summarise(sc: Scenario, s: Sample) -> dict[str, Any]:
     ms = 1000.0
     ok = len(s.latency)
     d: dict[str, Any] = {
-        "requests": s.count, "ok": ok, "errors": s.errors, "wall_s": s.wall,
+        "requests": s.count,
+        "ok": ok,
+        "errors": s.errors,
+        "wall_s": s.wall,
         "rate_per_s": ok / s.wall if s.wall else math.nan,
         "latency_p50_ms": pct(s.latency, 50) * ms,
         "latency_p99_ms": pct(s.latency, 99) * ms,
@@ -468,10 +540,19 @@ def row(metric: str, direct: float, hub: float, unit: str) -> dict[str, Any]:
         added_v = hub - direct
         added = "n/a" if math.isnan(added_v) else f"{added_v:+.2f} ms"
     return {
-        "metric": metric, "unit": unit, "direct": direct, "hub": hub, "ratio": ratio,
+        "metric": metric,
+        "unit": unit,
+        "direct": direct,
+        "hub": hub,
+        "ratio": ratio,
         "added": added_v,
-        "cells": [metric, fmt_num(direct, unit), fmt_num(hub, unit),
-                  "n/a" if math.isnan(ratio) else f"{ratio:.2f}x", added],
+        "cells": [
+            metric,
+            fmt_num(direct, unit),
+            fmt_num(hub, unit),
+            "n/a" if math.isnan(ratio) else f"{ratio:.2f}x",
+            added,
+        ],
     }
 
 
@@ -480,13 +561,22 @@ def markdown(header: list[str], rows: list[list[str]], right: set[int] | None = 
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ) + " |"
+        return (
+            "| "
+            + " | ".join(
+                str(c).rjust(w) if i in right else str(c).ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
+    sep = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
@@ -508,14 +598,20 @@ def machine_info() -> dict[str, Any]:
 
     try:
         import uvloop  # type: ignore[import-not-found]  # noqa: F401 - optional
+
         loop_name = "uvloop"
     except ImportError:
         loop_name = "asyncio"
     return {
-        "cores": os.cpu_count(), "usable_cores": usable, "cpu": cpu_model,
-        "python": platform.python_version(), "implementation": platform.python_implementation(),
-        "platform": platform.platform(), "tornado": tornado.version,
-        "aiohttp": aiohttp.__version__, "event_loop": loop_name,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "tornado": tornado.version,
+        "aiohttp": aiohttp.__version__,
+        "event_loop": loop_name,
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
@@ -525,18 +621,48 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     warm1 = max(50, n // 10)
     return [
         Scenario("nonstream_c1", "non-streaming, concurrency 1", 1, n, warm1),
-        Scenario(f"nonstream_c{c}", f"non-streaming, concurrency {c}", c, 5 * n,
-                 max(2 * c, n // 2)),
-        Scenario(f"stream_c{c}", f"{k}-chunk streams, concurrency {c}", c, 2 * n,
-                 max(2 * c, n // 5), stream=True, chunks=k),
-        Scenario("stream_ttfb_c1", f"{k}-chunk streams, concurrency 1", 1, max(50, n // 2),
-                 max(20, n // 20), stream=True, chunks=k),
-        Scenario(f"slow_c{c}_staggered", f"{c} slow streams ({k}×{args.delay * 1000:g} ms), "
-                 "staggered", c, c * args.rounds, c,
-                 stream=True, chunks=k, delay=args.delay, stagger=True),
-        Scenario(f"slow_c{c}_together", f"{c} slow streams ({k}×{args.delay * 1000:g} ms), "
-                 "opened together", c, c * args.rounds, c,
-                 stream=True, chunks=k, delay=args.delay),
+        Scenario(
+            f"nonstream_c{c}", f"non-streaming, concurrency {c}", c, 5 * n, max(2 * c, n // 2)
+        ),
+        Scenario(
+            f"stream_c{c}",
+            f"{k}-chunk streams, concurrency {c}",
+            c,
+            2 * n,
+            max(2 * c, n // 5),
+            stream=True,
+            chunks=k,
+        ),
+        Scenario(
+            "stream_ttfb_c1",
+            f"{k}-chunk streams, concurrency 1",
+            1,
+            max(50, n // 2),
+            max(20, n // 20),
+            stream=True,
+            chunks=k,
+        ),
+        Scenario(
+            f"slow_c{c}_staggered",
+            f"{c} slow streams ({k}×{args.delay * 1000:g} ms), staggered",
+            c,
+            c * args.rounds,
+            c,
+            stream=True,
+            chunks=k,
+            delay=args.delay,
+            stagger=True,
+        ),
+        Scenario(
+            f"slow_c{c}_together",
+            f"{c} slow streams ({k}×{args.delay * 1000:g} ms), opened together",
+            c,
+            c * args.rounds,
+            c,
+            stream=True,
+            chunks=k,
+            delay=args.delay,
+        ),
     ]
 
 
@@ -548,8 +674,9 @@ def selected(args: argparse.Namespace) -> list[Scenario]:
     return [sc for sc in scenarios(args) if any(w in sc.key for w in words)]
 
 
-def table_rows(res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
-               ) -> list[dict[str, Any]]:
+def table_rows(
+    res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     c, k = args.concurrency, args.chunks
     slow = f"{c} slow streams ({k}×{args.delay * 1000:g} ms)"
     gap = "inter-arrival jitter p99"  # |gap between two chunks - delay|
@@ -574,27 +701,40 @@ def table_rows(res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
             (key, f"{slow}, {how}: duration p50", "latency_p50_ms", "ms"),
             (key, f"{slow}, {how}: duration p99", "latency_p99_ms", "ms"),
         ]
-    return [row(title, res[key]["direct"][field_], res[key]["hub"][field_], unit)
-            for key, title, field_, unit in spec if key in res]
+    return [
+        row(title, res[key]["direct"][field_], res[key]["hub"][field_], unit)
+        for key, title, field_, unit in spec
+        if key in res
+    ]
 
 
-def targets(res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
-            ) -> list[tuple[str, str, bool | None]]:
+def targets(
+    res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[tuple[str, str, bool | None]]:
     c, k = args.concurrency, args.chunks
     out: list[tuple[str, str, bool | None]] = []
     if r := res.get("nonstream_c1"):
         added = r["hub"]["latency_p50_ms"] - r["direct"]["latency_p50_ms"]
         out.append(("< 1 ms added p50 at concurrency 1", f"{added:+.2f} ms", added < 1.0))
     if r := res.get(f"nonstream_c{c}"):
-        out.append((f">= 2000 req/s non-streaming through the hub (c={c})",
-                    f"{r['hub']['rate_per_s']:,.0f}/s", r["hub"]["rate_per_s"] >= 2000))
+        out.append(
+            (
+                f">= 2000 req/s non-streaming through the hub (c={c})",
+                f"{r['hub']['rate_per_s']:,.0f}/s",
+                r["hub"]["rate_per_s"] >= 2000,
+            )
+        )
     if r := res.get(f"stream_c{c}"):
-        out.append((
-            f">= 800 streams/s of {k} chunks through the hub (no delay, c={c})",
-            (f"{r['hub']['rate_per_s']:,.0f}/s (the client needed "
-             f"{r['hub']['reads_per_stream']:.1f} reads per stream: chunks arrive coalesced)"),
-            r["hub"]["rate_per_s"] >= 800,
-        ))
+        out.append(
+            (
+                f">= 800 streams/s of {k} chunks through the hub (no delay, c={c})",
+                (
+                    f"{r['hub']['rate_per_s']:,.0f}/s (the client needed "
+                    f"{r['hub']['reads_per_stream']:.1f} reads per stream: chunks arrive coalesced)"
+                ),
+                r["hub"]["rate_per_s"] >= 800,
+            )
+        )
     for how in ("staggered", "together"):
         if not (r := res.get(f"slow_c{c}_{how}")):
             continue
@@ -602,22 +742,30 @@ def targets(res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
         dur = r["hub"]["latency_p50_ms"] - r["direct"]["latency_p50_ms"]
         # "No measurable added latency", read as: < 2 ms added on chunk transit p99 and on
         # stream duration p50.
-        out.append((
-            (f"no measurable added latency for {c} slow streams, {how} "
-             "(< 2 ms added on chunk transit p99 and on duration p50)"),
-            f"chunk transit p99 {late:+.2f} ms, duration p50 {dur:+.2f} ms",
-            late < 2.0 and dur < 2.0,
-        ))
+        out.append(
+            (
+                (
+                    f"no measurable added latency for {c} slow streams, {how} "
+                    "(< 2 ms added on chunk transit p99 and on duration p50)"
+                ),
+                f"chunk transit p99 {late:+.2f} ms, duration p50 {dur:+.2f} ms",
+                late < 2.0 and dur < 2.0,
+            )
+        )
     # When every chunk is relayed on its own (slow streams), what does a stream cost the hub?
     if r := res.get(f"slow_c{c}_staggered"):
         per_stream = r["hub"]["cpu_us_per_request"]["hub"]
         if per_stream and not math.isnan(per_stream):
-            out.append((
-                f"(derived) hub CPU per {k}-chunk stream when each chunk is relayed separately",
-                (f"{per_stream:,.0f} µs, i.e. ~{1e6 / per_stream:,.0f} such streams/s per core "
-                 "if chunks were never coalesced"),
-                None,
-            ))
+            out.append(
+                (
+                    f"(derived) hub CPU per {k}-chunk stream when each chunk is relayed separately",
+                    (
+                        f"{per_stream:,.0f} µs, i.e. ~{1e6 / per_stream:,.0f} such streams/s per core "
+                        "if chunks were never coalesced"
+                    ),
+                    None,
+                )
+            )
     return out
 
 
@@ -637,13 +785,19 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                     t = time.perf_counter()
                     sample = await measure(cluster, sc, base)
                     results[sc.key][mode] = summ = summarise(sc, sample)
-                    log(f"  {sc.title:<52} {mode:<6} {sample.count:>6} in "
+                    log(
+                        f"  {sc.title:<52} {mode:<6} {sample.count:>6} in "
                         f"{time.perf_counter() - t:5.1f} s"
-                        + (f"  ({sample.errors} errors: {sample.first_error})"
-                           if sample.errors else ""))
+                        + (
+                            f"  ({sample.errors} errors: {sample.first_error})"
+                            if sample.errors
+                            else ""
+                        )
+                    )
                     if summ["ok"] == 0:
-                        raise RuntimeError(f"{sc.title} via {mode}: every request failed: "
-                                           f"{sample.first_error}")
+                        raise RuntimeError(
+                            f"{sc.title} via {mode}: every request failed: {sample.first_error}"
+                        )
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -651,51 +805,91 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
     return results
 
 
-def report(args: argparse.Namespace, info: dict[str, Any], params: dict[str, Any],
-           results: dict[str, Any], elapsed: float) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    params: dict[str, Any],
+    results: dict[str, Any],
+    elapsed: float,
+) -> dict[str, Any]:
     rows = table_rows(results, args)
     goals = targets(results, args)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# inferclub hub overhead — {when}")
     print()
-    print(f"- machine: {info['cores']} cores ({info['usable_cores']} usable), {info['cpu']}, "
-          f"{info['platform']}")
-    print(f"- python {info['python']} ({info['implementation']}), tornado {info['tornado']}, "
-          f"aiohttp {info['aiohttp']}, event loop {info['event_loop']}")
+    print(
+        f"- machine: {info['cores']} cores ({info['usable_cores']} usable), {info['cpu']}, "
+        f"{info['platform']}"
+    )
+    print(
+        f"- python {info['python']} ({info['implementation']}), tornado {info['tornado']}, "
+        f"aiohttp {info['aiohttp']}, event loop {info['event_loop']}"
+    )
     if info.get("loadavg"):
         load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
-        busy = " (other work is running: expect noisier numbers)" if info["loadavg"][0] > 0.3 else ""
+        busy = (
+            " (other work is running: expect noisier numbers)" if info["loadavg"][0] > 0.3 else ""
+        )
         print(f"- load average before the run: {load}{busy}")
     print("- parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     print(f"- total run time: {elapsed:.0f} s (including start-up)")
     print()
-    print(markdown(["metric", "direct", "via hub", "ratio (hub/direct)", "added"],
-                   [r["cells"] for r in rows]))
+    print(
+        markdown(
+            ["metric", "direct", "via hub", "ratio (hub/direct)", "added"],
+            [r["cells"] for r in rows],
+        )
+    )
     print()
-    print("CPU used per process during each measurement (CPU% of one core; µs of CPU per "
-          "request or stream):")
+    print(
+        "CPU used per process during each measurement (CPU% of one core; µs of CPU per "
+        "request or stream):"
+    )
     print()
     cpu_rows = []
     for key, modes in results.items():
         for mode, s in modes.items():
             pc, us = s["cpu_pct"], s["cpu_us_per_request"]
-            cpu_rows.append([
-                key, mode, f"{s['wall_s']:.2f} s", str(s["errors"]),
-                f"{pc['loadgen']:.0f}%", f"{pc['hub']:.0f}%" if mode == "hub" else "-",
-                f"{pc['upstream']:.0f}%",
-                f"{us['hub']:,.0f} µs" if mode == "hub" else "-",
-                f"{s['reads_per_stream']:.1f}" if "reads_per_stream" in s else "-",
-            ])
-    print(markdown(["scenario", "path", "wall", "errors", "load gen CPU", "hub CPU",
-                    "upstream CPU", "hub CPU/req", "client reads/stream"], cpu_rows,
-                   right=set(range(2, 9))))
+            cpu_rows.append(
+                [
+                    key,
+                    mode,
+                    f"{s['wall_s']:.2f} s",
+                    str(s["errors"]),
+                    f"{pc['loadgen']:.0f}%",
+                    f"{pc['hub']:.0f}%" if mode == "hub" else "-",
+                    f"{pc['upstream']:.0f}%",
+                    f"{us['hub']:,.0f} µs" if mode == "hub" else "-",
+                    f"{s['reads_per_stream']:.1f}" if "reads_per_stream" in s else "-",
+                ]
+            )
+    print(
+        markdown(
+            [
+                "scenario",
+                "path",
+                "wall",
+                "errors",
+                "load gen CPU",
+                "hub CPU",
+                "upstream CPU",
+                "hub CPU/req",
+                "client reads/stream",
+            ],
+            cpu_rows,
+            right=set(range(2, 9)),
+        )
+    )
     print()
     print("Targets:")
     for goal, measured, met in goals:
         verdict = "" if met is None else " — met" if met else " — NOT met"
         print(f"- {goal}: {measured}{verdict}")
     return {
-        "date": when, "elapsed_s": elapsed, "machine": info, "parameters": params,
+        "date": when,
+        "elapsed_s": elapsed,
+        "machine": info,
+        "parameters": params,
         "results": results,
         "table": [{k: v for k, v in r.items() if k != "cells"} for r in rows],
         "targets": [{"target": g, "measured": m, "met": ok} for g, m, ok in goals],
@@ -716,28 +910,54 @@ def _no_nan(obj: Any) -> Any:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Hub overhead benchmark: one fake upstream, called directly and through "
-                    "the hub; prints a markdown table of hub/direct ratios.")
-    p.add_argument("--quick", action="store_true",
-                   help="short smoke run (< 30 s): --requests 300 --rounds 1")
-    p.add_argument("--requests", type=int, default=None, metavar="N",
-                   help="non-streaming requests at concurrency 1 (default 2000); the other "
-                        "scenarios scale from it (5N at concurrency C, 2N fast streams, "
-                        "N/2 first-chunk streams)")
-    p.add_argument("--concurrency", type=int, default=50, metavar="C",
-                   help="concurrency of the loaded scenarios (default 50)")
+        "the hub; prints a markdown table of hub/direct ratios."
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="short smoke run (< 30 s): --requests 300 --rounds 1"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="non-streaming requests at concurrency 1 (default 2000); the other "
+        "scenarios scale from it (5N at concurrency C, 2N fast streams, "
+        "N/2 first-chunk streams)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=50,
+        metavar="C",
+        help="concurrency of the loaded scenarios (default 50)",
+    )
     p.add_argument("--chunks", type=int, default=20, help="content chunks per stream (20)")
-    p.add_argument("--delay", type=float, default=0.05,
-                   help="seconds between chunks of the slow streams (0.05)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds of C concurrent slow streams (default 3; 1 with --quick)")
-    p.add_argument("--only", metavar="WORDS",
-                   help="run only the scenarios whose key contains one of these comma-separated "
-                        "words (keys: nonstream_c1, nonstream_cC, stream_cC, stream_ttfb_c1, "
-                        "slow_cC_staggered, slow_cC_together), e.g. to profile one of them")
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.05,
+        help="seconds between chunks of the slow streams (0.05)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of C concurrent slow streams (default 3; 1 with --quick)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="WORDS",
+        help="run only the scenarios whose key contains one of these comma-separated "
+        "words (keys: nonstream_c1, nonstream_cC, stream_cC, stream_ttfb_c1, "
+        "slow_cC_staggered, slow_cC_together), e.g. to profile one of them",
+    )
     p.add_argument("--json", metavar="FILE", help="also write all numbers to FILE as JSON")
-    p.add_argument("--profile-hub", metavar="FILE",
-                   help="profile the hub process: FILE.prof runs it under cProfile; .svg "
-                        "(flamegraph), .json (speedscope) or .txt (raw) attach py-spy")
+    p.add_argument(
+        "--profile-hub",
+        metavar="FILE",
+        help="profile the hub process: FILE.prof runs it under cProfile; .svg "
+        "(flamegraph), .json (speedscope) or .txt (raw) attach py-spy",
+    )
     args = p.parse_args(argv)
     if args.requests is None:
         args.requests = 300 if args.quick else 2000
@@ -755,8 +975,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     info = machine_info()
     params = {
-        "requests": args.requests, "concurrency": args.concurrency, "chunks": args.chunks,
-        "slow_delay_s": args.delay, "slow_rounds": args.rounds, "quick": args.quick,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "chunks": args.chunks,
+        "slow_delay_s": args.delay,
+        "slow_rounds": args.rounds,
+        "quick": args.quick,
     }
     if args.only:
         params["only"] = args.only
@@ -769,8 +993,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"starting upstream and hub in {workdir} ...")
         cluster.start()
-        log(f"upstream {cluster.upstream_url}, hub {cluster.hub_url} (pid {cluster.hub.pid})"
-            if cluster.hub else "")
+        log(
+            f"upstream {cluster.upstream_url}, hub {cluster.hub_url} (pid {cluster.hub.pid})"
+            if cluster.hub
+            else ""
+        )
         try:
             results = asyncio.run(run(args, cluster))
         finally:

@@ -82,8 +82,13 @@ def set_field(body: bytes, content_type: str, name: str, value: str) -> bytes:
     if closing == -1:
         return body
     part = (
-        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="'
-        + name.encode("utf-8") + b'"\r\n\r\n' + encoded + b"\r\n"
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="'
+        + name.encode("utf-8")
+        + b'"\r\n\r\n'
+        + encoded
+        + b"\r\n"
     )
     return body[:closing] + part + body[closing:]
 

@@ -53,8 +53,16 @@ def start_agent(tmp_path: Path, hub: FakeHub) -> Iterator[StartAgent]:
     ) -> AgentProcess:
         path = tmp_path / f"manifest-{len(procs)}.yaml"
         path.write_text(manifest if manifest is not None else manifest_text(*services))
-        argv = ["run", "--manifest", str(path), "--hub", hub_url or hub.root,
-                "--listen", "127.0.0.1:0", *args]
+        argv = [
+            "run",
+            "--manifest",
+            str(path),
+            "--hub",
+            hub_url or hub.root,
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+        ]
         if interval is not None:
             argv += ["--heartbeat-interval", str(interval)]
         if key is not None:

@@ -102,8 +102,11 @@ def test_503_until_a_heartbeat_succeeds(
     hub.fail_next = 0
     registered(agent, hub)
     status, _, _ = request(
-        agent.url, "POST", "/chat/completions",
-        {"model": "Qwen/Qwen3-8B", "messages": []}, service="vllm-qwen",
+        agent.url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": []},
+        service="vllm-qwen",
     )
     assert status == 200
 
@@ -150,8 +153,11 @@ def test_chunks_are_relayed_as_they_arrive(
         "POST",
         "/v1/chat/completions",
         body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-        headers={"Authorization": f"Bearer {CALLBACK_TOKEN}", "X-InferClub-Service": "vllm-qwen",
-                 "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {CALLBACK_TOKEN}",
+            "X-InferClub-Service": "vllm-qwen",
+            "Content-Type": "application/json",
+        },
     )
     start = time.monotonic()
     resp = conn.getresponse()
@@ -171,8 +177,13 @@ def test_chunks_are_relayed_as_they_arrive(
 def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, hub: FakeHub) -> None:
     with FakeVllm(["Qwen/Qwen3-30B-A3B"], api_key="engine-secret") as fake:
         agent = start_agent(
-            {"name": "qwen", "engine": "vllm", "url": fake.url, "api_key": "engine-secret",
-             "models": [{"hf": "Qwen/Qwen3-30B-A3B", "alias": "qwen3"}]}
+            {
+                "name": "qwen",
+                "engine": "vllm",
+                "url": fake.url,
+                "api_key": "engine-secret",
+                "models": [{"hf": "Qwen/Qwen3-30B-A3B", "alias": "qwen3"}],
+            }
         )
         beat = hub.wait_for(lambda b: bool(b["services"]))
         assert beat["services"][0]["models"] == ["qwen3"]
@@ -208,7 +219,9 @@ def test_service_selection_without_header(
 
         # The embedding model is not an llm: no chat service serves it.
         status, _, body = request(
-            agent.url, "POST", "/chat/completions",
+            agent.url,
+            "POST",
+            "/chat/completions",
             {"model": "text-embedding-nomic-embed-text-v1.5", "messages": []},
         )
         assert status == 404
@@ -250,24 +263,39 @@ def test_vllm_errors_come_back_in_openai_shape(
 def test_string_and_detail_errors_are_normalised(start_agent: StartAgent, hub: FakeHub) -> None:
     with FakeWhisperCpp() as wcpp, FakeSpeaches() as sp:
         agent = start_agent(
-            {"name": "wcpp", "type": "stt", "engine": "whisper", "url": wcpp.url,
-             "options": {"api": "whispercpp"}, "models": [{"id": "whisper-1"}]},
+            {
+                "name": "wcpp",
+                "type": "stt",
+                "engine": "whisper",
+                "url": wcpp.url,
+                "options": {"api": "whispercpp"},
+                "models": [{"id": "whisper-1"}],
+            },
             {"name": "speaches", "type": "stt", "engine": "whisper", "url": sp.url},
         )
         registered(agent, hub, "speaches")
         boundary = "b0und4ry"
-        no_file = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
-                   f"whisper-1\r\n--{boundary}--\r\n").encode()
+        no_file = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            f"whisper-1\r\n--{boundary}--\r\n"
+        ).encode()
         ctype = f"multipart/form-data; boundary={boundary}"
-        status, _, body = request(agent.url, "POST", "/audio/transcriptions", no_file,
-                                  service="wcpp", content_type=ctype)
+        status, _, body = request(
+            agent.url, "POST", "/audio/transcriptions", no_file, service="wcpp", content_type=ctype
+        )
         assert status == 400
         err = assert_openai_error(body)
         assert err["message"] == "no 'file' field in the request"
         assert err["type"] == "invalid_request_error"
 
-        status, _, body = request(agent.url, "POST", "/audio/transcriptions", no_file,
-                                  service="speaches", content_type=ctype)
+        status, _, body = request(
+            agent.url,
+            "POST",
+            "/audio/transcriptions",
+            no_file,
+            service="speaches",
+            content_type=ctype,
+        )
         assert status == 422
         err = assert_openai_error(body)
         assert err["message"] == "body.file: Field required"
@@ -281,8 +309,13 @@ def test_down_engine_gives_502_naming_the_service(
     registered(agent, hub)
     vllm.stop()
     count = len(hub.beats)
-    status, _, body = request(agent.url, "POST", "/chat/completions",
-                              {"model": "Qwen/Qwen3-8B", "messages": []}, service="vllm-qwen")
+    status, _, body = request(
+        agent.url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": []},
+        service="vllm-qwen",
+    )
     assert status == 502
     err = assert_openai_error(body)
     assert "'vllm-qwen'" in err["message"] and "unreachable" in err["message"]
@@ -297,22 +330,38 @@ def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: 
     registered(agent, hub)
     parts = urlsplit(agent.url)
     slow = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    slow.request("POST", "/v1/chat/completions",
-                 body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-                 headers={"Authorization": f"Bearer {CALLBACK_TOKEN}",
-                          "X-InferClub-Service": "vllm-qwen", "Content-Type": "application/json"})
+    slow.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
+        headers={
+            "Authorization": f"Bearer {CALLBACK_TOKEN}",
+            "X-InferClub-Service": "vllm-qwen",
+            "Content-Type": "application/json",
+        },
+    )
     resp = slow.getresponse()
     resp.readline()  # the stream is under way
-    status, _, body = request(agent.url, "POST", "/chat/completions",
-                              {"model": "Qwen/Qwen3-8B", "messages": []}, service="vllm-qwen")
+    status, _, body = request(
+        agent.url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": []},
+        service="vllm-qwen",
+    )
     assert status == 429
     err = assert_openai_error(body)
     assert err["type"] == "rate_limit_error" and "max_concurrency" in err["message"]
     resp.read()
     slow.close()
     # The slot is free again once the stream is over.
-    status, _, _ = request(agent.url, "POST", "/chat/completions",
-                           {"model": "Qwen/Qwen3-8B", "messages": []}, service="vllm-qwen")
+    status, _, _ = request(
+        agent.url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": []},
+        service="vllm-qwen",
+    )
     assert status == 200
 
 
@@ -321,9 +370,13 @@ def test_service_timeout_gives_504(start_agent: StartAgent, hub: FakeHub, vllm: 
     agent = start_agent(vllm_service(vllm, timeout=0.5))
     registered(agent, hub)
     start = time.monotonic()
-    status, _, body = request(agent.url, "POST", "/chat/completions",
-                              {"model": "Qwen/Qwen3-8B", "messages": [], "stream": True},
-                              service="vllm-qwen")
+    status, _, body = request(
+        agent.url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": [], "stream": True},
+        service="vllm-qwen",
+    )
     assert status == 504, body
     assert time.monotonic() - start < 2.5
     assert assert_openai_error(body)["type"] == "timeout_error"
@@ -343,10 +396,16 @@ def test_hub_disconnect_closes_the_engine_connection(
     registered(agent, hub)
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions",
-                 body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-                 headers={"Authorization": f"Bearer {CALLBACK_TOKEN}",
-                          "X-InferClub-Service": "vllm-qwen", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
+        headers={
+            "Authorization": f"Bearer {CALLBACK_TOKEN}",
+            "X-InferClub-Service": "vllm-qwen",
+            "Content-Type": "application/json",
+        },
+    )
     if phase == "mid-stream":
         resp = conn.getresponse()
         assert resp.readline().startswith(b"data: ")
@@ -373,10 +432,17 @@ def test_hub_disconnect_closes_the_engine_connection(
 def multipart(fields: dict[str, str], audio: bytes, boundary: str) -> bytes:
     out = b""
     for name, value in fields.items():
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                f"{value}\r\n").encode()
-    out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n").encode() + audio + b"\r\n"
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
+    out += (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + audio
+        + b"\r\n"
+    )
     return out + f"--{boundary}--\r\n".encode()
 
 
@@ -384,8 +450,14 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     start_agent: StartAgent, hub: FakeHub, whispercpp: FakeWhisperCpp
 ) -> None:
     agent = start_agent(
-        {"name": "wcpp", "type": "stt", "engine": "whisper", "url": whispercpp.url,
-         "options": {"api": "whispercpp"}, "models": [{"id": "whisper-1"}]}
+        {
+            "name": "wcpp",
+            "type": "stt",
+            "engine": "whisper",
+            "url": whispercpp.url,
+            "options": {"api": "whispercpp"},
+            "models": [{"id": "whisper-1"}],
+        }
     )
     registered(agent, hub, "wcpp")
     audio = bytes(range(256)) * 64 + b"\r\n--not-a-boundary\r\n" + bytes(1000)
@@ -393,8 +465,9 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     ctype = f"multipart/form-data; boundary={boundary}"
     body = multipart({"model": "whisper-1", "response_format": "text"}, audio, boundary)
 
-    status, headers, out = request(agent.url, "POST", "/audio/transcriptions", body,
-                                   service="wcpp", content_type=ctype)
+    status, headers, out = request(
+        agent.url, "POST", "/audio/transcriptions", body, service="wcpp", content_type=ctype
+    )
     assert status == 200
     assert headers["content-type"] == "text/plain; charset=utf-8"  # not whisper.cpp's text/html
     assert out.decode() == whispercpp.text
@@ -408,8 +481,9 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     assert result.text == whispercpp.text
 
     # Translations are whisper.cpp's /inference with translate=true.
-    status, _, out = request(agent.url, "POST", "/audio/translations", body, service="wcpp",
-                             content_type=ctype)
+    status, _, out = request(
+        agent.url, "POST", "/audio/translations", body, service="wcpp", content_type=ctype
+    )
     assert status == 200 and out.decode().startswith(" [translated]")
 
 
@@ -417,15 +491,25 @@ def test_multipart_alias_rewrites_only_the_model_field(
     start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(
-        {"name": "asr", "type": "stt", "engine": "vllm", "url": vllm.url,
-         "models": [{"id": "Qwen/Qwen3-8B", "alias": "asr-small"}]}
+        {
+            "name": "asr",
+            "type": "stt",
+            "engine": "vllm",
+            "url": vllm.url,
+            "models": [{"id": "Qwen/Qwen3-8B", "alias": "asr-small"}],
+        }
     )
     registered(agent, hub, "asr")
     audio = b"RIFF" + bytes(range(256)) * 40
     boundary = uuid.uuid4().hex
     body = multipart({"model": "asr-small", "language": "en"}, audio, boundary)
-    status, _, out = request(agent.url, "POST", "/audio/transcriptions", body,
-                             content_type=f"multipart/form-data; boundary={boundary}")
+    status, _, out = request(
+        agent.url,
+        "POST",
+        "/audio/transcriptions",
+        body,
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
     assert status == 200, out
     assert json.loads(out)["text"] == vllm.transcript
     sent = vllm.posts("/v1/audio/transcriptions")[-1].body

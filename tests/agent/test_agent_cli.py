@@ -29,11 +29,17 @@ def test_check_prints_services_and_models(
     tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
     path = tmp_path / "m.yaml"
-    path.write_text(manifest_text(
-        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
-         "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}]},
-        {"name": "ollama", "engine": "ollama", "url": ollama.url},
-    ))
+    path.write_text(
+        manifest_text(
+            {
+                "name": "vllm-qwen",
+                "engine": "vllm",
+                "url": vllm.url,
+                "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}],
+            },
+            {"name": "ollama", "engine": "ollama", "url": ollama.url},
+        )
+    )
     result = run_cli("check", "--manifest", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -52,10 +58,12 @@ def test_check_prints_services_and_models(
 def test_check_reports_down_services_and_exits_1(tmp_path: Path, vllm: FakeVllm) -> None:
     port = closed_port()
     path = tmp_path / "m.yaml"
-    path.write_text(manifest_text(
-        {"name": "up", "engine": "vllm", "url": vllm.url},
-        {"name": "down", "engine": "llamacpp", "url": f"http://127.0.0.1:{port}/v1"},
-    ))
+    path.write_text(
+        manifest_text(
+            {"name": "up", "engine": "vllm", "url": vllm.url},
+            {"name": "down", "engine": "llamacpp", "url": f"http://127.0.0.1:{port}/v1"},
+        )
+    )
     result = run_cli("check", "--manifest", str(path), "--json")
     assert result.returncode == 1
     rows = {r["name"]: r for r in json.loads(result.stdout)["services"]}
@@ -67,8 +75,14 @@ def test_check_reports_down_services_and_exits_1(tmp_path: Path, vllm: FakeVllm)
 
 
 def test_detect_prints_a_manifest_that_check_accepts(tmp_path: Path) -> None:
-    fakes = [FakeVllm(), FakeLmStudio(), FakeOllama(), FakeLlamaServer(), FakeSpeaches(),
-             FakeWhisperCpp()]
+    fakes = [
+        FakeVllm(),
+        FakeLmStudio(),
+        FakeOllama(),
+        FakeLlamaServer(),
+        FakeSpeaches(),
+        FakeWhisperCpp(),
+    ]
     try:
         for fake in fakes:
             fake.start()

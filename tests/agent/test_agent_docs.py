@@ -6,9 +6,9 @@ import inspect
 from pathlib import Path
 
 import pytest
+
 from inferclub.agent.cli import build_parser
 from inferclub.agent.manifest import AGENT_FIELDS, HOST_FIELDS, MODEL_FIELDS, SERVICE_FIELDS
-
 from inferclub.engines import Engine, get_engines, get_plugin_manager, hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,8 +19,11 @@ def docs() -> str:
 
 
 def test_every_hook_is_documented() -> None:
-    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
-             if hasattr(f, "inferclub_spec")]
+    hooks = [
+        n
+        for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(f, "inferclub_spec")
+    ]
     assert hooks == ["register_engines"]
     for hook in hooks:
         assert f"`{hook}(" in docs()
@@ -29,7 +32,9 @@ def test_every_hook_is_documented() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    sorted(n for n, v in vars(Engine).items() if not n.startswith("_") and not isinstance(v, property)),
+    sorted(
+        n for n, v in vars(Engine).items() if not n.startswith("_") and not isinstance(v, property)
+    ),
 )
 def test_every_engine_attribute_and_method_is_documented(name: str) -> None:
     assert f"`{name}" in docs()
@@ -43,7 +48,9 @@ def test_every_builtin_engine_and_option_is_documented() -> None:
             assert f"`{option}" in text, option
 
 
-@pytest.mark.parametrize("field", sorted(set(AGENT_FIELDS + HOST_FIELDS + SERVICE_FIELDS + MODEL_FIELDS)))
+@pytest.mark.parametrize(
+    "field", sorted(set(AGENT_FIELDS + HOST_FIELDS + SERVICE_FIELDS + MODEL_FIELDS))
+)
 def test_every_manifest_field_is_documented(field: str) -> None:
     assert f"`{field}" in docs()
 

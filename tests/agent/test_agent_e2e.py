@@ -26,12 +26,27 @@ def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
 
 
-def start(hub: HubProcess, key: str, path: Path, *services: dict, interval: float = 1.0
-          ) -> AgentProcess:
+def start(
+    hub: HubProcess, key: str, path: Path, *services: dict, interval: float = 1.0
+) -> AgentProcess:
     path.write_text(manifest_text(*services))
-    agent = AgentProcess(["run", "--manifest", str(path), "--hub", hub.url, "--key", key,
-                          "--listen", "127.0.0.1:0", "--name", "home-rig",
-                          "--heartbeat-interval", str(interval)])
+    agent = AgentProcess(
+        [
+            "run",
+            "--manifest",
+            str(path),
+            "--hub",
+            hub.url,
+            "--key",
+            key,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "home-rig",
+            "--heartbeat-interval",
+            str(interval),
+        ]
+    )
     agent.wait_listening()
     agent.wait_registered()
     return agent
@@ -55,9 +70,17 @@ def test_openai_sdk_through_hub_and_agent(
     real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
     key = real_hub.user_with_key("alice")
-    agent = start(real_hub, key, tmp_path / "m.yaml",
-                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
-                   "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}]})
+    agent = start(
+        real_hub,
+        key,
+        tmp_path / "m.yaml",
+        {
+            "name": "vllm-qwen",
+            "engine": "vllm",
+            "url": vllm.url,
+            "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}],
+        },
+    )
     try:
         with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"qwen"})
@@ -65,9 +88,11 @@ def test_openai_sdk_through_hub_and_agent(
                 model="qwen", messages=[{"role": "user", "content": "hi"}]
             )
             assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
-            chunks = list(sdk.chat.completions.create(
-                model="qwen", messages=[{"role": "user", "content": "hi"}], stream=True
-            ))
+            chunks = list(
+                sdk.chat.completions.create(
+                    model="qwen", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+            )
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             assert text == "tok0 tok1 tok2 tok3 tok4 "
             completion = sdk.completions.create(model="qwen", prompt="Say")
@@ -88,9 +113,12 @@ def test_engine_errors_reach_the_client_in_openai_shape(
 ) -> None:
     key = real_hub.user_with_key("bob")
     # Advertise a model the engine does not really have: vLLM answers 404 with an int code.
-    agent = start(real_hub, key, tmp_path / "m.yaml",
-                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
-                   "models": [{"id": "ghost"}]})
+    agent = start(
+        real_hub,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url, "models": [{"id": "ghost"}]},
+    )
     try:
         with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"ghost"})
@@ -113,10 +141,14 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
 ) -> None:
     key = real_hub.user_with_key("carol")
     interval = 3.0
-    agent = start(real_hub, key, tmp_path / "m.yaml",
-                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
-                  {"name": "ollama", "engine": "ollama", "url": ollama.url},
-                  interval=interval)
+    agent = start(
+        real_hub,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
+        {"name": "ollama", "engine": "ollama", "url": ollama.url},
+        interval=interval,
+    )
     everything = {"Qwen/Qwen3-8B", "llama3.2:latest", "qwen3:8b"}
     try:
         with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
@@ -138,17 +170,20 @@ def test_client_disconnect_reaches_the_engine(
 ) -> None:
     key = real_hub.user_with_key("dave")
     vllm.chunks, vllm.chunk_delay = 200, 0.05
-    agent = start(real_hub, key, tmp_path / "m.yaml",
-                  {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url})
+    agent = start(
+        real_hub, key, tmp_path / "m.yaml", {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url}
+    )
     try:
         with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"Qwen/Qwen3-8B"})
         parts = urlsplit(real_hub.url)
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions",
-                     body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-                     headers={"Authorization": f"Bearer {key}",
-                              "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.readline().startswith(b"data: ")

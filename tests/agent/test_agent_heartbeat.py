@@ -19,11 +19,21 @@ def test_first_heartbeat_describes_the_agent(
     start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
     agent = start_agent(
-        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url,
-         "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}]},
+        {
+            "name": "vllm-qwen",
+            "engine": "vllm",
+            "url": vllm.url,
+            "models": [{"hf": "Qwen/Qwen3-8B", "alias": "qwen"}],
+        },
         {"name": "ollama", "engine": "ollama", "url": ollama.url},
-        {"name": "asr", "type": "stt", "engine": "vllm", "url": vllm.url,
-         "features": ["timestamps"], "models": [{"id": "Qwen/Qwen3-8B"}]},
+        {
+            "name": "asr",
+            "type": "stt",
+            "engine": "vllm",
+            "url": vllm.url,
+            "features": ["timestamps"],
+            "models": [{"id": "Qwen/Qwen3-8B"}],
+        },
         args=("--name", "home-rig"),
     )
     beat = hub.wait_for(lambda b: len(b["services"]) == 3)
@@ -33,10 +43,20 @@ def test_first_heartbeat_describes_the_agent(
     assert re.match(r"^\d+\.\d+", beat["version"])
     assert beat["services"] == [
         {"name": "vllm-qwen", "type": "llm", "engine": "vllm", "features": [], "models": ["qwen"]},
-        {"name": "ollama", "type": "llm", "engine": "ollama", "features": [],
-         "models": ["llama3.2:latest", "qwen3:8b"]},
-        {"name": "asr", "type": "stt", "engine": "vllm", "features": ["timestamps"],
-         "models": ["Qwen/Qwen3-8B"]},
+        {
+            "name": "ollama",
+            "type": "llm",
+            "engine": "ollama",
+            "features": [],
+            "models": ["llama3.2:latest", "qwen3:8b"],
+        },
+        {
+            "name": "asr",
+            "type": "stt",
+            "engine": "vllm",
+            "features": ["timestamps"],
+            "models": ["Qwen/Qwen3-8B"],
+        },
     ]
     health = beat["health"]
     assert health["agent_version"] == beat["version"]
@@ -100,7 +120,9 @@ def test_heartbeat_every_interval(start_agent: StartAgent, hub: FakeHub, vllm: F
     assert all(0.3 < g < 1.0 for g in gaps), gaps
 
 
-def test_key_rejected_stops_the_agent(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
+def test_key_rejected_stops_the_agent(
+    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+) -> None:
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, key="hub_wrong_key")
     assert agent.wait(15) == 3
     assert "API key rejected by the hub" in agent.stderr
@@ -142,8 +164,13 @@ def test_key_from_environment_and_settings_from_the_agent_section(
     manifest.write_text(
         manifest_text(
             {"name": "v", "engine": "vllm", "url": vllm.url},
-            agent={"name": "from-manifest", "hub": hub.root, "listen": "127.0.0.1:0",
-                   "callback_url": "https://agent.example.org/v1", "heartbeat_interval": 1},
+            agent={
+                "name": "from-manifest",
+                "hub": hub.root,
+                "listen": "127.0.0.1:0",
+                "callback_url": "https://agent.example.org/v1",
+                "heartbeat_interval": 1,
+            },
         )
     )
     agent = AgentProcess(["run", "--manifest", str(manifest)], env={"INFERCLUB_API_KEY": KEY})
@@ -159,8 +186,12 @@ def test_key_from_environment_and_settings_from_the_agent_section(
 
 
 def test_missing_key_is_a_usage_error(start_agent: StartAgent, vllm: FakeVllm) -> None:
-    agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, key=None,
-                        env={"INFERCLUB_API_KEY": ""}, wait=False)
+    agent = start_agent(
+        {"name": "v", "engine": "vllm", "url": vllm.url},
+        key=None,
+        env={"INFERCLUB_API_KEY": ""},
+        wait=False,
+    )
     assert agent.wait() == 2
     assert "no API key" in agent.stderr
 
@@ -174,10 +205,16 @@ def test_sigterm_drains_in_flight_requests(
     agent.wait_registered()
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions",
-                 body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-                 headers={"Authorization": f"Bearer {CALLBACK_TOKEN}", "X-InferClub-Service": "v",
-                          "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
+        headers={
+            "Authorization": f"Bearer {CALLBACK_TOKEN}",
+            "X-InferClub-Service": "v",
+            "Content-Type": "application/json",
+        },
+    )
     resp = conn.getresponse()
     assert resp.readline().startswith(b"data: ")
     agent.proc.terminate()  # SIGTERM mid-stream

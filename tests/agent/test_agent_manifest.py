@@ -7,8 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from inferclub.agent.manifest import ManifestError, load_manifest, parse_manifest
 
+from inferclub.agent.manifest import ManifestError, load_manifest, parse_manifest
 from inferclub.engines import Model, get_engines, get_plugin_manager
 from tests.support.agentproc import StartAgent, run_cli
 from tests.support.fakehub import FakeHub
@@ -90,7 +90,10 @@ def service_yaml(extra: str) -> str:
 
 ERRORS = [
     pytest.param(
-        "hosts:\n  - id: rig\n    services: [\n      {name: a\n", 5, "(yaml)", "invalid YAML",
+        "hosts:\n  - id: rig\n    services: [\n      {name: a\n",
+        5,
+        "(yaml)",
+        "invalid YAML",
         id="bad-yaml",
     ),
     pytest.param(
@@ -101,7 +104,10 @@ ERRORS = [
         id="unknown-type",
     ),
     pytest.param(
-        service_yaml("engine: vllm\n"), 7, "hosts[0].services[1].url", "missing required field",
+        service_yaml("engine: vllm\n"),
+        7,
+        "hosts[0].services[1].url",
+        "missing required field",
         id="missing-url",
     ),
     pytest.param(
@@ -214,8 +220,9 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_invalid_manifest_stops_the_agent_before_anything_starts(
     start_agent: StartAgent, hub: FakeHub
 ) -> None:
-    agent = start_agent(manifest=service_yaml("type: foo\nengine: vllm\nurl: http://x/v1\n"),
-                        wait=False)
+    agent = start_agent(
+        manifest=service_yaml("type: foo\nengine: vllm\nurl: http://x/v1\n"), wait=False
+    )
     assert agent.wait(30) == 2
     assert "manifest-0.yaml:8: hosts[0].services[1].type: unknown type 'foo'" in agent.stderr
     assert "listening on" not in agent.stdout

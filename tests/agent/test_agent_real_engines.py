@@ -16,8 +16,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.agentproc import AgentProcess, manifest_text, run_cli
 from tests.agent.test_agent_e2e import start, wait_models
+from tests.support.agentproc import AgentProcess, manifest_text, run_cli
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.real_engines import RunningEngine, llama_server, whisper_server
 
@@ -49,22 +49,34 @@ def test_chat_through_hub_and_agent_to_llama_server(
 ) -> None:
     key = real_hub.user_with_key("alice")
     # No `models:`: the agent discovers what llama-server serves.
-    agent = start(real_hub, key, tmp_path / "m.yaml",
-                  {"name": "llama", "engine": "llamacpp", "url": llama.base_url})
+    agent = start(
+        real_hub,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "llama", "engine": "llamacpp", "url": llama.base_url},
+    )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0,
-                           timeout=60) as sdk:
+        with openai.OpenAI(
+            base_url=real_hub.api_base, api_key=key, max_retries=0, timeout=60
+        ) as sdk:
             wait_models(sdk, {llama.model})
             messages = [{"role": "user", "content": "What is the capital of France?"}]
             reply = sdk.chat.completions.create(
-                model=llama.model, messages=messages, max_tokens=16, temperature=0  # type: ignore[arg-type]
+                model=llama.model,
+                messages=messages,
+                max_tokens=16,
+                temperature=0,  # type: ignore[arg-type]
             )
             assert reply.choices[0].message.content
             assert reply.usage is not None and reply.usage.completion_tokens > 0
 
             stream = sdk.chat.completions.create(
-                model=llama.model, messages=messages, max_tokens=16, temperature=0,  # type: ignore[arg-type]
-                stream=True, stream_options={"include_usage": True},
+                model=llama.model,
+                messages=messages,
+                max_tokens=16,
+                temperature=0,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
             )
             chunks = list(stream)
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -76,7 +88,8 @@ def test_chat_through_hub_and_agent_to_llama_server(
 
         rows = real_hub.wait_for_request_rows(2)
         assert [(r["status"], r["service"], r["model"]) for r in rows] == [
-            (200, "llama", llama.model), (200, "llama", llama.model)
+            (200, "llama", llama.model),
+            (200, "llama", llama.model),
         ]
         assert all(r["prompt_tokens"] and r["completion_tokens"] for r in rows)
         assert rows[1]["completion_tokens"] == chunks[-1].usage.completion_tokens
@@ -90,7 +103,9 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(rate)
-        frames = (int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(rate * seconds)))
+        frames = (
+            int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(rate * seconds))
+        )
         wav.writeframes(b"".join(struct.pack("<h", f) for f in frames))
     return buf.getvalue()
 
@@ -101,13 +116,21 @@ def test_transcription_through_hub_and_agent_to_faster_whisper(
     with whisper_server() as engine:
         key = real_hub.user_with_key("erin")
         agent: AgentProcess = start(
-            real_hub, key, tmp_path / "m.yaml",
-            {"name": "whisper", "type": "stt", "engine": "whisper", "url": engine.base_url,
-             "models": [{"id": engine.model}]},
+            real_hub,
+            key,
+            tmp_path / "m.yaml",
+            {
+                "name": "whisper",
+                "type": "stt",
+                "engine": "whisper",
+                "url": engine.base_url,
+                "models": [{"id": engine.model}],
+            },
         )
         try:
-            with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0,
-                               timeout=120) as sdk:
+            with openai.OpenAI(
+                base_url=real_hub.api_base, api_key=key, max_retries=0, timeout=120
+            ) as sdk:
                 wait_models(sdk, {engine.model})
                 result = sdk.audio.transcriptions.create(
                     model=engine.model, file=("tone.wav", tone_wav())

@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 #: Set by `make test`: a missing browser is then a failure, not a skip.
 REQUIRE_ENV = "INFERCLUB_REQUIRE_REAL_ENGINES"
@@ -73,8 +80,13 @@ class WebClient:
             urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect()
         )
 
-    def request(self, method: str, url: str, data: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         if url.startswith("/"):
             url = self.base + url
         req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -88,13 +100,22 @@ class WebClient:
     def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
         return self.request("GET", url, headers=headers)
 
-    def post(self, url: str, fields: dict[str, str] | None = None, xsrf: bool = True,
-             headers: dict[str, str] | None = None) -> Response:
+    def post(
+        self,
+        url: str,
+        fields: dict[str, str] | None = None,
+        xsrf: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         fields = dict(fields or {})
         if xsrf:
             fields["_xsrf"] = self.xsrf_token()
-        return self.request("POST", url, urllib.parse.urlencode(fields).encode(),
-                            {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
+        return self.request(
+            "POST",
+            url,
+            urllib.parse.urlencode(fields).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+        )
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.jar if c.name == name), None)

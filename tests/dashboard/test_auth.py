@@ -11,18 +11,20 @@ import urllib.parse
 from pathlib import Path
 
 import openai
-from tests.support.fakes.github import FakeGitHub
-from tests.support.hubproc import HubProcess, start_hub
 
 from tests.dashboard.conftest import WebClient
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubproc import HubProcess, start_hub
 
 SESSION = "inferclub_session"
 
 
 def session_set(resp: object) -> bool:
     """Did this response set a (non-empty) session cookie?"""
-    return any(c.startswith(f"{SESSION}=") and not c.startswith(f'{SESSION}=""')
-               for c in resp.set_cookies())  # type: ignore[attr-defined]
+    return any(
+        c.startswith(f"{SESSION}=") and not c.startswith(f'{SESSION}=""')
+        for c in resp.set_cookies()
+    )  # type: ignore[attr-defined]
 
 
 def printed_link(hub: HubProcess, timeout: float = 10) -> str:
@@ -79,7 +81,9 @@ def test_the_github_token_never_appears_in_a_query_string(
     assert user_calls[0].headers["Authorization"] == f"Bearer {token}"
     assert len(github.urls_seen()) == 3
     for r in github.requests:
-        assert token not in r.query and "access_token" not in urllib.parse.parse_qs(r.query), r.query
+        assert token not in r.query and "access_token" not in urllib.parse.parse_qs(r.query), (
+            r.query
+        )
         assert token not in r.body.decode(), "nor in a body the hub sends"
     assert token not in dashboard_hub.log()
     # Nor does the hub keep it anywhere.
@@ -103,7 +107,9 @@ def _assert_refused(web: WebClient, url: str) -> None:
     assert web.signed_in_as() is None
 
 
-def test_a_missing_state_is_refused(dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient) -> None:
+def test_a_missing_state_is_refused(
+    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+) -> None:
     url = _callback(web, github)
     parts = urllib.parse.urlsplit(url)
     q = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "state"]
@@ -111,7 +117,9 @@ def test_a_missing_state_is_refused(dashboard_hub: HubProcess, github: FakeGitHu
     assert not github.exchanges, "no code is exchanged without a matching state"
 
 
-def test_an_altered_state_is_refused(dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient) -> None:
+def test_an_altered_state_is_refused(
+    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+) -> None:
     url = _callback(web, github)
     state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
     altered = state[:-1] + ("A" if state[-1] != "A" else "B")
@@ -155,7 +163,9 @@ def test_github_denied_is_a_400_without_a_session(
     assert not session_set(resp) and web.signed_in_as() is None
 
 
-def test_a_bad_pkce_verifier_gets_no_token(dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient) -> None:
+def test_a_bad_pkce_verifier_gets_no_token(
+    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+) -> None:
     start = web.get("/auth/github")
     # Swap the challenge GitHub records for one the hub's verifier cannot match.
     bad = start.location.replace("code_challenge=", "code_challenge=x")
@@ -177,7 +187,8 @@ def test_accounts_are_keyed_by_github_id(dashboard_hub: HubProcess, github: Fake
     renamed.github_sign_in(github)
     assert renamed.signed_in_as() == "octo-renamed"
     assert [tuple(r) for r in dashboard_hub.query("SELECT id, login, github_id FROM users")] == [
-        (1, "octo-renamed", 4242)]
+        (1, "octo-renamed", 4242)
+    ]
     assert key[:11] in renamed.get("/dashboard/keys").text, "same account, same keys"
 
     github.user = {"id": 777, "login": "octocat"}
@@ -261,26 +272,41 @@ def test_dashboard_mutations_need_the_xsrf_token(
     assert dashboard_hub.query("SELECT revoked_at FROM api_keys")[0][0] is None
     # The playground's endpoints too (the token goes in a header there).
     body = json.dumps({"model": "m1", "messages": []}).encode()
-    resp = web.request("POST", "/dashboard/api/v1/chat/completions", body,
-                       {"Content-Type": "application/json"})
+    resp = web.request(
+        "POST", "/dashboard/api/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
     assert resp.status == 403 and "_xsrf" in resp.json()["error"]["message"]
-    resp = web.request("POST", "/dashboard/api/v1/chat/completions", body,
-                       {"Content-Type": "application/json", "X-XSRFToken": web.xsrf_token()})
+    resp = web.request(
+        "POST",
+        "/dashboard/api/v1/chat/completions",
+        body,
+        {"Content-Type": "application/json", "X-XSRFToken": web.xsrf_token()},
+    )
     assert resp.status == 404 and resp.json()["error"]["code"] == "model_not_found"
     # Signed out, the playground answers 401 in OpenAI's shape.
     anon = WebClient(dashboard_hub.url)
-    resp = anon.request("POST", "/dashboard/api/v1/chat/completions", body,
-                        {"Content-Type": "application/json", "X-XSRFToken": anon.xsrf_token()})
+    resp = anon.request(
+        "POST",
+        "/dashboard/api/v1/chat/completions",
+        body,
+        {"Content-Type": "application/json", "X-XSRFToken": anon.xsrf_token()},
+    )
     assert resp.status == 401 and resp.json()["error"]["code"] == "not_signed_in"
 
 
-def test_v1_ignores_the_session_cookie(dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient) -> None:
+def test_v1_ignores_the_session_cookie(
+    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+) -> None:
     web.github_sign_in(github)
     assert web.signed_in_as() == "octocat"
     resp = web.get("/v1/models")
     assert resp.status == 401 and resp.json()["error"]["code"] == "missing_api_key"
-    resp = web.request("POST", "/v1/chat/completions", b'{"model": "m1", "messages": []}',
-                       {"Content-Type": "application/json", "X-XSRFToken": web.xsrf_token()})
+    resp = web.request(
+        "POST",
+        "/v1/chat/completions",
+        b'{"model": "m1", "messages": []}',
+        {"Content-Type": "application/json", "X-XSRFToken": web.xsrf_token()},
+    )
     assert resp.status == 401
     # And a bearer key needs no XSRF token.
     key = dashboard_hub.create_key("octocat")

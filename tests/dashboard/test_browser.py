@@ -17,11 +17,11 @@ from typing import Any
 
 import openai
 import pytest
+
+from tests.dashboard.conftest import screenshot
 from tests.support.fakes.agent import FakeAgent, ImagesHandler
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
-
-from tests.dashboard.conftest import screenshot
 
 
 def sign_in(page: Any, hub: HubProcess, path: str = "/dashboard/keys") -> None:
@@ -39,35 +39,58 @@ def wav(seconds: float = 3.0, rate: int = 8000) -> bytes:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(b"".join(
-            struct.pack("<h", int(3000 * math.sin(2 * math.pi * 440 * i / rate)))
-            for i in range(int(seconds * rate))
-        ))
+        w.writeframes(
+            b"".join(
+                struct.pack("<h", int(3000 * math.sin(2 * math.pi * 440 * i / rate)))
+                for i in range(int(seconds * rate))
+            )
+        )
     return buf.getvalue()
 
 
 def png(size: int = 96) -> bytes:
     """A real PNG (a colour gradient), so the page can show that it decoded the image."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    raw = b"".join(b"\0" + bytes(c for x in range(size) for c in (x * 255 // size, y * 255 // size, 160))
-                   for y in range(size))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    raw = b"".join(
+        b"\0" + bytes(c for x in range(size) for c in (x * 255 // size, y * 255 // size, 160))
+        for y in range(size)
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 class PaintingImagesHandler(ImagesHandler):
     def post(self, kind: str) -> None:
-        self.send_json({"created": 1, "data": [{"b64_json": base64.b64encode(png()).decode(),
-                                                 "revised_prompt": "a lighthouse at dusk, oil"}]})
+        self.send_json(
+            {
+                "created": 1,
+                "data": [
+                    {
+                        "b64_json": base64.b64encode(png()).decode(),
+                        "revised_prompt": "a lighthouse at dusk, oil",
+                    }
+                ],
+            }
+        )
 
 
 class PaintingAgent(FakeAgent):
     """The fake agent, with images that really decode."""
 
     def routes(self) -> list[Any]:
-        return [(r"/v1/images/(generations|edits)", PaintingImagesHandler, {"fake": self}),
-                *super().routes()]
+        return [
+            (r"/v1/images/(generations|edits)", PaintingImagesHandler, {"fake": self}),
+            *super().routes(),
+        ]
 
 
 @pytest.fixture
@@ -78,8 +101,13 @@ def agent() -> Iterator[FakeAgent]:
 
 SERVICES = [
     {"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]},
-    {"name": "asr", "type": "stt", "engine": "whisper", "features": ["timestamps"],
-     "models": ["whisper-ts"]},
+    {
+        "name": "asr",
+        "type": "stt",
+        "engine": "whisper",
+        "features": ["timestamps"],
+        "models": ["whisper-ts"],
+    },
     {"name": "asr-plain", "type": "stt", "engine": "openai", "models": ["whisper-plain"]},
     {"name": "painter", "type": "image", "engine": "openai", "models": ["sd"]},
     {"name": "voice", "type": "tts", "engine": "openai", "models": ["piper"]},
@@ -87,15 +115,34 @@ SERVICES = [
 
 
 def register(hub: HubProcess, key: str, agent: FakeAgent, name: str = "home-rig") -> None:
-    status, body = hub.heartbeat(key, name, agent.url, SERVICES, version="0.1.0", health={
-        "agent_version": "0.1.0", "uptime_s": 3723.0, "load_avg": [0.31, 0.2, 0.1],
-        "memory": {"total_bytes": 34359738368, "available_bytes": 21474836480},
-        "in_flight": {"chat": 0}, "gpus": [{"index": 0, "name": "RTX 4090", "utilization_pct": 12,
-                                             "memory_used_mib": 2048, "memory_total_mib": 24564,
-                                             "temperature_c": 48}],
-        "services": {"chat": {"up": True, "detail": "GET /health 200"},
-                     "asr": {"up": True, "detail": "ok"}},
-    })
+    status, body = hub.heartbeat(
+        key,
+        name,
+        agent.url,
+        SERVICES,
+        version="0.1.0",
+        health={
+            "agent_version": "0.1.0",
+            "uptime_s": 3723.0,
+            "load_avg": [0.31, 0.2, 0.1],
+            "memory": {"total_bytes": 34359738368, "available_bytes": 21474836480},
+            "in_flight": {"chat": 0},
+            "gpus": [
+                {
+                    "index": 0,
+                    "name": "RTX 4090",
+                    "utilization_pct": 12,
+                    "memory_used_mib": 2048,
+                    "memory_total_mib": 24564,
+                    "temperature_c": 48,
+                }
+            ],
+            "services": {
+                "chat": {"up": True, "detail": "GET /health 200"},
+                "asr": {"up": True, "detail": "ok"},
+            },
+        },
+    )
     assert status == 200, body
 
 
@@ -165,8 +212,16 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         card = page.locator('[data-provider-id][data-status="online"]')
         card.wait_for()
         text = card.inner_text()
-        for expected in ("home-rig", "online", agent.url, "0.1.0", "Language models", "Speech to text",
-                         "whisper-ts", "timestamps"):
+        for expected in (
+            "home-rig",
+            "online",
+            agent.url,
+            "0.1.0",
+            "Language models",
+            "Speech to text",
+            "whisper-ts",
+            "timestamps",
+        ):
             assert expected in text, expected
         assert "last heartbeat" in text
         page.click("details.health summary")
@@ -221,11 +276,17 @@ def test_playground_streams_a_chat(page: Any, dashboard_hub: HubProcess, agent: 
     screenshot(page, "playground-chat")
 
     sent = agent.posts("/v1/chat/completions")[-1].json()
-    assert sent["messages"] == [{"role": "user", "content": "Hello there"}] and sent["stream"] is True
+    assert (
+        sent["messages"] == [{"role": "user", "content": "Hello there"}] and sent["stream"] is True
+    )
     rows = hub.wait_for_request_rows(1)
     row = rows[-1]
     assert (row["endpoint"], row["type"], row["model"], row["status"]) == (
-        "/v1/chat/completions", "llm", "m1", 200)
+        "/v1/chat/completions",
+        "llm",
+        "m1",
+        200,
+    )
     assert row["key_id"] is None and row["completion_tokens"] == 12, "recorded like /v1"
 
     # The request id links to its history row.
@@ -258,12 +319,16 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
 
     page.wait_for_function("() => document.getElementById('stt-audio').readyState >= 1")
     words.nth(2).click()  # "brown" starts at 1.0 s
-    page.wait_for_function("() => Math.abs(document.getElementById('stt-audio').currentTime - 1.0) < 0.05")
+    page.wait_for_function(
+        "() => Math.abs(document.getElementById('stt-audio').currentTime - 1.0) < 0.05"
+    )
     assert page.locator("#transcript .word.current").inner_text() == "brown"
     screenshot(page, "playground-transcript")
 
     words.nth(3).click()
-    page.wait_for_function("() => Math.abs(document.getElementById('stt-audio').currentTime - 1.5) < 0.05")
+    page.wait_for_function(
+        "() => Math.abs(document.getElementById('stt-audio').currentTime - 1.5) < 0.05"
+    )
     assert page.locator("#transcript .word.current").inner_text() == "fox"
     page.click("#transcript .seg-time")  # the segment starts at 0
     page.wait_for_function("() => document.getElementById('stt-audio').currentTime < 0.05")
@@ -273,7 +338,8 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
     page.evaluate("document.getElementById('stt-audio').play()")
     for word in ("quick", "brown"):
         page.wait_for_function(
-            f"() => document.querySelector('#transcript .word.current')?.textContent === '{word}'")
+            f"() => document.querySelector('#transcript .word.current')?.textContent === '{word}'"
+        )
     page.evaluate("document.getElementById('stt-audio').pause()")
 
     # A service without timestamps: plain text, no clickable words.
@@ -285,7 +351,9 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
     assert agent.form()[0]["response_format"] == ["text"]
 
 
-def test_playground_image_and_speech(page: Any, dashboard_hub: HubProcess, agent: FakeAgent) -> None:
+def test_playground_image_and_speech(
+    page: Any, dashboard_hub: HubProcess, agent: FakeAgent
+) -> None:
     hub = dashboard_hub
     sign_in(page, hub, "/dashboard/providers")
     register(hub, hub.create_key("octocat"), agent)
@@ -322,7 +390,9 @@ def test_history_table_filters_and_charts(
         for _ in range(3):
             client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+            client.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "hi"}]
+            )
         client.images.generate(model="sd", prompt="x")
     rows = hub.wait_for_request_rows(5)
     assert len(rows) == 5

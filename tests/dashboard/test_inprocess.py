@@ -26,8 +26,13 @@ PUBLIC = "https://hub.example.org"
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Hub:
-    settings = Settings(db=str(tmp_path / "h.db"), public_url=PUBLIC, github_client_id="cid",
-                        github_client_secret="secret", github_url="https://gh.example")
+    settings = Settings(
+        db=str(tmp_path / "h.db"),
+        public_url=PUBLIC,
+        github_client_id="cid",
+        github_client_secret="secret",
+        github_url="https://gh.example",
+    )
     return Hub(settings, SQLiteStore(settings.db_path), Secrets(b"pepper" * 6, "cookie-secret"))
 
 
@@ -51,7 +56,7 @@ async def sign_in(hub: Hub, client: Any, login: str = "alice") -> tuple[int, str
     """A session for a new user through a one-time link: (user id, Cookie header)."""
     user = await hub.store.create_user(login)
     link = await auth.create_login_link(hub.store, user.id, PUBLIC, 60)
-    path = link[len(PUBLIC):]
+    path = link[len(PUBLIC) :]
     resp = await client.fetch(path, follow_redirects=False, raise_error=False)
     assert resp.code == 302
     cookies = resp.headers.get_list("Set-Cookie")
@@ -59,11 +64,14 @@ async def sign_in(hub: Hub, client: Any, login: str = "alice") -> tuple[int, str
     return user.id, session.split(";")[0]
 
 
-async def test_behind_https_cookies_are_secure_and_host_prefixed(hub: Hub, http_server_client: Any) -> None:
+async def test_behind_https_cookies_are_secure_and_host_prefixed(
+    hub: Hub, http_server_client: Any
+) -> None:
     async with running(hub):
         _, cookie = await sign_in(hub, http_server_client)
-        resp = await http_server_client.fetch("/dashboard/keys", headers={"Cookie": cookie},
-                                              raise_error=False, follow_redirects=False)
+        resp = await http_server_client.fetch(
+            "/dashboard/keys", headers={"Cookie": cookie}, raise_error=False, follow_redirects=False
+        )
         assert resp.code == 200
         xsrf = [c for c in resp.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
         assert xsrf and all(f in xsrf[0] for f in ("Secure", "HttpOnly", "SameSite=Lax"))
@@ -71,7 +79,9 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(hub: Hub, http_
         # The session cookie, as set by the sign-in.
         user = await hub.store.create_user("bob")
         link = await auth.create_login_link(hub.store, user.id, PUBLIC, 60)
-        resp = await http_server_client.fetch(link[len(PUBLIC):], follow_redirects=False, raise_error=False)
+        resp = await http_server_client.fetch(
+            link[len(PUBLIC) :], follow_redirects=False, raise_error=False
+        )
         (session,) = [c for c in resp.headers.get_list("Set-Cookie") if "inferclub_session" in c]
         assert session.startswith("__Host-inferclub_session=")
         for flag in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
@@ -79,12 +89,16 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(hub: Hub, http_
         assert "Domain" not in session
 
         # The OAuth callback is built from public_url, and the state cookie is Secure too.
-        resp = await http_server_client.fetch("/auth/github", follow_redirects=False, raise_error=False)
+        resp = await http_server_client.fetch(
+            "/auth/github", follow_redirects=False, raise_error=False
+        )
         assert resp.code == 302
         q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.headers["Location"]).query))
         assert q["redirect_uri"] == PUBLIC + "/auth/github/callback"
         assert resp.headers["Location"].startswith("https://gh.example/login/oauth/authorize?")
-        (state,) = [c for c in resp.headers.get_list("Set-Cookie") if c.startswith("inferclub_oauth_state=")]
+        (state,) = [
+            c for c in resp.headers.get_list("Set-Cookie") if c.startswith("inferclub_oauth_state=")
+        ]
         assert "Secure" in state and "HttpOnly" in state and "SameSite=Lax" in state
 
 
@@ -99,13 +113,21 @@ async def test_security_headers_on_pages(hub: Hub, http_server_client: Any) -> N
 def _rows(user_id: int, now: float) -> list[RequestRecord]:
     rows = []
     for i in range(120):
-        rows.append(RequestRecord(
-            id=f"req_{i:024x}", user_id=user_id, endpoint="/v1/chat/completions",
-            started_at=now - 3600 * 48 + i * 1200 + 60,  # one every 20 min, off bucket edges
-            status=500 if i % 10 == 0 else 200, type="llm" if i % 2 else "stt",
-            model="big" if i % 3 else "small", ttfb_ms=10.0 + i, duration_ms=100.0 + i,
-            prompt_tokens=5, completion_tokens=i,
-        ))
+        rows.append(
+            RequestRecord(
+                id=f"req_{i:024x}",
+                user_id=user_id,
+                endpoint="/v1/chat/completions",
+                started_at=now - 3600 * 48 + i * 1200 + 60,  # one every 20 min, off bucket edges
+                status=500 if i % 10 == 0 else 200,
+                type="llm" if i % 2 else "stt",
+                model="big" if i % 3 else "small",
+                ttfb_ms=10.0 + i,
+                duration_ms=100.0 + i,
+                prompt_tokens=5,
+                completion_tokens=i,
+            )
+        )
     return rows
 
 
@@ -125,11 +147,23 @@ async def test_history_pages_filters_and_chart_buckets(hub: Hub, http_server_cli
         other, _ = await sign_in(hub, http_server_client, "mallory")
         now = time.time()
         rows = _rows(uid, now)
-        await hub.store.add_requests([*rows, RequestRecord(
-            id="req_theirs", user_id=other, endpoint="/v1/chat/completions", started_at=now, status=200)])
+        await hub.store.add_requests(
+            [
+                *rows,
+                RequestRecord(
+                    id="req_theirs",
+                    user_id=other,
+                    endpoint="/v1/chat/completions",
+                    started_at=now,
+                    status=200,
+                ),
+            ]
+        )
 
         async def page(query: str) -> str:
-            resp = await http_server_client.fetch("/dashboard/requests" + query, headers={"Cookie": cookie})
+            resp = await http_server_client.fetch(
+                "/dashboard/requests" + query, headers={"Cookie": cookie}
+            )
             return resp.body.decode()
 
         first = await page("")
@@ -152,8 +186,9 @@ async def test_history_pages_filters_and_chart_buckets(hub: Hub, http_server_cli
 
         day = datetime.fromtimestamp(rows[60].started_at, UTC).strftime("%Y-%m-%d")
         dated = await page(f"?from={day}&to={day}")
-        today = [r for r in rows
-                 if datetime.fromtimestamp(r.started_at, UTC).strftime("%Y-%m-%d") == day]
+        today = [
+            r for r in rows if datetime.fromtimestamp(r.started_at, UTC).strftime("%Y-%m-%d") == day
+        ]
         assert 0 < len(today) < 120 and f"of {len(today)}<" in dated
 
         # Charts: last 24 h in 30-minute buckets; every request of the window counted once.
@@ -163,7 +198,8 @@ async def test_history_pages_filters_and_chart_buckets(hub: Hub, http_server_cli
         assert sum(b["requests"] for b in chart["series"]) == len(in_window)
         assert sum(b["errors"] for b in chart["series"]) == sum(r.status >= 400 for r in in_window)
         assert sum(b["completion_tokens"] for b in chart["series"]) == sum(
-            r.completion_tokens or 0 for r in in_window)
+            r.completion_tokens or 0 for r in in_window
+        )
         week = _chart(await page("?range=7d"))
         assert week["bucket"] == 3 * 3600 and sum(b["requests"] for b in week["series"]) == 120
 
@@ -197,17 +233,46 @@ async def test_store_request_buckets(tmp_path: Path) -> None:
     try:
         base = 1_700_000_000.0 - 1_700_000_000.0 % 3600
         rows = [
-            RequestRecord("a", 1, "/v1/x", base + 10, 200, ttfb_ms=10, duration_ms=100,
-                          prompt_tokens=1, completion_tokens=2, model="m"),
-            RequestRecord("b", 1, "/v1/x", base + 20, 502, ttfb_ms=None, duration_ms=300, model="m"),
-            RequestRecord("c", 1, "/v1/x", base + 3600 + 5, 200, ttfb_ms=30, duration_ms=50,
-                          prompt_tokens=4, completion_tokens=8, model="n"),
+            RequestRecord(
+                "a",
+                1,
+                "/v1/x",
+                base + 10,
+                200,
+                ttfb_ms=10,
+                duration_ms=100,
+                prompt_tokens=1,
+                completion_tokens=2,
+                model="m",
+            ),
+            RequestRecord(
+                "b", 1, "/v1/x", base + 20, 502, ttfb_ms=None, duration_ms=300, model="m"
+            ),
+            RequestRecord(
+                "c",
+                1,
+                "/v1/x",
+                base + 3600 + 5,
+                200,
+                ttfb_ms=30,
+                duration_ms=50,
+                prompt_tokens=4,
+                completion_tokens=8,
+                model="n",
+            ),
             RequestRecord("d", 2, "/v1/x", base + 15, 200, model="m"),
         ]
         await store.add_requests(rows)
         b1, b2 = await store.request_buckets(1, None, 3600)
-        assert (b1.start, b1.requests, b1.errors, b1.avg_ttfb_ms, b1.avg_duration_ms,
-                b1.prompt_tokens, b1.completion_tokens) == (base, 2, 1, 10, 200, 1, 2)
+        assert (
+            b1.start,
+            b1.requests,
+            b1.errors,
+            b1.avg_ttfb_ms,
+            b1.avg_duration_ms,
+            b1.prompt_tokens,
+            b1.completion_tokens,
+        ) == (base, 2, 1, 10, 200, 1, 2)
         assert (b2.start, b2.requests, b2.errors, b2.prompt_tokens) == (base + 3600, 1, 0, 4)
         (only,) = await store.request_buckets(1, RequestFilter(model="n"), 3600)
         assert only.start == base + 3600

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+
+from tests.dashboard.conftest import WebClient
 from tests.support.fakes.agent import FakeAgent
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess
-
-from tests.dashboard.conftest import WebClient
 
 
 @pytest.fixture
@@ -36,12 +36,18 @@ def test_another_users_ids_are_404_everywhere(
     alice = sign_in(hub, github, 1, "alice")
     bob = sign_in(hub, github, 2, "bob")
     key = hub.create_key("alice", "alices-laptop")
-    status, beat = hub.heartbeat(key, "alices-rig", agent.url,
-                                 [{"name": "s", "type": "llm", "engine": "vllm", "models": ["alices-model"]}])
+    status, beat = hub.heartbeat(
+        key,
+        "alices-rig",
+        agent.url,
+        [{"name": "s", "type": "llm", "engine": "vllm", "models": ["alices-model"]}],
+    )
     assert status == 200
     provider_id = beat["provider_id"]
     with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client:
-        client.chat.completions.create(model="alices-model", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="alices-model", messages=[{"role": "user", "content": "x"}]
+        )
     request_id = hub.wait_for_request_rows(1)[0]["id"]
     key_id = hub.query("SELECT id FROM api_keys")[0][0]
 
@@ -52,21 +58,43 @@ def test_another_users_ids_are_404_everywhere(
     # Bob gets 404s for every one of her ids, on every route that takes one.
     for path in (f"/dashboard/requests/{request_id}", f"/dashboard/api/providers/{provider_id}"):
         assert bob.get(path).status == 404, path
-    for path in (f"/dashboard/keys/{key_id}/revoke", f"/dashboard/keys/{key_id}/rotate",
-                 f"/dashboard/providers/{provider_id}/delete"):
+    for path in (
+        f"/dashboard/keys/{key_id}/revoke",
+        f"/dashboard/keys/{key_id}/rotate",
+        f"/dashboard/providers/{provider_id}/delete",
+    ):
         assert bob.post(path).status == 404, path
     # Nothing of hers on any of his pages.
-    for path in ("/dashboard/keys", "/dashboard/providers", "/dashboard/requests",
-                 "/dashboard/playground", "/dashboard/api/providers", "/dashboard/api/models"):
+    for path in (
+        "/dashboard/keys",
+        "/dashboard/providers",
+        "/dashboard/requests",
+        "/dashboard/playground",
+        "/dashboard/api/providers",
+        "/dashboard/api/models",
+    ):
         text = bob.get(path).text
-        for secret in (key[:11], "alices-laptop", "alices-rig", "alices-model", request_id, agent.url):
+        for secret in (
+            key[:11],
+            "alices-laptop",
+            "alices-rig",
+            "alices-model",
+            request_id,
+            agent.url,
+        ):
             assert secret not in text, (path, secret)
 
     # Her model is unknown to him in the playground, as on /v1 (last: this request is his,
     # and his history shows the name he typed).
-    body = json.dumps({"model": "alices-model", "messages": [{"role": "user", "content": "x"}]}).encode()
-    resp = bob.request("POST", "/dashboard/api/v1/chat/completions", body,
-                       {"Content-Type": "application/json", "X-XSRFToken": bob.xsrf_token()})
+    body = json.dumps(
+        {"model": "alices-model", "messages": [{"role": "user", "content": "x"}]}
+    ).encode()
+    resp = bob.request(
+        "POST",
+        "/dashboard/api/v1/chat/completions",
+        body,
+        {"Content-Type": "application/json", "X-XSRFToken": bob.xsrf_token()},
+    )
     assert resp.status == 404 and resp.json()["error"]["code"] == "model_not_found"
 
     # And nothing of hers changed.
@@ -89,8 +117,13 @@ def test_unknown_ids_are_404(dashboard_hub: HubProcess, github: FakeGitHub) -> N
 
 def test_pages_and_json_need_a_session(dashboard_hub: HubProcess) -> None:
     anon = WebClient(dashboard_hub.url)
-    for path in ("/dashboard/keys", "/dashboard/providers", "/dashboard/requests",
-                 "/dashboard/playground", "/dashboard/requests/req_x"):
+    for path in (
+        "/dashboard/keys",
+        "/dashboard/providers",
+        "/dashboard/requests",
+        "/dashboard/playground",
+        "/dashboard/requests/req_x",
+    ):
         resp = anon.get(path)
         assert resp.status == 302 and resp.location.startswith("/login?next="), path
     for path in ("/dashboard/api/providers", "/dashboard/api/models", "/dashboard/api/providers/1"):

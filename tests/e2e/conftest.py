@@ -30,8 +30,9 @@ class Stack:
         self.agent = agent
 
     def client(self, timeout: float = 30) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.hub.api_base, api_key=self.key, max_retries=0,
-                             timeout=timeout)
+        return openai.OpenAI(
+            base_url=self.hub.api_base, api_key=self.key, max_retries=0, timeout=timeout
+        )
 
     def listed(self) -> set[tuple[str, str]]:
         with self.client() as sdk:
@@ -41,8 +42,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         while (listed := self.listed()) != expected:
             if time.monotonic() > deadline:
-                raise AssertionError(f"hub lists {sorted(listed)}, not {sorted(expected)}\n"
-                                     f"agent log:\n{self.agent.stderr}")
+                raise AssertionError(
+                    f"hub lists {sorted(listed)}, not {sorted(expected)}\n"
+                    f"agent log:\n{self.agent.stderr}"
+                )
             time.sleep(0.05)
 
     def row(self, request_id: str, timeout: float = 10) -> sqlite3.Row:
@@ -58,17 +61,35 @@ class Stack:
 
 
 @contextmanager
-def start_stack(workdir: Path, services: list[dict[str, Any]], expected: set[tuple[str, str]],
-                env: dict[str, str] | None = None) -> Iterator[Stack]:
+def start_stack(
+    workdir: Path,
+    services: list[dict[str, Any]],
+    expected: set[tuple[str, str]],
+    env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
     """A hub, user `alice` with a key, and an agent serving `services`, all ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     with start_hub(workdir, env=env) as hub:
         key = hub.user_with_key("alice")
         manifest = workdir / "manifest.yaml"
         manifest.write_text(manifest_text(*services))
-        agent = AgentProcess(["run", "--manifest", str(manifest), "--hub", hub.url,
-                              "--key", key, "--listen", "127.0.0.1:0", "--name", "rig",
-                              "--heartbeat-interval", str(HEARTBEAT)])
+        agent = AgentProcess(
+            [
+                "run",
+                "--manifest",
+                str(manifest),
+                "--hub",
+                hub.url,
+                "--key",
+                key,
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "rig",
+                "--heartbeat-interval",
+                str(HEARTBEAT),
+            ]
+        )
         try:
             agent.wait_listening()
             agent.wait_registered()

@@ -40,11 +40,20 @@ IMAGE_LIMIT = 50_000
 def wav(seconds: float = 2.0, rate: int = 16000) -> bytes:
     """A silent 16-bit mono WAV (the fakes read its length from the header)."""
     data = bytes(int(seconds * rate) * 2)
-    header = (b"RIFF" + (36 + len(data)).to_bytes(4, "little") + b"WAVEfmt "
-              + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
-              + rate.to_bytes(4, "little") + (rate * 2).to_bytes(4, "little")
-              + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-              + b"data" + len(data).to_bytes(4, "little"))
+    header = (
+        b"RIFF"
+        + (36 + len(data)).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (rate * 2).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + len(data).to_bytes(4, "little")
+    )
     return header + data
 
 
@@ -64,8 +73,16 @@ class Fakes:
         self.localai = FakeLocalAIImages()
 
     def all(self) -> list[FakeServer]:
-        return [self.chat, self.asr, self.whisper, self.vectors, self.wcpp, self.speaches,
-                self.sd, self.localai]
+        return [
+            self.chat,
+            self.asr,
+            self.whisper,
+            self.vectors,
+            self.wcpp,
+            self.speaches,
+            self.sd,
+            self.localai,
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +98,62 @@ def fakes() -> Iterator[Fakes]:
 @pytest.fixture(scope="module")
 def stack(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     services: list[dict[str, Any]] = [
-        {"name": "chat", "engine": "vllm", "url": fakes.chat.url,
-         "models": [{"id": QWEN}, {"id": QWEN, "alias": "shared"}]},
-        {"name": "asr", "type": "stt", "engine": "vllm", "url": fakes.asr.url,
-         "models": [{"id": ASR}, {"id": ASR, "alias": "shared"}]},
-        {"name": "vllm-whisper", "type": "stt", "engine": "vllm", "url": fakes.whisper.url,
-         "features": ["timestamps"]},
+        {
+            "name": "chat",
+            "engine": "vllm",
+            "url": fakes.chat.url,
+            "models": [{"id": QWEN}, {"id": QWEN, "alias": "shared"}],
+        },
+        {
+            "name": "asr",
+            "type": "stt",
+            "engine": "vllm",
+            "url": fakes.asr.url,
+            "models": [{"id": ASR}, {"id": ASR, "alias": "shared"}],
+        },
+        {
+            "name": "vllm-whisper",
+            "type": "stt",
+            "engine": "vllm",
+            "url": fakes.whisper.url,
+            "features": ["timestamps"],
+        },
         {"name": "vectors", "type": "embedding", "engine": "vllm", "url": fakes.vectors.url},
-        {"name": "wcpp", "type": "stt", "engine": "whisper", "url": fakes.wcpp.url,
-         "options": {"api": "whispercpp"}, "features": ["timestamps"], "models": ["whisper-1"]},
-        {"name": "kokoro", "type": "tts", "engine": "openai", "url": fakes.speaches.url,
-         "models": [{"id": KOKORO, "alias": "kokoro"}]},
+        {
+            "name": "wcpp",
+            "type": "stt",
+            "engine": "whisper",
+            "url": fakes.wcpp.url,
+            "options": {"api": "whispercpp"},
+            "features": ["timestamps"],
+            "models": ["whisper-1"],
+        },
+        {
+            "name": "kokoro",
+            "type": "tts",
+            "engine": "openai",
+            "url": fakes.speaches.url,
+            "models": [{"id": KOKORO, "alias": "kokoro"}],
+        },
         {"name": "sd", "type": "image", "engine": "openai", "url": fakes.sd.url},
         {"name": "localai", "type": "image", "engine": "openai", "url": fakes.localai.url},
     ]
-    expected = {(QWEN, "llm"), ("shared", "llm"), (ASR, "stt"), ("shared", "stt"),
-                (WHISPER, "stt"), ("intfloat/e5-small", "embedding"), ("whisper-1", "stt"),
-                ("kokoro", "tts"), ("sd-cpp-local", "image"), ("stablediffusion", "image")}
-    env = {"INFERCLUB_MAX_AUDIO_BODY": str(AUDIO_LIMIT),
-           "INFERCLUB_MAX_IMAGE_BODY": str(IMAGE_LIMIT)}
+    expected = {
+        (QWEN, "llm"),
+        ("shared", "llm"),
+        (ASR, "stt"),
+        ("shared", "stt"),
+        (WHISPER, "stt"),
+        ("intfloat/e5-small", "embedding"),
+        ("whisper-1", "stt"),
+        ("kokoro", "tts"),
+        ("sd-cpp-local", "image"),
+        ("stablediffusion", "image"),
+    }
+    env = {
+        "INFERCLUB_MAX_AUDIO_BODY": str(AUDIO_LIMIT),
+        "INFERCLUB_MAX_IMAGE_BODY": str(IMAGE_LIMIT),
+    }
     with start_stack(tmp_path_factory.mktemp("modalities"), services, expected, env) as s:
         yield s
 
@@ -130,7 +184,8 @@ def test_one_model_name_as_llm_and_stt_goes_to_the_right_service(
 ) -> None:
     chats, asrs = len(fakes.chat.posts("/v1/chat/completions")), len(fakes.asr.requests)
     reply = sdk.chat.completions.with_raw_response.create(
-        model="shared", messages=[{"role": "user", "content": "hi"}])
+        model="shared", messages=[{"role": "user", "content": "hi"}]
+    )
     assert reply.parse().choices[0].message.content
     sent = fakes.chat.posts("/v1/chat/completions")
     assert len(sent) == chats + 1 and sent[-1].json()["model"] == QWEN
@@ -157,19 +212,27 @@ def test_verbose_json_is_downgraded_for_vllm_without_timestamps(
 ) -> None:
     # The fake is Qwen3-ASR-like: asked for verbose_json directly, it refuses.
     direct = urllib.request.Request(
-        fakes.asr.url + "/audio/transcriptions", method="POST",
-        data=(b'--b\r\nContent-Disposition: form-data; name="response_format"\r\n\r\nverbose_json'
-              b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-              + AUDIO + b"\r\n--b--\r\n"),
-        headers={"Content-Type": "multipart/form-data; boundary=b"})
+        fakes.asr.url + "/audio/transcriptions",
+        method="POST",
+        data=(
+            b'--b\r\nContent-Disposition: form-data; name="response_format"\r\n\r\nverbose_json'
+            b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            + AUDIO
+            + b"\r\n--b--\r\n"
+        ),
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(direct, timeout=10)
     assert refused.value.code == 400
     refused.value.close()
 
     raw = sdk.audio.transcriptions.with_raw_response.create(
-        model=ASR, file=("a.wav", AUDIO), response_format="verbose_json",
-        timestamp_granularities=["word", "segment"])
+        model=ASR,
+        file=("a.wav", AUDIO),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
     assert raw.headers["x-inferclub-downgraded"] == "verbose_json->text"
     assert raw.headers["content-type"].startswith("text/plain")
     assert raw.text == fakes.asr.transcript
@@ -183,7 +246,8 @@ def test_verbose_json_is_downgraded_for_vllm_without_timestamps(
 
 def test_vllm_text_comes_back_as_plain_text(sdk: openai.OpenAI, fakes: Fakes) -> None:
     raw = sdk.audio.transcriptions.with_raw_response.create(
-        model=ASR, file=("a.wav", AUDIO), response_format="text")
+        model=ASR, file=("a.wav", AUDIO), response_format="text"
+    )
     # vLLM answers `text` with JSON {"text", "usage"}; OpenAI answers plain text.
     assert raw.headers["content-type"] == "text/plain; charset=utf-8"
     assert raw.text == raw.parse() == fakes.asr.transcript
@@ -203,8 +267,12 @@ def test_verbose_json_passes_through_to_a_timestamps_service(
     stack: Stack, sdk: openai.OpenAI, fakes: Fakes
 ) -> None:
     raw = sdk.audio.transcriptions.with_raw_response.create(
-        model=WHISPER, file=("a.wav", wav(3.5)), response_format="verbose_json",
-        language="en", timestamp_granularities=["segment"])
+        model=WHISPER,
+        file=("a.wav", wav(3.5)),
+        response_format="verbose_json",
+        language="en",
+        timestamp_granularities=["segment"],
+    )
     assert "x-inferclub-downgraded" not in raw.headers
     assert json.loads(raw.text)["duration"] == 3.5  # vLLM sent "3.5", a string
     result = raw.parse()
@@ -230,8 +298,9 @@ def test_vllm_transcription_stream_becomes_openai_events(sdk: openai.OpenAI, fak
 
 def test_vllm_translation_text(sdk: openai.OpenAI, fakes: Fakes) -> None:
     with pytest.warns(DeprecationWarning):  # the SDK marks translations as deprecated
-        out = sdk.audio.translations.create(model=ASR, file=("a.wav", AUDIO),
-                                            response_format="text")
+        out = sdk.audio.translations.create(
+            model=ASR, file=("a.wav", AUDIO), response_format="text"
+        )
     assert out == fakes.asr.transcript
     assert fakes.asr.posts("/v1/audio/translations")
 
@@ -243,16 +312,35 @@ def test_whisper_cpp_verbose_json_with_segments_and_words(
     stack: Stack, sdk: openai.OpenAI, fakes: Fakes
 ) -> None:
     raw = sdk.audio.transcriptions.with_raw_response.create(
-        model="whisper-1", file=("a.wav", AUDIO), response_format="verbose_json",
-        timestamp_granularities=["word", "segment"])
+        model="whisper-1",
+        file=("a.wav", AUDIO),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
     result = raw.parse()
     assert result.text == fakes.wcpp.text and result.language == "english"
-    assert [s.text for s in result.segments or []] == [" And so my fellow Americans,",
-                                                       " ask not what your country can do for you."]
+    assert [s.text for s in result.segments or []] == [
+        " And so my fellow Americans,",
+        " ask not what your country can do for you.",
+    ]
     words = result.words or []
     # whisper.cpp's tokens (" Amer", "icans", ",") joined into OpenAI's words.
-    assert [w.word for w in words] == ["And", "so", "my", "fellow", "Americans", "ask", "not",
-                                       "what", "your", "country", "can", "do", "for", "you"]
+    assert [w.word for w in words] == [
+        "And",
+        "so",
+        "my",
+        "fellow",
+        "Americans",
+        "ask",
+        "not",
+        "what",
+        "your",
+        "country",
+        "can",
+        "do",
+        "for",
+        "you",
+    ]
     assert words[4].start == 1.0 and words[4].end == 1.45
     assert all(a.start <= b.start for a, b in itertools.pairwise(words))
     sent = fakes.wcpp.posts("/inference")[-1]
@@ -262,19 +350,25 @@ def test_whisper_cpp_verbose_json_with_segments_and_words(
     row = stack.row(request_id(raw))
     assert (row["type"], row["service"], row["audio_seconds"]) == ("stt", "wcpp", result.duration)
 
-    plain = sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO),
-                                            response_format="verbose_json")
+    plain = sdk.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", AUDIO), response_format="verbose_json"
+    )
     assert plain.words is None and plain.segments  # no word granularity asked, none added
 
 
 def test_whisper_cpp_json_text_srt_and_translation(sdk: openai.OpenAI, fakes: Fakes) -> None:
-    assert sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO)).text == fakes.wcpp.text
+    assert (
+        sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO)).text
+        == fakes.wcpp.text
+    )
     raw = sdk.audio.transcriptions.with_raw_response.create(
-        model="whisper-1", file=("a.wav", AUDIO), response_format="text")
+        model="whisper-1", file=("a.wav", AUDIO), response_format="text"
+    )
     assert raw.headers["content-type"] == "text/plain; charset=utf-8"  # whisper.cpp: text/html
     assert raw.parse() == fakes.wcpp.text
-    srt = sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO),
-                                          response_format="srt")
+    srt = sdk.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", AUDIO), response_format="srt"
+    )
     assert srt.startswith("1\n00:00:00,000 --> ")
     with pytest.warns(DeprecationWarning):
         out = sdk.audio.translations.create(model="whisper-1", file=("a.wav", AUDIO))
@@ -328,11 +422,13 @@ def test_speech_sse_is_passed_through(stack: Stack, sdk: openai.OpenAI, fakes: F
 
 
 def test_image_generation_b64_json(stack: Stack, sdk: openai.OpenAI, fakes: Fakes) -> None:
-    raw = sdk.images.with_raw_response.generate(model="sd-cpp-local", prompt="a fox", n=2,
-                                                size="256x256", response_format="b64_json")
+    raw = sdk.images.with_raw_response.generate(
+        model="sd-cpp-local", prompt="a fox", n=2, size="256x256", response_format="b64_json"
+    )
     result = raw.parse()
     assert [base64.b64decode(d.b64_json or "")[:8] for d in result.data or []] == [
-        b"\x89PNG\r\n\x1a\n"] * 2
+        b"\x89PNG\r\n\x1a\n"
+    ] * 2
     assert result.output_format == "png"
     sent = fakes.sd.posts("/v1/images/generations")[-1].json()
     assert sent["model"] == "sd-cpp-local" and sent["n"] == 2
@@ -344,8 +440,9 @@ def test_image_generation_b64_json(stack: Stack, sdk: openai.OpenAI, fakes: Fake
 
 
 def test_image_generation_url(stack: Stack, sdk: openai.OpenAI, fakes: Fakes) -> None:
-    raw = sdk.images.with_raw_response.generate(model="stablediffusion", prompt="a fox",
-                                                response_format="url")
+    raw = sdk.images.with_raw_response.generate(
+        model="stablediffusion", prompt="a fox", response_format="url"
+    )
     data = raw.parse().data or []
     assert len(data) == 1 and data[0].url and data[0].b64_json is None
     with urllib.request.urlopen(data[0].url, timeout=10) as image:
@@ -360,14 +457,19 @@ def test_image_edits_with_image_image_list_and_mask(
     first, second, mask = png(4, 4, (1, 2, 3)), png(6, 6, (4, 5, 6)), png(4, 4, (0, 0, 0))
 
     single = sdk.images.with_raw_response.edit(
-        model="sd-cpp-local", prompt="add a hat", image=("a.png", first, "image/png"))
+        model="sd-cpp-local", prompt="add a hat", image=("a.png", first, "image/png")
+    )
     assert len(single.parse().data or []) == 1
     _, files = form(fakes.sd.posts("/v1/images/edits")[-1])
     assert [f.body for f in files["image"]] == [first] and "mask" not in files
 
     several = sdk.images.with_raw_response.edit(
-        model="sd-cpp-local", prompt="add a hat", n=3, mask=("m.png", mask, "image/png"),
-        image=[("a.png", first, "image/png"), ("b.png", second, "image/png")])
+        model="sd-cpp-local",
+        prompt="add a hat",
+        n=3,
+        mask=("m.png", mask, "image/png"),
+        image=[("a.png", first, "image/png"), ("b.png", second, "image/png")],
+    )
     assert len(several.parse().data or []) == 3
     fields, files = form(fakes.sd.posts("/v1/images/edits")[-1])
     assert [f.body for f in files["image[]"]] == [first, second]
@@ -380,8 +482,9 @@ def test_image_edits_with_image_image_list_and_mask(
 
 
 def test_embeddings(stack: Stack, sdk: openai.OpenAI, fakes: Fakes) -> None:
-    raw = sdk.embeddings.with_raw_response.create(model="intfloat/e5-small", input=["a", "b"],
-                                                  encoding_format="float")
+    raw = sdk.embeddings.with_raw_response.create(
+        model="intfloat/e5-small", input=["a", "b"], encoding_format="float"
+    )
     assert [d.embedding for d in raw.parse().data] == [[0.1, 0.2, 0.3]] * 2
     assert fakes.vectors.posts("/v1/embeddings")[-1].json()["input"] == ["a", "b"]
     row = stack.row(request_id(raw))
@@ -400,8 +503,11 @@ def test_oversize_and_malformed_uploads_never_reach_an_engine(
     assert big_audio.value.status_code == 413
     assert big_audio.value.code == "request_too_large"
     with pytest.raises(openai.APIStatusError) as big_image:
-        sdk.images.edit(model="sd-cpp-local", prompt="x",
-                        image=[("a.png", png()), ("b.png", bytes(IMAGE_LIMIT + 1))])
+        sdk.images.edit(
+            model="sd-cpp-local",
+            prompt="x",
+            image=[("a.png", png()), ("b.png", bytes(IMAGE_LIMIT + 1))],
+        )
     assert big_image.value.status_code == 413 and "b.png" in big_image.value.message
 
     form_type = "multipart/form-data; boundary=XX"

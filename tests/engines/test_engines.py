@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from inferclub.agent.detect import detect
 
+from inferclub.agent.detect import detect
 from inferclub.engines import (
     Engine,
     EngineError,
@@ -127,7 +127,11 @@ def test_whisper_openai_style_lists_only_speech_to_text_models() -> None:
 def test_whisper_cpp_has_no_model_list_and_reports_loading() -> None:
     with FakeWhisperCpp() as fake:
         service = Service(
-            "w", "whisper", fake.url, type="stt", models=(Model("whisper-1"),),
+            "w",
+            "whisper",
+            fake.url,
+            type="stt",
+            models=(Model("whisper-1"),),
             options={"api": "whispercpp"},
         )
         state, models = discover(service)
@@ -155,8 +159,14 @@ def test_engine_down_is_a_connection_error() -> None:
 
 
 def test_probes_tell_engines_apart() -> None:
-    fakes = [FakeVllm(), FakeLmStudio(), FakeOllama(), FakeLlamaServer(), FakeSpeaches(),
-             FakeWhisperCpp()]
+    fakes = [
+        FakeVllm(),
+        FakeLmStudio(),
+        FakeOllama(),
+        FakeLlamaServer(),
+        FakeSpeaches(),
+        FakeWhisperCpp(),
+    ]
     try:
         for fake in fakes:
             fake.start()
@@ -180,8 +190,14 @@ def test_probes_tell_engines_apart() -> None:
 
 
 def whispercpp_service() -> Service:
-    return Service("w", "whisper", "http://127.0.0.1:8080", type="stt",
-                   models=(Model("whisper-1"),), options={"api": "whispercpp"})
+    return Service(
+        "w",
+        "whisper",
+        "http://127.0.0.1:8080",
+        type="stt",
+        models=(Model("whisper-1"),),
+        options={"api": "whispercpp"},
+    )
 
 
 def test_whisper_cpp_path_translation() -> None:
@@ -189,16 +205,19 @@ def test_whisper_cpp_path_translation() -> None:
     service = whispercpp_service()
     assert engine.forward_path(service, "/audio/transcriptions") == "/inference"
     assert engine.forward_path(service, "/audio/translations") == "/inference"
-    custom = Service(**{**service.__dict__, "options": {"api": "whispercpp",
-                                                       "inference_path": "/v1/asr"}})
+    custom = Service(
+        **{**service.__dict__, "options": {"api": "whispercpp", "inference_path": "/v1/asr"}}
+    )
     assert engine.forward_path(custom, "/audio/transcriptions") == "/v1/asr"
     openai_style = Service("s", "whisper", "http://127.0.0.1:8000/v1", type="stt")
     assert engine.forward_path(openai_style, "/audio/transcriptions") == "/audio/transcriptions"
 
     boundary = "XyZ"
     ctype = f"multipart/form-data; boundary={boundary}"
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
-            b"RIFF\x00\x01\r\n--XyZ--\r\n")
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        b"RIFF\x00\x01\r\n--XyZ--\r\n"
+    )
     request = EngineRequest("POST", "/audio/translations", {"Content-Type": ctype}, body)
     prepared = engine.prepare_request(service, request)
     assert prepared.path == "/inference"
@@ -215,15 +234,18 @@ def test_whisper_cpp_text_is_relayed_as_text_plain() -> None:
     service = whispercpp_service()
     request = EngineRequest("POST", "/inference", {}, b"")
     out = engine.translate_response(
-        service, request, EngineResponse(200, {"Content-Type": "text/html; charset=utf-8"},
-                                         chunks())
+        service,
+        request,
+        EngineResponse(200, {"Content-Type": "text/html; charset=utf-8"}, chunks()),
     )
     assert out.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_api_key_is_added_to_forwarded_requests() -> None:
     engine: Engine = ENGINES["vllm"]
-    request = EngineRequest("POST", "/chat/completions", {"Content-Type": "application/json"}, b"{}")
+    request = EngineRequest(
+        "POST", "/chat/completions", {"Content-Type": "application/json"}, b"{}"
+    )
     keyed = engine.prepare_request(Service("v", "vllm", "http://h/v1", api_key="s3"), request)
     assert keyed.headers["Authorization"] == "Bearer s3"
     plain = engine.prepare_request(Service("v", "vllm", "http://h/v1"), request)
@@ -242,36 +264,70 @@ def err(message: str, type: str, param: str | None = None, code: str | None = No
     [
         pytest.param(
             404,
-            {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError",
-                       "param": None, "code": 404}},
+            {
+                "error": {
+                    "message": "The model `x` does not exist.",
+                    "type": "NotFoundError",
+                    "param": None,
+                    "code": 404,
+                }
+            },
             err("The model `x` does not exist.", "invalid_request_error", None, "model_not_found"),
             id="vllm-int-code",
         ),
         pytest.param(
             400,
-            {"object": "error", "message": "bad", "type": "BadRequestError", "param": "n",
-             "code": 400},
+            {
+                "object": "error",
+                "message": "bad",
+                "type": "BadRequestError",
+                "param": "n",
+                "code": 400,
+            },
             err("bad", "invalid_request_error", "n"),
             id="vllm-old-flat",
         ),
-        pytest.param(401, {"error": "Unauthorized"},
-                     err("Unauthorized", "authentication_error", None, "invalid_api_key"),
-                     id="vllm-auth-string"),
+        pytest.param(
+            401,
+            {"error": "Unauthorized"},
+            err("Unauthorized", "authentication_error", None, "invalid_api_key"),
+            id="vllm-auth-string",
+        ),
         pytest.param(
             404,
-            {"error": {"message": "model \"q\" not found, try pulling it first",
-                       "type": "not_found_error", "param": None, "code": None}},
-            err("model \"q\" not found, try pulling it first", "not_found_error", None,
-                "model_not_found"),
+            {
+                "error": {
+                    "message": 'model "q" not found, try pulling it first',
+                    "type": "not_found_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            err(
+                'model "q" not found, try pulling it first',
+                "not_found_error",
+                None,
+                "model_not_found",
+            ),
             id="ollama-v1",
         ),
-        pytest.param(400, {"error": "no 'file' field in the request"},
-                     err("no 'file' field in the request", "invalid_request_error"),
-                     id="whisper-cpp-string"),
-        pytest.param(404, {"detail": "Model 'x' is not installed locally."},
-                     err("Model 'x' is not installed locally.", "invalid_request_error", None,
-                         "model_not_found"),
-                     id="fastapi-detail-string"),
+        pytest.param(
+            400,
+            {"error": "no 'file' field in the request"},
+            err("no 'file' field in the request", "invalid_request_error"),
+            id="whisper-cpp-string",
+        ),
+        pytest.param(
+            404,
+            {"detail": "Model 'x' is not installed locally."},
+            err(
+                "Model 'x' is not installed locally.",
+                "invalid_request_error",
+                None,
+                "model_not_found",
+            ),
+            id="fastapi-detail-string",
+        ),
         pytest.param(
             422,
             {"detail": [{"type": "missing", "loc": ["body", "file"], "msg": "Field required"}]},
@@ -280,24 +336,38 @@ def err(message: str, type: str, param: str | None = None, code: str | None = No
         ),
         pytest.param(
             400,
-            {"detail": {"error": "invalid_model", "message": "Unsupported model",
-                        "type": "invalid_request_error"}},
+            {
+                "detail": {
+                    "error": "invalid_model",
+                    "message": "Unsupported model",
+                    "type": "invalid_request_error",
+                }
+            },
             err("Unsupported model", "invalid_request_error", None, "invalid_model"),
             id="kokoro-detail-object",
         ),
         pytest.param(
-            500, {"message": "boom", "code": 500, "type": "ServerError", "param": None},
-            err("boom", "server_error"), id="openedai-flat",
+            500,
+            {"message": "boom", "code": 500, "type": "ServerError", "param": None},
+            err("boom", "server_error"),
+            id="openedai-flat",
         ),
         pytest.param(
             400,
-            {"error": {"message": "x", "type": "invalid_request_error", "param": "model",
-                       "code": "model_not_found"}},
+            {
+                "error": {
+                    "message": "x",
+                    "type": "invalid_request_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                }
+            },
             err("x", "invalid_request_error", "model", "model_not_found"),
             id="already-openai",
         ),
-        pytest.param(503, "Service Unavailable", err("Service Unavailable", "server_error"),
-                     id="plain-text"),
+        pytest.param(
+            503, "Service Unavailable", err("Service Unavailable", "server_error"), id="plain-text"
+        ),
         pytest.param(502, "", err("Bad Gateway", "server_error"), id="empty"),
     ],
 )
@@ -312,9 +382,11 @@ def test_error_normalisation(status: int, body: Any, expected: Any) -> None:
 def test_multipart_field_edits_keep_every_other_byte() -> None:
     ctype = 'multipart/form-data; boundary="b1"'
     audio = b"\x00\xff--b1 not a delimiter\r\n\r\n\x01"
-    body = (b'--b1\r\nContent-Disposition: form-data; name="model"\r\n\r\nsmall\r\n'
-            b'--b1\r\nContent-Disposition: form-data; name="file"; filename="model"\r\n'
-            b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--b1--\r\n")
+    body = (
+        b'--b1\r\nContent-Disposition: form-data; name="model"\r\n\r\nsmall\r\n'
+        b'--b1\r\nContent-Disposition: form-data; name="file"; filename="model"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--b1--\r\n"
+    )
     assert get_field(body, ctype, "model") == "small"
     assert get_field(body, ctype, "language") is None
     renamed = set_field(body, ctype, "model", "openai/whisper-large-v3")

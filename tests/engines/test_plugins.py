@@ -36,8 +36,14 @@ class Ping(FakeHandler):
 
 class Models(FakeHandler):
     def get(self) -> None:
-        self.send_json({"models": [{"name": "example-7b", "ready": True},
-                                   {"name": "example-70b", "ready": False}]})
+        self.send_json(
+            {
+                "models": [
+                    {"name": "example-7b", "ready": True},
+                    {"name": "example-70b", "ready": False},
+                ]
+            }
+        )
 
 
 class Chat(FakeHandler):
@@ -64,9 +70,10 @@ def test_entry_point_plugin_is_loaded() -> None:
 def test_builtins_are_ordinary_trylast_plugins() -> None:
     pm = get_plugin_manager(entrypoints=False)
     impls = pm.hook.register_engines.get_hookimpls()
-    assert {impl.plugin_name for impl in impls} == {f"inferclub.engines.{m}" for m in
-                                                     ("vllm", "lmstudio", "ollama", "llamacpp",
-                                                      "whisper", "openai_compat")}
+    assert {impl.plugin_name for impl in impls} == {
+        f"inferclub.engines.{m}"
+        for m in ("vllm", "lmstudio", "ollama", "llamacpp", "whisper", "openai_compat")
+    }
     assert all(impl.trylast for impl in impls)
 
 
@@ -128,10 +135,12 @@ def test_agent_serves_through_the_plugin_engine(
     agent.wait_registered()
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions",
-                 body=json.dumps({"model": "example-7b", "messages": [], "stream": True}),
-                 headers={"Authorization": f"Bearer {CALLBACK_TOKEN}",
-                          "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"model": "example-7b", "messages": [], "stream": True}),
+        headers={"Authorization": f"Bearer {CALLBACK_TOKEN}", "Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     body = resp.read()
     conn.close()

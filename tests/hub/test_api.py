@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess, start_hub
 
@@ -68,7 +69,9 @@ def test_models_list_and_retrieve(hub: HubProcess, alice: str, client: Any) -> N
     assert exc.value.code == "model_not_found"
 
 
-def test_models_dedupe_across_providers_and_types(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_models_dedupe_across_providers_and_types(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     services = [
         {"name": "a", "type": "llm", "engine": "vllm", "models": ["m1", "shared"]},
         {"name": "b", "type": "stt", "engine": "whisper", "models": ["shared"]},
@@ -81,7 +84,9 @@ def test_models_dedupe_across_providers_and_types(hub: HubProcess, alice: str, a
 # ------------------------------------------------------------------------------ chat
 
 
-def test_chat_non_streaming_relays_and_records_usage(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_chat_non_streaming_relays_and_records_usage(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     reply = client(hub, alice).chat.completions.create(
         model="m1", messages=[{"role": "user", "content": "hi"}]
     )
@@ -97,29 +102,44 @@ def test_chat_non_streaming_relays_and_records_usage(hub: HubProcess, alice: str
     assert json.loads(sent.body) == {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 
     row = hub.wait_for_request_rows(1)[-1]
-    assert (row["model"], row["type"], row["status"], row["endpoint"]) == ("m1", "llm", 200, "/v1/chat/completions")
+    assert (row["model"], row["type"], row["status"], row["endpoint"]) == (
+        "m1",
+        "llm",
+        200,
+        "/v1/chat/completions",
+    )
     assert (row["prompt_tokens"], row["completion_tokens"]) == (5, 3)
     assert row["service"] == "chat" and row["cancelled"] == 0
     assert row["ttfb_ms"] is not None and row["duration_ms"] >= row["ttfb_ms"]
 
 
-def test_stream_usage_added_for_history_and_stripped_for_client(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
-    chunks = list(client(hub, alice).chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
-    ))
+def test_stream_usage_added_for_history_and_stripped_for_client(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
+    chunks = list(
+        client(hub, alice).chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "tok0 tok1 tok2 tok3 tok4 "
     assert all(c.usage is None for c in chunks), "the client did not ask for usage"
-    assert json.loads(agent.posts("/v1/chat/completions")[-1].body)["stream_options"] == {"include_usage": True}
+    assert json.loads(agent.posts("/v1/chat/completions")[-1].body)["stream_options"] == {
+        "include_usage": True
+    }
     row = hub.wait_for_request_rows(1)[-1]
     assert row["completion_tokens"] == 5 and row["status"] == 200
 
 
 def test_stream_usage_relayed_when_asked(hub: HubProcess, alice: str, client: Any) -> None:
-    chunks = list(client(hub, alice).chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client(hub, alice).chat.completions.create(
+            model="m1",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 5
 
@@ -134,7 +154,9 @@ def test_stream_headers_disable_proxy_buffering(hub: HubProcess, alice: str, cli
         assert resp.headers["x-request-id"].startswith("req_")
 
 
-def test_chunks_arrive_while_upstream_still_produces(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_chunks_arrive_while_upstream_still_produces(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     agent.chunks, agent.chunk_delay = 6, 0.3
     stream = client(hub, alice).chat.completions.create(model="m1", messages=[], stream=True)
     seen_before_upstream_done = 0
@@ -146,8 +168,14 @@ def test_chunks_arrive_while_upstream_still_produces(hub: HubProcess, alice: str
 
 def test_completions_streaming_and_not(hub: HubProcess, alice: str, client: Any) -> None:
     c = client(hub, alice)
-    assert c.completions.create(model="m1", prompt="x").choices[0].text == "tok0 tok1 tok2 tok3 tok4 "
-    parts = [p.choices[0].text for p in c.completions.create(model="m1", prompt="x", stream=True) if p.choices]
+    assert (
+        c.completions.create(model="m1", prompt="x").choices[0].text == "tok0 tok1 tok2 tok3 tok4 "
+    )
+    parts = [
+        p.choices[0].text
+        for p in c.completions.create(model="m1", prompt="x", stream=True)
+        if p.choices
+    ]
     assert "".join(parts) == "tok0 tok1 tok2 tok3 tok4 "
 
 
@@ -165,7 +193,9 @@ def test_missing_and_invalid_keys_are_401(hub: HubProcess, alice: str, client: A
     assert alice not in hub.log() and alice[12:] not in hub.log()
 
 
-def test_revoked_key_stops_working_within_a_second(hub: HubProcess, alice: str, client: Any) -> None:
+def test_revoked_key_stops_working_within_a_second(
+    hub: HubProcess, alice: str, client: Any
+) -> None:
     c = client(hub, alice)
     assert c.models.list().data
     prefix = hub.cli("keys", "list", "alice").stdout.splitlines()[1].split()[1]
@@ -192,7 +222,9 @@ def test_malformed_json_and_missing_model_are_400(hub: HubProcess, alice: str, c
     assert exc.value.param == "model"
 
 
-def test_unknown_model_and_other_users_model_are_404(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_unknown_model_and_other_users_model_are_404(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     bob = hub.user_with_key("bob")
     for key in (alice, bob):
         with pytest.raises(openai.NotFoundError) as exc:
@@ -206,7 +238,9 @@ def test_unknown_model_and_other_users_model_are_404(hub: HubProcess, alice: str
     assert not agent.posts("/v1/chat/completions"), "bob's request never reaches alice's agent"
 
 
-def test_same_model_other_type_says_so(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_same_model_other_type_says_so(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     svc = [{"name": "asr", "type": "stt", "engine": "whisper", "models": ["whisper-x"]}]
     hub.heartbeat(alice, "ears", agent.url, svc)
     with pytest.raises(openai.NotFoundError) as exc:
@@ -214,7 +248,9 @@ def test_same_model_other_type_says_so(hub: HubProcess, alice: str, agent: FakeA
     assert "served as stt, not llm" in exc.value.message
 
 
-def test_users_are_isolated_even_with_the_same_provider_name(hub: HubProcess, alice: str, client: Any) -> None:
+def test_users_are_isolated_even_with_the_same_provider_name(
+    hub: HubProcess, alice: str, client: Any
+) -> None:
     bob = hub.user_with_key("bob")
     with FakeAgent(["m1"]) as bobs_agent:
         assert hub.heartbeat(bob, "rig", bobs_agent.url, LLM)[0] == 200
@@ -224,7 +260,9 @@ def test_users_are_isolated_even_with_the_same_provider_name(hub: HubProcess, al
         assert [tuple(r) for r in rows] == [(1, "rig"), (2, "rig")]
 
 
-def test_body_over_the_limit_is_413_before_the_agent(tmp_path: Path, agent: FakeAgent, client: Any) -> None:
+def test_body_over_the_limit_is_413_before_the_agent(
+    tmp_path: Path, agent: FakeAgent, client: Any
+) -> None:
     with start_hub(tmp_path, env={"INFERCLUB_MAX_JSON_BODY": "2000"}) as hub:
         key = hub.user_with_key("alice")
         hub.heartbeat(key, "rig", agent.url, LLM)
@@ -242,7 +280,9 @@ def test_body_over_the_limit_is_413_before_the_agent(tmp_path: Path, agent: Fake
         assert client(hub, key).chat.completions.create(model="m1", messages=[]).choices
 
 
-def test_offline_provider_is_503_and_leaves_the_model_list(tmp_path: Path, agent: FakeAgent, client: Any) -> None:
+def test_offline_provider_is_503_and_leaves_the_model_list(
+    tmp_path: Path, agent: FakeAgent, client: Any
+) -> None:
     with start_hub(tmp_path, online_window=1) as hub:
         key = hub.user_with_key("alice")
         hub.heartbeat(key, "rig", agent.url, LLM)
@@ -257,7 +297,9 @@ def test_offline_provider_is_503_and_leaves_the_model_list(tmp_path: Path, agent
         assert c.chat.completions.create(model="m1", messages=[]).choices
 
 
-def test_first_online_provider_in_registration_order_wins(hub: HubProcess, alice: str, client: Any) -> None:
+def test_first_online_provider_in_registration_order_wins(
+    hub: HubProcess, alice: str, client: Any
+) -> None:
     with FakeAgent(["m1"]) as second:
         hub.heartbeat(alice, "second", second.url, LLM)
         client(hub, alice).chat.completions.create(model="m1", messages=[])
@@ -286,9 +328,17 @@ def test_agent_timeout_is_504(tmp_path: Path, agent: FakeAgent, client: Any) -> 
         assert exc.value.status_code == 504
 
 
-def test_agent_errors_are_relayed_in_openai_shape(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
-    vllm_error = {"error": {"message": "max_tokens is too large", "type": "BadRequestError",
-                            "param": None, "code": 400}}
+def test_agent_errors_are_relayed_in_openai_shape(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
+    vllm_error = {
+        "error": {
+            "message": "max_tokens is too large",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
     agent.fail = (400, json.dumps(vllm_error).encode(), "application/json")
     with pytest.raises(openai.BadRequestError) as exc:
         client(hub, alice).chat.completions.create(model="m1", messages=[])
@@ -298,11 +348,17 @@ def test_agent_errors_are_relayed_in_openai_shape(hub: HubProcess, alice: str, a
     agent.fail = (500, b"<html>Internal Server Error</html>", "text/html")
     with pytest.raises(openai.InternalServerError) as exc2:
         client(hub, alice).chat.completions.create(model="m1", messages=[])
-    assert exc2.value.body == {"message": "<html>Internal Server Error</html>", "type": "server_error",
-                               "param": None, "code": None}
+    assert exc2.value.body == {
+        "message": "<html>Internal Server Error</html>",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
 
 
-def test_error_after_stream_start_is_a_final_error_event(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_error_after_stream_start_is_a_final_error_event(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     agent.break_after = 3
     got: list[Any] = []
     with pytest.raises(openai.APIError) as exc:
@@ -311,14 +367,18 @@ def test_error_after_stream_start_is_a_final_error_event(hub: HubProcess, alice:
     assert "connection to the provider broke" in exc.value.message
 
 
-def test_idle_stream_times_out_with_an_error_event(tmp_path: Path, agent: FakeAgent, client: Any) -> None:
+def test_idle_stream_times_out_with_an_error_event(
+    tmp_path: Path, agent: FakeAgent, client: Any
+) -> None:
     with start_hub(tmp_path, env={"INFERCLUB_IDLE_TIMEOUT": "0.5"}) as hub:
         key = hub.user_with_key("alice")
         hub.heartbeat(key, "rig", agent.url, LLM)
         agent.stall_after = 2
         got: list[Any] = []
         with pytest.raises(openai.APIError) as exc:
-            got.extend(client(hub, key).chat.completions.create(model="m1", messages=[], stream=True))
+            got.extend(
+                client(hub, key).chat.completions.create(model="m1", messages=[], stream=True)
+            )
         assert len(got) == 2 and "sent nothing for 0.5 s" in exc.value.message
         assert wait_until(lambda: agent.disconnects, 2), "the stalled upstream is closed"
 
@@ -326,7 +386,9 @@ def test_idle_stream_times_out_with_an_error_event(tmp_path: Path, agent: FakeAg
 # ------------------------------------------------------------------ cancellation
 
 
-def test_client_disconnect_mid_stream_cancels_upstream(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_client_disconnect_mid_stream_cancels_upstream(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     agent.stall_after = 2
     stream = client(hub, alice).chat.completions.create(model="m1", messages=[], stream=True)
     it = iter(stream)
@@ -338,16 +400,22 @@ def test_client_disconnect_mid_stream_cancels_upstream(hub: HubProcess, alice: s
     assert row["cancelled"] == 1
 
 
-def test_client_disconnect_before_first_byte_cancels_upstream(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_client_disconnect_before_first_byte_cancels_upstream(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     agent.first_delay = 30
     with pytest.raises(openai.APITimeoutError):
-        client(hub, alice, timeout=0.5).chat.completions.create(model="m1", messages=[], stream=True)
+        client(hub, alice, timeout=0.5).chat.completions.create(
+            model="m1", messages=[], stream=True
+        )
     assert wait_until(lambda: agent.disconnects, timeout=1.0), "upstream not closed within 1 s"
     row = hub.wait_for_request_rows(1)[-1]
     assert row["cancelled"] == 1 and row["ttfb_ms"] is None
 
 
-def test_client_disconnect_cancels_a_non_streaming_request_too(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_client_disconnect_cancels_a_non_streaming_request_too(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     agent.delay = 30  # a long generation, not streamed
     with pytest.raises(openai.APITimeoutError):
         client(hub, alice, timeout=0.5).chat.completions.create(model="m1", messages=[])
@@ -366,25 +434,52 @@ def test_client_disconnect_cancels_a_non_streaming_request_too(hub: HubProcess, 
         ({"name": "r", "callback_url": "ftp://x"}, "callback_url"),
         ({"name": "r", "callback_url": "http://x:99999/v1"}, "callback_url"),
         ({"name": "r", "callback_url": "http://x/v1", "services": {}}, "services"),
-        ({"name": "r", "callback_url": "http://x/v1", "services": [{"name": "a", "type": "video"}]}, "services[0].type"),
-        ({"name": "r", "callback_url": "http://x/v1", "services": [{"name": "a"}, {"name": "a"}]}, "services[1].name"),
-        ({"name": "r", "callback_url": "http://x/v1", "services": [{"name": "a", "models": ["ok", 3]}]}, "services[0].models[1]"),
+        (
+            {
+                "name": "r",
+                "callback_url": "http://x/v1",
+                "services": [{"name": "a", "type": "video"}],
+            },
+            "services[0].type",
+        ),
+        (
+            {
+                "name": "r",
+                "callback_url": "http://x/v1",
+                "services": [{"name": "a"}, {"name": "a"}],
+            },
+            "services[1].name",
+        ),
+        (
+            {
+                "name": "r",
+                "callback_url": "http://x/v1",
+                "services": [{"name": "a", "models": ["ok", 3]}],
+            },
+            "services[0].models[1]",
+        ),
         ({"name": "r", "callback_url": "http://x/v1", "health": []}, "health"),
     ],
 )
-def test_malformed_heartbeat_names_the_field(hub: HubProcess, payload: dict[str, Any], field: str) -> None:
+def test_malformed_heartbeat_names_the_field(
+    hub: HubProcess, payload: dict[str, Any], field: str
+) -> None:
     key = hub.user_with_key("carol")
     status, body = hub.post_json("/v1/agent/heartbeat", payload, key)
     assert status == 400
     assert body["error"]["param"] == field and field in body["error"]["message"]
 
 
-def test_bad_heartbeat_never_partly_overwrites(hub: HubProcess, alice: str, agent: FakeAgent, client: Any) -> None:
+def test_bad_heartbeat_never_partly_overwrites(
+    hub: HubProcess, alice: str, agent: FakeAgent, client: Any
+) -> None:
     bad = LLM + [{"name": "x", "type": "nope", "models": ["other"]}]
     status, _ = hub.heartbeat(alice, "rig", "http://elsewhere:1/v1", bad)
     assert status == 400
     assert [m.id for m in client(hub, alice).models.list().data] == ["m1"]
-    assert [r["callback_url"] for r in hub.query("SELECT callback_url FROM providers")] == [agent.url]
+    assert [r["callback_url"] for r in hub.query("SELECT callback_url FROM providers")] == [
+        agent.url
+    ]
 
 
 def test_heartbeat_tells_an_agent_the_hub_cannot_reach_it(hub: HubProcess, alice: str) -> None:

@@ -10,15 +10,25 @@ import threading
 from pathlib import Path
 
 import openai
+
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess, start_hub
 
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
 
 
-def inferclub(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inferclub", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60, check=False)
+def inferclub(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inferclub", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_users_and_keys_lifecycle(hub: HubProcess) -> None:
@@ -91,11 +101,13 @@ def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path)
         import time
 
         deadline = time.monotonic() + 10
-        while not any("Next steps" in ln for ln in hub.stdout_lines) and time.monotonic() < deadline:
+        while (
+            not any("Next steps" in ln for ln in hub.stdout_lines) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         out = "\n".join(hub.stdout_lines)
         key = next(ln.strip() for ln in hub.stdout_lines if ln.strip().startswith("ic_"))
-        assert "inference-club-agent run" in out and f"api_key=\"{key}\"" in out
+        assert "inference-club-agent run" in out and f'api_key="{key}"' in out
         with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
             assert c.models.list().data == []
     finally:

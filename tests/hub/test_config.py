@@ -44,7 +44,9 @@ def test_every_setting_has_an_env_var() -> None:
         ("port: eighty\n", "setting 'port' has an invalid value"),
     ],
 )
-def test_bad_config_files_name_the_file_and_setting(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_config_files_name_the_file_and_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
     cfg = tmp_path / "hub.yaml"
     cfg.write_text(text)
     with pytest.raises(ConfigError) as exc:
@@ -57,7 +59,9 @@ def test_bad_env_value_names_the_variable() -> None:
         load_settings({}, env={"INFERCLUB_IDLE_TIMEOUT": "soon"})
 
 
-def test_secrets_file_is_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_file_is_private_and_stable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("INFERCLUB_PEPPER", raising=False)
     path = tmp_path / "hub.db.secrets.json"
     first = load_or_create_secrets(path)

@@ -31,12 +31,18 @@ async def test_inprocess_heartbeat_then_models(hub: Hub, http_server_client) -> 
     try:
         user = await hub.store.create_user("alice")
         key = keys.generate()
-        await hub.store.create_key(user.id, "", keys.display_prefix(key), keys.hash_key(hub.secrets.pepper, key))
+        await hub.store.create_key(
+            user.id, "", keys.display_prefix(key), keys.hash_key(hub.secrets.pepper, key)
+        )
         auth = {"Authorization": f"Bearer {key}"}
-        beat = {"name": "rig", "callback_url": "http://127.0.0.1:9/v1",
-                "services": [{"name": "s", "type": "tts", "engine": "openai", "models": ["voice"]}]}
-        resp = await http_server_client.fetch("/v1/agent/heartbeat", method="POST", headers=auth,
-                                              body=json.dumps(beat))
+        beat = {
+            "name": "rig",
+            "callback_url": "http://127.0.0.1:9/v1",
+            "services": [{"name": "s", "type": "tts", "engine": "openai", "models": ["voice"]}],
+        }
+        resp = await http_server_client.fetch(
+            "/v1/agent/heartbeat", method="POST", headers=auth, body=json.dumps(beat)
+        )
         assert json.loads(resp.body)["provider_id"] == 1
         resp = await http_server_client.fetch("/v1/models", headers=auth)
         assert [(m["id"], m["type"]) for m in json.loads(resp.body)["data"]] == [("voice", "tts")]

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import openai
+
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess
 
@@ -18,8 +19,10 @@ def test_a_second_instance_routes_providers_that_beat_to_the_first(tmp_path: Pat
     second = HubProcess(tmp_path, env=env).start()  # same directory: same database and secrets
     try:
         key = first.user_with_key("alice")
-        with FakeAgent(["m1"]) as agent, \
-                openai.OpenAI(base_url=second.api_base, api_key=key, max_retries=0) as c:
+        with (
+            FakeAgent(["m1"]) as agent,
+            openai.OpenAI(base_url=second.api_base, api_key=key, max_retries=0) as c,
+        ):
             assert first.heartbeat(key, "rig", agent.url, LLM)[0] == 200
             deadline = time.monotonic() + 5
             while not c.models.list().data and time.monotonic() < deadline:

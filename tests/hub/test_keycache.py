@@ -29,7 +29,9 @@ def test_lookups_hit_the_store_once_and_revocation_is_seen(tmp_path: Path) -> No
         await store.open()
         user = await store.create_user("alice")
         key = keys.generate()
-        record = await store.create_key(user.id, "", keys.display_prefix(key), keys.hash_key(PEPPER, key))
+        record = await store.create_key(
+            user.id, "", keys.display_prefix(key), keys.hash_key(PEPPER, key)
+        )
         cache = KeyCache(store, PEPPER, refresh_interval=3600)
         await cache.start()
 

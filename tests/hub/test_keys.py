@@ -22,8 +22,16 @@ def test_any_single_character_change_fails_the_checksum() -> None:
 
 def test_garbage_is_not_well_formed() -> None:
     key = keys.generate()
-    for bad in ("", "ic_", key + "x", key[:-1], "sk-" + key[3:], key.replace("ic_", "IC_"),
-                key[:10] + "!" + key[11:], "ic_" + "é" * 36):
+    for bad in (
+        "",
+        "ic_",
+        key + "x",
+        key[:-1],
+        "sk-" + key[3:],
+        key.replace("ic_", "IC_"),
+        key[:10] + "!" + key[11:],
+        "ic_" + "é" * 36,
+    ):
         assert not keys.is_well_formed(bad), bad
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess, start_hub
 
@@ -18,8 +19,13 @@ AUDIO = bytes(range(256)) * 64 + b"\r\n--not-a-boundary\r\n" + bytes(range(255, 
 def services(timestamps: bool = True) -> list[dict[str, Any]]:
     return [
         {"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1", "shared"]},
-        {"name": "ears", "type": "stt", "engine": "whisper",
-         "features": ["timestamps"] if timestamps else [], "models": ["whisper-1", "shared"]},
+        {
+            "name": "ears",
+            "type": "stt",
+            "engine": "whisper",
+            "features": ["timestamps"] if timestamps else [],
+            "models": ["whisper-1", "shared"],
+        },
         {"name": "voice", "type": "tts", "engine": "openai", "models": ["tts-1"]},
         {"name": "paint", "type": "image", "engine": "openai", "models": ["sd"]},
         {"name": "vectors", "type": "embedding", "engine": "openai", "models": ["m1"]},
@@ -47,14 +53,26 @@ def c(hub: HubProcess, key: str) -> Iterator[openai.OpenAI]:
 
 def test_models_show_each_type_once(c: openai.OpenAI) -> None:
     listed = sorted((m.id, m.model_extra["type"]) for m in c.models.list().data)
-    assert listed == [("m1", "embedding"), ("m1", "llm"), ("sd", "image"), ("shared", "llm"),
-                      ("shared", "stt"), ("tts-1", "tts"), ("whisper-1", "stt")]
+    assert listed == [
+        ("m1", "embedding"),
+        ("m1", "llm"),
+        ("sd", "image"),
+        ("shared", "llm"),
+        ("shared", "stt"),
+        ("tts-1", "tts"),
+        ("whisper-1", "stt"),
+    ]
 
 
-def test_transcription_forwards_the_upload_byte_for_byte(c: openai.OpenAI, agent: FakeAgent) -> None:
+def test_transcription_forwards_the_upload_byte_for_byte(
+    c: openai.OpenAI, agent: FakeAgent
+) -> None:
     result = c.audio.transcriptions.create(
-        model="whisper-1", file=("clip.wav", AUDIO, "audio/wav"), language="en",
-        response_format="verbose_json", timestamp_granularities=["word", "segment"],
+        model="whisper-1",
+        file=("clip.wav", AUDIO, "audio/wav"),
+        language="en",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
     )
     assert result.text == "the quick brown fox"
     assert [w.word for w in result.words or []] == ["the", "quick", "brown", "fox"]
@@ -83,7 +101,9 @@ def test_verbose_json_is_downgraded_without_timestamps(tmp_path: Path, agent: Fa
         agent.text_as_json = True  # like vLLM, which answers `text` with JSON
         with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
             raw = c.audio.transcriptions.with_raw_response.create(
-                model="whisper-1", file=("a.wav", AUDIO), response_format="verbose_json",
+                model="whisper-1",
+                file=("a.wav", AUDIO),
+                response_format="verbose_json",
                 timestamp_granularities=["word"],
             )
         assert raw.headers["x-inferclub-downgraded"] == "verbose_json->text"
@@ -94,10 +114,16 @@ def test_verbose_json_is_downgraded_without_timestamps(tmp_path: Path, agent: Fa
         assert files["file"][0].body == AUDIO
 
 
-def test_text_format_is_text_even_when_the_engine_sends_json(c: openai.OpenAI, agent: FakeAgent) -> None:
+def test_text_format_is_text_even_when_the_engine_sends_json(
+    c: openai.OpenAI, agent: FakeAgent
+) -> None:
     agent.text_as_json = True
-    assert c.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO),
-                                         response_format="text") == "the quick brown fox"
+    assert (
+        c.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", AUDIO), response_format="text"
+        )
+        == "the quick brown fox"
+    )
     with pytest.warns(DeprecationWarning):  # the SDK marks translations as deprecated
         out = c.audio.translations.create(model="whisper-1", file=("a.wav", AUDIO))
     assert out.text == "the quick brown fox"
@@ -107,7 +133,11 @@ def test_text_format_is_text_even_when_the_engine_sends_json(c: openai.OpenAI, a
 def test_stt_history_records_audio_seconds(hub: HubProcess, c: openai.OpenAI) -> None:
     c.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO))
     row = hub.wait_for_request_rows(1)[-1]
-    assert (row["type"], row["endpoint"], row["audio_seconds"]) == ("stt", "/v1/audio/transcriptions", 3.0)
+    assert (row["type"], row["endpoint"], row["audio_seconds"]) == (
+        "stt",
+        "/v1/audio/transcriptions",
+        3.0,
+    )
     assert row["bytes_in"] > len(AUDIO)
 
 
@@ -136,11 +166,20 @@ def test_speech_sse_is_passed_through(c: openai.OpenAI) -> None:
 
 
 def test_images_generations_and_edits(hub: HubProcess, c: openai.OpenAI, agent: FakeAgent) -> None:
-    assert c.images.generate(model="sd", prompt="a fox", n=2, response_format="b64_json").data[0].b64_json
+    assert (
+        c.images.generate(model="sd", prompt="a fox", n=2, response_format="b64_json")
+        .data[0]
+        .b64_json
+    )
     assert c.images.generate(model="sd", prompt="a fox", response_format="url").data[0].url
     png = b"\x89PNG\r\n\x1a\n" + bytes(200)
-    edited = c.images.edit(model="sd", prompt="hat", image=[("a.png", png), ("b.png", png[::-1])],
-                           mask=("m.png", png), n=3)
+    edited = c.images.edit(
+        model="sd",
+        prompt="hat",
+        image=[("a.png", png), ("b.png", png[::-1])],
+        mask=("m.png", png),
+        n=3,
+    )
     assert len(edited.data) == 3
     _, files = agent.form()
     assert [f.body for f in files["image[]"]] == [png, png[::-1]] and files["mask"][0].body == png
@@ -157,7 +196,9 @@ def test_embeddings(hub: HubProcess, c: openai.OpenAI) -> None:
 
 def test_malformed_uploads_are_400(hub: HubProcess, key: str, agent: FakeAgent) -> None:
     form = "multipart/form-data; boundary=XX"
-    only_model = b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--XX--\r\n'
+    only_model = (
+        b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--XX--\r\n'
+    )
     cases = [
         (b"garbage", form, "Malformed multipart"),
         (only_model, form, "upload a file in `file`"),
@@ -167,7 +208,9 @@ def test_malformed_uploads_are_400(hub: HubProcess, key: str, agent: FakeAgent) 
     for body, ctype, message in cases:
         status, err = hub.post_json("/v1/audio/transcriptions", body, key, ctype)
         assert status == 400 and message in err["error"]["message"], err
-    status, err = hub.post_json("/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), key, form)
+    status, err = hub.post_json(
+        "/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), key, form
+    )
     assert status == 400 and err["error"]["param"] == "image"
     assert not [r for r in agent.requests if r.method == "POST"]
 
@@ -182,9 +225,13 @@ def test_oversize_uploads_are_413_and_never_forwarded(tmp_path: Path, agent: Fak
                 c.audio.transcriptions.create(model="whisper-1", file=("a.wav", bytes(6000)))
             assert exc.value.status_code == 413
             with pytest.raises(openai.APIStatusError) as exc:
-                c.images.edit(model="sd", prompt="x", image=[("a.png", bytes(1000)), ("b.png", bytes(3500))])
+                c.images.edit(
+                    model="sd", prompt="x", image=[("a.png", bytes(1000)), ("b.png", bytes(3500))]
+                )
             assert exc.value.status_code == 413 and "b.png" in exc.value.message
             assert not [r for r in agent.requests if r.method == "POST"]
             # Within the limits, both work.
-            assert c.audio.transcriptions.create(model="whisper-1", file=("a.wav", bytes(3000))).text
+            assert c.audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", bytes(3000))
+            ).text
             assert c.images.edit(model="sd", prompt="x", image=("a.png", bytes(2000))).data

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from inferclub.hub.store import AlreadyExists, RequestFilter, RequestRecord, ServiceInfo, SQLiteStore
+from inferclub.hub.store import (
+    AlreadyExists,
+    RequestFilter,
+    RequestRecord,
+    ServiceInfo,
+    SQLiteStore,
+)
 from inferclub.hub.store.sqlite import migrations
 
 
@@ -29,7 +35,9 @@ def test_migrations_and_pragmas(tmp_path: Path) -> None:
         assert (await (await db.execute("PRAGMA journal_mode")).fetchone())[0] == "wal"
         assert (await (await db.execute("PRAGMA synchronous")).fetchone())[0] == 1
         assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())[0] >= 5000
-        assert (await (await db.execute("PRAGMA user_version")).fetchone())[0] == migrations()[-1][0]
+        assert (await (await db.execute("PRAGMA user_version")).fetchone())[0] == migrations()[-1][
+            0
+        ]
         await store.close()
         # Re-opening applies nothing twice.
         store = await _open(tmp_path / "h.db")
@@ -79,12 +87,18 @@ def test_heartbeat_replaces_services_atomically(tmp_path: Path) -> None:
     async def go() -> None:
         store = await _open(tmp_path / "h.db")
         user = await store.create_user("alice")
-        svc = [ServiceInfo("a", "llm", "vllm", ("x",), ("m1", "m2")), ServiceInfo("b", "stt", "whisper", (), ("w",))]
+        svc = [
+            ServiceInfo("a", "llm", "vllm", ("x",), ("m1", "m2")),
+            ServiceInfo("b", "stt", "whisper", (), ("w",)),
+        ]
         p1 = await store.save_heartbeat(user.id, "rig", "http://h/v1", "1", {"up": 1}, svc, 100.0)
         p2 = await store.save_heartbeat(user.id, "rig", "http://h2/v1", "2", {}, svc[:1], 200.0)
         assert p1.id == p2.id and p2.created_at == p1.created_at
         # A failing write (duplicate service name violates UNIQUE) leaves the old state whole.
-        dup = [ServiceInfo("a", "llm", "vllm", (), ("z",)), ServiceInfo("a", "llm", "vllm", (), ("y",))]
+        dup = [
+            ServiceInfo("a", "llm", "vllm", (), ("z",)),
+            ServiceInfo("a", "llm", "vllm", (), ("y",)),
+        ]
         with pytest.raises(sqlite3.IntegrityError):
             await store.save_heartbeat(user.id, "rig", "http://h3/v1", "3", {}, dup, 300.0)
         [p] = await store.list_providers(user.id)
@@ -103,7 +117,9 @@ def test_two_connections_writing_at_once_never_see_locked(tmp_path: Path) -> Non
 
         async def writes(store: SQLiteStore, tag: str) -> None:
             for i in range(100):
-                await store.add_requests([RequestRecord(f"{tag}{i}", user.id, "/v1/x", float(i), 200)])
+                await store.add_requests(
+                    [RequestRecord(f"{tag}{i}", user.id, "/v1/x", float(i), 200)]
+                )
                 await store.save_heartbeat(user.id, tag, "http://h/v1", "", {}, [], float(i))
 
         await asyncio.gather(writes(a, "a"), writes(b, "b"))

@@ -53,22 +53,59 @@ class HeartbeatHandler(FakeHandler):
     def post(self) -> None:
         hub = self.fake
         if self.request.headers.get("Authorization") != f"Bearer {hub.key}":
-            self.send_json({"error": {"message": "invalid API key", "type": "authentication_error",
-                                      "param": None, "code": "invalid_api_key"}}, 401)
+            self.send_json(
+                {
+                    "error": {
+                        "message": "invalid API key",
+                        "type": "authentication_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+                401,
+            )
             return
         if hub.fail_next > 0:
             hub.fail_next -= 1
-            self.send_json({"error": {"message": "hub is busy", "type": "server_error",
-                                      "param": None, "code": None}}, 503)
+            self.send_json(
+                {
+                    "error": {
+                        "message": "hub is busy",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                503,
+            )
             return
         body = self.json_body()
-        for field, kind in (("name", str), ("callback_url", str), ("version", str),
-                            ("services", list), ("health", dict)):
+        for field, kind in (
+            ("name", str),
+            ("callback_url", str),
+            ("version", str),
+            ("services", list),
+            ("health", dict),
+        ):
             if not isinstance(body.get(field), kind):
-                self.send_json({"error": {"message": f"bad field {field}", "type":
-                                          "invalid_request_error", "param": field,
-                                          "code": None}}, 400)
+                self.send_json(
+                    {
+                        "error": {
+                            "message": f"bad field {field}",
+                            "type": "invalid_request_error",
+                            "param": field,
+                            "code": None,
+                        }
+                    },
+                    400,
+                )
                 return
         hub.beats.append((time.monotonic(), body))
-        self.send_json({"provider_id": 7, "heartbeat_interval": hub.interval,
-                        "online_window": hub.window, "callback_token": hub.token})
+        self.send_json(
+            {
+                "provider_id": 7,
+                "heartbeat_interval": hub.interval,
+                "online_window": hub.window,
+                "callback_token": hub.token,
+            }
+        )

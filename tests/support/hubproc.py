@@ -42,9 +42,24 @@ class HubProcess:
     def start(self, timeout: float = 60) -> HubProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--db", str(self.db), *self.args],
-            stdout=subprocess.PIPE, stderr=self._log, text=True, env=self.env, cwd=self.workdir,
+            [
+                sys.executable,
+                "-m",
+                "inferclub",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--db",
+                str(self.db),
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=self.env,
+            cwd=self.workdir,
         )
         found = threading.Event()
 
@@ -91,7 +106,12 @@ class HubProcess:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "inferclub", *args, "--db", str(self.db)],
-            capture_output=True, text=True, env=self.env, cwd=self.workdir, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.workdir,
+            timeout=60,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"inferclub {' '.join(args)} failed: {result.stderr}")
@@ -108,14 +128,21 @@ class HubProcess:
         return self.create_key(login)
 
     # -- agent protocol --
-    def heartbeat(self, key: str, name: str, callback_url: str,
-                  services: list[dict[str, Any]], **extra: Any) -> tuple[int, dict[str, Any]]:
-        payload = {"name": name, "callback_url": callback_url, "version": "test",
-                   "services": services, **extra}
+    def heartbeat(
+        self, key: str, name: str, callback_url: str, services: list[dict[str, Any]], **extra: Any
+    ) -> tuple[int, dict[str, Any]]:
+        payload = {
+            "name": name,
+            "callback_url": callback_url,
+            "version": "test",
+            "services": services,
+            **extra,
+        }
         return self.post_json("/v1/agent/heartbeat", payload, key)
 
-    def post_json(self, path: str, payload: Any, key: str | None,
-                  content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    def post_json(
+        self, path: str, payload: Any, key: str | None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
         """POST ``payload`` (an object, or raw bytes sent as they are); the JSON answer."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         req = urllib.request.Request(self.url + path, data=data, method="POST")
@@ -149,8 +176,9 @@ class HubProcess:
 
 
 @contextmanager
-def start_hub(workdir: Path, *args: str, online_window: float | None = None,
-              env: dict[str, str] | None = None) -> Iterator[HubProcess]:
+def start_hub(
+    workdir: Path, *args: str, online_window: float | None = None, env: dict[str, str] | None = None
+) -> Iterator[HubProcess]:
     extra = list(args)
     if online_window is not None:
         extra += ["--online-window", str(online_window)]

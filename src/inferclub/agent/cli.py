@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
+
 from inferclub.agent import __version__
 from inferclub.agent.detect import default_urls, detect, render_manifest
 from inferclub.agent.manifest import Manifest, ManifestError, load_manifest
 from inferclub.agent.runner import PROBE_TIMEOUT, RunConfig, main_run, parse_listen
 from inferclub.agent.services import ServiceTable
-
 from inferclub.engines import Engine, engine_sources, get_engines, get_plugin_manager
 
 EXIT_USAGE = 2
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent")
     run.add_argument("--manifest", required=True, metavar="FILE", help="the manifest (YAML)")
     run.add_argument("--hub", metavar="URL", help="the hub's base URL (or agent.hub)")
-    run.add_argument(
-        "--key", metavar="KEY", help=f"the hub API key (or ${KEY_ENV}, or agent.key)"
-    )
+    run.add_argument("--key", metavar="KEY", help=f"the hub API key (or ${KEY_ENV}, or agent.key)")
     run.add_argument("--name", help="provider name shown by the hub (default: host name)")
     run.add_argument(
         "--listen", metavar="HOST:PORT", help=f"callback server address (default {DEFAULT_LISTEN})"

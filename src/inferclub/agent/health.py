@@ -12,7 +12,14 @@ from typing import Any
 from inferclub.agent import __version__
 from inferclub.agent.services import ServiceTable
 
-_GPU_FIELDS = ("index", "name", "memory_total_mib", "memory_used_mib", "utilization_pct", "temperature_c")
+_GPU_FIELDS = (
+    "index",
+    "name",
+    "memory_total_mib",
+    "memory_used_mib",
+    "utilization_pct",
+    "temperature_c",
+)
 
 
 def memory() -> dict[str, int] | None:

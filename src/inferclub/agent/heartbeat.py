@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
 from inferclub.agent import __version__
 from inferclub.agent.services import ServiceTable, describe
 
@@ -47,7 +48,9 @@ class CallbackAuth:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             return "denied"
-        return "ok" if hmac.compare_digest(given.strip().encode(), self.token.encode()) else "denied"
+        return (
+            "ok" if hmac.compare_digest(given.strip().encode(), self.token.encode()) else "denied"
+        )
 
 
 @dataclass
@@ -159,7 +162,8 @@ class Heartbeat:
                 log.warning(
                     "the hub cannot reach this agent at %s (%s): requests will fail until it "
                     "can; pass --callback-url with an address the hub can reach",
-                    self.callback_url, problem,
+                    self.callback_url,
+                    problem,
                 )
             elif self._unreachable:
                 log.info("the hub reaches this agent at %s again", self.callback_url)

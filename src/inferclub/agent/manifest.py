@@ -220,7 +220,9 @@ class _Checker:
         self.unknown_keys(section, AGENT_FIELDS, "agent")
         listen = self.string(section, "listen", "agent")
         if listen is not None and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", listen):
-            self.add(section.key_lines["listen"], "agent.listen", f"expected HOST:PORT, got {listen!r}")
+            self.add(
+                section.key_lines["listen"], "agent.listen", f"expected HOST:PORT, got {listen!r}"
+            )
             listen = None
         interval = self.number(section, "heartbeat_interval", "agent")
         return AgentSection(
@@ -271,7 +273,9 @@ class _Checker:
         items = host["services"]
         if not isinstance(items, MarkedList) or not items:
             self.add(
-                host.key_lines["services"], f"{where}.services", "expected a non-empty list of services"
+                host.key_lines["services"],
+                f"{where}.services",
+                "expected a non-empty list of services",
             )
             return ()
         result = []
@@ -334,7 +338,11 @@ class _Checker:
         models = self.models(data, where)
         features = self.features(data, where, engine)
         options = data.get("options") or MarkedDict()
-        if "options" in data and data["options"] is not None and not isinstance(options, MarkedDict):
+        if (
+            "options" in data
+            and data["options"] is not None
+            and not isinstance(options, MarkedDict)
+        ):
             self.add(data.key_lines["options"], f"{where}.options", "expected a mapping")
             options = MarkedDict()
         api_key = self.string(data, "api_key", where)

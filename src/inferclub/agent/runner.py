@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import tornado.httpserver
 import tornado.netutil
+
 from inferclub.agent import health
 from inferclub.agent.heartbeat import CallbackAuth, Heartbeat, KeyRejected
 from inferclub.agent.manifest import Manifest
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
-
 from inferclub.engines import Engine
 
 log = logging.getLogger("inferclub.agent")
@@ -146,8 +146,10 @@ class Agent:
             if beat_task.done():
                 exc = beat_task.exception()
                 if isinstance(exc, KeyRejected):
-                    log.error("API key rejected by the hub (HTTP 401 from %s); stopping",
-                              self.heartbeat.url)
+                    log.error(
+                        "API key rejected by the hub (HTTP 401 from %s); stopping",
+                        self.heartbeat.url,
+                    )
                     self.exit_code = EXIT_KEY_REJECTED
                 elif exc is not None:
                     raise exc

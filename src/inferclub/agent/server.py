@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 import tornado.web
-from inferclub.agent.heartbeat import CallbackAuth
-from inferclub.agent.services import PATH_TYPES, ServiceState, ServiceTable, describe
 from tornado.iostream import StreamClosedError
 
+from inferclub.agent.heartbeat import CallbackAuth
+from inferclub.agent.services import PATH_TYPES, ServiceState, ServiceTable, describe
 from inferclub.engines import EngineRequest, EngineResponse, openai_error
 from inferclub.engines.errors import type_for_status
 from inferclub.multipart import boundary_of, get_field, set_field
@@ -107,8 +107,10 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        body = exc.body if isinstance(exc, ApiError) else openai_error(
-            self._reason, type_for_status(status_code)
+        body = (
+            exc.body
+            if isinstance(exc, ApiError)
+            else openai_error(self._reason, type_for_status(status_code))
         )
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
@@ -183,7 +185,11 @@ class ApiHandler(tornado.web.RequestHandler):
         engine_model = state.engine_model(model) if model else None
         if model and engine_model and engine_model != model:
             body = with_model(body, content_type, engine_model)
-        headers = {h: self.request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in self.request.headers}
+        headers = {
+            h: self.request.headers[h]
+            for h in FORWARDED_REQUEST_HEADERS
+            if h in self.request.headers
+        }
         # Compressed answers would be decompressed (buffered) by the client; ask for none.
         headers["Accept-Encoding"] = "identity"
         request = EngineRequest(

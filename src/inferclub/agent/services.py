@@ -53,7 +53,9 @@ class ServiceState:
         return list(self.discovered)
 
     def serves(self, requested: str) -> bool:
-        return any(self.engine.model_matches(self.service, n, requested) for n in self.model_names())
+        return any(
+            self.engine.model_matches(self.service, n, requested) for n in self.model_names()
+        )
 
     def engine_model(self, requested: str) -> str:
         """The name the engine knows `requested` by (resolves aliases)."""

@@ -31,7 +31,9 @@ MAX_WHOLE_BODY = 8 * 1024 * 1024
 FORMAT_NOTE = "response_format"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 #: Characters stripped from the ends of a word (OpenAI's words carry no punctuation).
-_WORD_EDGES = string.whitespace + string.punctuation.replace("'", "") + "\u201c\u201d\u2018\u2019\u00bf\u00a1"
+_WORD_EDGES = (
+    string.whitespace + string.punctuation.replace("'", "") + "\u201c\u201d\u2018\u2019\u00bf\u00a1"
+)
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,12 @@ def words_from_segments(segments: list[Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for segment in segments:
         tokens = [
-            t for t in (segment.get("words") if isinstance(segment, dict) else None) or []
-            if isinstance(t, dict) and isinstance(t.get("word"), str)
-            and isinstance(t.get("start"), (int, float)) and isinstance(t.get("end"), (int, float))
+            t
+            for t in (segment.get("words") if isinstance(segment, dict) else None) or []
+            if isinstance(t, dict)
+            and isinstance(t.get("word"), str)
+            and isinstance(t.get("start"), (int, float))
+            and isinstance(t.get("end"), (int, float))
         ]
         token_style = any(t["word"][:1].isspace() for t in tokens[1:])
         merged: list[dict[str, Any]] = []
@@ -203,7 +208,9 @@ async def map_sse(
 
 def sse_data(event: bytes) -> bytes | None:
     """The `data:` payload of one event (lines joined), or None when it has none."""
-    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    lines = [
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
     return b"\n".join(lines) if lines else None
 
 
@@ -276,8 +283,11 @@ class ChunksToTranscriptEvents:
             head, self.head = self.head, None
             out += self.delta(head)
         self.head = None
-        event: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(self.text),
-                                 "logprobs": None}
+        event: dict[str, Any] = {
+            "type": "transcript.text.done",
+            "text": "".join(self.text),
+            "logprobs": None,
+        }
         usage = self.usage or {}
         if isinstance(usage.get("prompt_tokens"), int):
             event["usage"] = {

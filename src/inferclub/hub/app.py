@@ -82,7 +82,11 @@ class Hub:
         """
         now = time.monotonic()
         known = self._reachability.get(provider_id)
-        if known is not None and known[0] == callback_url and (known[1] is None or now - known[2] < 60):
+        if (
+            known is not None
+            and known[0] == callback_url
+            and (known[1] is None or now - known[2] < 60)
+        ):
             return known[1]
         problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
         self._reachability[provider_id] = (callback_url, problem, now)
@@ -102,7 +106,11 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
     if access_log.isEnabledFor(level):
         access_log.log(
-            level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+            level,
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.path,
             1000.0 * handler.request.request_time(),
         )
 

@@ -34,7 +34,9 @@ class CliError(Exception):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="SQLite database file (default: in the user data dir; $INFERCLUB_DB)")
+    p.add_argument(
+        "--db", help="SQLite database file (default: in the user data dir; $INFERCLUB_DB)"
+    )
     p.add_argument("--config", help="YAML settings file ($INFERCLUB_CONFIG)")
 
 
@@ -49,12 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8321)")
-    serve.add_argument("--online-window", type=float, dest="online_window",
-                       help="seconds a provider stays online after a heartbeat (default 60)")
-    serve.add_argument("--quickstart", action="store_true",
-                       help="on an empty database, create a local user and a key, and print next steps")
+    serve.add_argument(
+        "--online-window",
+        type=float,
+        dest="online_window",
+        help="seconds a provider stays online after a heartbeat (default 60)",
+    )
+    serve.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="on an empty database, create a local user and a key, and print next steps",
+    )
 
-    users = sub.add_parser("users", help="manage local users").add_subparsers(dest="action", required=True)
+    users = sub.add_parser("users", help="manage local users").add_subparsers(
+        dest="action", required=True
+    )
     u_create = users.add_parser("create", help="create a local user (no GitHub needed)")
     u_create.add_argument("login")
     _common(u_create)
@@ -64,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     u_link.add_argument("login")
     _common(u_link)
 
-    keys_p = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    k_create = keys_p.add_parser("create", help="create a key; it is printed once, on the last line")
+    keys_p = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    k_create = keys_p.add_parser(
+        "create", help="create a key; it is printed once, on the last line"
+    )
     k_create.add_argument("login")
     k_create.add_argument("--name", default="", help="a label for the key")
     _common(k_create)
@@ -83,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k in ("db", "config", "host", "port", "online_window")}
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k in ("db", "config", "host", "port", "online_window")
+    }
     try:
         settings = load_settings(flags)
     except ConfigError as exc:
@@ -166,7 +185,9 @@ async def _users_login_link(store: Store, settings: Settings, args: argparse.Nam
     user = await _user(store, args.login)
     base = auth.local_base_url(settings, settings.host, settings.port)
     link = await auth.create_login_link(store, user.id, base, settings.login_link_ttl)
-    print(f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):")
+    print(
+        f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):"
+    )
     print(link)
     return 0
 
@@ -177,13 +198,18 @@ async def _print_login_link(store: Store, settings: Settings, host: str, port: i
     database it is created when the link is first used, not before."""
     admin = await auth.local_admin(store)
     link = await auth.create_login_link(
-        store, admin.id if admin else None, auth.local_base_url(settings, host, port),
+        store,
+        admin.id if admin else None,
+        auth.local_base_url(settings, host, port),
         settings.login_link_ttl,
     )
     who = f" as {admin.login}" if admin else ""
-    print(f"Dashboard: sign in{who} with this link (works once, expires in "
-          f"{settings.login_link_ttl / 60:g} min; `inferclub users login-link LOGIN` "
-          f"prints another):\n    {link}", flush=True)
+    print(
+        f"Dashboard: sign in{who} with this link (works once, expires in "
+        f"{settings.login_link_ttl / 60:g} min; `inferclub users login-link LOGIN` "
+        f"prints another):\n    {link}",
+        flush=True,
+    )
 
 
 async def _new_key(store: Store, settings: Settings) -> tuple[str, str, str]:
@@ -211,8 +237,10 @@ async def _keys_list(store: Store, settings: Settings, args: argparse.Namespace)
     print(f"{'ID':>4}  {'PREFIX':<12} {'NAME':<20} {'CREATED':<16}  {'LAST USED':<16}  STATUS")
     for k in rows:
         status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
-        print(f"{k.id:>4}  {k.prefix:<12} {k.name[:20]:<20} {_when(k.created_at):<16}  "
-              f"{_when(k.last_used_at):<16}  {status}")
+        print(
+            f"{k.id:>4}  {k.prefix:<12} {k.name[:20]:<20} {_when(k.created_at):<16}  "
+            f"{_when(k.last_used_at):<16}  {status}"
+        )
     return 0
 
 
@@ -238,7 +266,9 @@ async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespac
     new = await store.rotate_key(old.user_id, old.id, prefix, digest)
     if new is None:
         raise CliError(f"key {old.prefix} was revoked meanwhile")
-    print(f"revoked key {old.prefix}… (id {old.id}); its replacement {new.prefix}… (id {new.id}) is shown only once:")
+    print(
+        f"revoked key {old.prefix}… (id {old.id}); its replacement {new.prefix}… (id {new.id}) is shown only once:"
+    )
     print(key)
     return 0
 
@@ -276,7 +306,9 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     except OSError as exc:
-        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"

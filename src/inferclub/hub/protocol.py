@@ -30,8 +30,13 @@ class Heartbeat:
 
 
 def _bad(field: str, message: str) -> ApiError:
-    return ApiError(400, f"Invalid heartbeat: {field}: {message}", "invalid_request_error",
-                    "invalid_heartbeat", field)
+    return ApiError(
+        400,
+        f"Invalid heartbeat: {field}: {message}",
+        "invalid_request_error",
+        "invalid_heartbeat",
+        field,
+    )
 
 
 def _text(value: Any, field: str, max_len: int = 200, required: bool = True) -> str:

@@ -68,7 +68,9 @@ def normalise_error(status: int, body: bytes) -> dict[str, Any]:
         elif isinstance(err, str):
             message = err
         elif isinstance(err, list):
-            message = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err)
+            message = "; ".join(
+                str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err
+            )
         elif "message" in data:
             message, etype = data.get("message"), data.get("type")
             code, param = data.get("code"), data.get("param")
@@ -171,7 +173,11 @@ class Relay:
                 ) from None
             record.ttfb_ms = (time.perf_counter() - t0) * 1000
             ctype = resp.headers.get("Content-Type", "")
-            if resp.status >= 400 or ctype.startswith("application/json") or resp.status in (204, 304):
+            if (
+                resp.status >= 400
+                or ctype.startswith("application/json")
+                or resp.status in (204, 304)
+            ):
                 await self._relay_whole(sink, resp, record, transform)
             else:
                 started = True
@@ -285,7 +291,9 @@ class Relay:
             record.bytes_out += len(pending)
             sink.write(pending)
 
-    async def _relay_raw(self, sink: Sink, resp: aiohttp.ClientResponse, record: RequestRecord) -> None:
+    async def _relay_raw(
+        self, sink: Sink, resp: aiohttp.ClientResponse, record: RequestRecord
+    ) -> None:
         record.status = resp.status
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeouts.idle) as deadline:

@@ -7,9 +7,10 @@ import asyncio
 import json
 from typing import Any
 
+from tornado.httputil import HTTPFile, parse_body_arguments
+
 from tests.support.fakes.base import FakeHandler, chat_chunks, words
 from tests.support.fakes.openai_api import ChatHandler, OpenAIFake
-from tornado.httputil import HTTPFile, parse_body_arguments
 
 
 class FakeAgent(OpenAIFake):
@@ -88,15 +89,33 @@ class TranscriptionHandler(FakeHandler):
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish(text)
         elif fmt == "verbose_json":
-            words_ = [{"word": w, "start": i * 0.5, "end": i * 0.5 + 0.4}
-                      for i, w in enumerate(text.split())]
-            self.send_json({
-                "task": "transcribe", "language": "english", "duration": 2.5, "text": text,
-                "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 2.0, "text": text,
-                              "tokens": [1, 2], "temperature": 0.0, "avg_logprob": -0.2,
-                              "compression_ratio": 1.0, "no_speech_prob": 0.01}],
-                "words": words_,
-            })
+            words_ = [
+                {"word": w, "start": i * 0.5, "end": i * 0.5 + 0.4}
+                for i, w in enumerate(text.split())
+            ]
+            self.send_json(
+                {
+                    "task": "transcribe",
+                    "language": "english",
+                    "duration": 2.5,
+                    "text": text,
+                    "segments": [
+                        {
+                            "id": 0,
+                            "seek": 0,
+                            "start": 0.0,
+                            "end": 2.0,
+                            "text": text,
+                            "tokens": [1, 2],
+                            "temperature": 0.0,
+                            "avg_logprob": -0.2,
+                            "compression_ratio": 1.0,
+                            "no_speech_prob": 0.01,
+                        }
+                    ],
+                    "words": words_,
+                }
+            )
         else:
             self.send_json({"text": text, "usage": {"type": "duration", "seconds": 3}})
 
@@ -110,16 +129,21 @@ class SpeechHandler(FakeHandler):
         if body.get("stream_format") == "sse":
             import base64
 
-            events = [{"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode()},
-                      {"type": "speech.audio.done",
-                       "usage": {"input_tokens": 3, "output_tokens": 9, "total_tokens": 12}}]
+            events = [
+                {"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode()},
+                {
+                    "type": "speech.audio.done",
+                    "usage": {"input_tokens": 3, "output_tokens": 9, "total_tokens": 12},
+                },
+            ]
             await self.stream_events(events, self.fake.chunk_delay, done=False)
             return
         self.set_header("Content-Type", "audio/wav")
         n = self.fake.audio_chunks
         step = -(-len(audio) // n)
-        await self.stream_bytes([audio[i:i + step] for i in range(0, len(audio), step)],
-                                self.fake.chunk_delay)
+        await self.stream_bytes(
+            [audio[i : i + step] for i in range(0, len(audio), step)], self.fake.chunk_delay
+        )
 
 
 class ImagesHandler(FakeHandler):
@@ -132,6 +156,9 @@ class ImagesHandler(FakeHandler):
         else:
             n = int(self.get_body_argument("n", "1"))
             fmt = self.get_body_argument("response_format", "b64_json")
-        item = ({"b64_json": "iVBORw0KGgo="} if fmt == "b64_json"
-                else {"url": f"http://127.0.0.1:{self.fake.port}/img/1.png"})
+        item = (
+            {"b64_json": "iVBORw0KGgo="}
+            if fmt == "b64_json"
+            else {"url": f"http://127.0.0.1:{self.fake.port}/img/1.png"}
+        )
         self.send_json({"created": 1, "data": [item] * n})

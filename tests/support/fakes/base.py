@@ -194,7 +194,9 @@ class FakeHandler(tornado.web.RequestHandler):
             lines.append(b"data: [DONE]\n\n")
         await self.stream_bytes(lines, delay, first_delay)
 
-    async def stream_bytes(self, chunks: list[bytes], delay: float, first_delay: float = 0.0) -> None:
+    async def stream_bytes(
+        self, chunks: list[bytes], delay: float, first_delay: float = 0.0
+    ) -> None:
         if first_delay:
             await asyncio.sleep(first_delay)
         for i, chunk in enumerate(chunks):

@@ -45,7 +45,9 @@ class TokenExchange:
 
 
 class FakeGitHub(FakeServer):
-    def __init__(self, client_id: str = "Iv1.fakeclient", client_secret: str = "fake-secret") -> None:
+    def __init__(
+        self, client_id: str = "Iv1.fakeclient", client_secret: str = "fake-secret"
+    ) -> None:
         super().__init__()
         self.client_id = client_id
         self.client_secret = client_secret
@@ -106,11 +108,16 @@ class AuthorizeHandler(GitHubHandler):
         sep = "&" if "?" in redirect_uri else "?"
         if self.fake.deny:
             self.fake.deny = False
-            params = {"error": "access_denied", "error_description": "The user has denied your application access.",
-                      "state": state}
+            params = {
+                "error": "access_denied",
+                "error_description": "The user has denied your application access.",
+                "state": state,
+            }
             return self.redirect(redirect_uri + sep + urllib.parse.urlencode(params))
         code = secrets.token_hex(10)
-        self.fake.grants[code] = Grant(q["client_id"], redirect_uri, q["code_challenge"], dict(self.fake.user))
+        self.fake.grants[code] = Grant(
+            q["client_id"], redirect_uri, q["code_challenge"], dict(self.fake.user)
+        )
         self.redirect(redirect_uri + sep + urllib.parse.urlencode({"code": code, "state": state}))
 
 
@@ -119,15 +126,24 @@ class TokenHandler(GitHubHandler):
         fields = {k: self.get_body_argument(k) for k in self.request.body_arguments}
         grant = self.fake.grants.get(fields.get("code", ""))
         verifier = fields.get("code_verifier", "")
-        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        digest = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
         ok = grant is not None and bool(verifier) and digest == grant.challenge
         accept = self.request.headers.get("Accept", "")
         self.fake.exchanges.append(TokenExchange(accept, ok, fields))
-        if fields.get("client_id") != self.fake.client_id or fields.get("client_secret") != self.fake.client_secret:
+        if (
+            fields.get("client_id") != self.fake.client_id
+            or fields.get("client_secret") != self.fake.client_secret
+        ):
             answer = {"error": "incorrect_client_credentials"}
         elif grant is None or grant.used:
-            answer = {"error": "bad_verification_code",
-                      "error_description": "The code passed is incorrect or expired."}
+            answer = {
+                "error": "bad_verification_code",
+                "error_description": "The code passed is incorrect or expired.",
+            }
         elif fields.get("redirect_uri") != grant.redirect_uri:
             answer = {"error": "redirect_uri_mismatch"}
         elif not ok:

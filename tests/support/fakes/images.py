@@ -28,11 +28,17 @@ def png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 80, 2
     """A valid solid-colour PNG."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     row = b"\x00" + bytes(rgb) * width
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 def parse_size(size: Any) -> tuple[int, int] | None:
@@ -85,22 +91,35 @@ class SdHandler(FakeHandler):
         w, h = dims
         # A tiny stand-in picture (real ones are the requested size), one colour per image.
         images = [png(min(w, 16), min(h, 16), (i * 40 % 256, 80, 20)) for i in range(count)]
-        self.send_json({"created": int(time.time()),
-                        "data": [{"b64_json": base64.b64encode(img).decode()} for img in images],
-                        "output_format": fmt})
+        self.send_json(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(img).decode()} for img in images],
+                "output_format": fmt,
+            }
+        )
 
 
 class SdModelsHandler(SdHandler):
     def get(self) -> None:
-        self.send_json({"object": "list", "data": [
-            {"id": self.fake.model, "object": "model", "owned_by": "local"}]})
+        self.send_json(
+            {
+                "object": "list",
+                "data": [{"id": self.fake.model, "object": "model", "owned_by": "local"}],
+            }
+        )
 
 
 class SdGenerationsHandler(SdHandler):
     def post(self) -> None:
         body = self.json_body()
-        self.answer(body.get("prompt"), body.get("n"), body.get("size"), body.get("output_format"),
-                    ("png", "jpeg", "webp"))
+        self.answer(
+            body.get("prompt"),
+            body.get("n"),
+            body.get("size"),
+            body.get("output_format"),
+            ("png", "jpeg", "webp"),
+        )
 
 
 class SdEditsHandler(SdHandler):
@@ -110,8 +129,13 @@ class SdEditsHandler(SdHandler):
             self.error("at least one image is required")
             return
         arg = self.get_body_argument
-        self.answer(arg("prompt", None), arg("n", None), arg("size", None),
-                    arg("output_format", None), ("png", "jpeg"))
+        self.answer(
+            arg("prompt", None),
+            arg("n", None),
+            arg("size", None),
+            arg("output_format", None),
+            ("png", "jpeg"),
+        )
 
 
 class FakeLocalAIImages(FakeServer):
@@ -133,8 +157,9 @@ class LocalAIModelsHandler(FakeHandler):
     fake: FakeLocalAIImages
 
     def get(self) -> None:
-        self.send_json({"object": "list", "data": [
-            {"id": m, "object": "model"} for m in self.fake.models]})
+        self.send_json(
+            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.fake.models]}
+        )
 
 
 class LocalAIGenerationsHandler(FakeHandler):
@@ -143,8 +168,9 @@ class LocalAIGenerationsHandler(FakeHandler):
     def post(self) -> None:
         body = self.json_body()
         if body.get("model") not in self.fake.models:
-            self.send_json({"error": {"code": 500, "message": "could not load model",
-                                      "type": ""}}, 500)
+            self.send_json(
+                {"error": {"code": 500, "message": "could not load model", "type": ""}}, 500
+            )
             return
         count = int(body.get("n") or 1)
         data = []

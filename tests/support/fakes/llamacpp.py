@@ -18,9 +18,16 @@ class FakeLlamaServer(OpenAIFake):
     def model_list(self) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": m, "object": "model", "created": int(time.time()), "owned_by": "llamacpp",
-                      "meta": {"vocab_type": 2, "n_vocab": 49152, "n_ctx_train": 8192}}
-                     for m in self.models],
+            "data": [
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "llamacpp",
+                    "meta": {"vocab_type": 2, "n_vocab": 49152, "n_ctx_train": 8192},
+                }
+                for m in self.models
+            ],
         }
 
     def knows(self, model: str) -> bool:
@@ -35,7 +42,9 @@ class HealthHandler(FakeHandler):
 
     def get(self) -> None:
         if self.fake.loading:
-            self.send_json({"error": {"code": 503, "message": "Loading model",
-                                      "type": "unavailable_error"}}, 503)
+            self.send_json(
+                {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+                503,
+            )
         else:
             self.send_json({"status": "ok"})

@@ -27,14 +27,22 @@ class FakeLmStudio(OpenAIFake):
 
     def model_list(self) -> dict[str, Any]:
         return {
-            "data": [{"id": m["id"], "object": "model", "owned_by": "organization_owner"}
-                     for m in self.catalog],
+            "data": [
+                {"id": m["id"], "object": "model", "owned_by": "organization_owner"}
+                for m in self.catalog
+            ],
             "object": "list",
         }
 
     def model_error(self, model: str) -> tuple[int, Any]:
-        return 404, {"error": {"message": f"Model '{model}' not found", "type": "invalid_request_error",
-                               "param": "model", "code": "model_not_found"}}
+        return 404, {
+            "error": {
+                "message": f"Model '{model}' not found",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+        }
 
     def routes(self) -> list[Any]:
         return [(r"/api/v0/models", V0ModelsHandler, {"fake": self}), *self.openai_routes()]
@@ -44,12 +52,22 @@ class V0ModelsHandler(FakeHandler):
     fake: FakeLmStudio
 
     def get(self) -> None:
-        self.send_json({
-            "object": "list",
-            "data": [
-                {"id": m["id"], "object": "model", "type": m["type"], "publisher": "lmstudio-community",
-                 "arch": "qwen3", "compatibility_type": "gguf", "quantization": "Q4_K_M",
-                 "state": m["state"], "max_context_length": 32768}
-                for m in self.fake.catalog
-            ],
-        })
+        self.send_json(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m["id"],
+                        "object": "model",
+                        "type": m["type"],
+                        "publisher": "lmstudio-community",
+                        "arch": "qwen3",
+                        "compatibility_type": "gguf",
+                        "quantization": "Q4_K_M",
+                        "state": m["state"],
+                        "max_context_length": 32768,
+                    }
+                    for m in self.fake.catalog
+                ],
+            }
+        )

@@ -20,8 +20,11 @@ def _norm(name: str) -> str:
 
 class FakeOllama(OpenAIFake):
     def __init__(self, models: list[str] | None = None, loaded: list[str] | None = None) -> None:
-        super().__init__(models if models is not None else ["llama3.2:latest", "qwen3:8b",
-                                                            "nomic-embed-text:latest"])
+        super().__init__(
+            models
+            if models is not None
+            else ["llama3.2:latest", "qwen3:8b", "nomic-embed-text:latest"]
+        )
         self.loaded = loaded if loaded is not None else ["qwen3:8b"]
         self.capabilities = {"nomic-embed-text:latest": ["embedding"]}
 
@@ -30,22 +33,38 @@ class FakeOllama(OpenAIFake):
 
     def _tag(self, name: str) -> dict[str, Any]:
         return {
-            "name": name, "model": name, "modified_at": "2025-10-01T10:00:00Z", "size": 2019393189,
-            "digest": "a80c4f17acd5", "details": {"parent_model": "", "format": "gguf",
-                                                  "family": "llama", "families": ["llama"],
-                                                  "parameter_size": "3.2B",
-                                                  "quantization_level": "Q4_K_M"},
+            "name": name,
+            "model": name,
+            "modified_at": "2025-10-01T10:00:00Z",
+            "size": 2019393189,
+            "digest": "a80c4f17acd5",
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "llama",
+                "families": ["llama"],
+                "parameter_size": "3.2B",
+                "quantization_level": "Q4_K_M",
+            },
             "capabilities": self.capabilities.get(name, ["completion", "tools"]),
         }
 
     def model_list(self) -> dict[str, Any]:
-        data = [{"id": m, "object": "model", "created": 1759312800, "owned_by": "library"}
-                for m in self.models]
+        data = [
+            {"id": m, "object": "model", "created": 1759312800, "owned_by": "library"}
+            for m in self.models
+        ]
         return {"object": "list", "data": data or None}
 
     def model_error(self, model: str) -> tuple[int, Any]:
-        return 404, {"error": {"message": f"model \"{model}\" not found, try pulling it first",
-                               "type": "not_found_error", "param": None, "code": None}}
+        return 404, {
+            "error": {
+                "message": f'model "{model}" not found, try pulling it first',
+                "type": "not_found_error",
+                "param": None,
+                "code": None,
+            }
+        }
 
     def routes(self) -> list[Any]:
         args = {"fake": self}
@@ -88,6 +107,12 @@ class PsHandler(FakeHandler):
         for name in self.fake.loaded:
             tag = self.fake._tag(name)
             tag.pop("capabilities")
-            models.append({**tag, "expires_at": "2025-10-01T10:05:00Z", "size_vram": 2019393189,
-                           "context_length": 4096})
+            models.append(
+                {
+                    **tag,
+                    "expires_at": "2025-10-01T10:05:00Z",
+                    "size_vram": 2019393189,
+                    "context_length": 4096,
+                }
+            )
         self.send_json({"models": models})

@@ -37,17 +37,30 @@ class OpenAIFake(FakeServer):
     def model_list(self) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models],
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
+            ],
         }
 
     def unauthorized(self) -> tuple[int, Any]:
-        return 401, {"error": {"message": "Unauthorized", "type": "authentication_error",
-                               "param": None, "code": None}}
+        return 401, {
+            "error": {
+                "message": "Unauthorized",
+                "type": "authentication_error",
+                "param": None,
+                "code": None,
+            }
+        }
 
     def model_error(self, model: str) -> tuple[int, Any]:
-        return 404, {"error": {"message": f"The model `{model}` does not exist.",
-                               "type": "invalid_request_error", "param": None,
-                               "code": "model_not_found"}}
+        return 404, {
+            "error": {
+                "message": f"The model `{model}` does not exist.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        }
 
     def include_usage(self, body: dict[str, Any]) -> bool:
         opts = body.get("stream_options")
@@ -123,8 +136,13 @@ class CompletionsHandler(OpenAIHandler):
         text = words(self.fake.chunks)
         if body.get("stream"):
             events: list[Any] = [
-                {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-                 "model": model, "choices": [{"index": 0, "text": w, "finish_reason": None}]}
+                {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "text": w, "finish_reason": None}],
+                }
                 for w in text
             ]
             await self.stream_events(events, self.fake.chunk_delay, self.fake.first_delay)
@@ -140,13 +158,17 @@ class EmbeddingsHandler(OpenAIHandler):
             return
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        self.send_json({
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                     for i, _ in enumerate(items)],
-            "model": model,
-            "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
-        })
+        self.send_json(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i, _ in enumerate(items)
+                ],
+                "model": model,
+                "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+            }
+        )
 
 
 __all__ = ["OpenAIFake", "OpenAIHandler", "usage"]

@@ -51,12 +51,22 @@ class FakeVllm(OpenAIFake):
                     "root": m,
                     "parent": None,
                     "max_model_len": 32768,
-                    "permission": [{"id": "modelperm-fake", "object": "model_permission",
-                                    "created": now, "allow_create_engine": False,
-                                    "allow_sampling": True, "allow_logprobs": True,
-                                    "allow_search_indices": False, "allow_view": True,
-                                    "allow_fine_tuning": False, "organization": "*",
-                                    "group": None, "is_blocking": False}],
+                    "permission": [
+                        {
+                            "id": "modelperm-fake",
+                            "object": "model_permission",
+                            "created": now,
+                            "allow_create_engine": False,
+                            "allow_sampling": True,
+                            "allow_logprobs": True,
+                            "allow_search_indices": False,
+                            "allow_view": True,
+                            "allow_fine_tuning": False,
+                            "organization": "*",
+                            "group": None,
+                            "is_blocking": False,
+                        }
+                    ],
                 }
                 for m in self.models
             ],
@@ -66,8 +76,12 @@ class FakeVllm(OpenAIFake):
         return 401, {"error": "Unauthorized"}
 
     def model_error(self, model: str) -> tuple[int, Any]:
-        fields = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError",
-                  "param": None, "code": 404}
+        fields = {
+            "message": f"The model `{model}` does not exist.",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        }
         if self.flat_errors:
             return 404, {"object": "error", **fields}
         return 404, {"error": fields}
@@ -103,8 +117,10 @@ class TranscriptionHandler(OpenAIHandler):
     fake: FakeVllm
 
     def bad_request(self, message: str) -> None:
-        self.send_json({"error": {"message": message, "type": "BadRequestError",
-                                  "param": None, "code": 400}}, 400)
+        self.send_json(
+            {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
+            400,
+        )
 
     async def post(self, kind: str) -> None:
         if self._finished:
@@ -140,8 +156,12 @@ class TranscriptionHandler(OpenAIHandler):
         elif kind == "translations":
             self.send_json({"text": fake.transcript})
         else:
-            self.send_json({"text": fake.transcript,
-                            "usage": {"type": "duration", "seconds": math.ceil(seconds)}})
+            self.send_json(
+                {
+                    "text": fake.transcript,
+                    "usage": {"type": "duration", "seconds": math.ceil(seconds)},
+                }
+            )
 
     @staticmethod
     def seconds(upload: HTTPFile) -> float:
@@ -159,9 +179,20 @@ class TranscriptionHandler(OpenAIHandler):
             "duration": str(seconds),
             "language": self.get_body_argument("language", None),
             "text": text,
-            "segments": [{"id": 0, "avg_logprob": -0.25, "compression_ratio": 1.1, "end": seconds,
-                          "no_speech_prob": None, "seek": 0, "start": 0.0, "temperature": 0.0,
-                          "text": text, "tokens": [50364, 2425, 490, 50564]}],
+            "segments": [
+                {
+                    "id": 0,
+                    "avg_logprob": -0.25,
+                    "compression_ratio": 1.1,
+                    "end": seconds,
+                    "no_speech_prob": None,
+                    "seek": 0,
+                    "start": 0.0,
+                    "temperature": 0.0,
+                    "text": text,
+                    "tokens": [50364, 2425, 490, 50564],
+                }
+            ],
             "words": None,
         }
 
@@ -174,14 +205,29 @@ class TranscriptionHandler(OpenAIHandler):
             pieces = ["language English", "<asr_text>" + pieces[0], *pieces[1:]]
 
         def chunk(choices: list[Any], **extra: Any) -> dict[str, Any]:
-            return {"id": "trsc-fake", "object": obj, "created": int(time.time()),
-                    "model": model, "choices": choices, **extra}
+            return {
+                "id": "trsc-fake",
+                "object": obj,
+                "created": int(time.time()),
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
 
-        events = [chunk([{"delta": {"content": p}, "finish_reason": None, "stop_reason": None}])
-                  for p in pieces]
+        events = [
+            chunk([{"delta": {"content": p}, "finish_reason": None, "stop_reason": None}])
+            for p in pieces
+        ]
         events.append(chunk([{"delta": {}, "finish_reason": "stop", "stop_reason": None}]))
         if self.get_body_argument("stream_include_usage", "false").lower() == "true":
-            events.append(chunk([], usage={"prompt_tokens": math.ceil(seconds) * 50,
-                                           "completion_tokens": len(pieces),
-                                           "total_tokens": math.ceil(seconds) * 50 + len(pieces)}))
+            events.append(
+                chunk(
+                    [],
+                    usage={
+                        "prompt_tokens": math.ceil(seconds) * 50,
+                        "completion_tokens": len(pieces),
+                        "total_tokens": math.ceil(seconds) * 50 + len(pieces),
+                    },
+                )
+            )
         await self.stream_events(events, fake.chunk_delay, fake.first_delay)

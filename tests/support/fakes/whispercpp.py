@@ -66,16 +66,18 @@ class InferenceHandler(FakeHandler):
             self.finish(f"WEBVTT\n\n00:00:00.000 --> 00:00:04.000\n{text}\n\n")
         elif fmt == "verbose_json":
             segments = [segment(i, part) for i, part in enumerate(split_segments(text))]
-            self.send_json({
-                "task": "translate" if translate else "transcribe",
-                "language": "english",
-                "duration": segments[-1]["end"] if segments else 0.0,
-                "text": text,
-                "segments": segments,
-                "detected_language": "english",
-                "detected_language_probability": 0.98,
-                "language_probabilities": {"english": 0.98},
-            })
+            self.send_json(
+                {
+                    "task": "translate" if translate else "transcribe",
+                    "language": "english",
+                    "duration": segments[-1]["end"] if segments else 0.0,
+                    "text": text,
+                    "segments": segments,
+                    "detected_language": "english",
+                    "detected_language_probability": 0.98,
+                    "language_probabilities": {"english": 0.98},
+                }
+            )
         else:
             self.send_json({"text": text})
 
@@ -97,18 +99,34 @@ def tokens(text: str) -> list[str]:
             out += [" " + core[:4], core[4:]]
         elif core:
             out.append(" " + core)
-        out += list(word[len(core):])
+        out += list(word[len(core) :])
     return out
 
 
 def segment(index: int, text: str) -> dict[str, Any]:
     """One verbose_json segment with its token-level words: 0.25 s per token, 3 s per segment."""
     start = index * 3.0
-    words = [{"word": t, "start": round(start + i * 0.25, 2), "end": round(start + i * 0.25 + 0.2, 2),
-              "t_dtw": -1, "probability": 0.9} for i, t in enumerate(tokens(text))]
-    return {"id": index, "text": text, "start": start, "end": words[-1]["end"] if words else start,
-            "tokens": [50364 + i for i in range(len(words))], "words": words,
-            "temperature": 0.0, "avg_logprob": -0.2, "no_speech_prob": 0.01}
+    words = [
+        {
+            "word": t,
+            "start": round(start + i * 0.25, 2),
+            "end": round(start + i * 0.25 + 0.2, 2),
+            "t_dtw": -1,
+            "probability": 0.9,
+        }
+        for i, t in enumerate(tokens(text))
+    ]
+    return {
+        "id": index,
+        "text": text,
+        "start": start,
+        "end": words[-1]["end"] if words else start,
+        "tokens": [50364 + i for i in range(len(words))],
+        "words": words,
+        "temperature": 0.0,
+        "avg_logprob": -0.2,
+        "no_speech_prob": 0.01,
+    }
 
 
 class LoadHandler(FakeHandler):

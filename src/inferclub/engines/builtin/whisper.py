@@ -103,7 +103,9 @@ class WhisperEngine(Engine):
         ctype = request.headers.get("Content-Type", "")
         if _is_whispercpp(service):
             if request.path == "/audio/translations":
-                prepared = replace(prepared, body=set_field(prepared.body, ctype, "translate", "true"))
+                prepared = replace(
+                    prepared, body=set_field(prepared.body, ctype, "translate", "true")
+                )
         elif prepared.notes.get("response_format") == "text":
             prepared = replace(
                 prepared, body=set_field(prepared.body, ctype, "response_format", "json")

@@ -15,16 +15,30 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
-        before = next((p for p in hub.registry.providers(self.owner.user_id) if p.name == hb.name), None)
+        before = next(
+            (p for p in hub.registry.providers(self.owner.user_id) if p.name == hb.name), None
+        )
         record = await hub.store.save_heartbeat(
-            self.owner.user_id, hb.name, hb.callback_url, hb.version, hb.health, hb.services,
+            self.owner.user_id,
+            hb.name,
+            hb.callback_url,
+            hb.version,
+            hb.health,
+            hb.services,
             time.time(),
         )
         hub.registry.update(record)
-        if before is None or not hub.registry.is_online(before) or before.services != record.services:
+        if (
+            before is None
+            or not hub.registry.is_online(before)
+            or before.services != record.services
+        ):
             log.info(
                 "provider %r of %s online at %s: %d services, %d models",
-                record.name, self.owner.login, record.callback_url, len(record.services),
+                record.name,
+                self.owner.login,
+                record.callback_url,
+                len(record.services),
                 sum(len(s.models) for s in record.services),
             )
         answer = {
@@ -36,8 +50,13 @@ class HeartbeatHandler(ApiHandler):
         }
         problem = await hub.check_callback(record.id, record.callback_url)
         if problem is not None:
-            log.warning("provider %r of %s: the hub cannot reach %s (%s)",
-                        record.name, self.owner.login, record.callback_url, problem)
+            log.warning(
+                "provider %r of %s: the hub cannot reach %s (%s)",
+                record.name,
+                self.owner.login,
+                record.callback_url,
+                problem,
+            )
             answer.update(callback_reachable=False, callback_error=problem)
         self.write_json(answer)
 

@@ -162,18 +162,26 @@ class GitHubClient:
         return f"{self.web_url}/login/oauth/authorize?{urllib.parse.urlencode(params)}"
 
     async def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> str:
-        body = urllib.parse.urlencode({
-            "client_id": self.client_id,
-            "client_secret": self._client_secret,
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-        })
-        data = await self._fetch(HTTPRequest(
-            f"{self.web_url}/login/oauth/access_token", method="POST", body=body,
-            headers={"Accept": "application/json",
-                     "Content-Type": "application/x-www-form-urlencoded"},
-        ))
+        body = urllib.parse.urlencode(
+            {
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            }
+        )
+        data = await self._fetch(
+            HTTPRequest(
+                f"{self.web_url}/login/oauth/access_token",
+                method="POST",
+                body=body,
+                headers={
+                    "Accept": "application/json",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            )
+        )
         token = data.get("access_token")
         if not isinstance(token, str) or not token:
             # GitHub answers 200 with {"error": "bad_verification_code", ...} for a bad code.
@@ -182,12 +190,16 @@ class GitHubClient:
         return token
 
     async def get_user(self, access_token: str) -> tuple[int, str]:
-        data = await self._fetch(HTTPRequest(
-            f"{self.api_url}/user",
-            headers={"Authorization": f"Bearer {access_token}",
-                     "Accept": "application/vnd.github+json",
-                     "X-GitHub-Api-Version": "2022-11-28"},
-        ))
+        data = await self._fetch(
+            HTTPRequest(
+                f"{self.api_url}/user",
+                headers={
+                    "Authorization": f"Bearer {access_token}",
+                    "Accept": "application/vnd.github+json",
+                    "X-GitHub-Api-Version": "2022-11-28",
+                },
+            )
+        )
         gh_id, login = data.get("id"), data.get("login")
         if not isinstance(gh_id, int) or isinstance(gh_id, bool) or not isinstance(login, str):
             raise GitHubError("GitHub's /user answer has no numeric id and login.")
@@ -247,8 +259,12 @@ class WebHandler(tornado.web.RequestHandler):
 
     def get_template_namespace(self) -> dict[str, Any]:
         ns = super().get_template_namespace()
-        ns.update(user=self.current_user, github_enabled=self.hub.settings.github_enabled,
-                  section="", xsrf_token=self.xsrf_token.decode())
+        ns.update(
+            user=self.current_user,
+            github_enabled=self.hub.settings.github_enabled,
+            section="",
+            xsrf_token=self.xsrf_token.decode(),
+        )
         return ns
 
     async def start_session(self, user: User) -> None:
@@ -261,8 +277,13 @@ class WebHandler(tornado.web.RequestHandler):
             SESSION, token_hash(token), user.id, time.time() + SESSION_DAYS * 86400
         )
         self.set_signed_cookie(
-            session_cookie_name(self.secure), token, expires_days=SESSION_DAYS, path="/",
-            httponly=True, samesite="Lax", secure=self.secure,
+            session_cookie_name(self.secure),
+            token,
+            expires_days=SESSION_DAYS,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure,
         )
 
     async def end_session(self) -> None:
@@ -299,15 +320,21 @@ class GitHubLoginHandler(WebHandler):
         if not settings.github_enabled:
             raise tornado.web.HTTPError(404, "GitHub sign-in is not configured on this hub.")
         state, verifier = new_token(), new_token()
-        data = json.dumps({"verifier": verifier,
-                           "next": _safe_next(self.get_query_argument("next", None))})
+        data = json.dumps(
+            {"verifier": verifier, "next": _safe_next(self.get_query_argument("next", None))}
+        )
         await self.hub.store.create_auth_token(
             OAUTH_STATE, token_hash(state), None, time.time() + STATE_TTL, data
         )
         # Lax, not Strict: the browser must send it on the top-level redirect back from GitHub.
         self.set_signed_cookie(
-            STATE_COOKIE, state, expires_days=STATE_TTL / 86400, path="/auth/github",
-            httponly=True, samesite="Lax", secure=self.secure,
+            STATE_COOKIE,
+            state,
+            expires_days=STATE_TTL / 86400,
+            path="/auth/github",
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure,
         )
         github = GitHubClient(settings)
         self.redirect(github.authorize_url(redirect_uri(self), state, pkce_challenge(verifier)))
@@ -328,14 +355,18 @@ class GitHubCallbackHandler(WebHandler):
         state = self.get_query_argument("state", "")
         cookie = self.get_signed_cookie(STATE_COOKIE, max_age_days=STATE_TTL / 86400)
         # Single use in this browser, whatever happens next.
-        self.clear_cookie(STATE_COOKIE, path="/auth/github", httponly=True, samesite="Lax",
-                          secure=self.secure)
+        self.clear_cookie(
+            STATE_COOKIE, path="/auth/github", httponly=True, samesite="Lax", secure=self.secure
+        )
         if not state or not cookie or not hmac.compare_digest(state.encode(), cookie):
             raise tornado.web.HTTPError(
-                400, "The sign-in state does not match this browser. Start again from the sign-in page."
+                400,
+                "The sign-in state does not match this browser. Start again from the sign-in page.",
             )
         # Single use on the server too: a replayed callback (even with the cookie) finds nothing.
-        record = await self.hub.store.consume_auth_token(OAUTH_STATE, token_hash(state), time.time())
+        record = await self.hub.store.consume_auth_token(
+            OAUTH_STATE, token_hash(state), time.time()
+        )
         if record is None:
             raise tornado.web.HTTPError(
                 400, "This sign-in attempt expired or was already used. Start again."
@@ -367,11 +398,14 @@ class LinkLoginHandler(WebHandler):
         token = self.get_query_argument("token", "")
         record = None
         if token:
-            record = await self.hub.store.consume_auth_token(LOGIN_LINK, token_hash(token), time.time())
+            record = await self.hub.store.consume_auth_token(
+                LOGIN_LINK, token_hash(token), time.time()
+            )
         if record is None:
             raise tornado.web.HTTPError(
-                400, "This sign-in link has expired or was already used. Get a new one with "
-                "`inferclub users login-link LOGIN`."
+                400,
+                "This sign-in link has expired or was already used. Get a new one with "
+                "`inferclub users login-link LOGIN`.",
             )
         if record.user_id is None:
             user = await local_admin(self.hub.store, create=True)

@@ -132,8 +132,14 @@ class ApiHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
             level = logging.WARNING if value.status >= 500 else logging.DEBUG
-            log.log(level, "%s %s -> %d %s", self.request.method, self.request.path,
-                    value.status, value.message)
+            log.log(
+                level,
+                "%s %s -> %d %s",
+                self.request.method,
+                self.request.path,
+                value.status,
+                value.message,
+            )
         else:
             super().log_exception(typ, value, tb)
 
@@ -143,4 +149,6 @@ class NotFoundHandler(ApiHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        raise ApiError(404, f"Unknown endpoint {self.request.path}.", "invalid_request_error", "unknown_url")
+        raise ApiError(
+            404, f"Unknown endpoint {self.request.path}.", "invalid_request_error", "unknown_url"
+        )

@@ -77,8 +77,12 @@ def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str
     by_type: dict[str, list[dict[str, Any]]] = {}
     for s in p.services:
         by_type.setdefault(s.type, []).append(
-            {"name": s.name, "engine": s.engine, "features": list(s.features),
-             "models": list(s.models)}
+            {
+                "name": s.name,
+                "engine": s.engine,
+                "features": list(s.features),
+                "models": list(s.models),
+            }
         )
     return {
         "id": p.id,
@@ -91,8 +95,10 @@ def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str
         "created_at": p.created_at,
         "services_by_type": [
             {"type": t, "services": by_type[t]}
-            for t in sorted(by_type, key=lambda t: SERVICE_TYPES.index(t)
-                            if t in SERVICE_TYPES else len(SERVICE_TYPES))
+            for t in sorted(
+                by_type,
+                key=lambda t: SERVICE_TYPES.index(t) if t in SERVICE_TYPES else len(SERVICE_TYPES),
+            )
         ],
         "health": p.health,
     }
@@ -118,8 +124,15 @@ def playground_models(registry: Registry, user_id: int) -> list[dict[str, Any]]:
             route = registry.route(user_id, type_, model)
         except ApiError:
             continue
-        out.append({"model": model, "type": type_, "provider": provider.name,
-                    "service": route.service.name, "features": list(route.service.features)})
+        out.append(
+            {
+                "model": model,
+                "type": type_,
+                "provider": provider.name,
+                "service": route.service.name,
+                "features": list(route.service.features),
+            }
+        )
     return out
 
 
@@ -138,8 +151,15 @@ class DashboardHandler(WebHandler):
 
     def get_template_namespace(self) -> dict[str, Any]:
         ns = super().get_template_namespace()
-        ns.update(section=self.section, iso=iso, utc=utc, ms=ms, usage=usage,
-                  json_script=json_script, hub_url=self.hub_url)
+        ns.update(
+            section=self.section,
+            iso=iso,
+            utc=utc,
+            ms=ms,
+            usage=usage,
+            json_script=json_script,
+            hub_url=self.hub_url,
+        )
         return ns
 
     @property
@@ -166,8 +186,17 @@ class DashboardApiHandler(DashboardHandler):
         message = self._reason
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.write_json({"error": {"message": message, "type": "invalid_request_error",
-                                   "param": None, "code": None}}, status_code)
+        self.write_json(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code,
+        )
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -198,7 +227,10 @@ class KeysHandler(_KeysPage):
         label = self.get_body_argument("name", "").strip()[:100]
         key = keys.generate()
         record = await self.hub.store.create_key(
-            self.user_id, label, keys.display_prefix(key), keys.hash_key(self.hub.secrets.pepper, key)
+            self.user_id,
+            label,
+            keys.display_prefix(key),
+            keys.hash_key(self.hub.secrets.pepper, key),
         )
         self.hub.keys.invalidate()
         self.set_status(201)
@@ -227,8 +259,11 @@ class KeyActionHandler(_KeysPage):
         self.hub.keys.invalidate()
         if new is None:
             raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
-        await self.show(new_key=key, new_id=new.id,
-                        notice=f"Key {mine.prefix}… revoked; here is its replacement.")
+        await self.show(
+            new_key=key,
+            new_id=new.id,
+            notice=f"Key {mine.prefix}… revoked; here is its replacement.",
+        )
 
 
 class ProvidersHandler(DashboardHandler):
@@ -280,15 +315,17 @@ def chart_series(
     start = math.floor(since / size) * size
     while start < until:
         b = by_start.get(start)
-        out.append({
-            "t": start,
-            "requests": b.requests if b else 0,
-            "errors": b.errors if b else 0,
-            "ttfb_ms": b.avg_ttfb_ms if b else None,
-            "duration_ms": b.avg_duration_ms if b else None,
-            "prompt_tokens": b.prompt_tokens if b else 0,
-            "completion_tokens": b.completion_tokens if b else 0,
-        })
+        out.append(
+            {
+                "t": start,
+                "requests": b.requests if b else 0,
+                "errors": b.errors if b else 0,
+                "ttfb_ms": b.avg_ttfb_ms if b else None,
+                "duration_ms": b.avg_duration_ms if b else None,
+                "prompt_tokens": b.prompt_tokens if b else 0,
+                "completion_tokens": b.completion_tokens if b else 0,
+            }
+        )
         start += size
     return out
 
@@ -333,21 +370,40 @@ class RequestsHandler(DashboardHandler):
         else:
             c_until = until if until is not None else now
             c_since = since if since is not None else c_until - RANGES["30d"][0]
-            bucket = next((b for b in _NICE_BUCKETS if (c_until - c_since) / b <= 72),
-                          _NICE_BUCKETS[-1])
+            bucket = next(
+                (b for b in _NICE_BUCKETS if (c_until - c_since) / b <= 72), _NICE_BUCKETS[-1]
+            )
         chart_flt = RequestFilter(flt.model, flt.type, flt.status, c_since, c_until)
         buckets = await store.request_buckets(self.user_id, chart_flt, bucket)
         series = chart_series(buckets, c_since, c_until, bucket)
 
         providers = {p.id: p.name for p in await store.list_providers(self.user_id)}
         models = sorted({m for m, _, _ in self.hub.registry.models(self.user_id)})
-        params = {k: v for k, v in (("model", model), ("type", flt.type or ""),
-                                    ("status", status_raw), ("from", date_from),
-                                    ("to", date_to), ("range", range_name)) if v}
+        params = {
+            k: v
+            for k, v in (
+                ("model", model),
+                ("type", flt.type or ""),
+                ("status", status_raw),
+                ("from", date_from),
+                ("to", date_to),
+                ("range", range_name),
+            )
+            if v
+        }
         self.render(
-            "requests.html", rows=rows, total=total, page=page, pages=pages, params=params,
-            providers=providers, models=models, types=SERVICE_TYPES, ranges=list(RANGES),
-            range_name=range_name, dated=since is not None or until is not None,
+            "requests.html",
+            rows=rows,
+            total=total,
+            page=page,
+            pages=pages,
+            params=params,
+            providers=providers,
+            models=models,
+            types=SERVICE_TYPES,
+            ranges=list(RANGES),
+            range_name=range_name,
+            dated=since is not None or until is not None,
             chart={"bucket": bucket, "since": c_since, "until": c_until, "series": series},
             page_size=PAGE_SIZE,
         )
@@ -362,8 +418,10 @@ class RequestDetailHandler(DashboardHandler):
         row = await store.get_request(self.user_id, request_id)
         if row is None:
             raise tornado.web.HTTPError(404, "No such request.")
-        provider = next((p.name for p in await store.list_providers(self.user_id)
-                         if p.id == row.provider_id), None)
+        provider = next(
+            (p.name for p in await store.list_providers(self.user_id) if p.id == row.provider_id),
+            None,
+        )
         key = next((k for k in await store.list_keys(self.user_id) if k.id == row.key_id), None)
         self.render("request.html", r=row, provider=provider, key=key)
 
@@ -396,13 +454,14 @@ class PlaygroundProxyMixin(ProxyHandler):
     async def authenticate(self) -> KeyOwner:
         user = await auth.session_user(self, self.hub)
         if user is None:
-            raise ApiError(401, "Sign in to the dashboard first.", "invalid_request_error",
-                           "not_signed_in")
+            raise ApiError(
+                401, "Sign in to the dashboard first.", "invalid_request_error", "not_signed_in"
+            )
         return KeyOwner(key_id=None, user_id=user.id, login=user.login)
 
     @property
     def api_path(self) -> str:
-        return self.request.path[len(PLAYGROUND_PREFIX):]
+        return self.request.path[len(PLAYGROUND_PREFIX) :]
 
 
 def _playground_routes() -> list[tuple[str, type[Any]]]:

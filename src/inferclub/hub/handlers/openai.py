@@ -75,7 +75,9 @@ class ProxyHandler(ApiHandler):
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+            raise errors.bad_request(
+                "You must provide a model parameter.", "model", "missing_model"
+            )
         return model, Forward(self.body)
 
     def adapt(self, route: Route, fwd: Forward) -> Forward:
@@ -117,7 +119,7 @@ class ProxyHandler(ApiHandler):
             hub.history.add(record)
 
     async def _relay(self, route: Route, fwd: Forward, record: RequestRecord) -> None:
-        path = self.api_path[len("/v1"):]
+        path = self.api_path[len("/v1") :]
         url = route.provider.callback_url.rstrip("/") + path
         headers = {
             "Content-Type": self.request.headers.get("Content-Type", "application/json"),
@@ -126,7 +128,9 @@ class ProxyHandler(ApiHandler):
             "X-Request-Id": record.id,
         }
         task = asyncio.ensure_future(
-            self.hub.relay.forward(self, url, fwd.body, headers, record, fwd.strip_usage, fwd.transform)
+            self.hub.relay.forward(
+                self, url, fwd.body, headers, record, fwd.strip_usage, fwd.transform
+            )
         )
         self._relay_task = task
         try:
@@ -162,15 +166,19 @@ class ChatCompletionsHandler(ProxyHandler):
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+            raise errors.bad_request(
+                "You must provide a model parameter.", "model", "missing_model"
+            )
         fwd = Forward(self.body)
         if payload.get("stream") is True:
             opts = payload.get("stream_options")
             if not isinstance(opts, dict) or not opts.get("include_usage"):
                 # Ask for usage so history has token counts; the usage-only chunk is
                 # stripped again before the client sees it.
-                payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
-                                             "include_usage": True}
+                payload["stream_options"] = {
+                    **(opts if isinstance(opts, dict) else {}),
+                    "include_usage": True,
+                }
                 fwd = Forward(json.dumps(payload).encode(), strip_usage=True)
         return model, fwd
 
@@ -212,10 +220,14 @@ class MultipartHandler(ProxyHandler):
             raise errors.bad_request(f"Malformed multipart body: {exc}") from None
         model = self.field("model")
         if not model:
-            raise errors.bad_request("You must provide a model parameter.", "model", "missing_model")
+            raise errors.bad_request(
+                "You must provide a model parameter.", "model", "missing_model"
+            )
         if not any(self.files.get(name) for name in self.file_fields):
             raise errors.bad_request(
-                f"You must upload a file in `{self.file_fields[0]}`.", self.file_fields[0], "missing_file"
+                f"You must upload a file in `{self.file_fields[0]}`.",
+                self.file_fields[0],
+                "missing_file",
             )
         return model, Forward(body)
 
@@ -237,8 +249,11 @@ class TranscriptionsHandler(MultipartHandler):
         if wanted == "verbose_json" and "timestamps" not in route.service.features:
             body = multipart.set_field(fwd.body, ctype, "response_format", "text")
             body = multipart.remove_field(body, ctype, "timestamp_granularities[]")
-            return Forward(body, transform=_json_text_to_plain,
-                           headers={"X-InferClub-Downgraded": "verbose_json->text"})
+            return Forward(
+                body,
+                transform=_json_text_to_plain,
+                headers={"X-InferClub-Downgraded": "verbose_json->text"},
+            )
         if wanted == "text":
             return Forward(fwd.body, transform=_json_text_to_plain)
         return fwd
@@ -264,7 +279,9 @@ class ImageEditsHandler(MultipartHandler):
         limit = self.hub.settings.max_image_body
         images = [f for name in ("image", "image[]", "mask") for f in self.files.get(name, ())]
         if len(images) > self.max_images + 1:
-            raise errors.bad_request(f"At most {self.max_images} images can be edited at once.", "image")
+            raise errors.bad_request(
+                f"At most {self.max_images} images can be edited at once.", "image"
+            )
         for f in images:
             if len(f.body) > limit:
                 raise errors.too_large(limit, f"image {f.filename!r}")

@@ -19,12 +19,26 @@ from inferclub.hub.store.sqlite import SQLiteStore
 def open_store(url_or_path: str) -> Store:
     """A store for ``url_or_path``: a SQLite file path (the default backend)."""
     if url_or_path.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL backend is not available in this release; use a SQLite path")
+        raise StoreError(
+            "the PostgreSQL backend is not available in this release; use a SQLite path"
+        )
     return SQLiteStore(url_or_path.removeprefix("sqlite:///"))
 
 
 __all__ = [
-    "AlreadyExists", "ApiKey", "AuthToken", "KeyOwner", "NotFound", "ProviderRecord",
-    "RequestBucket", "RequestFilter", "RequestRecord", "SQLiteStore", "ServiceInfo", "Store",
-    "StoreError", "User", "open_store",
+    "AlreadyExists",
+    "ApiKey",
+    "AuthToken",
+    "KeyOwner",
+    "NotFound",
+    "ProviderRecord",
+    "RequestBucket",
+    "RequestFilter",
+    "RequestRecord",
+    "SQLiteStore",
+    "ServiceInfo",
+    "Store",
+    "StoreError",
+    "User",
+    "open_store",
 ]

@@ -116,7 +116,24 @@ class RequestBucket:
 
 
 REQUEST_COLUMNS = (
-    "id", "user_id", "key_id", "provider_id", "service", "type", "endpoint", "model", "status",
-    "error_type", "started_at", "ttfb_ms", "duration_ms", "prompt_tokens", "completion_tokens",
-    "audio_seconds", "images", "bytes_in", "bytes_out", "cancelled",
+    "id",
+    "user_id",
+    "key_id",
+    "provider_id",
+    "service",
+    "type",
+    "endpoint",
+    "model",
+    "status",
+    "error_type",
+    "started_at",
+    "ttfb_ms",
+    "duration_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "audio_seconds",
+    "images",
+    "bytes_in",
+    "bytes_out",
+    "cancelled",
 )

@@ -129,12 +129,16 @@ class SQLiteStore(Store):
 
     async def get_user(self, login: str) -> User | None:
         async with self._read() as db:
-            row = await (await db.execute("SELECT * FROM users WHERE login = ?", (login,))).fetchone()
+            row = await (
+                await db.execute("SELECT * FROM users WHERE login = ?", (login,))
+            ).fetchone()
         return _user(row) if row else None
 
     async def get_user_by_id(self, user_id: int) -> User | None:
         async with self._read() as db:
-            row = await (await db.execute("SELECT * FROM users WHERE id = ?", (user_id,))).fetchone()
+            row = await (
+                await db.execute("SELECT * FROM users WHERE id = ?", (user_id,))
+            ).fetchone()
         return _user(row) if row else None
 
     async def upsert_github_user(self, github_id: int, login: str) -> User:
@@ -151,7 +155,9 @@ class SQLiteStore(Store):
                     )
                     await db.execute("UPDATE users SET login = ? WHERE id = ?", (login, row["id"]))
                 return User(row["id"], login, github_id, row["created_at"])
-            taken = await (await db.execute("SELECT id FROM users WHERE login = ?", (login,))).fetchone()
+            taken = await (
+                await db.execute("SELECT id FROM users WHERE login = ?", (login,))
+            ).fetchone()
             if taken is not None:
                 await db.execute(
                     "UPDATE users SET login = login || '~' || id WHERE id = ?", (taken["id"],)
@@ -295,14 +301,28 @@ class SQLiteStore(Store):
                 cur = await db.execute(
                     "INSERT INTO services (provider_id, position, name, type, engine, features)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (provider_id, position, svc.name, svc.type, svc.engine, json.dumps(svc.features)),
+                    (
+                        provider_id,
+                        position,
+                        svc.name,
+                        svc.type,
+                        svc.engine,
+                        json.dumps(svc.features),
+                    ),
                 )
                 await db.executemany(
                     "INSERT INTO service_models (service_id, position, model) VALUES (?, ?, ?)",
                     [(cur.lastrowid, i, m) for i, m in enumerate(svc.models)],
                 )
         return ProviderRecord(
-            provider_id, user_id, name, callback_url, agent_version, health, created_at, now,
+            provider_id,
+            user_id,
+            name,
+            callback_url,
+            agent_version,
+            health,
+            created_at,
+            now,
             tuple(services),
         )
 
@@ -333,14 +353,23 @@ class SQLiteStore(Store):
         for s in srows:
             services.setdefault(s["provider_id"], []).append(
                 ServiceInfo(
-                    s["name"], s["type"], s["engine"], tuple(json.loads(s["features"])),
+                    s["name"],
+                    s["type"],
+                    s["engine"],
+                    tuple(json.loads(s["features"])),
                     tuple(models.get(s["id"], ())),
                 )
             )
         return [
             ProviderRecord(
-                p["id"], p["user_id"], p["name"], p["callback_url"], p["agent_version"],
-                json.loads(p["health"]), p["created_at"], p["last_heartbeat_at"],
+                p["id"],
+                p["user_id"],
+                p["name"],
+                p["callback_url"],
+                p["agent_version"],
+                json.loads(p["health"]),
+                p["created_at"],
+                p["last_heartbeat_at"],
                 tuple(services.get(p["id"], ())),
             )
             for p in prows
@@ -382,7 +411,9 @@ class SQLiteStore(Store):
     async def count_requests(self, user_id: int, flt: RequestFilter | None = None) -> int:
         where, args = _request_where(user_id, flt)
         async with self._read() as db:
-            return (await (await db.execute(f"SELECT count(*) FROM requests {where}", args)).fetchone())[0]
+            return (
+                await (await db.execute(f"SELECT count(*) FROM requests {where}", args)).fetchone()
+            )[0]
 
     async def get_request(self, user_id: int, request_id: str) -> RequestRecord | None:
         async with self._read() as db:
