@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]' -e tests/plugins/example_engine
+	$(PY) -m pip install -q -e '.[test,dev]' -e tests/plugins/example_engine
 	@touch $@
 
 ## Set everything up and run the hub on http://127.0.0.1:8321 with its embedded SQLite store.
@@ -34,8 +34,11 @@ engines:
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 
+## ruff format --check, ruff (isort, bugbear, pyupgrade, simplify, complexity, 100 columns), mypy --strict.
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -121,9 +121,8 @@ def _json_to_text(body: bytes) -> bytes:
         data = json.loads(body)
     except ValueError:
         return body
-    if isinstance(data, dict) and isinstance(data.get("text"), str):
-        return data["text"].encode()
-    return body
+    text = data.get("text") if isinstance(data, dict) else None
+    return text.encode() if isinstance(text, str) else body
 
 
 def _verbose(body: bytes, ask: SttAsk) -> bytes:

@@ -83,7 +83,7 @@ class SQLiteStore(Store):
 
     async def _migrate(self) -> None:
         async with self._write() as db:
-            current = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            current = int((await _one(db, "PRAGMA user_version"))[0])
             for version, sql in migrations():
                 if version <= current:
                     continue
@@ -171,7 +171,7 @@ class SQLiteStore(Store):
 
     async def count_users(self) -> int:
         async with self._read() as db:
-            return (await (await db.execute("SELECT count(*) FROM users")).fetchone())[0]
+            return int((await _one(db, "SELECT count(*) FROM users"))[0])
 
     async def list_users(self) -> list[User]:
         async with self._read() as db:
@@ -257,9 +257,7 @@ class SQLiteStore(Store):
 
     async def keys_version(self) -> int:
         async with self._read() as db:
-            row = await (
-                await db.execute("SELECT value FROM counters WHERE name = 'keys_version'")
-            ).fetchone()
+            row = await _one(db, "SELECT value FROM counters WHERE name = 'keys_version'")
         return int(row[0])
 
     async def touch_keys(self, last_used: Mapping[int, float]) -> None:
@@ -284,17 +282,16 @@ class SQLiteStore(Store):
     ) -> ProviderRecord:
         health_json = json.dumps(health, separators=(",", ":"))
         async with self._write() as db:
-            row = await (
-                await db.execute(
-                    "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
-                    " created_at, last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
-                    " agent_version = excluded.agent_version, health = excluded.health,"
-                    " last_heartbeat_at = excluded.last_heartbeat_at"
-                    " RETURNING id, created_at",
-                    (user_id, name, callback_url, agent_version, health_json, now, now),
-                )
-            ).fetchone()
+            row = await _one(
+                db,
+                "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
+                " created_at, last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
+                " agent_version = excluded.agent_version, health = excluded.health,"
+                " last_heartbeat_at = excluded.last_heartbeat_at"
+                " RETURNING id, created_at",
+                (user_id, name, callback_url, agent_version, health_json, now, now),
+            )
             provider_id, created_at = row[0], row[1]
             await db.execute("DELETE FROM services WHERE provider_id = ?", (provider_id,))
             for position, svc in enumerate(services):
@@ -411,9 +408,7 @@ class SQLiteStore(Store):
     async def count_requests(self, user_id: int, flt: RequestFilter | None = None) -> int:
         where, args = _request_where(user_id, flt)
         async with self._read() as db:
-            return (
-                await (await db.execute(f"SELECT count(*) FROM requests {where}", args)).fetchone()
-            )[0]
+            return int((await _one(db, f"SELECT count(*) FROM requests {where}", args))[0])
 
     async def get_request(self, user_id: int, request_id: str) -> RequestRecord | None:
         async with self._read() as db:
@@ -490,6 +485,14 @@ _KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
 _TOKEN_COLS = "kind, user_id, data, created_at, expires_at"
 
 
+async def _one(db: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row:
+    """The first row of a query that always returns one (a count, a RETURNING insert)."""
+    row = await (await db.execute(sql, args)).fetchone()
+    if row is None:
+        raise StoreError(f"no row from {sql.split()[0]}")
+    return row
+
+
 async def _bump_keys_version(db: aiosqlite.Connection) -> None:
     await db.execute("UPDATE counters SET value = value + 1 WHERE name = 'keys_version'")
 
@@ -525,7 +528,8 @@ def _request(row: sqlite3.Row) -> RequestRecord:
 
 
 def _request_where(user_id: int, flt: RequestFilter | None) -> tuple[str, tuple[Any, ...]]:
-    clauses, args = ["user_id = ?"], [user_id]
+    clauses: list[str] = ["user_id = ?"]
+    args: list[Any] = [user_id]
     if flt is not None:
         for column, value, op in (
             ("model", flt.model, "="),
