@@ -26,7 +26,7 @@ from tests.support.fakes import (
     FakeVllm,
     FakeWhisperCpp,
 )
-from tests.support.fakes.base import FakeServer, Recorded
+from tests.support.fakes.base import Recorded
 from tests.support.fakes.images import png
 
 QWEN = "Qwen/Qwen3-8B"
