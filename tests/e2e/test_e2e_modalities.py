@@ -182,14 +182,14 @@ def request_id(raw: Any) -> str:
 def test_one_model_name_as_llm_and_stt_goes_to_the_right_service(
     stack: Stack, sdk: openai.OpenAI, fakes: Fakes
 ) -> None:
-    chats, asrs = len(fakes.chat.posts("/v1/chat/completions")), len(fakes.asr.requests)
+    chats, asrs = len(fakes.chat.posts("/v1/chat/completions")), len(_posts(fakes.asr))
     reply = sdk.chat.completions.with_raw_response.create(
         model="shared", messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.parse().choices[0].message.content
     sent = fakes.chat.posts("/v1/chat/completions")
     assert len(sent) == chats + 1 and sent[-1].json()["model"] == QWEN
-    assert len(fakes.asr.requests) == asrs  # the stt service never saw the chat
+    assert len(_posts(fakes.asr)) == asrs  # the stt service never saw the chat
 
     text = sdk.audio.transcriptions.create(model="shared", file=("a.wav", AUDIO))
     assert text.text == fakes.asr.transcript
