@@ -11,6 +11,7 @@ from typing import Any
 import tornado.web
 
 from inferclub.hub import background, keys
+from inferclub.hub.accounts import Accounts
 from inferclub.hub.config import Secrets, Settings
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -34,6 +35,7 @@ class Hub:
         self.store = store
         self.secrets = secrets
         self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
+        self.accounts = Accounts(store, lambda: secrets.pepper, self.keys)
         self.registry = Registry(settings.online_window)
         self.history = HistoryWriter(store, settings.history_flush_interval)
         self.relay = Relay(
