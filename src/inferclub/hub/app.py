@@ -17,6 +17,8 @@ from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
+from inferclub.hub.handlers import playground as playground_handlers
+from inferclub.hub.handlers.base import is_secure
 from inferclub.hub.history import HistoryWriter
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.relay import Relay, Timeouts
@@ -124,9 +126,10 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         *openai_handlers.fallback_routes,
         *auth_handlers.routes,
         *dashboard_handlers.routes,
+        *playground_handlers.routes,
     ]
     here = Path(__file__).resolve().parent
-    secure = auth_handlers.is_secure(hub.settings)
+    secure = is_secure(hub.settings)
     settings: dict[str, Any] = {
         "hub": hub,
         "log_function": _log_request,
