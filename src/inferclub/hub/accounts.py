@@ -34,7 +34,8 @@ STATE_TTL = 600.0
 LINK_PATH = "/auth/link"
 #: The local admin's login when the OS user name gives nothing usable.
 FALLBACK_ADMIN_LOGIN = "admin"
-#: GitHub's own rule for logins, so a local login can never be one GitHub could not issue.
+#: Local logins: up to 40 letters, digits, '.', '_' or '-', starting and ending with a letter
+#: or digit, so they read well in URLs, shell commands and the dashboard.
 LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,38}[A-Za-z0-9])?$")
 
 
