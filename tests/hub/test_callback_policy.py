@@ -4,10 +4,13 @@ the hub connects to (checked again at connect time, so DNS rebinding gets nowher
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +28,7 @@ from inferclub.hub.callback_policy import (
 )
 from inferclub.hub.reachability import describe_reachability, reachability_kind
 
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "callback-networks.md").read_text()
 HOME = parse_networks("public, private, loopback")
 PUBLIC = parse_networks("public")
 LOOPBACK = parse_networks("loopback")
@@ -134,6 +138,16 @@ async def test_loopback_in_any_spelling_is_refused_under_public(url: str, addres
     assert address in exc.message and "loopback" in exc.message
     assert "callback_networks" in exc.message and "INFERCLUB_CALLBACK_NETWORKS" in exc.message
     assert url in exc.message
+
+
+async def test_the_documented_refusal_is_what_a_user_gets() -> None:
+    documented = json.loads(re.findall(r"```json\n(.*?)\n```", DOC, re.S)[0])["error"]
+    exc = await refused("http://0x7f.1:8000/v1", PUBLIC)
+    assert (exc.message, exc.param, exc.code) == (
+        documented["message"],
+        documented["param"],
+        documented["code"],
+    )
 
 
 @pytest.mark.parametrize(("url", "address"), LOOPBACK_SPELLINGS)
