@@ -162,6 +162,17 @@ def test_a_request_from_the_future_is_refused_beyond_the_skew() -> None:
     assert info.value.code == "signature_from_future" and "clock" in info.value.message
 
 
+def test_unsigned_or_stale_requests_are_refused_from_headers_alone() -> None:
+    verifier = agent(Clock(NOW + 61))
+    with pytest.raises(SignatureRejected) as info:
+        verifier.check_headers(HTTPHeaders({"Content-Type": "application/json"}))
+    assert info.value.code == "signature_missing"
+    with pytest.raises(SignatureRejected) as info:
+        verifier.check_headers(signed())
+    assert info.value.code == "signature_expired"
+    assert agent().check_headers(signed()) == (NOW, SIGNATURE, REQUEST_ID)
+
+
 def test_a_replay_is_refused() -> None:
     verifier = agent()
     verifier.verify("POST", PATH, signed(), BODY, "42")

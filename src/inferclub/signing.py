@@ -266,6 +266,29 @@ class RequestVerifier:
         self._clock = clock
         self.replays = ReplayCache(max_age, cache_size)
 
+    def check_headers(self, headers: Mapping[str, str]) -> tuple[int, str, str]:
+        """Steps that need no body: the headers are there, well formed and in time.
+
+        An agent calls this before it reads a body, so an unsigned or stale request costs it
+        nothing; :meth:`verify` repeats it. Returns (timestamp, signature, request id).
+        """
+        names = (TIMESTAMP_HEADER, SIGNATURE_HEADER, REQUEST_ID_HEADER)
+        found = {name: headers.get(name) for name in names}
+        missing = [name for name, value in found.items() if value is None]
+        if missing:
+            raise SignatureRejected(
+                "signature_missing", f"unsigned request: no {', '.join(missing)} header"
+            )
+        stamp, signature, request_id = (found[name] or "" for name in names)
+        if not _TIMESTAMP.fullmatch(stamp) or not _SIGNATURE.fullmatch(signature):
+            raise SignatureRejected(
+                "signature_malformed",
+                f"{TIMESTAMP_HEADER} must be Unix seconds and {SIGNATURE_HEADER} 86 base64url "
+                "characters",
+            )
+        self._check_age(int(stamp), self._clock())
+        return int(stamp), signature, request_id
+
     def verify(
         self,
         method: str,
@@ -280,31 +303,7 @@ class RequestVerifier:
         aiohttp's ``CIMultiDictProxy``); ``target`` is the raw request target as received
         (Tornado's ``request.uri``); ``provider_id`` is this agent's own provider id.
         """
-        stamp, signature, request_id = (
-            headers.get(name) for name in (TIMESTAMP_HEADER, SIGNATURE_HEADER, REQUEST_ID_HEADER)
-        )
-        if stamp is None or signature is None or request_id is None:
-            missing = [
-                name
-                for name, value in (
-                    (TIMESTAMP_HEADER, stamp),
-                    (SIGNATURE_HEADER, signature),
-                    (REQUEST_ID_HEADER, request_id),
-                )
-                if value is None
-            ]
-            raise SignatureRejected(
-                "signature_missing", f"unsigned request: no {', '.join(missing)} header"
-            )
-        if not _TIMESTAMP.fullmatch(stamp) or not _SIGNATURE.fullmatch(signature):
-            raise SignatureRejected(
-                "signature_malformed",
-                f"{TIMESTAMP_HEADER} must be Unix seconds and {SIGNATURE_HEADER} 86 base64url "
-                "characters",
-            )
-        timestamp = int(stamp)
-        now = self._clock()
-        self._check_age(timestamp, now)
+        timestamp, signature, request_id = self.check_headers(headers)
         try:
             message = canonical_message(
                 method, target, timestamp, request_id, provider_id, body_digest(body)
@@ -316,7 +315,7 @@ class RequestVerifier:
                 "the signature does not match this request: it was changed on the way, "
                 "signed for another provider, or signed by another hub key",
             ) from None
-        self.replays.check_and_add(request_id, timestamp, now)
+        self.replays.check_and_add(request_id, timestamp, self._clock())
 
     def _check_age(self, timestamp: int, now: float) -> None:
         age = now - timestamp
