@@ -16,7 +16,13 @@ from typing import Any
 
 import aiosqlite
 
-from inferclub.hub.store.base import AlreadyExists, RequestFilter, Store, StoreError
+from inferclub.hub.store.base import (
+    AlreadyExists,
+    ChangeCallback,
+    RequestFilter,
+    Store,
+    StoreError,
+)
 from inferclub.hub.store.models import (
     REQUEST_COLUMNS,
     ApiKey,
@@ -74,6 +80,11 @@ class SQLiteStore(Store):
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def listen(self, on_change: ChangeCallback) -> None:
+        """Nothing to do: SQLite has no way to push a change to another process. Hubs sharing
+        the file see key changes by polling :meth:`keys_version` and provider changes by
+        reloading providers on a timer."""
 
     @property
     def db(self) -> aiosqlite.Connection:
