@@ -22,7 +22,7 @@ from inferclub.hub import keys
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
 from inferclub.hub.handlers import auth
-from inferclub.hub.store import AlreadyExists, Store, StoreError, open_store
+from inferclub.hub.store import AlreadyExists, Store, StoreError, describe_db, open_store
 
 log = logging.getLogger("inferclub")
 
@@ -35,7 +35,9 @@ class CliError(Exception):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--db", help="SQLite database file (default: in the user data dir; $INFERCLUB_DB)"
+        "--db",
+        help="SQLite database file, or a postgresql://USER@HOST:PORT/DB URL"
+        " (default: a SQLite file in the user data dir; $INFERCLUB_DB)",
     )
     p.add_argument("--config", help="YAML settings file ($INFERCLUB_CONFIG)")
 
@@ -149,7 +151,7 @@ async def _with_store(
     args: argparse.Namespace,
     command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]],
 ) -> int:
-    store = open_store(str(settings.db_path))
+    store = open_store(settings.db_url)
     await store.open()
     try:
         return await command(store, settings, args)
@@ -274,7 +276,7 @@ async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespac
 
 
 async def serve(settings: Settings, quickstart: bool = False) -> int:
-    store = open_store(str(settings.db_path))
+    store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
     # the hub's tasks are stopped, so the process exits instead of hanging.
@@ -313,7 +315,7 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     url = f"http://{host}:{port}"
-    log.info("inferclub %s, database %s", __version__, settings.db_path)
+    log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
     print(f"listening on {url}", flush=True)
     if quickstart:
         await _print_quickstart(hub.store, settings, url)
