@@ -35,6 +35,7 @@ from inferclub.hub.store.models import (
     RequestRecord,
     ServiceInfo,
     User,
+    request_values,
 )
 from inferclub.hub.store.pglisten import CONNECTION_ERRORS, Listener
 from inferclub.hub.store.pgschema import Connection, redact_dsn
@@ -295,7 +296,7 @@ class PostgresStore(Store):
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:
-        values = [tuple(getattr(r, c) for c in REQUEST_COLUMNS) for r in rows]
+        values = [request_values(r) for r in rows]
         if not values:
             return
         placeholders = ", ".join(f"${i}" for i in range(1, len(REQUEST_COLUMNS) + 1))

@@ -33,6 +33,7 @@ from inferclub.hub.store.models import (
     RequestRecord,
     ServiceInfo,
     User,
+    request_values,
 )
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ class SQLiteStore(Store):
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:
-        values = [tuple(_db_value(getattr(r, c)) for c in REQUEST_COLUMNS) for r in rows]
+        values = [tuple(_db_value(v) for v in request_values(r)) for r in rows]
         if not values:
             return
         placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)
