@@ -47,7 +47,12 @@ _REQUEST_COLS = ", ".join(REQUEST_COLUMNS)
 
 class PostgresStore(Store):
     """The store on a PostgreSQL server named by a ``postgresql://`` URL (libpq's form; query
-    parameters other than connection options become server settings, e.g. ``search_path``)."""
+    parameters other than connection options become server settings, e.g. ``search_path``).
+
+    Each instance holds up to ``max_size`` pooled connections plus one for LISTEN. NOTIFY
+    channels are per database, not per schema: hubs on other schemas of the same database
+    hear these changes too, which costs them a needless reload and nothing else.
+    """
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
         self.dsn = dsn
