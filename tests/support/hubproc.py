@@ -22,9 +22,16 @@ LISTENING = re.compile(r"^listening on (http://\S+)$")
 
 
 class HubProcess:
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        db: str | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.db = workdir / "hub.db"
+        #: The ``--db`` value: a SQLite file in ``workdir`` unless a ``postgresql://`` URL is given.
+        self.db = db or str(workdir / "hub.db")
         self.log_path = workdir / "hub.log"
         self.env = {
             **os.environ,
@@ -52,7 +59,7 @@ class HubProcess:
                 "--port",
                 "0",
                 "--db",
-                str(self.db),
+                self.db,
                 *self.args,
             ],
             stdout=subprocess.PIPE,
@@ -105,7 +112,7 @@ class HubProcess:
     # -- CLI --
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "inferclub", *args, "--db", str(self.db)],
+            [sys.executable, "-m", "inferclub", *args, "--db", self.db],
             capture_output=True,
             text=True,
             env=self.env,

@@ -18,7 +18,7 @@ from inferclub import __version__
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
-from inferclub.hub.store import StoreError, User, open_store
+from inferclub.hub.store import StoreError, User, describe_db, open_store
 
 log = logging.getLogger("inferclub")
 
@@ -32,7 +32,9 @@ Command = Callable[[Accounts, Settings, argparse.Namespace], Awaitable[int]]
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--db", help="SQLite database file (default: in the user data dir; $INFERCLUB_DB)"
+        "--db",
+        help="SQLite database file, or a postgresql://USER@HOST:PORT/DB URL"
+        " (default: a SQLite file in the user data dir; $INFERCLUB_DB)",
     )
     p.add_argument("--config", help="YAML settings file ($INFERCLUB_CONFIG)")
 
@@ -142,7 +144,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _with_store(settings: Settings, args: argparse.Namespace, command: Command) -> int:
-    store = open_store(str(settings.db_path))
+    store = open_store(settings.db_url)
     await store.open()
     try:
         # The secrets file is read only by commands that issue a key.
@@ -250,7 +252,7 @@ async def _keys_rotate(accounts: Accounts, settings: Settings, args: argparse.Na
 
 
 async def serve(settings: Settings, quickstart: bool = False) -> int:
-    store = open_store(str(settings.db_path))
+    store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
     # the hub's tasks are stopped, so the process exits instead of hanging.
@@ -289,7 +291,7 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     url = f"http://{host}:{port}"
-    log.info("inferclub %s, database %s", __version__, settings.db_path)
+    log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
     print(f"listening on {url}", flush=True)
     if quickstart:
         await _print_quickstart(hub.accounts, url)

@@ -15,6 +15,8 @@ from typing import Any
 import platformdirs
 import yaml
 
+from inferclub.hub.store import is_postgres_url
+
 ENV_PREFIX = "INFERCLUB_"
 MB = 1024 * 1024
 
@@ -87,6 +89,12 @@ class Settings:
         return Path(self.db) if self.db else default_data_dir() / "inferclub.db"
 
     @property
+    def db_url(self) -> str:
+        """What the store opens: a ``postgresql://`` URL as given (a path would fold its
+        ``//``), else the SQLite file's path."""
+        return self.db if is_postgres_url(self.db) else str(self.db_path)
+
+    @property
     def github_enabled(self) -> bool:
         return bool(self.github_client_id and self.github_client_secret)
 
@@ -94,6 +102,10 @@ class Settings:
     def secrets_path(self) -> Path:
         if self.secrets_file:
             return Path(self.secrets_file)
+        if is_postgres_url(self.db):
+            # No file beside a database server. Hubs sharing one must share these secrets
+            # too (copy the file, or set INFERCLUB_PEPPER), or keys made on one fail on another.
+            return default_data_dir() / "inferclub.secrets.json"
         return self.db_path.with_name(self.db_path.name + ".secrets.json")
 
 

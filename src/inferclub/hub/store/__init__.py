@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from inferclub.hub.store.base import AlreadyExists, RequestFilter, Store, StoreError
+from inferclub.hub.store.base import (
+    KEYS_CHANNEL,
+    PROVIDERS_CHANNEL,
+    AlreadyExists,
+    ChangeCallback,
+    RequestFilter,
+    Store,
+    StoreError,
+)
 from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
@@ -13,23 +21,40 @@ from inferclub.hub.store.models import (
     ServiceInfo,
     User,
 )
+from inferclub.hub.store.pgschema import redact_dsn
+from inferclub.hub.store.postgres import PostgresStore
 from inferclub.hub.store.sqlite import SQLiteStore
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-def open_store(url_or_path: str) -> Store:
-    """A store for ``url_or_path``: a SQLite file path (the default backend)."""
-    if url_or_path.startswith(("postgres://", "postgresql://")):
-        raise StoreError(
-            "the PostgreSQL backend is not available in this release; use a SQLite path"
-        )
-    return SQLiteStore(url_or_path.removeprefix("sqlite:///"))
+
+def is_postgres_url(db: str) -> bool:
+    """Whether the ``db`` setting names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(db: str) -> Store:
+    """The store for the ``db`` setting: a ``postgresql://`` (or ``postgres://``) URL selects
+    PostgreSQL; anything else is a SQLite file path. Call ``open()`` on it before use."""
+    if is_postgres_url(db):
+        return PostgresStore(db)
+    return SQLiteStore(db.removeprefix("sqlite:///"))
+
+
+def describe_db(db: str) -> str:
+    """The ``db`` setting as it may be logged: a URL's password is masked."""
+    return redact_dsn(db) if is_postgres_url(db) else db
 
 
 __all__ = [
+    "KEYS_CHANNEL",
+    "PROVIDERS_CHANNEL",
     "AlreadyExists",
     "ApiKey",
     "AuthToken",
+    "ChangeCallback",
     "KeyOwner",
+    "PostgresStore",
     "ProviderRecord",
     "RequestBucket",
     "RequestFilter",
@@ -39,5 +64,7 @@ __all__ = [
     "Store",
     "StoreError",
     "User",
+    "describe_db",
+    "is_postgres_url",
     "open_store",
 ]

@@ -1,13 +1,13 @@
 """The store interface. Handlers and services talk to this, never to SQL.
 
-SQLite (``sqlite.py``) is the embedded default. A PostgreSQL backend implements the same
-methods; nothing above this package changes.
+SQLite (``sqlite.py``) is the embedded default; PostgreSQL (``postgres.py``) lets hubs on several
+machines share one database. Both implement the same methods; nothing above this package changes.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,16 @@ class RequestFilter:
     until: float | None = None
 
 
+#: What :meth:`Store.listen` callbacks receive: ``(channel, payload)``.
+ChangeCallback = Callable[[str, str], None]
+
+#: Channel of key changes (create, revoke, rotate); the payload is the key's id.
+KEYS_CHANNEL = "keys"
+#: Channel of provider description changes (heartbeat saved, provider deleted); the payload is
+#: ``"user_id:provider_id"``.
+PROVIDERS_CHANNEL = "providers"
+
+
 class Store(abc.ABC):
     """Persistent state of the hub. Every write method is one atomic transaction."""
 
@@ -49,6 +59,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def listen(self, on_change: ChangeCallback) -> None:
+        """Call ``on_change(channel, payload)`` for changes made by any hub sharing the store.
+
+        Channels are :data:`KEYS_CHANNEL` and :data:`PROVIDERS_CHANNEL`. An empty payload
+        means "anything on this channel may have changed" (said after a lost connection was
+        re-established, since changes made meanwhile were not heard): reload it all. Returns
+        once changes committed from now on will be delivered. The callback runs on the event
+        loop and must not block. Backends that cannot push changes do nothing; the hub
+        polls :meth:`keys_version` and reloads providers on a timer either way.
+        """
 
     # users
     @abc.abstractmethod

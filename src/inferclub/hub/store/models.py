@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,3 +138,20 @@ REQUEST_COLUMNS = (
     "bytes_out",
     "cancelled",
 )
+
+
+def request_values(record: RequestRecord) -> tuple[Any, ...]:
+    """``record`` as a row in ``REQUEST_COLUMNS`` order, every text storable by each backend.
+
+    A client's request can put any string in a row (the ``model`` it asked for). One that a
+    database refuses (a lone surrogate; NUL for PostgreSQL) would fail its whole history
+    batch, and again on every retry, so such characters become U+FFFD.
+    """
+    return tuple(_storable(getattr(record, c)) for c in REQUEST_COLUMNS)
+
+
+def _storable(value: Any) -> Any:
+    return _UNSTORABLE.sub("\ufffd", value) if isinstance(value, str) else value
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

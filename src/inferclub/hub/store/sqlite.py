@@ -16,7 +16,13 @@ from typing import Any
 
 import aiosqlite
 
-from inferclub.hub.store.base import AlreadyExists, RequestFilter, Store, StoreError
+from inferclub.hub.store.base import (
+    AlreadyExists,
+    ChangeCallback,
+    RequestFilter,
+    Store,
+    StoreError,
+)
 from inferclub.hub.store.models import (
     REQUEST_COLUMNS,
     ApiKey,
@@ -27,6 +33,7 @@ from inferclub.hub.store.models import (
     RequestRecord,
     ServiceInfo,
     User,
+    request_values,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,11 @@ class SQLiteStore(Store):
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def listen(self, on_change: ChangeCallback) -> None:
+        """Nothing to do: SQLite has no way to push a change to another process. Hubs sharing
+        the file see key changes by polling :meth:`keys_version` and provider changes by
+        reloading providers on a timer."""
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -403,7 +415,7 @@ class SQLiteStore(Store):
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:
-        values = [tuple(_db_value(getattr(r, c)) for c in REQUEST_COLUMNS) for r in rows]
+        values = [tuple(_db_value(v) for v in request_values(r)) for r in rows]
         if not values:
             return
         placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)

@@ -1,0 +1,114 @@
+"""Rows to records and back for the PostgreSQL store: the multi-row pieces of its queries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from inferclub.hub.store.base import RequestFilter
+from inferclub.hub.store.models import (
+    REQUEST_COLUMNS,
+    ProviderRecord,
+    RequestRecord,
+    ServiceInfo,
+    User,
+)
+from inferclub.hub.store.pgschema import Connection
+
+
+async def insert_services(
+    db: Connection, provider_id: int, services: Sequence[ServiceInfo]
+) -> None:
+    if not services:
+        return
+    # Two statements for any number of services and models (unnest), not one per row.
+    rows = await db.fetch(
+        "INSERT INTO services (provider_id, position, name, type, engine, features)"
+        " SELECT $1, s.position, s.name, s.type, s.engine, s.features"
+        " FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " AS s(position, name, type, engine, features) RETURNING id, position",
+        provider_id,
+        list(range(len(services))),
+        [s.name for s in services],
+        [s.type for s in services],
+        [s.engine for s in services],
+        [json.dumps(list(s.features)) for s in services],
+    )
+    service_ids = {r["position"]: r["id"] for r in rows}
+    models = [
+        (service_ids[pos], i, model)
+        for pos, svc in enumerate(services)
+        for i, model in enumerate(svc.models)
+    ]
+    if models:
+        await db.execute(
+            "INSERT INTO service_models (service_id, position, model)"
+            " SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])",
+            [m[0] for m in models],
+            [m[1] for m in models],
+            [m[2] for m in models],
+        )
+
+
+def assemble_providers(
+    prows: Sequence[asyncpg.Record],
+    srows: Sequence[asyncpg.Record],
+    mrows: Sequence[asyncpg.Record],
+) -> list[ProviderRecord]:
+    models: dict[int, list[str]] = {}
+    for m in mrows:
+        models.setdefault(m[0], []).append(m[1])
+    services: dict[int, list[ServiceInfo]] = {}
+    for s in srows:
+        services.setdefault(s["provider_id"], []).append(
+            ServiceInfo(
+                s["name"],
+                s["type"],
+                s["engine"],
+                tuple(json.loads(s["features"])),
+                tuple(models.get(s["id"], ())),
+            )
+        )
+    return [
+        ProviderRecord(
+            p["id"],
+            p["user_id"],
+            p["name"],
+            p["callback_url"],
+            p["agent_version"],
+            json.loads(p["health"]),
+            p["created_at"],
+            p["last_heartbeat_at"],
+            tuple(services.get(p["id"], ())),
+        )
+        for p in prows
+    ]
+
+
+def user(row: asyncpg.Record) -> User:
+    return User(row["id"], row["login"], row["github_id"], row["created_at"])
+
+
+def request(row: asyncpg.Record) -> RequestRecord:
+    return RequestRecord(**dict(zip(REQUEST_COLUMNS, row, strict=True)))
+
+
+def request_where(user_id: int, flt: RequestFilter | None, first: int = 1) -> tuple[str, list[Any]]:
+    """A WHERE clause on ``requests`` whose parameters are numbered from ``$first``."""
+    clauses = [f"user_id = ${first}"]
+    args: list[Any] = [user_id]
+    if flt is not None:
+        for column, value, op in (
+            ("model", flt.model, "="),
+            ("type", flt.type, "="),
+            ("status", flt.status, "="),
+            ("started_at", flt.since, ">="),
+            ("started_at", flt.until, "<"),
+        ):
+            if value is not None:
+                args.append(float(value) if column == "started_at" else value)
+                clauses.append(f"{column} {op} ${first + len(args) - 1}")
+    return "WHERE " + " AND ".join(clauses), args
