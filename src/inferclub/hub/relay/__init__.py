@@ -1,94 +1,40 @@
-"""The streaming relay between a client and an agent.
+"""The relay between a client and an agent.
 
-- Server-sent events are relayed event by event as they arrive and flushed at once; only a
-  partial event is held back until its end arrives.
-- Other streaming bodies (audio) are relayed chunk by chunk; JSON bodies are read whole so
-  usage can be recorded and errors normalised to OpenAI's shape.
-- Timeouts: connect, first byte (until response headers), and idle (between two chunks). A
-  healthy stream has no total-time cap.
-- The caller runs :meth:`Relay.forward` in a task and cancels it when the client disconnects;
-  cancelling closes the agent connection at once.
+- :mod:`.connect` opens the request to the route's agent (connect and first-byte timeouts).
+- :mod:`.whole` relays JSON bodies and errors read whole; :mod:`.stream` relays everything
+  else as it arrives (server-sent events event by event, other bodies chunk by chunk).
+- :mod:`.meter` owns the request's history row; the relay and the handler only report to it.
+
+The caller runs :meth:`Relay.forward` in a task and cancels it when the client disconnects;
+cancelling closes the agent connection at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import aiohttp
-from tornado.iostream import StreamClosedError
 
-from inferclub.hub.errors import ApiError
-from inferclub.hub.store import RequestRecord
+from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
+from inferclub.hub.relay.meter import Outcome, RequestMeter
+from inferclub.hub.relay.stream import Sink, relay_stream
+from inferclub.hub.relay.whole import Transform, is_whole, normalise_error, relay_whole
 
-log = logging.getLogger(__name__)
-
-MAX_JSON_RESPONSE = 256 * 1024 * 1024
-_RELAYED_HEADERS = ("Content-Type", "Content-Disposition")
-
-
-#: Rewrites a whole success body: ``(content type, body) -> (content type, body)``.
-Transform = Callable[[str, bytes], tuple[str, bytes]]
-
-
-class Sink(Protocol):
-    """What the relay writes to: the client's response (a Tornado handler)."""
-
-    def set_status(self, status_code: int, reason: str | None = None) -> None: ...
-    def set_header(self, name: str, value: Any) -> None: ...
-    def write(self, chunk: bytes) -> None: ...
-    def flush(self) -> asyncio.Future[None]: ...
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float
-    first_byte: float
-    idle: float
-
-
-def normalise_error(status: int, body: bytes) -> dict[str, Any]:
-    """Any engine or agent error body, as OpenAI's ``{"error": {...}}`` with string codes."""
-    message: Any = None
-    etype, code, param = None, None, None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail"))
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("error") or err.get("detail")
-            etype, code, param = err.get("type"), err.get("code"), err.get("param")
-        elif isinstance(err, str):
-            message = err
-        elif isinstance(err, list):
-            message = "; ".join(
-                str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err
-            )
-        elif "message" in data:
-            message, etype = data.get("message"), data.get("type")
-            code, param = data.get("code"), data.get("param")
-    elif body:
-        message = body[:500].decode("utf-8", "replace").strip()
-    if not isinstance(etype, str) or not etype:
-        etype = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {
-        "error": {
-            "message": str(message) if message else f"The provider answered with HTTP {status}.",
-            "type": etype,
-            "param": param if isinstance(param, str) else None,
-            "code": None if code is None else str(code),
-        }
-    }
+__all__ = [
+    "Outcome",
+    "Relay",
+    "RequestMeter",
+    "Sink",
+    "Timeouts",
+    "Transform",
+    "Upstream",
+    "normalise_error",
+]
 
 
 class Relay:
+    """Forwards requests to agents over one pool of kept-alive connections."""
+
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
@@ -131,242 +77,24 @@ class Relay:
     async def forward(
         self,
         sink: Sink,
-        url: str,
+        upstream: Upstream,
         body: bytes,
-        headers: dict[str, str],
-        record: RequestRecord,
+        meter: RequestMeter,
         strip_usage: bool = False,
         transform: Transform | None = None,
     ) -> None:
-        """Send ``body`` to ``url`` and relay the answer into ``sink``. Fills ``record``."""
+        """Send ``body`` upstream and relay the answer into ``sink``, reporting to ``meter``.
+
+        Raises :class:`~inferclub.hub.errors.ApiError` while nothing has been sent (the
+        caller answers with it); later failures end the stream with an error event instead.
+        """
         assert self._session is not None, "relay not started"
-        # perf_counter, like the handler's duration: uvloop's loop.time() ticks in whole ms.
-        t0 = time.perf_counter()
-        started = False
-        resp: aiohttp.ClientResponse | None = None
+        resp = await open_upstream(self._session, self.timeouts, upstream, body)
         try:
-            try:
-                async with asyncio.timeout(self.timeouts.first_byte):
-                    resp = await self._session.post(
-                        url, data=body, headers=headers, allow_redirects=False
-                    )
-            except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
-                raise ApiError(
-                    504,
-                    f"Could not connect to the provider within {self.timeouts.connect:g} s.",
-                    "server_error",
-                    "upstream_timeout",
-                ) from None
-            except TimeoutError:
-                raise ApiError(
-                    504,
-                    f"The provider did not answer within {self.timeouts.first_byte:g} s.",
-                    "server_error",
-                    "upstream_timeout",
-                ) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise ApiError(
-                    502,
-                    f"The provider's agent is unreachable ({type(exc).__name__}).",
-                    "server_error",
-                    "upstream_unreachable",
-                ) from None
-            record.ttfb_ms = (time.perf_counter() - t0) * 1000
-            ctype = resp.headers.get("Content-Type", "")
-            if (
-                resp.status >= 400
-                or ctype.startswith("application/json")
-                or resp.status in (204, 304)
-            ):
-                await self._relay_whole(sink, resp, record, transform)
+            meter.first_byte()
+            if is_whole(resp):
+                await relay_whole(sink, resp, meter, self.timeouts.idle, transform)
             else:
-                started = True
-                for name in _RELAYED_HEADERS:
-                    if name in resp.headers:
-                        sink.set_header(name, resp.headers[name])
-                for name, value in resp.headers.items():
-                    if name.lower().startswith("x-inferclub-"):
-                        sink.set_header(name, value)
-                sink.set_status(resp.status)
-                sink.start_stream()
-                if ctype.startswith("text/event-stream"):
-                    sink.set_header("Cache-Control", "no-cache")
-                    sink.set_header("X-Accel-Buffering", "no")
-                    await self._relay_sse(sink, resp, record, strip_usage)
-                else:
-                    await self._relay_raw(sink, resp, record)
-        except ApiError as err:
-            if not started:
-                raise
-            await self._stream_error(sink, record, err)
-        except TimeoutError:
-            await self._stream_error(
-                sink,
-                record,
-                ApiError(
-                    504,
-                    f"The provider sent nothing for {self.timeouts.idle:g} s; the stream was closed.",
-                    "server_error",
-                    "upstream_timeout",
-                ),
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            err = ApiError(
-                502,
-                f"The connection to the provider broke ({type(exc).__name__}).",
-                "server_error",
-                "upstream_error",
-            )
-            if not started:
-                raise err from None
-            await self._stream_error(sink, record, err)
+                await relay_stream(sink, resp, meter, self.timeouts.idle, strip_usage)
         finally:
-            if resp is not None:
-                resp.close()
-
-    async def _relay_whole(
-        self,
-        sink: Sink,
-        resp: aiohttp.ClientResponse,
-        record: RequestRecord,
-        transform: Transform | None = None,
-    ) -> None:
-        parts: list[bytes] = []
-        size = 0
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.timeouts.idle) as deadline:
-            async for chunk in resp.content.iter_any():
-                deadline.reschedule(loop.time() + self.timeouts.idle)
-                size += len(chunk)
-                if size > MAX_JSON_RESPONSE:
-                    raise ApiError(502, "The provider's response is too large.", "server_error")
-                parts.append(chunk)
-        body = b"".join(parts)
-        if resp.status >= 400:
-            shaped = normalise_error(resp.status, body)
-            record.error_type = shaped["error"]["type"]
-            body = json.dumps(shaped).encode()
-            sink.set_header("Content-Type", "application/json")
-        else:
-            ctype = resp.headers.get("Content-Type", "application/json")
-            if ctype.startswith("application/json") and _has_metrics(body, record):
-                try:
-                    _take_usage(json.loads(body), record)
-                except ValueError:
-                    pass
-            if transform is not None:
-                ctype, body = transform(ctype, body)
-            sink.set_header("Content-Type", ctype)
-        for name, value in resp.headers.items():
-            if name.lower().startswith("x-inferclub-"):
-                sink.set_header(name, value)
-        sink.set_status(resp.status)
-        record.status = resp.status
-        record.bytes_out += len(body)
-        sink.write(body)
-
-    async def _relay_sse(
-        self, sink: Sink, resp: aiohttp.ClientResponse, record: RequestRecord, strip_usage: bool
-    ) -> None:
-        record.status = resp.status
-        loop = asyncio.get_running_loop()
-        idle = self.timeouts.idle
-        pending = b""
-        async with asyncio.timeout(idle) as deadline:
-            async for chunk in resp.content.iter_any():
-                deadline.reschedule(loop.time() + idle)
-                data = pending + chunk if pending else chunk
-                cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-                if cut < 2:
-                    pending = data
-                    continue
-                out, pending = data[:cut], data[cut:]
-                if b'"usage"' in out:
-                    out = _scan_usage(out, record, strip_usage)
-                if out:
-                    record.bytes_out += len(out)
-                    sink.write(out)
-                    await sink.flush()
-        if pending:
-            record.bytes_out += len(pending)
-            sink.write(pending)
-
-    async def _relay_raw(
-        self, sink: Sink, resp: aiohttp.ClientResponse, record: RequestRecord
-    ) -> None:
-        record.status = resp.status
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.timeouts.idle) as deadline:
-            async for chunk in resp.content.iter_any():
-                deadline.reschedule(loop.time() + self.timeouts.idle)
-                record.bytes_out += len(chunk)
-                sink.write(chunk)
-                await sink.flush()
-
-    async def _stream_error(self, sink: Sink, record: RequestRecord, err: ApiError) -> None:
-        """An error after the first byte: a final SSE ``data: {"error": ...}`` event."""
-        record.error_type = err.type
-        log.warning("stream %s ended with an error: %s", record.id, err.message)
-        payload = b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-        record.bytes_out += len(payload)
-        sink.write(payload)
-        try:
-            await sink.flush()
-        except StreamClosedError:
-            log.debug("client of %s left before the error event", record.id)
-
-
-def _has_metrics(body: bytes, record: RequestRecord) -> bool:
-    """Whether parsing ``body`` can tell usage: skip the parse when it cannot."""
-    if record.type == "image":
-        return True
-    return b'"usage"' in body or (record.type == "stt" and b'"duration"' in body)
-
-
-def _take_usage(obj: Any, record: RequestRecord) -> bool:
-    if not isinstance(obj, dict):
-        return False
-    if record.type == "image" and isinstance(obj.get("data"), list):
-        record.images = len(obj["data"])
-    duration = obj.get("duration")
-    if record.type == "stt" and duration is not None:
-        try:
-            record.audio_seconds = float(duration)  # vLLM sends it as a string
-        except (TypeError, ValueError):
-            pass
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return False
-    for field, attr in (
-        ("prompt_tokens", "prompt_tokens"),
-        ("input_tokens", "prompt_tokens"),
-        ("completion_tokens", "completion_tokens"),
-        ("output_tokens", "completion_tokens"),
-    ):
-        value = usage.get(field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            setattr(record, attr, value)
-    if usage.get("type") == "duration" and isinstance(usage.get("seconds"), (int, float)):
-        record.audio_seconds = float(usage["seconds"])
-    return True
-
-
-def _scan_usage(events: bytes, record: RequestRecord, strip: bool) -> bytes:
-    """Record usage from complete SSE events; drop usage-only events the client didn't ask for."""
-    kept = []
-    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-        if not event:
-            continue
-        if b'"usage"' in event:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    try:
-                        obj = json.loads(line[5:])
-                    except ValueError:
-                        continue
-                    if _take_usage(obj, record) and strip and obj.get("choices") == []:
-                        event = b""
-            if not event:
-                continue
-        kept.append(event + b"\n\n")
-    return b"".join(kept)
+            resp.close()
