@@ -155,6 +155,9 @@ def test_a_stream_the_agent_breaks_ends_with_an_error_event_and_a_502_row(
     assert chart_errors(dashboard(hub, "alice", "/dashboard/requests")) == 1
     page = dashboard(hub, "alice", "/dashboard/requests?status=502")
     assert re.findall(r'data-request-id="([^"]+)"', page) == [request_id]
+    assert "<code>upstream_error</code>" in dashboard(
+        hub, "alice", f"/dashboard/requests/{request_id}"
+    )
 
 
 def test_an_engine_failure_the_agent_reports_mid_stream_is_a_502_row(hub: HubProcess) -> None:
@@ -199,6 +202,11 @@ def test_a_stream_cut_at_the_shutdown_deadline_is_recorded_as_cut_by_the_hub(
         while not agent.disconnects and time.monotonic() < deadline:
             time.sleep(0.02)
         assert agent.disconnects, "the agent's stream was closed too"
+    # Started again, the requests page tells the cut apart from a client that left.
+    with start_hub(tmp_path) as again:
+        page = dashboard(again, "alice", "/dashboard/requests?status=503")
+    assert re.findall(r'data-request-id="([^"]+)"', page) == [request_id]
+    assert ">cut at shutdown<" in page and ">cancelled<" not in page
 
 
 def test_a_client_that_leaves_is_still_recorded_as_cancelled(
