@@ -45,6 +45,9 @@ class Hub:
         )
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
+        #: Set when the shutdown drain deadline passed: the connections that close from then on
+        #: are cut by the hub, and their requests are recorded so, not as cancelled by a client.
+        self.cutting = False
         self._callback_tokens: dict[int, str] = {}
         self._registry_task: asyncio.Task[None] | None = None
         #: provider id -> (callback URL, problem or None, when checked)

@@ -307,7 +307,13 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
         await asyncio.sleep(0.05)
     if hub.inflight:
         log.warning("drain deadline reached with %d requests in flight; closing them", hub.inflight)
+        hub.cutting = True
     await server.close_all_connections()
+    # Closing a connection cancels its relay; give the handlers a moment to record the cut
+    # before hub.stop() writes the last history rows.
+    settle = time.monotonic() + 2
+    while hub.inflight > 0 and time.monotonic() < settle:
+        await asyncio.sleep(0.01)
     log.info("stopped")
     return 0
 

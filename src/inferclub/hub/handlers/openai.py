@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
+from tornado.iostream import StreamClosedError
 
 from inferclub import multipart
 from inferclub.hub import errors
 from inferclub.hub.errors import ApiError
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
-from inferclub.hub.relay import Transform
+from inferclub.hub.relay import RequestMeter, Transform, Upstream
 from inferclub.hub.routing import Route
-from inferclub.hub.store import ProviderRecord, RequestRecord
+from inferclub.hub.store import ProviderRecord
 
 
 def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
@@ -86,51 +85,42 @@ class ProxyHandler(ApiHandler):
 
     async def post(self) -> None:
         hub = self.hub
-        record = RequestRecord(
-            id="req_" + secrets.token_hex(12),
+        meter = RequestMeter(
             user_id=self.owner.user_id,
             key_id=self.owner.key_id,
             endpoint=self.api_path,
-            started_at=time.time(),
             type=self.service_type,
             bytes_in=self._size,
         )
-        self.set_header("X-Request-Id", record.id)
-        t0 = time.perf_counter()
+        self.set_header("X-Request-Id", meter.id)
         hub.inflight += 1
         try:
             model, fwd = self.parse()
-            record.model = model
+            meter.asked_for(model)
             route = hub.registry.route(self.owner.user_id, self.service_type, model)
-            record.provider_id, record.service = route.provider.id, route.service.name
+            meter.routed(route.provider.id, route.service.name)
             fwd = self.adapt(route, fwd)
             self.set_header("X-InferClub-Provider", route.provider.name)
             for name, value in fwd.headers.items():
                 self.set_header(name, value)
-            await self._relay(route, fwd, record)
+            await self._relay(route, fwd, meter)
         except ApiError as err:
-            record.status, record.error_type = err.status, err.type
+            meter.failed(err.status, err.type, err.code)
             raise
         finally:
             hub.inflight -= 1
-            record.duration_ms = (time.perf_counter() - t0) * 1000
-            if not record.status:
-                record.status = 499 if record.cancelled else 500
-            hub.history.add(record)
+            hub.history.add(meter.finished())
 
-    async def _relay(self, route: Route, fwd: Forward, record: RequestRecord) -> None:
-        path = self.api_path[len("/v1") :]
-        url = route.provider.callback_url.rstrip("/") + path
-        headers = {
-            "Content-Type": self.request.headers.get("Content-Type", "application/json"),
-            "Authorization": "Bearer " + self.hub.callback_token(route.provider.id),
-            "X-InferClub-Service": route.service.name,
-            "X-Request-Id": record.id,
-        }
+    async def _relay(self, route: Route, fwd: Forward, meter: RequestMeter) -> None:
+        upstream = Upstream.for_route(
+            route,
+            self.api_path,
+            self.request.headers.get("Content-Type", "application/json"),
+            self.hub.callback_token(route.provider.id),
+            meter.id,
+        )
         task = asyncio.ensure_future(
-            self.hub.relay.forward(
-                self, url, fwd.body, headers, record, fwd.strip_usage, fwd.transform
-            )
+            self.hub.relay.forward(self, upstream, fwd.body, meter, fwd.strip_usage, fwd.transform)
         )
         self._relay_task = task
         try:
@@ -138,13 +128,25 @@ class ProxyHandler(ApiHandler):
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise
-            # on_connection_close cancelled the relay: the client is gone.
-            record.cancelled = True
+            # on_connection_close cancelled the relay: the connection is gone.
+            self._connection_lost(meter)
+            return
+        except StreamClosedError:
+            # A write found the connection closed before on_connection_close ran.
+            self._connection_lost(meter)
             return
         finally:
             self._relay_task = None
         if not self._finished:
             self.finish()
+
+    def _connection_lost(self, meter: RequestMeter) -> None:
+        # Past the shutdown deadline the hub closes connections itself; otherwise the
+        # client left.
+        if self.hub.cutting:
+            meter.cut_by_server()
+        else:
+            meter.cancelled_by_client()
 
     def start_stream(self) -> None:
         # Tornado leaves Nagle's algorithm on until finish(); a stream of small chunks would

@@ -86,7 +86,10 @@ class RequestRecord:
     images: int | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    #: The client went away before the answer was complete (never set for a cut by the hub).
     cancelled: bool = False
+    #: The error's code, e.g. ``upstream_error`` or ``server_shutting_down``.
+    error_code: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -137,6 +140,7 @@ REQUEST_COLUMNS = (
     "bytes_in",
     "bytes_out",
     "cancelled",
+    "error_code",
 )
 
 

@@ -1,0 +1,100 @@
+"""The relay between a client and an agent.
+
+- :mod:`.connect` opens the request to the route's agent (connect and first-byte timeouts).
+- :mod:`.whole` relays JSON bodies and errors read whole; :mod:`.stream` relays everything
+  else as it arrives (server-sent events event by event, other bodies chunk by chunk).
+- :mod:`.meter` owns the request's history row; the relay and the handler only report to it.
+
+The caller runs :meth:`Relay.forward` in a task and cancels it when the client disconnects;
+cancelling closes the agent connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
+from inferclub.hub.relay.meter import Outcome, RequestMeter
+from inferclub.hub.relay.stream import Sink, relay_stream
+from inferclub.hub.relay.whole import Transform, is_whole, normalise_error, relay_whole
+
+__all__ = [
+    "Outcome",
+    "Relay",
+    "RequestMeter",
+    "Sink",
+    "Timeouts",
+    "Transform",
+    "Upstream",
+    "normalise_error",
+]
+
+
+class Relay:
+    """Forwards requests to agents over one pool of kept-alive connections."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # Keep agent connections warm for a minute: a burst of requests then skips the
+        # connection set-up (a round trip or more to a remote agent).
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.timeouts.connect, sock_connect=self.timeouts.connect
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(self, callback_url: str, token: str, timeout: float = 3.0) -> str | None:
+        """Can the hub reach an agent? None if any HTTP answer came back, else why not."""
+        assert self._session is not None, "relay not started"
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.get(
+                    callback_url.rstrip("/") + "/models",
+                    headers={"Authorization": f"Bearer {token}"},
+                    allow_redirects=False,
+                ) as resp:
+                    await resp.read()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def forward(
+        self,
+        sink: Sink,
+        upstream: Upstream,
+        body: bytes,
+        meter: RequestMeter,
+        strip_usage: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
+        """Send ``body`` upstream and relay the answer into ``sink``, reporting to ``meter``.
+
+        Raises :class:`~inferclub.hub.errors.ApiError` while nothing has been sent (the
+        caller answers with it); later failures end the stream with an error event instead.
+        """
+        assert self._session is not None, "relay not started"
+        resp = await open_upstream(self._session, self.timeouts, upstream, body)
+        try:
+            meter.first_byte()
+            if is_whole(resp):
+                await relay_whole(sink, resp, meter, self.timeouts.idle, transform)
+            else:
+                await relay_stream(sink, resp, meter, self.timeouts.idle, strip_usage)
+        finally:
+            resp.close()

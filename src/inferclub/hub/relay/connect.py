@@ -1,0 +1,98 @@
+"""Reaching the agent: the route's URL, the upstream request, and what its failures tell the
+client (OpenAI-shaped errors with a 502 or 504 status)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from inferclub.hub.errors import ApiError
+from inferclub.hub.routing import Route
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to connect, to the response headers, and between two chunks of the body."""
+
+    connect: float
+    first_byte: float
+    idle: float
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a request goes and the headers that go with it."""
+
+    url: str
+    headers: dict[str, str]
+
+    @classmethod
+    def for_route(
+        cls, route: Route, api_path: str, content_type: str, token: str, request_id: str
+    ) -> Upstream:
+        """``api_path`` (``/v1/...``) on the route's agent, presenting the provider's token:
+        the consumer's key never travels to an agent."""
+        path = api_path[len("/v1") :]
+        return cls(
+            url=route.provider.callback_url.rstrip("/") + path,
+            headers={
+                "Content-Type": content_type,
+                "Authorization": "Bearer " + token,
+                "X-InferClub-Service": route.service.name,
+                "X-Request-Id": request_id,
+            },
+        )
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession, timeouts: Timeouts, upstream: Upstream, body: bytes
+) -> aiohttp.ClientResponse:
+    """POST ``body`` and wait for the response headers, at most ``timeouts.first_byte``."""
+    try:
+        async with asyncio.timeout(timeouts.first_byte):
+            return await session.post(
+                upstream.url, data=body, headers=upstream.headers, allow_redirects=False
+            )
+    except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
+        raise ApiError(
+            504,
+            f"Could not connect to the provider within {timeouts.connect:g} s.",
+            "server_error",
+            "upstream_timeout",
+        ) from None
+    except TimeoutError:
+        raise ApiError(
+            504,
+            f"The provider did not answer within {timeouts.first_byte:g} s.",
+            "server_error",
+            "upstream_timeout",
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ApiError(
+            502,
+            f"The provider's agent is unreachable ({type(exc).__name__}).",
+            "server_error",
+            "upstream_unreachable",
+        ) from None
+
+
+def upstream_broke(exc: BaseException) -> ApiError:
+    """The agent's connection failed while its answer was on its way."""
+    return ApiError(
+        502,
+        f"The connection to the provider broke ({type(exc).__name__}).",
+        "server_error",
+        "upstream_error",
+    )
+
+
+def upstream_idle(seconds: float) -> ApiError:
+    """The agent sent nothing for the idle timeout while its answer was on its way."""
+    return ApiError(
+        504,
+        f"The provider sent nothing for {seconds:g} s; the stream was closed.",
+        "server_error",
+        "upstream_timeout",
+    )

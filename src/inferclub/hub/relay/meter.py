@@ -1,0 +1,177 @@
+"""The request meter: the one owner of a request's history row.
+
+A proxy handler creates one meter per request and tells it what happens (routed, first byte,
+bytes sent, usage, failed, cancelled by the client, cut by the hub); the relay does the same
+while it relays. Nothing else writes the row's fields, so the rules of what a row says live
+here:
+
+- The first ending wins. A stream that failed and whose client then left stays failed; a
+  request the hub cut at shutdown stays cut when its connection closes a moment later.
+- A failure after the first byte still records the failure's 5xx status, although the client
+  saw ``200`` headers: the history tells how the request ended, not how it began.
+- ``cancelled`` is only ever set for a client that left. A cut by the hub at shutdown is
+  recorded as ``503`` with code ``server_shutting_down``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from contextlib import suppress
+from typing import Any
+
+from inferclub.hub.store import RequestRecord
+
+#: The status of a request whose client left before the answer began (nginx's convention).
+CLIENT_CLOSED = 499
+#: How a request cut by the hub's shutdown deadline is recorded.
+SERVER_CUT_STATUS = 503
+SERVER_CUT_CODE = "server_shutting_down"
+
+_TOKEN_FIELDS = (
+    ("prompt_tokens", "prompt_tokens"),
+    ("input_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("output_tokens", "completion_tokens"),
+)
+
+
+class Outcome(enum.Enum):
+    """How a request ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    CANCELLED_BY_CLIENT = "cancelled_by_client"
+    CUT_BY_SERVER = "cut_by_server"
+
+
+class RequestMeter:
+    """Measures one proxied request; :meth:`finished` hands its row to the history writer.
+
+    Created when the request starts: its id (``req_`` + 24 hex digits), start time and the
+    clock for time to first byte and duration are taken here.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_id: int,
+        key_id: int | None,
+        endpoint: str,
+        type: str,
+        bytes_in: int,
+    ) -> None:
+        self._row = RequestRecord(
+            id="req_" + secrets.token_hex(12),
+            user_id=user_id,
+            key_id=key_id,
+            endpoint=endpoint,
+            started_at=time.time(),
+            type=type,
+            bytes_in=bytes_in,
+        )
+        # perf_counter: uvloop's loop.time() ticks in whole milliseconds.
+        self._t0 = time.perf_counter()
+        self._outcome: Outcome | None = None
+
+    @property
+    def id(self) -> str:
+        return self._row.id
+
+    @property
+    def type(self) -> str | None:
+        return self._row.type
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the request ended, once it did (``None`` while it runs)."""
+        return self._outcome
+
+    # -- what the handler learns -------------------------------------------------------
+
+    def asked_for(self, model: str) -> None:
+        self._row.model = model
+
+    def routed(self, provider_id: int, service: str) -> None:
+        self._row.provider_id, self._row.service = provider_id, service
+
+    # -- what the relay sees -----------------------------------------------------------
+
+    def first_byte(self) -> None:
+        """The upstream's response headers arrived."""
+        self._row.ttfb_ms = (time.perf_counter() - self._t0) * 1000
+
+    def answered(self, status: int) -> None:
+        """The status the client is sent; a failure recorded before or after takes precedence."""
+        if self._outcome is None:
+            self._row.status = status
+
+    def sent(self, size: int) -> None:
+        self._row.bytes_out += size
+
+    def usage(self, obj: Any) -> bool:
+        """Take token counts, audio seconds or an image count from one parsed response object.
+
+        True when ``obj`` carries a ``usage`` object (the caller may then drop a usage-only
+        stream chunk the client did not ask for).
+        """
+        if not isinstance(obj, dict):
+            return False
+        row = self._row
+        if row.type == "image" and isinstance(obj.get("data"), list):
+            row.images = len(obj["data"])
+        duration = obj.get("duration")
+        if row.type == "stt" and duration is not None:
+            with suppress(TypeError, ValueError):
+                row.audio_seconds = float(duration)  # vLLM sends it as a string
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        for field, attr in _TOKEN_FIELDS:
+            value = usage.get(field)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(row, attr, value)
+        seconds = usage.get("seconds")
+        if usage.get("type") == "duration" and isinstance(seconds, (int, float)):
+            row.audio_seconds = float(seconds)
+        return True
+
+    # -- endings: the first one wins ---------------------------------------------------
+
+    def failed(self, status: int, error_type: str, code: str | None = None) -> None:
+        """The request failed: before the first byte, or as a stream the upstream broke."""
+        if self._end(Outcome.FAILED):
+            row = self._row
+            row.status, row.error_type, row.error_code = status, error_type, code
+
+    def cancelled_by_client(self) -> None:
+        """The client disconnected. A stream that had begun keeps its status."""
+        if self._end(Outcome.CANCELLED_BY_CLIENT):
+            self._row.cancelled = True
+            self._row.status = self._row.status or CLIENT_CLOSED
+
+    def cut_by_server(self) -> None:
+        """The hub closed the connection: its shutdown deadline passed mid-request."""
+        if self._end(Outcome.CUT_BY_SERVER):
+            row = self._row
+            row.status, row.error_type = SERVER_CUT_STATUS, "server_error"
+            row.error_code = SERVER_CUT_CODE
+
+    def finished(self) -> RequestRecord:
+        """The row, complete: call once, when the handler is done with the request."""
+        row = self._row
+        row.duration_ms = (time.perf_counter() - self._t0) * 1000
+        if self._outcome is None:
+            if row.status:
+                self._outcome = Outcome.OK
+            else:
+                # Nothing answered and nothing failed on record: the hub itself broke.
+                self.failed(500, "server_error")
+        return row
+
+    def _end(self, outcome: Outcome) -> bool:
+        if self._outcome is not None:
+            return False
+        self._outcome = outcome
+        return True

@@ -1,0 +1,123 @@
+"""Answers read whole before they are sent: JSON bodies (so usage can be recorded and a
+transform applied), empty bodies, and every error, normalised to OpenAI's shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import aiohttp
+
+from inferclub.hub.errors import ApiError
+from inferclub.hub.relay.connect import upstream_broke, upstream_idle
+from inferclub.hub.relay.meter import RequestMeter
+from inferclub.hub.relay.stream import Sink, relay_headers
+
+MAX_JSON_RESPONSE = 256 * 1024 * 1024
+
+#: Rewrites a whole success body: ``(content type, body) -> (content type, body)``.
+Transform = Callable[[str, bytes], tuple[str, bytes]]
+
+
+def is_whole(resp: aiohttp.ClientResponse) -> bool:
+    """Whether an answer is read whole rather than streamed."""
+    return (
+        resp.status >= 400
+        or resp.headers.get("Content-Type", "").startswith("application/json")
+        or resp.status in (204, 304)
+    )
+
+
+async def relay_whole(
+    sink: Sink,
+    resp: aiohttp.ClientResponse,
+    meter: RequestMeter,
+    idle: float,
+    transform: Transform | None = None,
+) -> None:
+    """Read the answer, record it, and write it to ``sink`` in one piece. Nothing has been sent
+    when this raises, so its :class:`ApiError` becomes the client's error response."""
+    body = await read_body(resp, idle)
+    if resp.status >= 400:
+        shaped = normalise_error(resp.status, body)
+        meter.failed(resp.status, shaped["error"]["type"], shaped["error"]["code"])
+        body = json.dumps(shaped).encode()
+        sink.set_header("Content-Type", "application/json")
+    else:
+        ctype = resp.headers.get("Content-Type", "application/json")
+        if ctype.startswith("application/json") and has_metrics(body, meter.type):
+            with suppress(ValueError):  # not JSON after all: relayed as it is, no usage
+                meter.usage(json.loads(body))
+        if transform is not None:
+            ctype, body = transform(ctype, body)
+        sink.set_header("Content-Type", ctype)
+    relay_headers(sink, resp)
+    sink.set_status(resp.status)
+    meter.answered(resp.status)
+    meter.sent(len(body))
+    sink.write(body)
+
+
+async def read_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle) as deadline:
+            async for chunk in resp.content.iter_any():
+                deadline.reschedule(loop.time() + idle)
+                size += len(chunk)
+                if size > MAX_JSON_RESPONSE:
+                    raise ApiError(502, "The provider's response is too large.", "server_error")
+                parts.append(chunk)
+    except TimeoutError:
+        raise upstream_idle(idle) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise upstream_broke(exc) from None
+    return b"".join(parts)
+
+
+def has_metrics(body: bytes, service_type: str | None) -> bool:
+    """Whether parsing ``body`` can tell usage: skip the parse when it cannot."""
+    if service_type == "image":
+        return True
+    return b'"usage"' in body or (service_type == "stt" and b'"duration"' in body)
+
+
+def normalise_error(status: int, body: bytes) -> dict[str, Any]:
+    """Any engine or agent error body, as OpenAI's ``{"error": {...}}`` with string codes."""
+    message: Any = None
+    etype, code, param = None, None, None
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail"))
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("error") or err.get("detail")
+            etype, code, param = err.get("type"), err.get("code"), err.get("param")
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(err, list):
+            message = "; ".join(
+                str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err
+            )
+        elif "message" in data:
+            message, etype = data.get("message"), data.get("type")
+            code, param = data.get("code"), data.get("param")
+    elif body:
+        message = body[:500].decode("utf-8", "replace").strip()
+    if not isinstance(etype, str) or not etype:
+        etype = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return {
+        "error": {
+            "message": str(message) if message else f"The provider answered with HTTP {status}.",
+            "type": etype,
+            "param": param if isinstance(param, str) else None,
+            "code": None if code is None else str(code),
+        }
+    }
