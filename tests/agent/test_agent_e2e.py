@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.support.agentproc import AgentProcess, manifest_text
 from tests.support.fakes import FakeOllama, FakeVllm
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.stack import start_agent_process, wait_models
 
 
 @pytest.fixture
@@ -26,51 +26,11 @@ def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
 
 
-def start(
-    hub: HubProcess, key: str, path: Path, *services: dict, interval: float = 1.0
-) -> AgentProcess:
-    path.write_text(manifest_text(*services))
-    agent = AgentProcess(
-        [
-            "run",
-            "--manifest",
-            str(path),
-            "--hub",
-            hub.url,
-            "--key",
-            key,
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "home-rig",
-            "--heartbeat-interval",
-            str(interval),
-        ]
-    )
-    agent.wait_listening()
-    agent.wait_registered()
-    return agent
-
-
-def model_ids(sdk: openai.OpenAI) -> set[str]:
-    return {m.id for m in sdk.models.list().data}
-
-
-def wait_models(sdk: openai.OpenAI, expected: set[str], timeout: float = 15) -> float:
-    """Seconds until the hub lists exactly `expected`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if model_ids(sdk) == expected:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"hub lists {model_ids(sdk)}, not {expected}")
-
-
 def test_openai_sdk_through_hub_and_agent(
     real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
     key = real_hub.user_with_key("alice")
-    agent = start(
+    agent = start_agent_process(
         real_hub,
         key,
         tmp_path / "m.yaml",
@@ -113,7 +73,7 @@ def test_engine_errors_reach_the_client_in_openai_shape(
 ) -> None:
     key = real_hub.user_with_key("bob")
     # Advertise a model the engine does not really have: vLLM answers 404 with an int code.
-    agent = start(
+    agent = start_agent_process(
         real_hub,
         key,
         tmp_path / "m.yaml",
@@ -141,7 +101,7 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
 ) -> None:
     key = real_hub.user_with_key("carol")
     interval = 3.0
-    agent = start(
+    agent = start_agent_process(
         real_hub,
         key,
         tmp_path / "m.yaml",
@@ -170,7 +130,7 @@ def test_client_disconnect_reaches_the_engine(
 ) -> None:
     key = real_hub.user_with_key("dave")
     vllm.chunks, vllm.chunk_delay = 200, 0.05
-    agent = start(
+    agent = start_agent_process(
         real_hub, key, tmp_path / "m.yaml", {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url}
     )
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.agent.test_agent_e2e import start, wait_models
 from tests.support.agentproc import AgentProcess, manifest_text, run_cli
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.real_engines import RunningEngine, llama_server, whisper_server
+from tests.support.stack import start_agent_process, wait_models
 
 pytestmark = pytest.mark.real_engine
 
@@ -49,7 +49,7 @@ def test_chat_through_hub_and_agent_to_llama_server(
 ) -> None:
     key = real_hub.user_with_key("alice")
     # No `models:`: the agent discovers what llama-server serves.
-    agent = start(
+    agent = start_agent_process(
         real_hub,
         key,
         tmp_path / "m.yaml",
@@ -115,7 +115,7 @@ def test_transcription_through_hub_and_agent_to_faster_whisper(
 ) -> None:
     with whisper_server() as engine:
         key = real_hub.user_with_key("erin")
-        agent: AgentProcess = start(
+        agent: AgentProcess = start_agent_process(
             real_hub,
             key,
             tmp_path / "m.yaml",

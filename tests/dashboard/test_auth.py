@@ -12,9 +12,9 @@ from pathlib import Path
 
 import openai
 
-from tests.dashboard.conftest import WebClient
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.web import WebClient
 
 SESSION = "inferclub_session"
 

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.dashboard.conftest import screenshot
+from tests.support.browser import screenshot
 from tests.support.fakes.agent import FakeAgent, ImagesHandler
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub

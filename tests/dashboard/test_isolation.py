@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.dashboard.conftest import WebClient
 from tests.support.fakes.agent import FakeAgent
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess
+from tests.support.web import WebClient
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import openai
 import pytest
 from tornado.httputil import HTTPFile, parse_body_arguments
 
-from tests.e2e.conftest import Stack, start_stack
 from tests.support.fakes import (
     FakeLocalAIImages,
     FakeSdCpp,
@@ -28,6 +27,7 @@ from tests.support.fakes import (
 )
 from tests.support.fakes.base import Recorded
 from tests.support.fakes.images import png
+from tests.support.stack import Stack, start_stack
 
 QWEN = "Qwen/Qwen3-8B"
 ASR = "Qwen/Qwen3-ASR-1.7B"

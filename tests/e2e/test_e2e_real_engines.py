@@ -15,7 +15,6 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.conftest import Stack, start_stack
 from tests.support.real_engines import (
     EMBED_DIM,
     RunningEngine,
@@ -23,6 +22,7 @@ from tests.support.real_engines import (
     tts_server,
     whisper_server,
 )
+from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.real_engine
 
