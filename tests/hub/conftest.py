@@ -1,0 +1,31 @@
+"""Fixtures of the hub tests: the hub in the test's event loop, and a fake agent for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from tests.support.fakes.agent import FakeAgent
+from tests.support.hubapp import HubApp, running_hub
+
+
+@pytest.fixture
+def hub_app(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
+    """The hub in-process (test settings, its own database), serving on port 0 in the loop
+    the test's coroutine runs in."""
+    hub = running_hub(tmp_path)
+    app = io_loop.run_sync(hub.__aenter__)
+    try:
+        yield app
+    finally:
+        io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
+
+
+@pytest.fixture
+def fake_agent() -> Iterator[FakeAgent]:
+    """A fake agent serving chat for `m1` and `shared` (other endpoints take any model)."""
+    with FakeAgent(["m1", "shared"]) as agent:
+        yield agent
