@@ -7,6 +7,9 @@ import pytest
 
 from tests.support.hubproc import HubProcess, start_hub
 
+# The fake hub and agent runner fixtures plugin authors use (`fake_hub`, `start_agent`).
+pytest_plugins = ["inferclub.testing"]
+
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubProcess]:

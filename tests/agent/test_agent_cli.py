@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.agentproc import manifest_text, run_cli
+from inferclub.testing import manifest_text, run_cli
 from tests.support.fakes import (
     FakeLlamaServer,
     FakeLmStudio,

@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.agentproc import AgentProcess, manifest_text, run_cli
+from inferclub.testing import AgentProcess, manifest_text, run_cli
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.real_engines import RunningEngine, llama_server, whisper_server
 from tests.support.stack import start_agent_process, wait_models

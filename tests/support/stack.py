@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 
-from tests.support.agentproc import AgentProcess, manifest_text
+from inferclub.testing import AgentProcess, manifest_text
 from tests.support.hubproc import HubProcess, start_hub
 
 #: Seconds between agent heartbeats in these tests (the hub's default asks for 30).
