@@ -12,7 +12,7 @@ pytest_plugins = ["inferclub.testing"]
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubProcess]:
+def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
     """A real hub subprocess on port 0 with its own database."""
     with start_hub(tmp_path) as h:
         yield h

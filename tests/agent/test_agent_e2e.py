@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,22 +15,16 @@ import openai
 import pytest
 
 from tests.support.fakes import FakeOllama, FakeVllm
-from tests.support.hubproc import HubProcess, start_hub
+from tests.support.hubproc import HubProcess
 from tests.support.stack import start_agent_process, wait_models
 
 
-@pytest.fixture
-def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    with start_hub(tmp_path) as hub:
-        yield hub
-
-
 def test_openai_sdk_through_hub_and_agent(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("alice")
+    key = hub_process.user_with_key("alice")
     agent = start_agent_process(
-        real_hub,
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {
@@ -42,7 +35,7 @@ def test_openai_sdk_through_hub_and_agent(
         },
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"qwen"})
             reply = sdk.chat.completions.create(
                 model="qwen", messages=[{"role": "user", "content": "hi"}]
@@ -61,7 +54,7 @@ def test_openai_sdk_through_hub_and_agent(
         sent = vllm.posts("/v1/chat/completions")
         assert [r.json()["model"] for r in sent] == ["Qwen/Qwen3-8B", "Qwen/Qwen3-8B"]
         assert all("Authorization" not in r.headers for r in sent)
-        rows = real_hub.wait_for_request_rows(3)
+        rows = hub_process.wait_for_request_rows(3)
         assert [r["status"] for r in rows] == [200, 200, 200]
         assert rows[0]["service"] == "vllm-qwen" and rows[0]["completion_tokens"] == 3
     finally:
@@ -69,18 +62,18 @@ def test_openai_sdk_through_hub_and_agent(
 
 
 def test_engine_errors_reach_the_client_in_openai_shape(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("bob")
+    key = hub_process.user_with_key("bob")
     # Advertise a model the engine does not really have: vLLM answers 404 with an int code.
     agent = start_agent_process(
-        real_hub,
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url, "models": [{"id": "ghost"}]},
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"ghost"})
             with pytest.raises(openai.NotFoundError) as info:
                 sdk.chat.completions.create(model="ghost", messages=[])
@@ -97,12 +90,12 @@ def test_engine_errors_reach_the_client_in_openai_shape(
 
 
 def test_service_down_and_back_changes_hub_models_within_one_beat(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
-    key = real_hub.user_with_key("carol")
+    key = hub_process.user_with_key("carol")
     interval = 3.0
     agent = start_agent_process(
-        real_hub,
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
@@ -111,7 +104,7 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
     )
     everything = {"Qwen/Qwen3-8B", "llama3.2:latest", "qwen3:8b"}
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, everything)
             ollama.stop()
             assert wait_models(sdk, {"Qwen/Qwen3-8B"}) < interval + 0.5
@@ -126,17 +119,20 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
 
 
 def test_client_disconnect_reaches_the_engine(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("dave")
+    key = hub_process.user_with_key("dave")
     vllm.chunks, vllm.chunk_delay = 200, 0.05
     agent = start_agent_process(
-        real_hub, key, tmp_path / "m.yaml", {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url}
+        hub_process,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"Qwen/Qwen3-8B"})
-        parts = urlsplit(real_hub.url)
+        parts = urlsplit(hub_process.url)
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
         conn.request(
             "POST",

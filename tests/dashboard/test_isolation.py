@@ -16,7 +16,7 @@ from tests.support.web import WebClient
 
 
 @pytest.fixture
-def agent() -> Iterator[FakeAgent]:
+def alices_agent() -> Iterator[FakeAgent]:
     with FakeAgent(["alices-model"]) as a:
         yield a
 
@@ -30,7 +30,7 @@ def sign_in(hub: HubProcess, github: FakeGitHub, gh_id: int, login: str) -> WebC
 
 
 def test_another_users_ids_are_404_everywhere(
-    dashboard_hub: HubProcess, github: FakeGitHub, agent: FakeAgent
+    dashboard_hub: HubProcess, github: FakeGitHub, alices_agent: FakeAgent
 ) -> None:
     hub = dashboard_hub
     alice = sign_in(hub, github, 1, "alice")
@@ -39,7 +39,7 @@ def test_another_users_ids_are_404_everywhere(
     status, beat = hub.heartbeat(
         key,
         "alices-rig",
-        agent.url,
+        alices_agent.url,
         [{"name": "s", "type": "llm", "engine": "vllm", "models": ["alices-model"]}],
     )
     assert status == 200
@@ -80,7 +80,7 @@ def test_another_users_ids_are_404_everywhere(
             "alices-rig",
             "alices-model",
             request_id,
-            agent.url,
+            alices_agent.url,
         ):
             assert secret not in text, (path, secret)
 

@@ -34,7 +34,7 @@ def services(timestamps: bool = True) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def every_type(hub_app: HubApp, fake_agent: FakeAgent, io_loop: IOLoop) -> str:
+def every_type_key(hub_app: HubApp, fake_agent: FakeAgent, io_loop: IOLoop) -> str:
     """Alice's key; her agent `rig` serves a service of every type."""
 
     async def register() -> str:
@@ -46,12 +46,14 @@ def every_type(hub_app: HubApp, fake_agent: FakeAgent, io_loop: IOLoop) -> str:
 
 
 @pytest.fixture
-def sdk(hub_app: HubApp, every_type: str) -> openai.AsyncOpenAI:
-    return hub_app.client(every_type)
+def every_type_sdk(hub_app: HubApp, every_type_key: str) -> openai.AsyncOpenAI:
+    return hub_app.client(every_type_key)
 
 
-async def test_models_show_each_type_once(sdk: openai.AsyncOpenAI) -> None:
-    listed = sorted((m.id, m.model_extra["type"]) for m in (await sdk.models.list()).data)
+async def test_models_show_each_type_once(every_type_sdk: openai.AsyncOpenAI) -> None:
+    listed = sorted(
+        (m.id, m.model_extra["type"]) for m in (await every_type_sdk.models.list()).data
+    )
     assert listed == [
         ("m1", "embedding"),
         ("m1", "llm"),
@@ -64,9 +66,9 @@ async def test_models_show_each_type_once(sdk: openai.AsyncOpenAI) -> None:
 
 
 async def test_transcription_forwards_the_upload_byte_for_byte(
-    sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+    every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
 ) -> None:
-    result = await sdk.audio.transcriptions.create(
+    result = await every_type_sdk.audio.transcriptions.create(
         model="whisper-1",
         file=("clip.wav", AUDIO, "audio/wav"),
         language="en",
@@ -84,14 +86,14 @@ async def test_transcription_forwards_the_upload_byte_for_byte(
 
 
 async def test_same_model_name_is_routed_by_type(
-    sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+    every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
 ) -> None:
-    await sdk.chat.completions.create(model="shared", messages=[])
+    await every_type_sdk.chat.completions.create(model="shared", messages=[])
     assert fake_agent.requests[-1].headers["X-Inferclub-Service"] == "chat"
-    await sdk.audio.transcriptions.create(model="shared", file=("a.wav", AUDIO))
+    await every_type_sdk.audio.transcriptions.create(model="shared", file=("a.wav", AUDIO))
     assert fake_agent.requests[-1].headers["X-Inferclub-Service"] == "ears"
     with pytest.raises(openai.NotFoundError) as exc:
-        await sdk.audio.speech.create(model="whisper-1", voice="alloy", input="x")
+        await every_type_sdk.audio.speech.create(model="whisper-1", voice="alloy", input="x")
     assert "served as stt, not tts" in exc.value.message
 
 
@@ -117,23 +119,27 @@ async def test_verbose_json_is_downgraded_without_timestamps(
 
 
 async def test_text_format_is_text_even_when_the_engine_sends_json(
-    sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+    every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
 ) -> None:
     fake_agent.text_as_json = True
     assert (
-        await sdk.audio.transcriptions.create(
+        await every_type_sdk.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", AUDIO), response_format="text"
         )
         == "the quick brown fox"
     )
     with pytest.warns(DeprecationWarning):  # the SDK marks translations as deprecated
-        out = await sdk.audio.translations.create(model="whisper-1", file=("a.wav", AUDIO))
+        out = await every_type_sdk.audio.translations.create(
+            model="whisper-1", file=("a.wav", AUDIO)
+        )
     assert out.text == "the quick brown fox"
     assert fake_agent.requests[-1].path == "/v1/audio/translations"
 
 
-async def test_stt_history_records_audio_seconds(hub_app: HubApp, sdk: openai.AsyncOpenAI) -> None:
-    await sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO))
+async def test_stt_history_records_audio_seconds(
+    hub_app: HubApp, every_type_sdk: openai.AsyncOpenAI
+) -> None:
+    await every_type_sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO))
     row = (await hub_app.wait_for_request_rows(1))[-1]
     assert (row["type"], row["endpoint"], row["audio_seconds"]) == (
         "stt",
@@ -143,9 +149,11 @@ async def test_stt_history_records_audio_seconds(hub_app: HubApp, sdk: openai.As
     assert row["bytes_in"] > len(AUDIO)
 
 
-async def test_speech_streams_audio_bytes(sdk: openai.AsyncOpenAI, fake_agent: FakeAgent) -> None:
+async def test_speech_streams_audio_bytes(
+    every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+) -> None:
     fake_agent.chunk_delay, fake_agent.audio_chunks = 0.3, 5
-    async with sdk.audio.speech.with_streaming_response.create(
+    async with every_type_sdk.audio.speech.with_streaming_response.create(
         model="tts-1", voice="alloy", input="hello", response_format="wav"
     ) as resp:
         assert resp.headers["content-type"] == "audio/wav"
@@ -158,8 +166,8 @@ async def test_speech_streams_audio_bytes(sdk: openai.AsyncOpenAI, fake_agent: F
     assert early >= 2, "audio was buffered until the engine finished"
 
 
-async def test_speech_sse_is_passed_through(sdk: openai.AsyncOpenAI) -> None:
-    async with sdk.audio.speech.with_streaming_response.create(
+async def test_speech_sse_is_passed_through(every_type_sdk: openai.AsyncOpenAI) -> None:
+    async with every_type_sdk.audio.speech.with_streaming_response.create(
         model="tts-1", voice="alloy", input="hello", stream_format="sse"
     ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -170,17 +178,19 @@ async def test_speech_sse_is_passed_through(sdk: openai.AsyncOpenAI) -> None:
 
 
 async def test_images_generations_and_edits(
-    hub_app: HubApp, sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+    hub_app: HubApp, every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
 ) -> None:
-    generated = await sdk.images.generate(
+    generated = await every_type_sdk.images.generate(
         model="sd", prompt="a fox", n=2, response_format="b64_json"
     )
     assert generated.data[0].b64_json
     assert (
-        (await sdk.images.generate(model="sd", prompt="a fox", response_format="url")).data[0].url
+        (await every_type_sdk.images.generate(model="sd", prompt="a fox", response_format="url"))
+        .data[0]
+        .url
     )
     png = b"\x89PNG\r\n\x1a\n" + bytes(200)
-    edited = await sdk.images.edit(
+    edited = await every_type_sdk.images.edit(
         model="sd",
         prompt="hat",
         image=[("a.png", png), ("b.png", png[::-1])],
@@ -194,15 +204,17 @@ async def test_images_generations_and_edits(
     assert [r["images"] for r in rows] == [2, 1, 3]
 
 
-async def test_embeddings(hub_app: HubApp, sdk: openai.AsyncOpenAI) -> None:
-    out = await sdk.embeddings.create(model="m1", input=["a", "b"], encoding_format="float")
+async def test_embeddings(hub_app: HubApp, every_type_sdk: openai.AsyncOpenAI) -> None:
+    out = await every_type_sdk.embeddings.create(
+        model="m1", input=["a", "b"], encoding_format="float"
+    )
     assert len(out.data) == 2
     row = (await hub_app.wait_for_request_rows(1))[-1]
     assert (row["type"], row["prompt_tokens"]) == ("embedding", 2)
 
 
 async def test_malformed_uploads_are_400(
-    hub_app: HubApp, every_type: str, fake_agent: FakeAgent
+    hub_app: HubApp, every_type_key: str, fake_agent: FakeAgent
 ) -> None:
     form = "multipart/form-data; boundary=XX"
     only_model = (
@@ -215,10 +227,12 @@ async def test_malformed_uploads_are_400(
         (b"--XX\r\nbroken", form, "Malformed multipart"),
     ]
     for body, ctype, message in cases:
-        status, err = await hub_app.post_json("/v1/audio/transcriptions", body, every_type, ctype)
+        status, err = await hub_app.post_json(
+            "/v1/audio/transcriptions", body, every_type_key, ctype
+        )
         assert status == 400 and message in err["error"]["message"], err
     status, err = await hub_app.post_json(
-        "/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), every_type, form
+        "/v1/images/edits", only_model.replace(b"whisper-1", b"sd"), every_type_key, form
     )
     assert status == 400 and err["error"]["param"] == "image"
     assert not [r for r in fake_agent.requests if r.method == "POST"]
