@@ -504,10 +504,16 @@ def test_embeddings(fakes_stack: Stack, fakes_sdk: openai.OpenAI, fakes: Fakes) 
 # -- uploads the hub refuses -------------------------------------------------------------------
 
 
+def forwarded(fakes: Fakes) -> list[int]:
+    """Requests each engine got other than GETs: the agent's health probes (every second)
+    are not forwarded uploads, and a slow run sees more of them."""
+    return [sum(r.method != "GET" for r in f.requests) for f in fakes.all()]
+
+
 def test_oversize_and_malformed_uploads_never_reach_an_engine(
     fakes_stack: Stack, fakes_sdk: openai.OpenAI, fakes: Fakes
 ) -> None:
-    seen = [len(f.requests) for f in fakes.all()]
+    seen = forwarded(fakes)
     with pytest.raises(openai.APIStatusError) as big_audio:
         fakes_sdk.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", bytes(AUDIO_LIMIT + 1))
@@ -534,4 +540,4 @@ def test_oversize_and_malformed_uploads_never_reach_an_engine(
         status, err = fakes_stack.hub.post_json(path, body, fakes_stack.key, ctype)
         assert status == 400, (path, err)
         assert code is None or err["error"]["code"] == code
-    assert [len(f.requests) for f in fakes.all()] == seen, "an engine was contacted"
+    assert forwarded(fakes) == seen, "a request reached an engine"
