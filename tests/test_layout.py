@@ -5,6 +5,7 @@ it gets."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ TESTS = ROOT / "tests"
 SOURCES = sorted(TESTS.rglob("*.py")) + sorted((ROOT / "src/inferclub/testing").rglob("*.py"))
 
 
+@functools.cache
 def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), str(path))
 

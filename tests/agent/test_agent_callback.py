@@ -15,6 +15,8 @@ import pytest
 from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent, send_to_agent
 from tests.support.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
+pytestmark = pytest.mark.subprocess
+
 
 def vllm_service(fake: FakeVllm, **extra: Any) -> dict[str, Any]:
     return {"name": "vllm-qwen", "engine": "vllm", "url": fake.url, **extra}

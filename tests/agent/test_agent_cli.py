@@ -6,6 +6,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
 from inferclub.testing import manifest_text, run_cli
@@ -17,6 +18,8 @@ from tests.support.fakes import (
     FakeVllm,
     FakeWhisperCpp,
 )
+
+pytestmark = pytest.mark.subprocess
 
 
 def closed_port() -> int:

@@ -18,6 +18,8 @@ from tests.support.fakes import FakeOllama, FakeVllm
 from tests.support.hubproc import HubProcess
 from tests.support.stack import start_agent_process, wait_models
 
+pytestmark = pytest.mark.subprocess
+
 
 def test_openai_sdk_through_hub_and_agent(
     hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm

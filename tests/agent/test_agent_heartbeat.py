@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from inferclub.testing import (
     CALLBACK_TOKEN,
     KEY,
@@ -20,6 +22,8 @@ from inferclub.testing import (
     manifest_text,
 )
 from tests.support.fakes import FakeOllama, FakeVllm
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_first_heartbeat_describes_the_agent(

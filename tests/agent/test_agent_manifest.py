@@ -216,6 +216,7 @@ def test_all_problems_are_reported_at_once() -> None:
     ]
 
 
+@pytest.mark.subprocess
 def test_invalid_manifest_stops_the_agent_before_anything_starts(
     start_agent: StartAgent, fake_hub: FakeHub
 ) -> None:
@@ -228,6 +229,7 @@ def test_invalid_manifest_stops_the_agent_before_anything_starts(
     assert fake_hub.requests == []
 
 
+@pytest.mark.subprocess
 def test_check_rejects_invalid_manifest(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(service_yaml("engine: vllm\n"))

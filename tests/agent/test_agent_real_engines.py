@@ -21,7 +21,7 @@ from tests.support.hubproc import HubProcess
 from tests.support.real_engines import RunningEngine, llama_server, whisper_server
 from tests.support.stack import start_agent_process, wait_models
 
-pytestmark = pytest.mark.real_engine
+pytestmark = [pytest.mark.real_engine, pytest.mark.subprocess]
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,13 @@ import urllib.parse
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.web import WebClient
+
+pytestmark = pytest.mark.subprocess
 
 SESSION = "inferclub_session"
 

@@ -23,6 +23,8 @@ from tests.support.fakes.agent import FakeAgent, ImagesHandler
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
 
+pytestmark = pytest.mark.subprocess
+
 
 def sign_in(page: Any, hub: HubProcess, path: str = "/dashboard/keys") -> None:
     """Through the fake GitHub, starting from a dashboard page (which sends us to /login)."""

@@ -14,6 +14,8 @@ from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess
 from tests.support.web import WebClient
 
+pytestmark = pytest.mark.subprocess
+
 
 @pytest.fixture
 def alices_agent() -> Iterator[FakeAgent]:

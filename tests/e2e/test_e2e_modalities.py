@@ -29,6 +29,8 @@ from tests.support.fakes.base import Recorded
 from tests.support.fakes.images import png
 from tests.support.stack import Stack, start_stack
 
+pytestmark = pytest.mark.subprocess
+
 QWEN = "Qwen/Qwen3-8B"
 ASR = "Qwen/Qwen3-ASR-1.7B"
 WHISPER = "openai/whisper-large-v3"

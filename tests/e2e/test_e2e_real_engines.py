@@ -24,7 +24,7 @@ from tests.support.real_engines import (
 )
 from tests.support.stack import Stack, start_stack
 
-pytestmark = pytest.mark.real_engine
+pytestmark = [pytest.mark.real_engine, pytest.mark.subprocess]
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 KEY_WORDS = {"quick", "brown", "fox", "lazy", "dog"}

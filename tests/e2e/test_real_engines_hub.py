@@ -69,6 +69,7 @@ def spoken_wav(tts_direct) -> bytes:
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_chat_completion(llama_direct):
     engine, client = llama_direct
     resp = client.chat.completions.create(
@@ -87,6 +88,7 @@ def test_chat_completion(llama_direct):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_chat_streaming_with_usage_chunk(llama_direct):
     engine, client = llama_direct
     stream = client.chat.completions.create(
@@ -114,6 +116,7 @@ def test_chat_streaming_with_usage_chunk(llama_direct):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_speech_returns_wav(spoken_wav):
     assert len(spoken_wav) > 44
     assert spoken_wav[:4] == b"RIFF" and spoken_wav[8:12] == b"WAVE"
@@ -131,6 +134,7 @@ def test_speech_returns_wav(spoken_wav):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_transcription_of_tts_output(whisper_direct, spoken_wav):
     engine, client = whisper_direct
     result = client.audio.transcriptions.create(
@@ -149,6 +153,7 @@ def _cos(a, b) -> float:
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 @pytest.mark.parametrize("encoding_format", [None, "float"], ids=["sdk-default-base64", "float"])
 def test_embeddings(embed_direct, encoding_format):
     engine, client = embed_direct
@@ -169,6 +174,7 @@ def test_embeddings(embed_direct, encoding_format):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_engine_process_is_stopped_on_exit():
     with embeddings_server() as engine:
         assert engine.proc.poll() is None

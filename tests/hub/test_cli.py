@@ -10,9 +10,12 @@ import threading
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess, start_hub
+
+pytestmark = pytest.mark.subprocess
 
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
 

@@ -41,26 +41,19 @@ class HubProcess:
     # -- lifecycle --
     def start(self, timeout: float = 60) -> HubProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "inferclub",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--db",
-                str(self.db),
-                *self.args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=self.env,
-            cwd=self.workdir,
-        )
+        argv = [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, "--db", str(self.db), *self.args],
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                text=True,
+                env=self.env,
+                cwd=self.workdir,
+            )
+        except BaseException:
+            self._log.close()
+            raise
         found = threading.Event()
 
         def pump() -> None:

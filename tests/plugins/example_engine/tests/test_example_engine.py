@@ -18,6 +18,8 @@ import pytest
 
 from inferclub.testing import FakeHandler, FakeHub, FakeServer, StartAgent, manifest_text, run_cli
 
+pytestmark = pytest.mark.subprocess
+
 pytest_plugins = ["inferclub.testing"]
 
 
