@@ -1,4 +1,5 @@
-"""Fixtures of the hub tests: the hub in the test's event loop, and a fake agent for it."""
+"""Fixtures of the hub tests: the hub in the test's event loop, a fake agent for it, and a
+user whose agent serves chat."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from tornado.ioloop import IOLoop
 
-from tests.support.fakes.agent import FakeAgent
+from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp, running_hub
 
 
@@ -29,3 +30,16 @@ def fake_agent() -> Iterator[FakeAgent]:
     """A fake agent serving chat for `m1` and `shared` (other endpoints take any model)."""
     with FakeAgent(["m1", "shared"]) as agent:
         yield agent
+
+
+@pytest.fixture
+def alice(hub_app: HubApp, fake_agent: FakeAgent, io_loop: IOLoop) -> str:
+    """Alice's key; her agent `rig` serves `m1`."""
+
+    async def register() -> str:
+        key = await hub_app.user_with_key("alice")
+        status, body = await hub_app.heartbeat(key, "rig", fake_agent.url, LLM)
+        assert status == 200, body
+        return key
+
+    return io_loop.run_sync(register)
