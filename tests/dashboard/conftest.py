@@ -1,5 +1,6 @@
-"""Fixtures of the dashboard tests: a fake GitHub, hubs pointed at it, a cookie-keeping HTTP
-client, and a real headless Chromium (Debian's ``chromium``) driven by Playwright."""
+"""Fixtures of the dashboard tests: a fake GitHub, hubs pointed at it (in-process for HTTP
+tests, a subprocess for the browser), a cookie-keeping HTTP client, and a real headless
+Chromium (Debian's ``chromium``) driven by Playwright."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, REQUIRE_ENV
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.hubthread import HubThread, hub_in_thread
 from tests.support.web import WebClient
 
 
@@ -23,14 +25,22 @@ def github() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-def dashboard_hub(tmp_path: Path, github: FakeGitHub) -> Iterator[HubProcess]:
-    """A hub subprocess with GitHub sign-in against the fake GitHub."""
+def dashboard_hub(tmp_path: Path, github: FakeGitHub) -> Iterator[HubThread]:
+    """The hub in-process (in a thread, for blocking clients), with GitHub sign-in against
+    the fake GitHub."""
+    with hub_in_thread(tmp_path, env=github.hub_env()) as hub:
+        yield hub
+
+
+@pytest.fixture
+def browser_hub(tmp_path: Path, github: FakeGitHub) -> Iterator[HubProcess]:
+    """A hub subprocess with GitHub sign-in against the fake GitHub, for the browser tests."""
     with start_hub(tmp_path, env=github.hub_env()) as hub:
         yield hub
 
 
 @pytest.fixture
-def web(dashboard_hub: HubProcess) -> WebClient:
+def web(dashboard_hub: HubThread) -> WebClient:
     return WebClient(dashboard_hub.url)
 
 

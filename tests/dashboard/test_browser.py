@@ -149,9 +149,9 @@ def register(hub: HubProcess, key: str, agent: FakeAgent, name: str = "home-rig"
 
 
 def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
-    page: Any, dashboard_hub: HubProcess, github: FakeGitHub
+    page: Any, browser_hub: HubProcess, github: FakeGitHub
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     page.goto(hub.url + "/dashboard/keys")
     page.wait_for_url("**/login?next=*")
     screenshot(page, "login")
@@ -252,9 +252,9 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
 
 
 def test_playground_streams_a_chat(
-    page: Any, dashboard_hub: HubProcess, painting_agent: FakeAgent
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     painting_agent.chunks, painting_agent.chunk_delay = 12, 0.15
     sign_in(page, hub, "/dashboard/providers")
     register(hub, hub.create_key("octocat"), painting_agent)
@@ -300,9 +300,9 @@ def test_playground_streams_a_chat(
 
 
 def test_playground_transcript_seeks_where_a_word_is_clicked(
-    page: Any, dashboard_hub: HubProcess, painting_agent: FakeAgent, tmp_path: Path
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent, tmp_path: Path
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
     register(hub, hub.create_key("octocat"), painting_agent)
     audio = tmp_path / "fox.wav"
@@ -356,9 +356,9 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
 
 
 def test_playground_image_and_speech(
-    page: Any, dashboard_hub: HubProcess, painting_agent: FakeAgent
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
     register(hub, hub.create_key("octocat"), painting_agent)
     page.goto(hub.url + "/dashboard/playground#image")
@@ -387,9 +387,9 @@ def test_playground_image_and_speech(
 
 
 def test_history_table_filters_and_charts(
-    page: Any, dashboard_hub: HubProcess, painting_agent: FakeAgent
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
     key = hub.create_key("octocat")
     register(hub, key, painting_agent)
@@ -437,8 +437,8 @@ def test_history_table_filters_and_charts(
     screenshot(page, "request-detail")
 
 
-def test_sign_out_is_a_post_and_ends_the_session(page: Any, dashboard_hub: HubProcess) -> None:
-    hub = dashboard_hub
+def test_sign_out_is_a_post_and_ends_the_session(page: Any, browser_hub: HubProcess) -> None:
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/playground")
     screenshot(page, "playground-empty")
     page.click(".topbar .who button")

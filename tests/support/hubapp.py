@@ -10,13 +10,14 @@ coroutines; clients are the official SDK's `AsyncOpenAI`, in the same loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
 import sqlite3
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,18 +28,13 @@ import tornado.netutil
 
 from inferclub.hub import keys
 from inferclub.hub.app import Hub, make_app
-from inferclub.hub.config import Settings, load_or_create_secrets
+from inferclub.hub.config import load_or_create_secrets, load_settings
 from inferclub.hub.store import SQLiteStore, open_store
-from tests.support.hubproc import post_json, query_db, request_json
+from tests.support.hubproc import TEST_ENV, post_json, query_db, request_json
 
-#: Like `HubProcess`: history rows and key revocations show up fast in tests.
-TEST_SETTINGS: dict[str, Any] = {
-    "history_flush_interval": 0.05,
-    "key_cache_refresh": 0.2,
-    "log_level": "DEBUG",
-}
-#: The loggers whose records make up `HubApp.log()`: what a hub process writes to stderr.
-HUB_LOGGERS = ("inferclub", "tornado")
+#: The loggers whose records make up `HubApp.log()`: what a hub process writes to stderr, from
+#: the hub and the libraries it runs on (not the test's own clients, such as the SDK's).
+HUB_LOGGERS = ("inferclub", "tornado", "aiohttp", "aiosqlite", "asyncio")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -173,15 +169,19 @@ class _ListHandler(logging.Handler):
 
 
 @asynccontextmanager
-async def running_hub(workdir: Path, **settings: Any) -> AsyncIterator[HubApp]:
+async def running_hub(
+    workdir: Path, env: Mapping[str, str] | None = None, **settings: Any
+) -> AsyncIterator[HubApp]:
     """A hub on ``workdir/hub.db``, serving on 127.0.0.1 port 0 in the running loop.
 
-    ``settings`` override `Settings` fields (``max_json_body=2000``, ``online_window=1``),
-    as ``INFERCLUB_*`` variables do for a hub process. Tornado's own body-size cap stays at
-    its default (100 MB), above any test body: the limits under test are the hub's own.
+    Settings come as for a hub process: `TEST_ENV`, then ``env`` (``INFERCLUB_*`` variables),
+    then ``settings`` (`Settings` fields: ``max_json_body=2000``, ``online_window=1``).
+    Tornado's own body-size cap stays at its default (100 MB), above any test body: the limits
+    under test are the hub's own.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    config = Settings(**{"db": str(workdir / "hub.db"), **TEST_SETTINGS, **settings})
+    config = load_settings(env={**TEST_ENV, **(env or {})})
+    config = dataclasses.replace(config, db=str(workdir / "hub.db"), **settings)
     store = open_store(str(config.db_path))
     with _capture_hub_log() as lines:
         await store.open()

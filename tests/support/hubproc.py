@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 LISTENING = re.compile(r"^listening on (http://\S+)$")
+#: Test settings of every hub, in-process or not: history rows and key revocations show up fast.
+TEST_ENV = {
+    "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
+    "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
+    "INFERCLUB_LOG_LEVEL": "DEBUG",
+}
 
 
 class HubProcess:
@@ -26,13 +32,7 @@ class HubProcess:
         self.workdir = workdir
         self.db = workdir / "hub.db"
         self.log_path = workdir / "hub.log"
-        self.env = {
-            **os.environ,
-            "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
-            "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
-            "INFERCLUB_LOG_LEVEL": "DEBUG",
-            **(env or {}),
-        }
+        self.env = {**os.environ, **TEST_ENV, **(env or {})}
         self.args = args
         self.stdout_lines: list[str] = []
         self.url = ""
