@@ -2,9 +2,9 @@
 temporary directory, behind a Tornado server on 127.0.0.1 port 0. No subprocess.
 
 `running_hub` is what `inferclub serve` does minus the CLI (signals, drain, printed links), so
-tests of the `/v1` API pay milliseconds per hub instead of a Python start-up. The helpers
-mirror `HubProcess` (users, keys, heartbeats, the store read-only, the hub's log) as
-coroutines; clients are the official SDK's `AsyncOpenAI`, in the same loop.
+tests of the `/v1` API and the dashboard pay milliseconds per hub instead of a process start.
+The helpers mirror `HubProcess` (users, keys, heartbeats, the store read-only, the hub's log)
+as coroutines; clients are the official SDK's `AsyncOpenAI`, in the same loop.
 """
 
 from __future__ import annotations
