@@ -18,6 +18,8 @@ import pytest
 
 from inferclub.testing import FakeHandler, FakeHub, FakeServer, StartAgent, manifest_text, run_cli
 
+# inferclub's marker for tests that start processes (here, the agent), since its suite runs
+# these tests too; a plugin's own suite does not need it.
 pytestmark = pytest.mark.subprocess
 
 pytest_plugins = ["inferclub.testing"]
