@@ -6,10 +6,31 @@ from pathlib import Path
 import pytest
 
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.processguard import ProcessGuard
+
+# The fake hub and agent runner fixtures plugin authors use (`fake_hub`, `start_agent`).
+pytest_plugins = ["inferclub.testing"]
+
+GUARD = pytest.StashKey[ProcessGuard]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[GUARD] = ProcessGuard().install()
+
+
+@pytest.fixture(autouse=True)
+def processes_need_the_subprocess_marker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Only tests marked `subprocess` start processes (see tests/support/processguard.py)."""
+    guard = request.config.stash[GUARD]
+    guard.allowed = request.node.get_closest_marker("subprocess") is not None
+    try:
+        yield
+    finally:
+        guard.allowed = True
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubProcess]:
+def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
     """A real hub subprocess on port 0 with its own database."""
     with start_hub(tmp_path) as h:
         yield h

@@ -1,4 +1,4 @@
-"""The README documents every setting, endpoint and hook the code has."""
+"""The README documents every setting, endpoint, hook and plugin-author fixture the code has."""
 
 from __future__ import annotations
 
@@ -32,3 +32,21 @@ def test_every_hook_is_documented() -> None:
     assert hooks
     for hook in hooks:
         assert re.search(rf"\b{hook}\b", README), hook
+
+
+def test_every_testing_fixture_is_documented() -> None:
+    import inferclub.testing
+
+    def is_fixture(obj: object) -> bool:
+        # How pytest marks a fixture function: 8.4 and later, then older releases.
+        return hasattr(obj, "_fixture_function_marker") or hasattr(obj, "_pytestfixturefunction")
+
+    exported = [getattr(inferclub.testing, name) for name in inferclub.testing.__all__]
+    fixtures = sorted(
+        name
+        for name, obj in zip(inferclub.testing.__all__, exported, strict=True)
+        if is_fixture(obj)
+    )
+    assert fixtures == ["fake_hub", "start_agent"]
+    for name in fixtures:
+        assert f"`{name}" in README, name

@@ -12,39 +12,14 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.support.agentproc import AgentProcess, StartAgent
-from tests.support.fakehub import CALLBACK_TOKEN, FakeHub
+from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent, send_to_agent
 from tests.support.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
+
+pytestmark = pytest.mark.subprocess
 
 
 def vllm_service(fake: FakeVllm, **extra: Any) -> dict[str, Any]:
     return {"name": "vllm-qwen", "engine": "vllm", "url": fake.url, **extra}
-
-
-def request(
-    base: str,
-    method: str,
-    path: str,
-    body: bytes | dict[str, Any] | None = None,
-    *,
-    service: str | None = None,
-    token: str | None = CALLBACK_TOKEN,
-    content_type: str = "application/json",
-) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    headers = {"Content-Type": content_type}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if service:
-        headers["X-InferClub-Service"] = service
-    raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    try:
-        conn.request(method, "/v1" + path, body=raw, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def client(agent_url: str, service: str | None = None) -> openai.OpenAI:
@@ -63,8 +38,8 @@ def assert_openai_error(body: bytes) -> dict[str, Any]:
     return err
 
 
-def registered(agent: AgentProcess, hub: FakeHub, name: str = "vllm-qwen") -> None:
-    hub.wait_for(lambda b: any(s["name"] == name for s in b["services"]))
+def registered(agent: AgentProcess, fake_hub: FakeHub, name: str = "vllm-qwen") -> None:
+    fake_hub.wait_for(lambda b: any(s["name"] == name for s in b["services"]))
     agent.wait_registered()
 
 
@@ -72,18 +47,22 @@ def registered(agent: AgentProcess, hub: FakeHub, name: str = "vllm-qwen") -> No
 
 
 def test_requests_need_the_latest_callback_token(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     chat = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
     for token in (None, "wrong-token", CALLBACK_TOKEN + "x"):
-        status, _, body = request(agent.url, "POST", "/chat/completions", chat, token=token)
+        status, _, body = send_to_agent(
+            agent.callback_url, "POST", "/chat/completions", chat, token=token
+        )
         assert status == 401
         assert assert_openai_error(body)["type"] == "authentication_error"
     assert vllm.posts("/v1/chat/completions") == []
 
-    status, _, body = request(agent.url, "POST", "/chat/completions", chat, service="vllm-qwen")
+    status, _, body = send_to_agent(
+        agent.callback_url, "POST", "/chat/completions", chat, service="vllm-qwen"
+    )
     assert status == 200
     assert json.loads(body)["choices"][0]["message"]["content"].startswith("tok0")
     # The hub's token never reaches the engine.
@@ -91,18 +70,20 @@ def test_requests_need_the_latest_callback_token(
 
 
 def test_503_until_a_heartbeat_succeeds(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
-    hub.fail_next = 1_000
+    fake_hub.fail_next = 1_000
     agent = start_agent(vllm_service(vllm))
     agent.wait_log("heartbeat to")
-    status, _, body = request(agent.url, "POST", "/chat/completions", {"model": "Qwen/Qwen3-8B"})
+    status, _, body = send_to_agent(
+        agent.callback_url, "POST", "/chat/completions", {"model": "Qwen/Qwen3-8B"}
+    )
     assert status == 503
     assert "not registered" in assert_openai_error(body)["message"]
-    hub.fail_next = 0
-    registered(agent, hub)
-    status, _, _ = request(
-        agent.url,
+    fake_hub.fail_next = 0
+    registered(agent, fake_hub)
+    status, _, _ = send_to_agent(
+        agent.callback_url,
         "POST",
         "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": []},
@@ -115,10 +96,10 @@ def test_503_until_a_heartbeat_succeeds(
 
 
 def test_chat_with_the_openai_sdk_streaming_and_not(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     with client(agent.url, "vllm-qwen") as sdk:
         reply = sdk.chat.completions.create(
             model="Qwen/Qwen3-8B", messages=[{"role": "user", "content": "hi"}]
@@ -142,11 +123,11 @@ def test_chat_with_the_openai_sdk_streaming_and_not(
 
 
 def test_chunks_are_relayed_as_they_arrive(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     vllm.chunks, vllm.chunk_delay = 4, 0.4
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request(
@@ -174,7 +155,7 @@ def test_chunks_are_relayed_as_they_arrive(
     assert arrivals[1][0] < 1.0
 
 
-def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, hub: FakeHub) -> None:
+def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, fake_hub: FakeHub) -> None:
     with FakeVllm(["Qwen/Qwen3-30B-A3B"], api_key="engine-secret") as fake:
         agent = start_agent(
             {
@@ -185,7 +166,7 @@ def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, hub: FakeH
                 "models": [{"hf": "Qwen/Qwen3-30B-A3B", "alias": "qwen3"}],
             }
         )
-        beat = hub.wait_for(lambda b: bool(b["services"]))
+        beat = fake_hub.wait_for(lambda b: bool(b["services"]))
         assert beat["services"][0]["models"] == ["qwen3"]
         # No header: the agent picks the service by model and type.
         with client(agent.url) as sdk:
@@ -200,14 +181,14 @@ def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, hub: FakeH
 
 
 def test_service_selection_without_header(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     with FakeLmStudio() as lms:
         agent = start_agent(
             vllm_service(vllm),
             {"name": "lms-embed", "type": "embedding", "engine": "lmstudio", "url": lms.url},
         )
-        registered(agent, hub, "lms-embed")
+        registered(agent, fake_hub, "lms-embed")
         with client(agent.url) as sdk:
             emb = sdk.embeddings.create(
                 model="text-embedding-nomic-embed-text-v1.5",
@@ -218,24 +199,30 @@ def test_service_selection_without_header(
         assert lms.posts("/v1/embeddings")
 
         # The embedding model is not an llm: no chat service serves it.
-        status, _, body = request(
-            agent.url,
+        status, _, body = send_to_agent(
+            agent.callback_url,
             "POST",
             "/chat/completions",
             {"model": "text-embedding-nomic-embed-text-v1.5", "messages": []},
         )
         assert status == 404
         assert assert_openai_error(body)["code"] == "model_not_found"
-        status, _, body = request(agent.url, "POST", "/chat/completions", {"messages": []})
+        status, _, body = send_to_agent(
+            agent.callback_url, "POST", "/chat/completions", {"messages": []}
+        )
         assert status == 400
         assert assert_openai_error(body)["param"] == "model"
-        status, _, body = request(
-            agent.url, "POST", "/chat/completions", {"model": "x"}, service="no-such-service"
+        status, _, body = send_to_agent(
+            agent.callback_url,
+            "POST",
+            "/chat/completions",
+            {"model": "x"},
+            service="no-such-service",
         )
         assert status == 404
         assert assert_openai_error(body)["code"] == "service_not_found"
 
-        status, _, body = request(agent.url, "GET", "/models", None)
+        status, _, body = send_to_agent(agent.callback_url, "GET", "/models", None)
         assert status == 200
         ids = {m["id"]: m["type"] for m in json.loads(body)["data"]}
         assert ids == {"Qwen/Qwen3-8B": "llm", "text-embedding-nomic-embed-text-v1.5": "embedding"}
@@ -246,11 +233,11 @@ def test_service_selection_without_header(
 
 @pytest.mark.parametrize("flat", [False, True])
 def test_vllm_errors_come_back_in_openai_shape(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm, flat: bool
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm, flat: bool
 ) -> None:
     vllm.flat_errors = flat
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     with client(agent.url, "vllm-qwen") as sdk, pytest.raises(openai.NotFoundError) as info:
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     err = info.value.body
@@ -260,7 +247,9 @@ def test_vllm_errors_come_back_in_openai_shape(
     assert err["code"] == "model_not_found"  # vLLM's integer 404, normalised
 
 
-def test_string_and_detail_errors_are_normalised(start_agent: StartAgent, hub: FakeHub) -> None:
+def test_string_and_detail_errors_are_normalised(
+    start_agent: StartAgent, fake_hub: FakeHub
+) -> None:
     with FakeWhisperCpp() as wcpp, FakeSpeaches() as sp:
         agent = start_agent(
             {
@@ -273,23 +262,28 @@ def test_string_and_detail_errors_are_normalised(start_agent: StartAgent, hub: F
             },
             {"name": "speaches", "type": "stt", "engine": "whisper", "url": sp.url},
         )
-        registered(agent, hub, "speaches")
+        registered(agent, fake_hub, "speaches")
         boundary = "b0und4ry"
         no_file = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
             f"whisper-1\r\n--{boundary}--\r\n"
         ).encode()
         ctype = f"multipart/form-data; boundary={boundary}"
-        status, _, body = request(
-            agent.url, "POST", "/audio/transcriptions", no_file, service="wcpp", content_type=ctype
+        status, _, body = send_to_agent(
+            agent.callback_url,
+            "POST",
+            "/audio/transcriptions",
+            no_file,
+            service="wcpp",
+            content_type=ctype,
         )
         assert status == 400
         err = assert_openai_error(body)
         assert err["message"] == "no 'file' field in the request"
         assert err["type"] == "invalid_request_error"
 
-        status, _, body = request(
-            agent.url,
+        status, _, body = send_to_agent(
+            agent.callback_url,
             "POST",
             "/audio/transcriptions",
             no_file,
@@ -303,14 +297,14 @@ def test_string_and_detail_errors_are_normalised(start_agent: StartAgent, hub: F
 
 
 def test_down_engine_gives_502_naming_the_service(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     vllm.stop()
-    count = len(hub.beats)
-    status, _, body = request(
-        agent.url,
+    count = len(fake_hub.beats)
+    status, _, body = send_to_agent(
+        agent.callback_url,
         "POST",
         "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": []},
@@ -321,13 +315,15 @@ def test_down_engine_gives_502_naming_the_service(
     assert "'vllm-qwen'" in err["message"] and "unreachable" in err["message"]
     assert err["code"] == "engine_unreachable"
     # The failure is announced right away: the next beat no longer advertises the service.
-    hub.wait_for(lambda b: b["services"] == [], timeout=5, after=count)
+    fake_hub.wait_for(lambda b: b["services"] == [], timeout=5, after=count)
 
 
-def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
+def test_max_concurrency_gives_429(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
     vllm.chunks, vllm.chunk_delay = 20, 0.1
     agent = start_agent(vllm_service(vllm, max_concurrency=1))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     parts = urlsplit(agent.url)
     slow = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     slow.request(
@@ -342,8 +338,8 @@ def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: 
     )
     resp = slow.getresponse()
     resp.readline()  # the stream is under way
-    status, _, body = request(
-        agent.url,
+    status, _, body = send_to_agent(
+        agent.callback_url,
         "POST",
         "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": []},
@@ -355,8 +351,8 @@ def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: 
     resp.read()
     slow.close()
     # The slot is free again once the stream is over.
-    status, _, _ = request(
-        agent.url,
+    status, _, _ = send_to_agent(
+        agent.callback_url,
         "POST",
         "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": []},
@@ -365,13 +361,15 @@ def test_max_concurrency_gives_429(start_agent: StartAgent, hub: FakeHub, vllm: 
     assert status == 200
 
 
-def test_service_timeout_gives_504(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
+def test_service_timeout_gives_504(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
     vllm.first_delay = 3
     agent = start_agent(vllm_service(vllm, timeout=0.5))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     start = time.monotonic()
-    status, _, body = request(
-        agent.url,
+    status, _, body = send_to_agent(
+        agent.callback_url,
         "POST",
         "/chat/completions",
         {"model": "Qwen/Qwen3-8B", "messages": [], "stream": True},
@@ -387,13 +385,13 @@ def test_service_timeout_gives_504(start_agent: StartAgent, hub: FakeHub, vllm: 
 
 @pytest.mark.parametrize("phase", ["mid-stream", "before-first-byte"])
 def test_hub_disconnect_closes_the_engine_connection(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm, phase: str
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm, phase: str
 ) -> None:
     vllm.chunks, vllm.chunk_delay = 100, 0.1
     if phase == "before-first-byte":
         vllm.first_delay = 30
     agent = start_agent(vllm_service(vllm))
-    registered(agent, hub)
+    registered(agent, fake_hub)
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     conn.request(
@@ -447,7 +445,7 @@ def multipart(fields: dict[str, str], audio: bytes, boundary: str) -> bytes:
 
 
 def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
-    start_agent: StartAgent, hub: FakeHub, whispercpp: FakeWhisperCpp
+    start_agent: StartAgent, fake_hub: FakeHub, whispercpp: FakeWhisperCpp
 ) -> None:
     agent = start_agent(
         {
@@ -459,14 +457,19 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
             "models": [{"id": "whisper-1"}],
         }
     )
-    registered(agent, hub, "wcpp")
+    registered(agent, fake_hub, "wcpp")
     audio = bytes(range(256)) * 64 + b"\r\n--not-a-boundary\r\n" + bytes(1000)
     boundary = uuid.uuid4().hex
     ctype = f"multipart/form-data; boundary={boundary}"
     body = multipart({"model": "whisper-1", "response_format": "text"}, audio, boundary)
 
-    status, headers, out = request(
-        agent.url, "POST", "/audio/transcriptions", body, service="wcpp", content_type=ctype
+    status, headers, out = send_to_agent(
+        agent.callback_url,
+        "POST",
+        "/audio/transcriptions",
+        body,
+        service="wcpp",
+        content_type=ctype,
     )
     assert status == 200
     assert headers["content-type"] == "text/plain; charset=utf-8"  # not whisper.cpp's text/html
@@ -481,14 +484,14 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     assert result.text == whispercpp.text
 
     # Translations are whisper.cpp's /inference with translate=true.
-    status, _, out = request(
-        agent.url, "POST", "/audio/translations", body, service="wcpp", content_type=ctype
+    status, _, out = send_to_agent(
+        agent.callback_url, "POST", "/audio/translations", body, service="wcpp", content_type=ctype
     )
     assert status == 200 and out.decode().startswith(" [translated]")
 
 
 def test_multipart_alias_rewrites_only_the_model_field(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(
         {
@@ -499,12 +502,12 @@ def test_multipart_alias_rewrites_only_the_model_field(
             "models": [{"id": "Qwen/Qwen3-8B", "alias": "asr-small"}],
         }
     )
-    registered(agent, hub, "asr")
+    registered(agent, fake_hub, "asr")
     audio = b"RIFF" + bytes(range(256)) * 40
     boundary = uuid.uuid4().hex
     body = multipart({"model": "asr-small", "language": "en"}, audio, boundary)
-    status, _, out = request(
-        agent.url,
+    status, _, out = send_to_agent(
+        agent.callback_url,
         "POST",
         "/audio/transcriptions",
         body,

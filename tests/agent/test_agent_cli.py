@@ -6,9 +6,10 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.support.agentproc import manifest_text, run_cli
+from inferclub.testing import manifest_text, run_cli
 from tests.support.fakes import (
     FakeLlamaServer,
     FakeLmStudio,
@@ -17,6 +18,8 @@ from tests.support.fakes import (
     FakeVllm,
     FakeWhisperCpp,
 )
+
+pytestmark = pytest.mark.subprocess
 
 
 def closed_port() -> int:

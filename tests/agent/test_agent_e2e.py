@@ -8,70 +8,25 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
 import pytest
 
-from tests.support.agentproc import AgentProcess, manifest_text
 from tests.support.fakes import FakeOllama, FakeVllm
-from tests.support.hubproc import HubProcess, start_hub
+from tests.support.hubproc import HubProcess
+from tests.support.stack import start_agent_process, wait_models
 
-
-@pytest.fixture
-def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    with start_hub(tmp_path) as hub:
-        yield hub
-
-
-def start(
-    hub: HubProcess, key: str, path: Path, *services: dict, interval: float = 1.0
-) -> AgentProcess:
-    path.write_text(manifest_text(*services))
-    agent = AgentProcess(
-        [
-            "run",
-            "--manifest",
-            str(path),
-            "--hub",
-            hub.url,
-            "--key",
-            key,
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "home-rig",
-            "--heartbeat-interval",
-            str(interval),
-        ]
-    )
-    agent.wait_listening()
-    agent.wait_registered()
-    return agent
-
-
-def model_ids(sdk: openai.OpenAI) -> set[str]:
-    return {m.id for m in sdk.models.list().data}
-
-
-def wait_models(sdk: openai.OpenAI, expected: set[str], timeout: float = 15) -> float:
-    """Seconds until the hub lists exactly `expected`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if model_ids(sdk) == expected:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"hub lists {model_ids(sdk)}, not {expected}")
+pytestmark = pytest.mark.subprocess
 
 
 def test_openai_sdk_through_hub_and_agent(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("alice")
-    agent = start(
-        real_hub,
+    key = hub_process.user_with_key("alice")
+    agent = start_agent_process(
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {
@@ -82,7 +37,7 @@ def test_openai_sdk_through_hub_and_agent(
         },
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"qwen"})
             reply = sdk.chat.completions.create(
                 model="qwen", messages=[{"role": "user", "content": "hi"}]
@@ -101,7 +56,7 @@ def test_openai_sdk_through_hub_and_agent(
         sent = vllm.posts("/v1/chat/completions")
         assert [r.json()["model"] for r in sent] == ["Qwen/Qwen3-8B", "Qwen/Qwen3-8B"]
         assert all("Authorization" not in r.headers for r in sent)
-        rows = real_hub.wait_for_request_rows(3)
+        rows = hub_process.wait_for_request_rows(3)
         assert [r["status"] for r in rows] == [200, 200, 200]
         assert rows[0]["service"] == "vllm-qwen" and rows[0]["completion_tokens"] == 3
     finally:
@@ -109,18 +64,18 @@ def test_openai_sdk_through_hub_and_agent(
 
 
 def test_engine_errors_reach_the_client_in_openai_shape(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("bob")
+    key = hub_process.user_with_key("bob")
     # Advertise a model the engine does not really have: vLLM answers 404 with an int code.
-    agent = start(
-        real_hub,
+    agent = start_agent_process(
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url, "models": [{"id": "ghost"}]},
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"ghost"})
             with pytest.raises(openai.NotFoundError) as info:
                 sdk.chat.completions.create(model="ghost", messages=[])
@@ -137,12 +92,12 @@ def test_engine_errors_reach_the_client_in_openai_shape(
 
 
 def test_service_down_and_back_changes_hub_models_within_one_beat(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
-    key = real_hub.user_with_key("carol")
+    key = hub_process.user_with_key("carol")
     interval = 3.0
-    agent = start(
-        real_hub,
+    agent = start_agent_process(
+        hub_process,
         key,
         tmp_path / "m.yaml",
         {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
@@ -151,7 +106,7 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
     )
     everything = {"Qwen/Qwen3-8B", "llama3.2:latest", "qwen3:8b"}
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, everything)
             ollama.stop()
             assert wait_models(sdk, {"Qwen/Qwen3-8B"}) < interval + 0.5
@@ -166,17 +121,20 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
 
 
 def test_client_disconnect_reaches_the_engine(
-    real_hub: HubProcess, tmp_path: Path, vllm: FakeVllm
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
 ) -> None:
-    key = real_hub.user_with_key("dave")
+    key = hub_process.user_with_key("dave")
     vllm.chunks, vllm.chunk_delay = 200, 0.05
-    agent = start(
-        real_hub, key, tmp_path / "m.yaml", {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url}
+    agent = start_agent_process(
+        hub_process,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
     )
     try:
-        with openai.OpenAI(base_url=real_hub.api_base, api_key=key, max_retries=0) as sdk:
+        with openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as sdk:
             wait_models(sdk, {"Qwen/Qwen3-8B"})
-        parts = urlsplit(real_hub.url)
+        parts = urlsplit(hub_process.url)
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
         conn.request(
             "POST",

@@ -10,13 +10,24 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support.agentproc import AgentProcess, StartAgent, manifest_text
-from tests.support.fakehub import CALLBACK_TOKEN, KEY, FakeHub, advertised
+import pytest
+
+from inferclub.testing import (
+    CALLBACK_TOKEN,
+    KEY,
+    AgentProcess,
+    FakeHub,
+    StartAgent,
+    advertised,
+    manifest_text,
+)
 from tests.support.fakes import FakeOllama, FakeVllm
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_first_heartbeat_describes_the_agent(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm, ollama: FakeOllama
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
     agent = start_agent(
         {
@@ -36,7 +47,7 @@ def test_first_heartbeat_describes_the_agent(
         },
         args=("--name", "home-rig"),
     )
-    beat = hub.wait_for(lambda b: len(b["services"]) == 3)
+    beat = fake_hub.wait_for(lambda b: len(b["services"]) == 3)
     port = urlsplit(agent.url).port
     assert beat["name"] == "home-rig"
     assert beat["callback_url"] == f"http://127.0.0.1:{port}/v1"
@@ -67,98 +78,104 @@ def test_first_heartbeat_describes_the_agent(
     assert isinstance(health["gpus"], list)
     assert health["services"]["ollama"]["info"] == {"loaded": ["qwen3:8b"]}
     # The key went in the Authorization header, and nowhere in the logs.
-    assert hub.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+    assert fake_hub.requests[0].headers["Authorization"] == f"Bearer {KEY}"
     assert KEY not in agent.stderr + agent.stdout
 
 
 def test_down_services_are_not_advertised_until_they_come_back(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm, ollama: FakeOllama
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm, ollama: FakeOllama
 ) -> None:
     agent = start_agent(
         {"name": "vllm-qwen", "engine": "vllm", "url": vllm.url},
         {"name": "ollama", "engine": "ollama", "url": ollama.url},
         interval=6,  # services are probed every 2 s; changes must not wait for the next beat
     )
-    hub.wait_for(lambda b: set(advertised(b)) == {"vllm-qwen", "ollama"})
+    fake_hub.wait_for(lambda b: set(advertised(b)) == {"vllm-qwen", "ollama"})
 
     ollama.stop()
     stopped = time.monotonic()
-    seen = len(hub.beats)
-    beat = hub.wait_for(lambda b: set(advertised(b)) == {"vllm-qwen"}, timeout=15, after=seen)
-    assert hub.beats[-1][0] - stopped < 3.5
+    seen = len(fake_hub.beats)
+    beat = fake_hub.wait_for(lambda b: set(advertised(b)) == {"vllm-qwen"}, timeout=15, after=seen)
+    assert fake_hub.beats[-1][0] - stopped < 3.5
     assert beat["health"]["services"]["ollama"]["up"] is False
     assert "cannot connect" in beat["health"]["services"]["ollama"]["detail"]
     agent.wait_log("service ollama is down")
 
     ollama.start()
     started = time.monotonic()
-    seen = len(hub.beats)
-    hub.wait_for(lambda b: set(advertised(b)) == {"vllm-qwen", "ollama"}, timeout=15, after=seen)
-    assert hub.beats[-1][0] - started < 3.5
+    seen = len(fake_hub.beats)
+    fake_hub.wait_for(
+        lambda b: set(advertised(b)) == {"vllm-qwen", "ollama"}, timeout=15, after=seen
+    )
+    assert fake_hub.beats[-1][0] - started < 3.5
     agent.wait_log("service ollama is up")
 
 
 def test_discovery_changes_are_announced(
-    start_agent: StartAgent, hub: FakeHub, ollama: FakeOllama
+    start_agent: StartAgent, fake_hub: FakeHub, ollama: FakeOllama
 ) -> None:
     start_agent({"name": "ollama", "engine": "ollama", "url": ollama.url}, interval=3)
-    hub.wait_for(lambda b: advertised(b).get("ollama") == ["llama3.2:latest", "qwen3:8b"])
+    fake_hub.wait_for(lambda b: advertised(b).get("ollama") == ["llama3.2:latest", "qwen3:8b"])
     ollama.models.append("mistral:7b")  # `ollama pull mistral:7b`
-    hub.wait_for(
+    fake_hub.wait_for(
         lambda b: advertised(b).get("ollama") == ["llama3.2:latest", "qwen3:8b", "mistral:7b"],
         timeout=5,
     )
 
 
-def test_heartbeat_every_interval(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
+def test_heartbeat_every_interval(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
     start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, interval=0.5)
-    hub.wait_for(lambda b: True)
+    fake_hub.wait_for(lambda b: True)
     time.sleep(2.2)
-    times = [t for t, _ in hub.beats]
+    times = [t for t, _ in fake_hub.beats]
     assert 4 <= len(times) <= 7, times
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.3 < g < 1.0 for g in gaps), gaps
 
 
 def test_key_rejected_stops_the_agent(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, key="hub_wrong_key")
     assert agent.wait(15) == 3
     assert "API key rejected by the hub" in agent.stderr
     assert "hub_wrong_key" not in agent.stderr + agent.stdout
-    assert hub.beats == []
+    assert fake_hub.beats == []
 
 
 def test_failed_heartbeats_back_off_and_recover(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
-    hub.fail_next = 3
+    fake_hub.fail_next = 3
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, interval=5)
-    hub.wait_for(lambda b: True, timeout=20)
+    fake_hub.wait_for(lambda b: True, timeout=20)
     failures = [ln for ln in agent.err if "heartbeat to" in ln and "failed" in ln]
     assert len(failures) == 3, agent.stderr
     assert all("HTTP 503: hub is busy" in ln for ln in failures)
     delays = [int(re.search(r"retrying in (\d+)s", ln).group(1)) for ln in failures]  # type: ignore[union-attr]
     assert delays == [1, 2, 4]
-    attempts = [r.at for r in hub.requests]
+    attempts = [r.at for r in fake_hub.requests]
     assert attempts[3] - attempts[2] > 3.5  # the 4 s backoff was honoured
     agent.wait_log("heartbeat accepted by the hub")
 
 
-def test_unreachable_hub_is_retried(start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm) -> None:
-    port = hub.port
-    hub.stop()
+def test_unreachable_hub_is_retried(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
+    port = fake_hub.port
+    fake_hub.stop()
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url}, interval=5)
     line = agent.wait_log("heartbeat to")
     assert f"cannot connect to 127.0.0.1:{port} (connection refused)" in line
-    hub.start(port)
-    hub.wait_for(lambda b: True, timeout=15)
+    fake_hub.start(port)
+    fake_hub.wait_for(lambda b: True, timeout=15)
     assert agent.proc.poll() is None
 
 
 def test_key_from_environment_and_settings_from_the_agent_section(
-    tmp_path: Path, hub: FakeHub, vllm: FakeVllm
+    tmp_path: Path, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
@@ -166,7 +183,7 @@ def test_key_from_environment_and_settings_from_the_agent_section(
             {"name": "v", "engine": "vllm", "url": vllm.url},
             agent={
                 "name": "from-manifest",
-                "hub": hub.root,
+                "hub": fake_hub.root,
                 "listen": "127.0.0.1:0",
                 "callback_url": "https://agent.example.org/v1",
                 "heartbeat_interval": 1,
@@ -176,7 +193,7 @@ def test_key_from_environment_and_settings_from_the_agent_section(
     agent = AgentProcess(["run", "--manifest", str(manifest)], env={"INFERCLUB_API_KEY": KEY})
     try:
         agent.wait_listening()
-        beat = hub.wait_for(lambda b: True)
+        beat = fake_hub.wait_for(lambda b: True)
         assert beat["name"] == "from-manifest"
         assert beat["callback_url"] == "https://agent.example.org/v1"
         assert agent.url.startswith("http://127.0.0.1:")
@@ -197,11 +214,11 @@ def test_missing_key_is_a_usage_error(start_agent: StartAgent, vllm: FakeVllm) -
 
 
 def test_sigterm_drains_in_flight_requests(
-    start_agent: StartAgent, hub: FakeHub, vllm: FakeVllm
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     vllm.chunks, vllm.chunk_delay = 10, 0.15
     agent = start_agent({"name": "v", "engine": "vllm", "url": vllm.url})
-    hub.wait_for(lambda b: bool(b["services"]))
+    fake_hub.wait_for(lambda b: bool(b["services"]))
     agent.wait_registered()
     parts = urlsplit(agent.url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)

@@ -10,8 +10,7 @@ import pytest
 
 from inferclub.agent.manifest import ManifestError, load_manifest, parse_manifest
 from inferclub.engines import Model, get_engines, get_plugin_manager
-from tests.support.agentproc import StartAgent, run_cli
-from tests.support.fakehub import FakeHub
+from inferclub.testing import FakeHub, StartAgent, run_cli
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests").glob("*.yaml"))
 BUILTIN = get_engines(get_plugin_manager(entrypoints=False))
@@ -217,8 +216,9 @@ def test_all_problems_are_reported_at_once() -> None:
     ]
 
 
+@pytest.mark.subprocess
 def test_invalid_manifest_stops_the_agent_before_anything_starts(
-    start_agent: StartAgent, hub: FakeHub
+    start_agent: StartAgent, fake_hub: FakeHub
 ) -> None:
     agent = start_agent(
         manifest=service_yaml("type: foo\nengine: vllm\nurl: http://x/v1\n"), wait=False
@@ -226,9 +226,10 @@ def test_invalid_manifest_stops_the_agent_before_anything_starts(
     assert agent.wait(30) == 2
     assert "manifest-0.yaml:8: hosts[0].services[1].type: unknown type 'foo'" in agent.stderr
     assert "listening on" not in agent.stdout
-    assert hub.requests == []
+    assert fake_hub.requests == []
 
 
+@pytest.mark.subprocess
 def test_check_rejects_invalid_manifest(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(service_yaml("engine: vllm\n"))

@@ -16,53 +16,49 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.agent.test_agent_e2e import start, wait_models
-from tests.support.agentproc import AgentProcess, manifest_text, run_cli
-from tests.support.hubproc import HubProcess, start_hub
+from inferclub.testing import AgentProcess, manifest_text, run_cli
+from tests.support.hubproc import HubProcess
 from tests.support.real_engines import RunningEngine, llama_server, whisper_server
+from tests.support.stack import start_agent_process, wait_models
 
-pytestmark = pytest.mark.real_engine
+pytestmark = [pytest.mark.real_engine, pytest.mark.subprocess]
 
 
 @pytest.fixture(scope="module")
-def llama() -> Iterator[RunningEngine]:
+def llama_engine() -> Iterator[RunningEngine]:
     with llama_server() as engine:
         yield engine
 
 
-@pytest.fixture
-def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    with start_hub(tmp_path) as hub:
-        yield hub
-
-
-def test_check_sees_the_real_llama_server(llama: RunningEngine, tmp_path: Path) -> None:
+def test_check_sees_the_real_llama_server(llama_engine: RunningEngine, tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
-    path.write_text(manifest_text({"name": "llama", "engine": "llamacpp", "url": llama.base_url}))
+    path.write_text(
+        manifest_text({"name": "llama", "engine": "llamacpp", "url": llama_engine.base_url})
+    )
     result = run_cli("check", "--manifest", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"models: {llama.model}" in result.stdout
+    assert f"models: {llama_engine.model}" in result.stdout
 
 
 def test_chat_through_hub_and_agent_to_llama_server(
-    llama: RunningEngine, real_hub: HubProcess, tmp_path: Path
+    llama_engine: RunningEngine, hub_process: HubProcess, tmp_path: Path
 ) -> None:
-    key = real_hub.user_with_key("alice")
+    key = hub_process.user_with_key("alice")
     # No `models:`: the agent discovers what llama-server serves.
-    agent = start(
-        real_hub,
+    agent = start_agent_process(
+        hub_process,
         key,
         tmp_path / "m.yaml",
-        {"name": "llama", "engine": "llamacpp", "url": llama.base_url},
+        {"name": "llama", "engine": "llamacpp", "url": llama_engine.base_url},
     )
     try:
         with openai.OpenAI(
-            base_url=real_hub.api_base, api_key=key, max_retries=0, timeout=60
+            base_url=hub_process.api_base, api_key=key, max_retries=0, timeout=60
         ) as sdk:
-            wait_models(sdk, {llama.model})
+            wait_models(sdk, {llama_engine.model})
             messages = [{"role": "user", "content": "What is the capital of France?"}]
             reply = sdk.chat.completions.create(
-                model=llama.model,
+                model=llama_engine.model,
                 messages=messages,
                 max_tokens=16,
                 temperature=0,  # type: ignore[arg-type]
@@ -71,7 +67,7 @@ def test_chat_through_hub_and_agent_to_llama_server(
             assert reply.usage is not None and reply.usage.completion_tokens > 0
 
             stream = sdk.chat.completions.create(
-                model=llama.model,
+                model=llama_engine.model,
                 messages=messages,
                 max_tokens=16,
                 temperature=0,  # type: ignore[arg-type]
@@ -86,10 +82,10 @@ def test_chat_through_hub_and_agent_to_llama_server(
             # At temperature 0 the streamed answer is the same as the plain one.
             assert text == reply.choices[0].message.content
 
-        rows = real_hub.wait_for_request_rows(2)
+        rows = hub_process.wait_for_request_rows(2)
         assert [(r["status"], r["service"], r["model"]) for r in rows] == [
-            (200, "llama", llama.model),
-            (200, "llama", llama.model),
+            (200, "llama", llama_engine.model),
+            (200, "llama", llama_engine.model),
         ]
         assert all(r["prompt_tokens"] and r["completion_tokens"] for r in rows)
         assert rows[1]["completion_tokens"] == chunks[-1].usage.completion_tokens
@@ -111,12 +107,12 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 
 def test_transcription_through_hub_and_agent_to_faster_whisper(
-    real_hub: HubProcess, tmp_path: Path
+    hub_process: HubProcess, tmp_path: Path
 ) -> None:
     with whisper_server() as engine:
-        key = real_hub.user_with_key("erin")
-        agent: AgentProcess = start(
-            real_hub,
+        key = hub_process.user_with_key("erin")
+        agent: AgentProcess = start_agent_process(
+            hub_process,
             key,
             tmp_path / "m.yaml",
             {
@@ -129,7 +125,7 @@ def test_transcription_through_hub_and_agent_to_faster_whisper(
         )
         try:
             with openai.OpenAI(
-                base_url=real_hub.api_base, api_key=key, max_retries=0, timeout=120
+                base_url=hub_process.api_base, api_key=key, max_retries=0, timeout=120
             ) as sdk:
                 wait_models(sdk, {engine.model})
                 result = sdk.audio.transcriptions.create(

@@ -11,10 +11,12 @@ import urllib.parse
 from pathlib import Path
 
 import openai
+import pytest
 
-from tests.dashboard.conftest import WebClient
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.hubthread import HubThread, hub_in_thread
+from tests.support.web import WebClient
 
 SESSION = "inferclub_session"
 
@@ -39,7 +41,7 @@ def printed_link(hub: HubProcess, timeout: float = 10) -> str:
 
 
 def test_github_sign_in_uses_state_pkce_and_json_and_sets_a_strict_session_cookie(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     start = web.get("/auth/github?next=/dashboard/requests")
     assert start.status == 302
@@ -71,7 +73,7 @@ def test_github_sign_in_uses_state_pkce_and_json_and_sets_a_strict_session_cooki
 
 
 def test_the_github_token_never_appears_in_a_query_string(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     assert web.github_sign_in(github).status == 302
     assert web.signed_in_as() == "octocat"
@@ -108,7 +110,7 @@ def _assert_refused(web: WebClient, url: str) -> None:
 
 
 def test_a_missing_state_is_refused(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     url = _callback(web, github)
     parts = urllib.parse.urlsplit(url)
@@ -118,7 +120,7 @@ def test_a_missing_state_is_refused(
 
 
 def test_an_altered_state_is_refused(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     url = _callback(web, github)
     state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
@@ -128,7 +130,7 @@ def test_an_altered_state_is_refused(
 
 
 def test_a_callback_without_the_state_cookie_is_refused(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     """Login CSRF: an attacker's own callback URL, opened in the victim's browser."""
     url = _callback(WebClient(dashboard_hub.url), github)
@@ -137,7 +139,7 @@ def test_a_callback_without_the_state_cookie_is_refused(
 
 
 def test_a_replayed_state_is_refused_even_with_its_cookie(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     url = _callback(web, github)
     saved = [c for c in web.jar if c.name == "inferclub_oauth_state"]
@@ -155,7 +157,7 @@ def test_a_replayed_state_is_refused_even_with_its_cookie(
 
 
 def test_github_denied_is_a_400_without_a_session(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     github.deny = True
     resp = web.github_sign_in(github)
@@ -164,7 +166,7 @@ def test_github_denied_is_a_400_without_a_session(
 
 
 def test_a_bad_pkce_verifier_gets_no_token(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     start = web.get("/auth/github")
     # Swap the challenge GitHub records for one the hub's verifier cannot match.
@@ -176,7 +178,7 @@ def test_a_bad_pkce_verifier_gets_no_token(
     assert web.signed_in_as() is None
 
 
-def test_accounts_are_keyed_by_github_id(dashboard_hub: HubProcess, github: FakeGitHub) -> None:
+def test_accounts_are_keyed_by_github_id(dashboard_hub: HubThread, github: FakeGitHub) -> None:
     first = WebClient(dashboard_hub.url)
     first.github_sign_in(github)
     assert first.signed_in_as() == "octocat"
@@ -199,6 +201,7 @@ def test_accounts_are_keyed_by_github_id(dashboard_hub: HubProcess, github: Fake
     assert len(dashboard_hub.query("SELECT id FROM users")) == 2
 
 
+@pytest.mark.subprocess  # the link `inferclub serve` prints, and the CLI's
 def test_a_printed_sign_in_link_works_once(tmp_path: Path) -> None:
     with start_hub(tmp_path) as hub:
         link = printed_link(hub)
@@ -223,6 +226,7 @@ def test_a_printed_sign_in_link_works_once(tmp_path: Path) -> None:
         assert token not in hub.log(), "the access log records paths, not tokens"
 
 
+@pytest.mark.subprocess  # the link `inferclub serve` prints
 def test_a_sign_in_link_expires(tmp_path: Path) -> None:
     with start_hub(tmp_path, env={"INFERCLUB_LOGIN_LINK_TTL": "0.5"}) as hub:
         link = printed_link(hub)
@@ -232,7 +236,7 @@ def test_a_sign_in_link_expires(tmp_path: Path) -> None:
 
 
 def test_no_github_app_means_no_github_sign_in(tmp_path: Path) -> None:
-    with start_hub(tmp_path) as hub:
+    with hub_in_thread(tmp_path) as hub:
         web = WebClient(hub.url)
         page = web.get("/login").text
         assert "github-login" not in page and "inferclub users login-link" in page
@@ -240,7 +244,7 @@ def test_no_github_app_means_no_github_sign_in(tmp_path: Path) -> None:
 
 
 def test_logout_is_an_xsrf_protected_post_that_ends_the_session(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     web.github_sign_in(github)
     stolen = web.cookie(SESSION)
@@ -260,7 +264,7 @@ def test_logout_is_an_xsrf_protected_post_that_ends_the_session(
 
 
 def test_dashboard_mutations_need_the_xsrf_token(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     web.github_sign_in(github)
     assert web.post("/dashboard/keys", {"name": "x"}, xsrf=False).status == 403
@@ -295,7 +299,7 @@ def test_dashboard_mutations_need_the_xsrf_token(
 
 
 def test_v1_ignores_the_session_cookie(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     web.github_sign_in(github)
     assert web.signed_in_as() == "octocat"
@@ -315,7 +319,7 @@ def test_v1_ignores_the_session_cookie(
 
 
 def test_signing_in_again_replaces_the_session(
-    dashboard_hub: HubProcess, github: FakeGitHub, web: WebClient
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     web.github_sign_in(github)
     first = web.cookie(SESSION)

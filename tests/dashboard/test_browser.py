@@ -18,10 +18,12 @@ from typing import Any
 import openai
 import pytest
 
-from tests.dashboard.conftest import screenshot
+from tests.support.browser import screenshot
 from tests.support.fakes.agent import FakeAgent, ImagesHandler
 from tests.support.fakes.github import FakeGitHub
 from tests.support.hubproc import HubProcess, start_hub
+
+pytestmark = pytest.mark.subprocess
 
 
 def sign_in(page: Any, hub: HubProcess, path: str = "/dashboard/keys") -> None:
@@ -94,7 +96,7 @@ class PaintingAgent(FakeAgent):
 
 
 @pytest.fixture
-def agent() -> Iterator[FakeAgent]:
+def painting_agent() -> Iterator[FakeAgent]:
     with PaintingAgent(["m1"]) as a:
         yield a
 
@@ -147,9 +149,9 @@ def register(hub: HubProcess, key: str, agent: FakeAgent, name: str = "home-rig"
 
 
 def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
-    page: Any, dashboard_hub: HubProcess, github: FakeGitHub
+    page: Any, browser_hub: HubProcess, github: FakeGitHub
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     page.goto(hub.url + "/dashboard/keys")
     page.wait_for_url("**/login?next=*")
     screenshot(page, "login")
@@ -200,14 +202,14 @@ def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
 
 
 def test_a_provider_goes_online_then_offline_without_a_reload(
-    page: Any, tmp_path: Path, github: FakeGitHub, agent: FakeAgent
+    page: Any, tmp_path: Path, github: FakeGitHub, painting_agent: FakeAgent
 ) -> None:
     with start_hub(tmp_path, env=github.hub_env(), online_window=3) as hub:
         sign_in(page, hub, "/dashboard/providers")
         page.wait_for_selector("#providers-empty:not([hidden])")
         page.evaluate("window.__sameDocument = true")
         key = hub.create_key("octocat")
-        register(hub, key, agent)
+        register(hub, key, painting_agent)
 
         card = page.locator('[data-provider-id][data-status="online"]')
         card.wait_for()
@@ -215,7 +217,7 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         for expected in (
             "home-rig",
             "online",
-            agent.url,
+            painting_agent.url,
             "0.1.0",
             "Language models",
             "Speech to text",
@@ -239,7 +241,7 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         screenshot(page, "providers-offline")
 
         # Back online with the next heartbeat, again without a reload.
-        register(hub, key, agent)
+        register(hub, key, painting_agent)
         page.locator('[data-provider-id][data-status="online"]').wait_for()
 
         page.click('[data-provider-id] button:has-text("Delete")')
@@ -249,11 +251,13 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
             assert client.models.list().data == []
 
 
-def test_playground_streams_a_chat(page: Any, dashboard_hub: HubProcess, agent: FakeAgent) -> None:
-    hub = dashboard_hub
-    agent.chunks, agent.chunk_delay = 12, 0.15
+def test_playground_streams_a_chat(
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
+) -> None:
+    hub = browser_hub
+    painting_agent.chunks, painting_agent.chunk_delay = 12, 0.15
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), agent)
+    register(hub, hub.create_key("octocat"), painting_agent)
     page.goto(hub.url + "/dashboard/playground")
     assert page.locator("#chat-model option").all_inner_texts() == ["m1  (home-rig)"]
     page.fill("#chat-input", "Hello there")
@@ -275,7 +279,7 @@ def test_playground_streams_a_chat(page: Any, dashboard_hub: HubProcess, agent: 
     assert "req_" in meta and "served by home-rig" in meta
     screenshot(page, "playground-chat")
 
-    sent = agent.posts("/v1/chat/completions")[-1].json()
+    sent = painting_agent.posts("/v1/chat/completions")[-1].json()
     assert (
         sent["messages"] == [{"role": "user", "content": "Hello there"}] and sent["stream"] is True
     )
@@ -296,11 +300,11 @@ def test_playground_streams_a_chat(page: Any, dashboard_hub: HubProcess, agent: 
 
 
 def test_playground_transcript_seeks_where_a_word_is_clicked(
-    page: Any, dashboard_hub: HubProcess, agent: FakeAgent, tmp_path: Path
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent, tmp_path: Path
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), agent)
+    register(hub, hub.create_key("octocat"), painting_agent)
     audio = tmp_path / "fox.wav"
     audio.write_bytes(wav(3.0))
     page.goto(hub.url + "/dashboard/playground#transcription")
@@ -312,7 +316,7 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
     words = page.locator("#transcript .word")
     assert words.all_inner_texts() == ["the", "quick", "brown", "fox"]
 
-    fields, files = agent.form()
+    fields, files = painting_agent.form()
     assert fields["response_format"] == ["verbose_json"]
     assert fields["timestamp_granularities[]"] == ["word", "segment"]
     assert files["file"][0].body == audio.read_bytes()
@@ -348,15 +352,15 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
     page.wait_for_selector("#transcript.plain[data-done]")
     assert page.inner_text("#transcript") == "the quick brown fox"
     assert page.locator("#transcript .word").count() == 0
-    assert agent.form()[0]["response_format"] == ["text"]
+    assert painting_agent.form()[0]["response_format"] == ["text"]
 
 
 def test_playground_image_and_speech(
-    page: Any, dashboard_hub: HubProcess, agent: FakeAgent
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), agent)
+    register(hub, hub.create_key("octocat"), painting_agent)
     page.goto(hub.url + "/dashboard/playground#image")
     page.fill("#image-prompt", "a lighthouse at dusk")
     page.click("#image-go")
@@ -365,7 +369,10 @@ def test_playground_image_and_speech(
     assert img.get_attribute("src").startswith("data:image/png;base64,")
     page.wait_for_function("() => document.getElementById('generated-image').naturalWidth === 96")
     assert "a lighthouse at dusk, oil" in page.inner_text("#image-result")
-    assert agent.posts("/v1/images/generations")[-1].json()["prompt"] == "a lighthouse at dusk"
+    assert (
+        painting_agent.posts("/v1/images/generations")[-1].json()["prompt"]
+        == "a lighthouse at dusk"
+    )
     screenshot(page, "playground-image")
 
     page.click("#tab-tts")
@@ -374,18 +381,18 @@ def test_playground_image_and_speech(
     player = page.locator("#speech-audio")
     player.wait_for()
     assert player.get_attribute("src").startswith("blob:")
-    assert f"{len(agent.audio) / 1024:.1f} KiB" in page.inner_text("#tts-meta")
-    assert agent.posts("/v1/audio/speech")[-1].json()["input"] == "Hello from the hub"
+    assert f"{len(painting_agent.audio) / 1024:.1f} KiB" in page.inner_text("#tts-meta")
+    assert painting_agent.posts("/v1/audio/speech")[-1].json()["input"] == "Hello from the hub"
     screenshot(page, "playground-speech")
 
 
 def test_history_table_filters_and_charts(
-    page: Any, dashboard_hub: HubProcess, agent: FakeAgent
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
 ) -> None:
-    hub = dashboard_hub
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
     key = hub.create_key("octocat")
-    register(hub, key, agent)
+    register(hub, key, painting_agent)
     with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client:
         for _ in range(3):
             client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
@@ -430,8 +437,8 @@ def test_history_table_filters_and_charts(
     screenshot(page, "request-detail")
 
 
-def test_sign_out_is_a_post_and_ends_the_session(page: Any, dashboard_hub: HubProcess) -> None:
-    hub = dashboard_hub
+def test_sign_out_is_a_post_and_ends_the_session(page: Any, browser_hub: HubProcess) -> None:
+    hub = browser_hub
     sign_in(page, hub, "/dashboard/playground")
     screenshot(page, "playground-empty")
     page.click(".topbar .who button")

@@ -24,7 +24,9 @@ PUBLIC = "https://hub.example.org"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Hub:
+def https_hub(tmp_path: Path) -> Hub:
+    """The hub behind `app` (which pytest-tornasync serves), not started yet, configured as
+    if behind https with GitHub sign-in."""
     settings = Settings(
         db=str(tmp_path / "h.db"),
         public_url=PUBLIC,
@@ -36,8 +38,8 @@ def hub(tmp_path: Path) -> Hub:
 
 
 @pytest.fixture
-def app(hub: Hub) -> tornado.web.Application:
-    return make_app(hub)
+def app(https_hub: Hub) -> tornado.web.Application:
+    return make_app(https_hub)
 
 
 @asynccontextmanager
@@ -64,10 +66,10 @@ async def sign_in(hub: Hub, client: Any, login: str = "alice") -> tuple[int, str
 
 
 async def test_behind_https_cookies_are_secure_and_host_prefixed(
-    hub: Hub, http_server_client: Any
+    https_hub: Hub, http_server_client: Any
 ) -> None:
-    async with running(hub):
-        _, cookie = await sign_in(hub, http_server_client)
+    async with running(https_hub):
+        _, cookie = await sign_in(https_hub, http_server_client)
         resp = await http_server_client.fetch(
             "/dashboard/keys", headers={"Cookie": cookie}, raise_error=False, follow_redirects=False
         )
@@ -76,8 +78,8 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(
         assert xsrf and all(f in xsrf[0] for f in ("Secure", "HttpOnly", "SameSite=Lax"))
 
         # The session cookie, as set by the sign-in.
-        user = await hub.store.create_user("bob")
-        link = await hub.accounts.create_login_link(user.id, PUBLIC, 60)
+        user = await https_hub.store.create_user("bob")
+        link = await https_hub.accounts.create_login_link(user.id, PUBLIC, 60)
         resp = await http_server_client.fetch(
             link[len(PUBLIC) :], follow_redirects=False, raise_error=False
         )
@@ -101,8 +103,8 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(
         assert "Secure" in state and "HttpOnly" in state and "SameSite=Lax" in state
 
 
-async def test_security_headers_on_pages(hub: Hub, http_server_client: Any) -> None:
-    async with running(hub):
+async def test_security_headers_on_pages(https_hub: Hub, http_server_client: Any) -> None:
+    async with running(https_hub):
         resp = await http_server_client.fetch("/login")
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
         assert resp.headers["X-Frame-Options"] == "DENY"
@@ -140,13 +142,15 @@ def _chart(html: str) -> dict[str, Any]:
     return json.loads(m.group(1))  # type: ignore[no-any-return]
 
 
-async def test_history_pages_filters_and_chart_buckets(hub: Hub, http_server_client: Any) -> None:
-    async with running(hub):
-        uid, cookie = await sign_in(hub, http_server_client)
-        other, _ = await sign_in(hub, http_server_client, "mallory")
+async def test_history_pages_filters_and_chart_buckets(
+    https_hub: Hub, http_server_client: Any
+) -> None:
+    async with running(https_hub):
+        uid, cookie = await sign_in(https_hub, http_server_client)
+        other, _ = await sign_in(https_hub, http_server_client, "mallory")
         now = time.time()
         rows = _rows(uid, now)
-        await hub.store.add_requests(
+        await https_hub.store.add_requests(
             [
                 *rows,
                 RequestRecord(

@@ -9,19 +9,19 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.dashboard.conftest import WebClient
 from tests.support.fakes.agent import FakeAgent
 from tests.support.fakes.github import FakeGitHub
-from tests.support.hubproc import HubProcess
+from tests.support.hubthread import HubThread
+from tests.support.web import WebClient
 
 
 @pytest.fixture
-def agent() -> Iterator[FakeAgent]:
+def alices_agent() -> Iterator[FakeAgent]:
     with FakeAgent(["alices-model"]) as a:
         yield a
 
 
-def sign_in(hub: HubProcess, github: FakeGitHub, gh_id: int, login: str) -> WebClient:
+def sign_in(hub: HubThread, github: FakeGitHub, gh_id: int, login: str) -> WebClient:
     github.user = {"id": gh_id, "login": login}
     web = WebClient(hub.url)
     web.github_sign_in(github)
@@ -30,7 +30,7 @@ def sign_in(hub: HubProcess, github: FakeGitHub, gh_id: int, login: str) -> WebC
 
 
 def test_another_users_ids_are_404_everywhere(
-    dashboard_hub: HubProcess, github: FakeGitHub, agent: FakeAgent
+    dashboard_hub: HubThread, github: FakeGitHub, alices_agent: FakeAgent
 ) -> None:
     hub = dashboard_hub
     alice = sign_in(hub, github, 1, "alice")
@@ -39,7 +39,7 @@ def test_another_users_ids_are_404_everywhere(
     status, beat = hub.heartbeat(
         key,
         "alices-rig",
-        agent.url,
+        alices_agent.url,
         [{"name": "s", "type": "llm", "engine": "vllm", "models": ["alices-model"]}],
     )
     assert status == 200
@@ -80,7 +80,7 @@ def test_another_users_ids_are_404_everywhere(
             "alices-rig",
             "alices-model",
             request_id,
-            agent.url,
+            alices_agent.url,
         ):
             assert secret not in text, (path, secret)
 
@@ -105,7 +105,7 @@ def test_another_users_ids_are_404_everywhere(
     assert alice.get(f"/dashboard/api/providers/{provider_id}").json()["name"] == "alices-rig"
 
 
-def test_unknown_ids_are_404(dashboard_hub: HubProcess, github: FakeGitHub) -> None:
+def test_unknown_ids_are_404(dashboard_hub: HubThread, github: FakeGitHub) -> None:
     web = sign_in(dashboard_hub, github, 1, "alice")
     assert web.get("/dashboard/requests/req_000000000000000000000000").status == 404
     assert web.get("/dashboard/api/providers/99").status == 404
@@ -115,7 +115,7 @@ def test_unknown_ids_are_404(dashboard_hub: HubProcess, github: FakeGitHub) -> N
     assert page.status == 404 and "No such request." in page.text and "Traceback" not in page.text
 
 
-def test_pages_and_json_need_a_session(dashboard_hub: HubProcess) -> None:
+def test_pages_and_json_need_a_session(dashboard_hub: HubThread) -> None:
     anon = WebClient(dashboard_hub.url)
     for path in (
         "/dashboard/keys",

@@ -33,32 +33,32 @@ def _client(engine) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def llama():
+def llama_direct():
     with llama_server() as engine, _client(engine) as client:
         yield engine, client
 
 
 @pytest.fixture(scope="module")
-def whisper():
+def whisper_direct():
     with whisper_server() as engine, _client(engine) as client:
         yield engine, client
 
 
 @pytest.fixture(scope="module")
-def tts():
+def tts_direct():
     with tts_server() as engine, _client(engine) as client:
         yield engine, client
 
 
 @pytest.fixture(scope="module")
-def embed():
+def embed_direct():
     with embeddings_server() as engine, _client(engine) as client:
         yield engine, client
 
 
 @pytest.fixture(scope="module")
-def spoken_wav(tts) -> bytes:
-    engine, client = tts
+def spoken_wav(tts_direct) -> bytes:
+    engine, client = tts_direct
     resp = client.audio.speech.create(
         model=engine.model, voice="alloy", input=SENTENCE, response_format="wav"
     )
@@ -69,8 +69,9 @@ def spoken_wav(tts) -> bytes:
 
 
 @pytest.mark.real_engine
-def test_chat_completion(llama):
-    engine, client = llama
+@pytest.mark.subprocess
+def test_chat_completion(llama_direct):
+    engine, client = llama_direct
     resp = client.chat.completions.create(
         model=engine.model,
         messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -87,8 +88,9 @@ def test_chat_completion(llama):
 
 
 @pytest.mark.real_engine
-def test_chat_streaming_with_usage_chunk(llama):
-    engine, client = llama
+@pytest.mark.subprocess
+def test_chat_streaming_with_usage_chunk(llama_direct):
+    engine, client = llama_direct
     stream = client.chat.completions.create(
         model=engine.model,
         messages=[{"role": "user", "content": "Say hello in one short sentence."}],
@@ -114,6 +116,7 @@ def test_chat_streaming_with_usage_chunk(llama):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_speech_returns_wav(spoken_wav):
     assert len(spoken_wav) > 44
     assert spoken_wav[:4] == b"RIFF" and spoken_wav[8:12] == b"WAVE"
@@ -131,8 +134,9 @@ def test_speech_returns_wav(spoken_wav):
 
 
 @pytest.mark.real_engine
-def test_transcription_of_tts_output(whisper, spoken_wav):
-    engine, client = whisper
+@pytest.mark.subprocess
+def test_transcription_of_tts_output(whisper_direct, spoken_wav):
+    engine, client = whisper_direct
     result = client.audio.transcriptions.create(
         model=engine.model, file=("speech.wav", spoken_wav, "audio/wav")
     )
@@ -149,9 +153,10 @@ def _cos(a, b) -> float:
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 @pytest.mark.parametrize("encoding_format", [None, "float"], ids=["sdk-default-base64", "float"])
-def test_embeddings(embed, encoding_format):
-    engine, client = embed
+def test_embeddings(embed_direct, encoding_format):
+    engine, client = embed_direct
     texts = ["A cat is sitting on the mat.", "The cat sits on a mat.", "Quarterly tax deadlines"]
     # Without encoding_format the SDK asks for base64 and decodes it itself.
     kwargs = {"encoding_format": encoding_format} if encoding_format else {}
@@ -169,6 +174,7 @@ def test_embeddings(embed, encoding_format):
 
 
 @pytest.mark.real_engine
+@pytest.mark.subprocess
 def test_engine_process_is_stopped_on_exit():
     with embeddings_server() as engine:
         assert engine.proc.poll() is None

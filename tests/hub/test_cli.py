@@ -10,9 +10,12 @@ import threading
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess, start_hub
+
+pytestmark = pytest.mark.subprocess
 
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
 
@@ -31,29 +34,29 @@ def inferclub(
     )
 
 
-def test_users_and_keys_lifecycle(hub: HubProcess) -> None:
-    assert "created user alice" in hub.cli("users", "create", "alice").stdout
-    dup = hub.cli("users", "create", "alice", check=False)
+def test_users_and_keys_lifecycle(hub_process: HubProcess) -> None:
+    assert "created user alice" in hub_process.cli("users", "create", "alice").stdout
+    dup = hub_process.cli("users", "create", "alice", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
-    bad = hub.cli("users", "create", "no spaces", check=False)
+    bad = hub_process.cli("users", "create", "no spaces", check=False)
     assert bad.returncode == 1 and "invalid login" in bad.stderr
 
-    key = hub.create_key("alice", name="laptop")
-    listing = hub.cli("keys", "list", "alice").stdout
+    key = hub_process.create_key("alice", name="laptop")
+    listing = hub_process.cli("keys", "list", "alice").stdout
     assert key[:11] in listing and "laptop" in listing and "active" in listing
     assert key not in listing
 
-    rotated = hub.cli("keys", "rotate", key[:11]).stdout.strip().splitlines()
+    rotated = hub_process.cli("keys", "rotate", key[:11]).stdout.strip().splitlines()
     new_key = rotated[-1]
     assert new_key != key and new_key.startswith("ic_") and "revoked" in rotated[0]
-    with openai.OpenAI(base_url=hub.api_base, api_key=new_key, max_retries=0) as c:
+    with openai.OpenAI(base_url=hub_process.api_base, api_key=new_key, max_retries=0) as c:
         assert c.models.list().data == []
 
-    missing = hub.cli("keys", "revoke", key[:11], check=False)
+    missing = hub_process.cli("keys", "revoke", key[:11], check=False)
     assert missing.returncode == 1 and "no active key" in missing.stderr
-    key_id = hub.query("SELECT id FROM api_keys WHERE revoked_at IS NULL")[0]["id"]
-    assert "revoked" in hub.cli("keys", "revoke", str(key_id)).stdout
-    unknown = hub.cli("keys", "create", "nobody", check=False)
+    key_id = hub_process.query("SELECT id FROM api_keys WHERE revoked_at IS NULL")[0]["id"]
+    assert "revoked" in hub_process.cli("keys", "revoke", str(key_id)).stdout
+    unknown = hub_process.cli("keys", "create", "nobody", check=False)
     assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
 
 

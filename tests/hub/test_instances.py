@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess
+
+pytestmark = pytest.mark.subprocess
 
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
 

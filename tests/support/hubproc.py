@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 LISTENING = re.compile(r"^listening on (http://\S+)$")
+#: Test settings of every hub, in-process or not: history rows and key revocations show up fast.
+TEST_ENV = {
+    "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
+    "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
+    "INFERCLUB_LOG_LEVEL": "DEBUG",
+}
 
 
 class HubProcess:
@@ -33,13 +39,7 @@ class HubProcess:
         #: The ``--db`` value: a SQLite file in ``workdir`` unless a ``postgresql://`` URL is given.
         self.db = db or str(workdir / "hub.db")
         self.log_path = workdir / "hub.log"
-        self.env = {
-            **os.environ,
-            "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
-            "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
-            "INFERCLUB_LOG_LEVEL": "DEBUG",
-            **(env or {}),
-        }
+        self.env = {**os.environ, **TEST_ENV, **(env or {})}
         self.args = args
         self.stdout_lines: list[str] = []
         self.url = ""
@@ -48,26 +48,19 @@ class HubProcess:
     # -- lifecycle --
     def start(self, timeout: float = 60) -> HubProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "inferclub",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--db",
-                self.db,
-                *self.args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=self.env,
-            cwd=self.workdir,
-        )
+        argv = [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, "--db", str(self.db), *self.args],
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                text=True,
+                env=self.env,
+                cwd=self.workdir,
+            )
+        except BaseException:
+            self._log.close()
+            raise
         found = threading.Event()
 
         def pump() -> None:
@@ -150,27 +143,11 @@ class HubProcess:
     def post_json(
         self, path: str, payload: Any, key: str | None, content_type: str = "application/json"
     ) -> tuple[int, dict[str, Any]]:
-        """POST ``payload`` (an object, or raw bytes sent as they are); the JSON answer."""
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        req = urllib.request.Request(self.url + path, data=data, method="POST")
-        req.add_header("Content-Type", content_type)
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, json.loads(err.read())
+        return post_json(self.url, path, payload, key, content_type)
 
     # -- store, read-only --
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            con.row_factory = sqlite3.Row
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
+        return query_db(self.db, sql, *args)
 
     def wait_for_request_rows(self, n: int = 1, timeout: float = 10) -> list[sqlite3.Row]:
         """History rows, newest last, once at least ``n`` were written (they are batched)."""
@@ -180,6 +157,46 @@ class HubProcess:
             if len(rows) >= n or time.monotonic() > deadline:
                 return rows
             time.sleep(0.05)
+
+
+def post_json(
+    base: str, path: str, payload: Any, key: str | None, content_type: str = "application/json"
+) -> tuple[int, dict[str, Any]]:
+    """POST ``payload`` (an object, or raw bytes sent as they are); the JSON answer."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return request_json(base, "POST", path, data, key, content_type)
+
+
+def request_json(
+    base: str,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    key: str | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, dict[str, Any]]:
+    """The status and JSON answer of one plain HTTP request, error statuses included."""
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def query_db(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    """Rows of a read-only query of the hub's database (it may be running)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        con.row_factory = sqlite3.Row
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
 
 
 @contextmanager

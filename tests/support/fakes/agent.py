@@ -12,6 +12,9 @@ from tornado.httputil import HTTPFile, parse_body_arguments
 from tests.support.fakes.base import FakeHandler, chat_chunks, words
 from tests.support.fakes.openai_api import ChatHandler, OpenAIFake
 
+#: What an agent serving chat with `m1` advertises in a heartbeat.
+LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "features": [], "models": ["m1"]}]
+
 
 class FakeAgent(OpenAIFake):
     def __init__(self, models: list[str] | None = None) -> None:

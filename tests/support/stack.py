@@ -1,8 +1,10 @@
-"""The whole path: the openai SDK -> the real hub -> the real agent (both subprocesses) -> engines.
+"""The whole path for end-to-end tests: the openai SDK -> the real hub -> the real agent (both
+subprocesses) -> engines.
 
 `Stack` starts a hub, a user with a key, and an agent on a manifest, and waits until the hub
 lists every expected (model, type). Test modules start one stack per module; each test reads its
 own history row by the `X-Request-Id` of its response, so tests do not depend on each other.
+`start_agent_process` and `wait_models` are the same steps for tests that start their own agent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import openai
 
-from tests.support.agentproc import AgentProcess, manifest_text
+from inferclub.testing import AgentProcess, manifest_text
 from tests.support.hubproc import HubProcess, start_hub
 
 #: Seconds between agent heartbeats in these tests (the hub's default asks for 30).
@@ -98,3 +100,43 @@ def start_stack(
             yield stack
         finally:
             agent.kill()
+
+
+def start_agent_process(
+    hub: HubProcess, key: str, path: Path, *services: dict[str, Any], interval: float = 1.0
+) -> AgentProcess:
+    path.write_text(manifest_text(*services))
+    agent = AgentProcess(
+        [
+            "run",
+            "--manifest",
+            str(path),
+            "--hub",
+            hub.url,
+            "--key",
+            key,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "home-rig",
+            "--heartbeat-interval",
+            str(interval),
+        ]
+    )
+    agent.wait_listening()
+    agent.wait_registered()
+    return agent
+
+
+def model_ids(sdk: openai.OpenAI) -> set[str]:
+    return {m.id for m in sdk.models.list().data}
+
+
+def wait_models(sdk: openai.OpenAI, expected: set[str], timeout: float = 15) -> float:
+    """Seconds until the hub lists exactly `expected`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if model_ids(sdk) == expected:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"hub lists {model_ids(sdk)}, not {expected}")

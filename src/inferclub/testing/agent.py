@@ -1,4 +1,4 @@
-"""Run `inference-club-agent` as a subprocess, the way operators do."""
+"""Run ``inference-club-agent`` as a subprocess, the way operators do, and watch its output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -18,10 +18,13 @@ EXE = Path(sys.executable).with_name("inference-club-agent")
 
 
 def agent_command() -> list[str]:
+    """The installed console script, or the module when only the package is importable."""
     return [str(EXE)] if EXE.exists() else [sys.executable, "-m", "inferclub.agent"]
 
 
 class AgentProcess:
+    """``inference-club-agent ARGS...`` with its stdout and stderr collected line by line."""
+
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -41,11 +44,12 @@ class AgentProcess:
         ]
         for t in self._readers:
             t.start()
+        #: ``http://host:port`` once `wait_listening` saw the agent print it.
         self.url = ""
 
     @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _pump(stream: IO[str], sink: list[str]) -> None:
+        for line in stream:
             sink.append(line.rstrip("\n"))
 
     @property
@@ -56,7 +60,13 @@ class AgentProcess:
     def stderr(self) -> str:
         return "\n".join(self.err)
 
+    @property
+    def callback_url(self) -> str:
+        """Where the hub reaches this agent when it listens on a specific address."""
+        return self.url + "/v1"
+
     def wait_listening(self, timeout: float = 20) -> str:
+        """The agent's URL, once it printed ``listening on URL``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.out:
@@ -70,6 +80,7 @@ class AgentProcess:
         raise AssertionError(f"agent did not start:\n{self.stdout}\n{self.stderr}")
 
     def wait_log(self, text: str, timeout: float = 10) -> str:
+        """The first line of the agent's log (stderr) containing ``text``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.err:
@@ -106,6 +117,7 @@ class AgentProcess:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
+    """``inference-club-agent ARGS...`` to completion (``check``, ``detect``, ``engines``)."""
     return subprocess.run(
         [*agent_command(), *args],
         check=False,

@@ -1,0 +1,161 @@
+"""A fake hub: the hub's side of the agent protocol, small enough to read in one go.
+
+It accepts ``POST /v1/agent/heartbeat`` with the key it was given, records each heartbeat, and
+answers with a callback token, as the real hub does. It can then send the agent what the hub
+sends for a consumer request: the path under the agent's callback URL, the callback token as a
+bearer token, and the service name in ``X-InferClub-Service``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from inferclub.testing.servers import FakeHandler, FakeServer
+
+#: The API key `FakeHub` accepts unless given another.
+KEY = "hub_TestKey0123456789abcdefghijkl"
+#: The callback token `FakeHub` hands out unless given another.
+CALLBACK_TOKEN = "cbt_0123456789abcdefghijklmnopqrstuv"
+#: Heartbeat fields an agent must send, and their JSON types.
+HEARTBEAT_FIELDS = (
+    ("name", str),
+    ("callback_url", str),
+    ("version", str),
+    ("services", list),
+    ("health", dict),
+)
+
+
+class AgentResponse(NamedTuple):
+    """What an agent answered: the status, headers (lower-case names) and raw body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send_to_agent(
+    callback_url: str,
+    method: str,
+    path: str,
+    body: bytes | dict[str, Any] | None = None,
+    *,
+    token: str | None = CALLBACK_TOKEN,
+    service: str | None = None,
+    content_type: str = "application/json",
+) -> AgentResponse:
+    """Send ``method path`` (``/chat/completions``: relative to the callback URL, which ends
+    in ``/v1``) the way the hub proxies a request; a dict body is sent as JSON."""
+    parts = urlsplit(callback_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if service:
+        headers["X-InferClub-Service"] = service
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    try:
+        conn.request(method, parts.path.rstrip("/") + path, body=raw, headers=headers)
+        resp = conn.getresponse()
+        return AgentResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def advertised(beat: dict[str, Any]) -> dict[str, list[str]]:
+    """Service name -> models, as one heartbeat advertises them."""
+    return {s["name"]: s["models"] for s in beat["services"]}
+
+
+class FakeHub(FakeServer):
+    """``with FakeHub() as hub:`` an agent started with ``--hub hub.root --key hub.key``
+    registers here; ``hub.beats`` holds what it sent."""
+
+    def __init__(self, key: str = KEY, token: str = CALLBACK_TOKEN) -> None:
+        super().__init__()
+        self.key = key
+        self.token = token
+        #: What the hub tells agents: seconds between beats, and how long one counts.
+        self.interval = 30
+        self.window = 60
+        #: Heartbeat payloads accepted, with their arrival time (`time.monotonic()`).
+        self.beats: list[tuple[float, dict[str, Any]]] = []
+        #: Answer this many heartbeats with a 503 before accepting again.
+        self.fail_next = 0
+
+    def routes(self) -> list[Any]:
+        return [(r"/v1/agent/heartbeat", HeartbeatHandler, {"fake": self})]
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10, after: int = 0
+    ) -> dict[str, Any]:
+        """The first accepted beat (from index `after`) matching `predicate`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, beat in self.beats[after:]:
+                if predicate(beat):
+                    return beat
+            time.sleep(0.02)
+        raise AssertionError(f"no matching heartbeat within {timeout}s; got {self.beats[after:]}")
+
+    def last(self) -> dict[str, Any]:
+        return self.beats[-1][1] if self.beats else self.wait_for(lambda b: True)
+
+    def proxy(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        *,
+        service: str | None = None,
+        callback_url: str | None = None,
+        content_type: str = "application/json",
+    ) -> AgentResponse:
+        """Send a request to the agent as the hub would: to the callback URL of the latest
+        heartbeat (or ``callback_url``), with this hub's callback token."""
+        url = callback_url or self.last()["callback_url"]
+        return send_to_agent(
+            url, method, path, body, token=self.token, service=service, content_type=content_type
+        )
+
+
+def _error(message: str, type_: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": None}}
+
+
+class HeartbeatHandler(FakeHandler):
+    fake: FakeHub
+
+    def post(self) -> None:
+        hub = self.fake
+        if self.request.headers.get("Authorization") != f"Bearer {hub.key}":
+            body = _error("invalid API key", "authentication_error")
+            body["error"]["code"] = "invalid_api_key"
+            self.send_json(body, 401)
+            return
+        if hub.fail_next > 0:
+            hub.fail_next -= 1
+            self.send_json(_error("hub is busy", "server_error"), 503)
+            return
+        beat = self.json_body()
+        for name, kind in HEARTBEAT_FIELDS:
+            if not isinstance(beat.get(name), kind):
+                self.send_json(_error(f"bad field {name}", "invalid_request_error", name), 400)
+                return
+        hub.beats.append((time.monotonic(), beat))
+        self.send_json(
+            {
+                "provider_id": 7,
+                "heartbeat_interval": hub.interval,
+                "online_window": hub.window,
+                "callback_token": hub.token,
+            }
+        )
