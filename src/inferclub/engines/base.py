@@ -16,10 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from inferclub.engines.errors import normalise_error_body
-
-#: Service types, in the order error messages list them. `llm` is the default.
-SERVICE_TYPES: tuple[str, ...] = ("llm", "stt", "image", "tts", "embedding")
+from inferclub.openai_errors import normalise_error_body
 
 
 class EngineError(Exception):
