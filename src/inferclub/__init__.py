@@ -3,6 +3,3 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-
-#: Service types a provider can advertise. ``embedding`` goes beyond inference.club's four.
-SERVICE_TYPES = ("llm", "stt", "image", "tts", "embedding")

@@ -19,15 +19,15 @@ import aiohttp
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+from inferclub import wire
 from inferclub.agent.heartbeat import CallbackAuth
-from inferclub.agent.services import PATH_TYPES, ServiceState, ServiceTable, describe
-from inferclub.engines import EngineRequest, EngineResponse, openai_error
-from inferclub.engines.errors import type_for_status
+from inferclub.agent.services import ServiceState, ServiceTable, describe
+from inferclub.engines import EngineRequest, EngineResponse
 from inferclub.multipart import boundary_of, get_field, set_field
+from inferclub.openai_errors import error_body, type_for_status
 
 log = logging.getLogger("inferclub.agent.server")
 
-SERVICE_HEADER = "X-InferClub-Service"
 #: Seconds to wait for an engine's answer, and between two chunks, when a service sets none.
 DEFAULT_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 10.0
@@ -62,7 +62,7 @@ class ApiError(tornado.web.HTTPError):
         param: str | None = None,
     ) -> None:
         super().__init__(status)
-        self.body = openai_error(message, type or type_for_status(status), param, code)
+        self.body = error_body(message, type or type_for_status(status), param, code)
 
 
 def requested_model(body: bytes, content_type: str) -> str | None:
@@ -110,7 +110,7 @@ class ApiHandler(tornado.web.RequestHandler):
         body = (
             exc.body
             if isinstance(exc, ApiError)
-            else openai_error(self._reason, type_for_status(status_code))
+            else error_body(self._reason, type_for_status(status_code))
         )
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
@@ -121,7 +121,7 @@ class ApiHandler(tornado.web.RequestHandler):
             self._task.cancel()
 
     async def get(self, path: str) -> None:
-        if path == "models" and not self.request.headers.get(SERVICE_HEADER):
+        if path == "models" and not self.request.headers.get(wire.SERVICE_HEADER):
             self.write_models()
             return
         await self.proxy(path)
@@ -137,16 +137,16 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def write_models(self) -> None:
         data = [
-            {"id": model, "object": "model", "owned_by": ad["name"], "type": ad["type"]}
+            {"id": model, "object": "model", "owned_by": ad.name, "type": ad.type}
             for ad in self.runtime.table.advertised()
-            for model in ad["models"]
+            for model in ad.models
         ]
         self.finish({"object": "list", "data": data})
 
     # -- proxying ------------------------------------------------------------------------------
 
     def select(self, path: str, model: str | None) -> ServiceState:
-        name = self.request.headers.get(SERVICE_HEADER)
+        name = self.request.headers.get(wire.SERVICE_HEADER)
         table = self.runtime.table
         if name:
             state = table.get(name)
@@ -155,7 +155,7 @@ class ApiHandler(tornado.web.RequestHandler):
                     404, f"this agent has no service named {name!r}", code="service_not_found"
                 )
             return state
-        service_type = PATH_TYPES.get(path)
+        service_type = wire.ENDPOINT_TYPES.get(path)
         if service_type is None:
             raise ApiError(404, f"no service type serves /v1{path}", code="not_found")
         if model is None:
@@ -306,7 +306,7 @@ class ApiHandler(tornado.web.RequestHandler):
             reason = describe(exc)
             log.warning("service %s failed mid-response: %s", state.name, reason)
             if out.headers.get("Content-Type", "").startswith("text/event-stream"):
-                error = openai_error(
+                error = error_body(
                     f"service {state.name!r} failed mid-stream: {reason}",
                     "server_error",
                     code="engine_stream_error",

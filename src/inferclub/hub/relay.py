@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import aiohttp
 from tornado.iostream import StreamClosedError
 
-from inferclub.hub.errors import ApiError
 from inferclub.hub.store import RequestRecord
+from inferclub.openai_errors import OpenAIError, normalise_error_body
+from inferclub.wire import HEADER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -50,42 +51,6 @@ class Timeouts:
     connect: float
     first_byte: float
     idle: float
-
-
-def normalise_error(status: int, body: bytes) -> dict[str, Any]:
-    """Any engine or agent error body, as OpenAI's ``{"error": {...}}`` with string codes."""
-    message: Any = None
-    etype, code, param = None, None, None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail"))
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("error") or err.get("detail")
-            etype, code, param = err.get("type"), err.get("code"), err.get("param")
-        elif isinstance(err, str):
-            message = err
-        elif isinstance(err, list):
-            message = "; ".join(
-                str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err
-            )
-        elif "message" in data:
-            message, etype = data.get("message"), data.get("type")
-            code, param = data.get("code"), data.get("param")
-    elif body:
-        message = body[:500].decode("utf-8", "replace").strip()
-    if not isinstance(etype, str) or not etype:
-        etype = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {
-        "error": {
-            "message": str(message) if message else f"The provider answered with HTTP {status}.",
-            "type": etype,
-            "param": param if isinstance(param, str) else None,
-            "code": None if code is None else str(code),
-        }
-    }
 
 
 class Relay:
@@ -151,21 +116,21 @@ class Relay:
                         url, data=body, headers=headers, allow_redirects=False
                     )
             except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
-                raise ApiError(
+                raise OpenAIError(
                     504,
                     f"Could not connect to the provider within {self.timeouts.connect:g} s.",
                     "server_error",
                     "upstream_timeout",
                 ) from None
             except TimeoutError:
-                raise ApiError(
+                raise OpenAIError(
                     504,
                     f"The provider did not answer within {self.timeouts.first_byte:g} s.",
                     "server_error",
                     "upstream_timeout",
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise ApiError(
+                raise OpenAIError(
                     502,
                     f"The provider's agent is unreachable ({type(exc).__name__}).",
                     "server_error",
@@ -185,7 +150,7 @@ class Relay:
                     if name in resp.headers:
                         sink.set_header(name, resp.headers[name])
                 for name, value in resp.headers.items():
-                    if name.lower().startswith("x-inferclub-"):
+                    if name.lower().startswith(HEADER_PREFIX):
                         sink.set_header(name, value)
                 sink.set_status(resp.status)
                 sink.start_stream()
@@ -195,7 +160,7 @@ class Relay:
                     await self._relay_sse(sink, resp, record, strip_usage)
                 else:
                     await self._relay_raw(sink, resp, record)
-        except ApiError as err:
+        except OpenAIError as err:
             if not started:
                 raise
             await self._stream_error(sink, record, err)
@@ -203,7 +168,7 @@ class Relay:
             await self._stream_error(
                 sink,
                 record,
-                ApiError(
+                OpenAIError(
                     504,
                     f"The provider sent nothing for {self.timeouts.idle:g} s; the stream was closed.",
                     "server_error",
@@ -211,7 +176,7 @@ class Relay:
                 ),
             )
         except (aiohttp.ClientError, OSError) as exc:
-            err = ApiError(
+            err = OpenAIError(
                 502,
                 f"The connection to the provider broke ({type(exc).__name__}).",
                 "server_error",
@@ -239,11 +204,11 @@ class Relay:
                 deadline.reschedule(loop.time() + self.timeouts.idle)
                 size += len(chunk)
                 if size > MAX_JSON_RESPONSE:
-                    raise ApiError(502, "The provider's response is too large.", "server_error")
+                    raise OpenAIError(502, "The provider's response is too large.", "server_error")
                 parts.append(chunk)
         body = b"".join(parts)
         if resp.status >= 400:
-            shaped = normalise_error(resp.status, body)
+            shaped = normalise_error_body(resp.status, body, resp.headers.get("Content-Type", ""))
             record.error_type = shaped["error"]["type"]
             body = json.dumps(shaped).encode()
             sink.set_header("Content-Type", "application/json")
@@ -258,7 +223,7 @@ class Relay:
                 ctype, body = transform(ctype, body)
             sink.set_header("Content-Type", ctype)
         for name, value in resp.headers.items():
-            if name.lower().startswith("x-inferclub-"):
+            if name.lower().startswith(HEADER_PREFIX):
                 sink.set_header(name, value)
         sink.set_status(resp.status)
         record.status = resp.status
@@ -303,7 +268,7 @@ class Relay:
                 sink.write(chunk)
                 await sink.flush()
 
-    async def _stream_error(self, sink: Sink, record: RequestRecord, err: ApiError) -> None:
+    async def _stream_error(self, sink: Sink, record: RequestRecord, err: OpenAIError) -> None:
         """An error after the first byte: a final SSE ``data: {"error": ...}`` event."""
         record.error_type = err.type
         log.warning("stream %s ended with an error: %s", record.id, err.message)

@@ -16,9 +16,7 @@ from typing import Any
 
 import tornado.web
 
-from inferclub import SERVICE_TYPES
 from inferclub.hub import keys
-from inferclub.hub.errors import ApiError
 from inferclub.hub.handlers import auth
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers.auth import WebHandler
@@ -26,6 +24,8 @@ from inferclub.hub.handlers.base import finish_json
 from inferclub.hub.handlers.openai import ProxyHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KeyOwner, ProviderRecord, RequestFilter, RequestRecord
+from inferclub.openai_errors import OpenAIError
+from inferclub.wire import SERVICE_TYPES
 
 PAGE_SIZE = 50
 #: How often the providers page polls its JSON, milliseconds.
@@ -122,7 +122,7 @@ def playground_models(registry: Registry, user_id: int) -> list[dict[str, Any]]:
     for model, type_, provider in registry.models(user_id):
         try:
             route = registry.route(user_id, type_, model)
-        except ApiError:
+        except OpenAIError:
             continue
         out.append(
             {
@@ -454,7 +454,7 @@ class PlaygroundProxyMixin(ProxyHandler):
     async def authenticate(self) -> KeyOwner:
         user = await auth.session_user(self, self.hub)
         if user is None:
-            raise ApiError(
+            raise OpenAIError(
                 401, "Sign in to the dashboard first.", "invalid_request_error", "not_signed_in"
             )
         return KeyOwner(key_id=None, user_id=user.id, login=user.login)

@@ -7,17 +7,16 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
-from inferclub import multipart
-from inferclub.hub import errors
-from inferclub.hub.errors import ApiError
+from inferclub import multipart, openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
 from inferclub.hub.relay import Transform
 from inferclub.hub.routing import Route
 from inferclub.hub.store import ProviderRecord, RequestRecord
+from inferclub.openai_errors import OpenAIError
 
 
 def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
@@ -42,7 +41,7 @@ class ModelHandler(ApiHandler):
             if m == model:
                 self.write_json(_model_entry(m, type_, provider))
                 return
-        raise errors.model_not_found(model)
+        raise openai_errors.model_not_found(model)
 
 
 @dataclass
@@ -61,9 +60,14 @@ class Forward:
 class ProxyHandler(ApiHandler):
     """Routes a request to one of the caller's online providers and relays the answer."""
 
-    service_type = "llm"
+    #: The endpoint (relative to ``/v1``) this handler serves: a key of ``wire.ENDPOINT_TYPES``.
+    endpoint: ClassVar[str] = "/chat/completions"
 
     _relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def service_type(self) -> str:
+        return wire.ENDPOINT_TYPES[self.endpoint]
 
     @property
     def api_path(self) -> str:
@@ -75,7 +79,7 @@ class ProxyHandler(ApiHandler):
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         return model, Forward(self.body)
@@ -95,7 +99,7 @@ class ProxyHandler(ApiHandler):
             type=self.service_type,
             bytes_in=self._size,
         )
-        self.set_header("X-Request-Id", record.id)
+        self.set_header(wire.REQUEST_ID_HEADER, record.id)
         t0 = time.perf_counter()
         hub.inflight += 1
         try:
@@ -104,11 +108,11 @@ class ProxyHandler(ApiHandler):
             route = hub.registry.route(self.owner.user_id, self.service_type, model)
             record.provider_id, record.service = route.provider.id, route.service.name
             fwd = self.adapt(route, fwd)
-            self.set_header("X-InferClub-Provider", route.provider.name)
+            self.set_header(wire.PROVIDER_HEADER, route.provider.name)
             for name, value in fwd.headers.items():
                 self.set_header(name, value)
             await self._relay(route, fwd, record)
-        except ApiError as err:
+        except OpenAIError as err:
             record.status, record.error_type = err.status, err.type
             raise
         finally:
@@ -123,9 +127,9 @@ class ProxyHandler(ApiHandler):
         url = route.provider.callback_url.rstrip("/") + path
         headers = {
             "Content-Type": self.request.headers.get("Content-Type", "application/json"),
-            "Authorization": "Bearer " + self.hub.callback_token(route.provider.id),
-            "X-InferClub-Service": route.service.name,
-            "X-Request-Id": record.id,
+            wire.AUTH_HEADER: wire.bearer(self.hub.callback_token(route.provider.id)),
+            wire.SERVICE_HEADER: route.service.name,
+            wire.REQUEST_ID_HEADER: record.id,
         }
         task = asyncio.ensure_future(
             self.hub.relay.forward(
@@ -160,13 +164,13 @@ class ProxyHandler(ApiHandler):
 
 
 class ChatCompletionsHandler(ProxyHandler):
-    service_type = "llm"
+    endpoint = "/chat/completions"
 
     def parse(self) -> tuple[str, Forward]:
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         fwd = Forward(self.body)
@@ -184,21 +188,21 @@ class ChatCompletionsHandler(ProxyHandler):
 
 
 class CompletionsHandler(ChatCompletionsHandler):
-    service_type = "llm"
+    endpoint = "/completions"
 
 
 class EmbeddingsHandler(ProxyHandler):
-    service_type = "embedding"
+    endpoint = "/embeddings"
 
 
 class SpeechHandler(ProxyHandler):
     """Audio bytes (or ``stream_format: sse`` events) stream back as they arrive."""
 
-    service_type = "tts"
+    endpoint = "/audio/speech"
 
 
 class ImageGenerationsHandler(ProxyHandler):
-    service_type = "image"
+    endpoint = "/images/generations"
 
 
 class MultipartHandler(ProxyHandler):
@@ -210,21 +214,21 @@ class MultipartHandler(ProxyHandler):
     def parse(self) -> tuple[str, Forward]:
         ctype = self.request.headers.get("Content-Type", "")
         if not ctype.lower().startswith("multipart/form-data"):
-            raise errors.bad_request("Expected a multipart/form-data body.")
+            raise openai_errors.bad_request("Expected a multipart/form-data body.")
         body = self.body
         self.fields: dict[str, list[bytes]] = {}
         self.files: dict[str, list[HTTPFile]] = {}
         try:
             parse_body_arguments(ctype, body, self.fields, self.files)
         except HTTPInputError as exc:
-            raise errors.bad_request(f"Malformed multipart body: {exc}") from None
+            raise openai_errors.bad_request(f"Malformed multipart body: {exc}") from None
         model = self.field("model")
         if not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         if not any(self.files.get(name) for name in self.file_fields):
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 f"You must upload a file in `{self.file_fields[0]}`.",
                 self.file_fields[0],
                 "missing_file",
@@ -240,7 +244,7 @@ class TranscriptionsHandler(MultipartHandler):
     """Speech to text. ``verbose_json`` reaches only services that declare ``timestamps``;
     for others it is downgraded to plain text, and the client is told by a header."""
 
-    service_type = "stt"
+    endpoint = "/audio/transcriptions"
     body_limit_setting = "max_audio_body"
 
     def adapt(self, route: Route, fwd: Forward) -> Forward:
@@ -252,7 +256,7 @@ class TranscriptionsHandler(MultipartHandler):
             return Forward(
                 body,
                 transform=_json_text_to_plain,
-                headers={"X-InferClub-Downgraded": "verbose_json->text"},
+                headers={wire.DOWNGRADED_HEADER: "verbose_json->text"},
             )
         if wanted == "text":
             return Forward(fwd.body, transform=_json_text_to_plain)
@@ -260,11 +264,11 @@ class TranscriptionsHandler(MultipartHandler):
 
 
 class TranslationsHandler(TranscriptionsHandler):
-    pass
+    endpoint = "/audio/translations"
 
 
 class ImageEditsHandler(MultipartHandler):
-    service_type = "image"
+    endpoint = "/images/edits"
     body_limit_setting = "max_image_body"
     file_fields = ("image", "image[]")
     #: OpenAI accepts up to 16 images per edit.
@@ -279,12 +283,12 @@ class ImageEditsHandler(MultipartHandler):
         limit = self.hub.settings.max_image_body
         images = [f for name in ("image", "image[]", "mask") for f in self.files.get(name, ())]
         if len(images) > self.max_images + 1:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 f"At most {self.max_images} images can be edited at once.", "image"
             )
         for f in images:
             if len(f.body) > limit:
-                raise errors.too_large(limit, f"image {f.filename!r}")
+                raise openai_errors.too_large(limit, f"image {f.filename!r}")
         return model, fwd
 
 
@@ -300,17 +304,22 @@ def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
     return ctype, body
 
 
-routes = [
+#: One handler per endpoint of ``wire.ENDPOINT_TYPES``, which the agent routes by too.
+PROXY_HANDLERS: tuple[type[ProxyHandler], ...] = (
+    ChatCompletionsHandler,
+    CompletionsHandler,
+    EmbeddingsHandler,
+    TranscriptionsHandler,
+    TranslationsHandler,
+    SpeechHandler,
+    ImageGenerationsHandler,
+    ImageEditsHandler,
+)
+
+routes: list[tuple[str, type[ApiHandler]]] = [
     (r"/v1/models", ModelsHandler),
     (r"/v1/models/(.+)", ModelHandler),
-    (r"/v1/chat/completions", ChatCompletionsHandler),
-    (r"/v1/completions", CompletionsHandler),
-    (r"/v1/embeddings", EmbeddingsHandler),
-    (r"/v1/audio/transcriptions", TranscriptionsHandler),
-    (r"/v1/audio/translations", TranslationsHandler),
-    (r"/v1/audio/speech", SpeechHandler),
-    (r"/v1/images/generations", ImageGenerationsHandler),
-    (r"/v1/images/edits", ImageEditsHandler),
+    *((f"/v1{handler.endpoint}", handler) for handler in PROXY_HANDLERS),
 ]
 
 fallback_routes = [(r"/v1/.*", NotFoundHandler)]
