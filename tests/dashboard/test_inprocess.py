@@ -18,7 +18,6 @@ import tornado.web
 
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import Secrets, Settings
-from inferclub.hub.handlers import auth
 from inferclub.hub.store import RequestFilter, RequestRecord, SQLiteStore
 
 PUBLIC = "https://hub.example.org"
@@ -55,7 +54,7 @@ async def running(hub: Hub) -> AsyncIterator[Hub]:
 async def sign_in(hub: Hub, client: Any, login: str = "alice") -> tuple[int, str]:
     """A session for a new user through a one-time link: (user id, Cookie header)."""
     user = await hub.store.create_user(login)
-    link = await auth.create_login_link(hub.store, user.id, PUBLIC, 60)
+    link = await hub.accounts.create_login_link(user.id, PUBLIC, 60)
     path = link[len(PUBLIC) :]
     resp = await client.fetch(path, follow_redirects=False, raise_error=False)
     assert resp.code == 302
@@ -78,7 +77,7 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(
 
         # The session cookie, as set by the sign-in.
         user = await hub.store.create_user("bob")
-        link = await auth.create_login_link(hub.store, user.id, PUBLIC, 60)
+        link = await hub.accounts.create_login_link(user.id, PUBLIC, 60)
         resp = await http_server_client.fetch(
             link[len(PUBLIC) :], follow_redirects=False, raise_error=False
         )

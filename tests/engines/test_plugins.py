@@ -71,7 +71,7 @@ def test_builtins_are_ordinary_trylast_plugins() -> None:
     pm = get_plugin_manager(entrypoints=False)
     impls = pm.hook.register_engines.get_hookimpls()
     assert {impl.plugin_name for impl in impls} == {
-        f"inferclub.engines.{m}"
+        f"inferclub.engines.builtin.{m}"
         for m in ("vllm", "lmstudio", "ollama", "llamacpp", "whisper", "openai_compat")
     }
     assert all(impl.trylast for impl in impls)

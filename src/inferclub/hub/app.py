@@ -11,11 +11,14 @@ from typing import Any
 import tornado.web
 
 from inferclub.hub import background, keys
+from inferclub.hub.accounts import Accounts
 from inferclub.hub.config import Secrets, Settings
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
+from inferclub.hub.handlers import playground as playground_handlers
+from inferclub.hub.handlers.base import is_secure
 from inferclub.hub.history import HistoryWriter
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.relay import Relay, Timeouts
@@ -34,6 +37,7 @@ class Hub:
         self.store = store
         self.secrets = secrets
         self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
+        self.accounts = Accounts(store, lambda: secrets.pepper, self.keys)
         self.registry = Registry(settings.online_window)
         self.history = HistoryWriter(store, settings.history_flush_interval)
         self.relay = Relay(
@@ -122,9 +126,10 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         *openai_handlers.fallback_routes,
         *auth_handlers.routes,
         *dashboard_handlers.routes,
+        *playground_handlers.routes,
     ]
     here = Path(__file__).resolve().parent
-    secure = auth_handlers.is_secure(hub.settings)
+    secure = is_secure(hub.settings)
     settings: dict[str, Any] = {
         "hub": hub,
         "log_function": _log_request,

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import logging
-import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__
-from inferclub.hub import keys
+from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
-from inferclub.hub.handlers import auth
-from inferclub.hub.store import AlreadyExists, Store, StoreError, open_store
+from inferclub.hub.store import StoreError, User, open_store
 
 log = logging.getLogger("inferclub")
-
-LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,38}[A-Za-z0-9])?$")
 
 
 class CliError(Exception):
     pass
+
+
+Command = Callable[[Accounts, Settings, argparse.Namespace], Awaitable[int]]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 return runner.run(serve(settings, quickstart=args.quickstart))
-        command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]] = {
+        command: Command = {
             ("users", "create"): _users_create,
             ("users", "list"): _users_list,
             ("users", "login-link"): _users_login_link,
@@ -127,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "rotate"): _keys_rotate,
         }[(args.command, args.action)]
         return asyncio.run(_with_store(settings, args, command))
-    except (CliError, ConfigError, StoreError) as exc:
+    except (AccountError, CliError, ConfigError, StoreError) as exc:
         print(f"inferclub: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -144,63 +141,56 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _with_store(
-    settings: Settings,
-    args: argparse.Namespace,
-    command: Callable[[Store, Settings, argparse.Namespace], Awaitable[int]],
-) -> int:
+async def _with_store(settings: Settings, args: argparse.Namespace, command: Command) -> int:
     store = open_store(str(settings.db_path))
     await store.open()
     try:
-        return await command(store, settings, args)
+        # The secrets file is read only by commands that issue a key.
+        accounts = Accounts(store, lambda: load_or_create_secrets(settings.secrets_path).pepper)
+        return await command(accounts, settings, args)
     finally:
         await store.close()
 
 
-async def _user(store: Store, login: str) -> Any:
-    user = await store.get_user(login)
+async def _user(accounts: Accounts, login: str) -> User:
+    user = await accounts.store.get_user(login)
     if user is None:
         raise CliError(f"no user {login!r}; create it with `inferclub users create {login}`")
     return user
 
 
-async def _users_create(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    if not LOGIN_RE.match(args.login):
-        raise CliError(f"invalid login {args.login!r}: use letters, digits, '.', '_' or '-'")
-    try:
-        user = await store.create_user(args.login)
-    except AlreadyExists as exc:
-        raise CliError(str(exc)) from None
+async def _users_create(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    user = await accounts.create_user(args.login)
     print(f"created user {user.login} (id {user.id})")
     return 0
 
 
-async def _users_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    for user in await store.list_users():
+async def _users_list(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    for user in await accounts.store.list_users():
         print(f"{user.login}" + (f"  (github id {user.github_id})" if user.github_id else ""))
     return 0
 
 
-async def _users_login_link(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    user = await _user(store, args.login)
-    base = auth.local_base_url(settings, settings.host, settings.port)
-    link = await auth.create_login_link(store, user.id, base, settings.login_link_ttl)
-    print(
-        f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):"
-    )
+async def _users_login_link(
+    accounts: Accounts, settings: Settings, args: argparse.Namespace
+) -> int:
+    user = await _user(accounts, args.login)
+    base = link_base_url(settings, settings.host, settings.port)
+    link = await accounts.create_login_link(user.id, base, settings.login_link_ttl)
+    minutes = settings.login_link_ttl / 60
+    print(f"sign-in link for {user.login} (works once, expires in {minutes:g} min):")
     print(link)
     return 0
 
 
-async def _print_login_link(store: Store, settings: Settings, host: str, port: int) -> None:
+async def _print_login_link(accounts: Accounts, settings: Settings, host: str, port: int) -> None:
     """Without a GitHub app, the local admin signs in to the dashboard with a one-time link,
     the way Jupyter prints its token link. The admin is the first local user; on an empty
     database it is created when the link is first used, not before."""
-    admin = await auth.local_admin(store)
-    link = await auth.create_login_link(
-        store,
+    admin = await accounts.local_admin()
+    link = await accounts.create_login_link(
         admin.id if admin else None,
-        auth.local_base_url(settings, host, port),
+        link_base_url(settings, host, port),
         settings.login_link_ttl,
     )
     who = f" as {admin.login}" if admin else ""
@@ -212,18 +202,12 @@ async def _print_login_link(store: Store, settings: Settings, host: str, port: i
     )
 
 
-async def _new_key(store: Store, settings: Settings) -> tuple[str, str, str]:
-    secrets = load_or_create_secrets(settings.secrets_path)
-    key = keys.generate()
-    return key, keys.display_prefix(key), keys.hash_key(secrets.pepper, key)
-
-
-async def _keys_create(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    user = await _user(store, args.login)
-    key, prefix, digest = await _new_key(store, settings)
-    record = await store.create_key(user.id, args.name, prefix, digest)
+async def _keys_create(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(accounts, args.login)
+    new = await accounts.issue_key(user.id, args.name)
+    record = new.record
     print(f"created key {record.prefix}… (id {record.id}) for {user.login}; it is shown only once:")
-    print(key)
+    print(new.secret)
     return 0
 
 
@@ -231,9 +215,9 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "never"
 
 
-async def _keys_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    user = await _user(store, args.login)
-    rows = await store.list_keys(user.id)
+async def _keys_list(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(accounts, args.login)
+    rows = await accounts.store.list_keys(user.id)
     print(f"{'ID':>4}  {'PREFIX':<12} {'NAME':<20} {'CREATED':<16}  {'LAST USED':<16}  STATUS")
     for k in rows:
         status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
@@ -244,32 +228,24 @@ async def _keys_list(store: Store, settings: Settings, args: argparse.Namespace)
     return 0
 
 
-async def _one_key(store: Store, prefix_or_id: str) -> Any:
-    found = [k for k in await store.find_keys(prefix_or_id) if k.active]
-    if not found:
-        raise CliError(f"no active key matches {prefix_or_id!r}")
-    if len(found) > 1:
-        raise CliError(f"{prefix_or_id!r} matches {len(found)} keys; use the numeric id")
-    return found[0]
-
-
-async def _keys_revoke(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    key = await _one_key(store, args.key)
-    await store.revoke_key(key.id)
+async def _keys_revoke(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    key = await accounts.active_key(args.key)
+    if not await accounts.revoke_key(key.user_id, key.id):
+        raise CliError(f"key {key.prefix} was revoked meanwhile")
     print(f"revoked key {key.prefix}… (id {key.id})")
     return 0
 
 
-async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespace) -> int:
-    old = await _one_key(store, args.key)
-    key, prefix, digest = await _new_key(store, settings)
-    new = await store.rotate_key(old.user_id, old.id, prefix, digest)
+async def _keys_rotate(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    old = await accounts.active_key(args.key)
+    new = await accounts.rotate_key(old.user_id, old.id)
     if new is None:
         raise CliError(f"key {old.prefix} was revoked meanwhile")
     print(
-        f"revoked key {old.prefix}… (id {old.id}); its replacement {new.prefix}… (id {new.id}) is shown only once:"
+        f"revoked key {old.prefix}… (id {old.id}); its replacement {new.record.prefix}… "
+        f"(id {new.record.id}) is shown only once:"
     )
-    print(key)
+    print(new.secret)
     return 0
 
 
@@ -316,9 +292,9 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     log.info("inferclub %s, database %s", __version__, settings.db_path)
     print(f"listening on {url}", flush=True)
     if quickstart:
-        await _print_quickstart(hub.store, settings, url)
+        await _print_quickstart(hub.accounts, url)
     if not settings.github_enabled:
-        await _print_login_link(hub.store, settings, settings.host, port)
+        await _print_login_link(hub.accounts, settings, settings.host, port)
 
     await stop.wait()
 
@@ -334,13 +310,14 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     return 0
 
 
-async def _print_quickstart(store: Store, settings: Settings, url: str) -> None:
+async def _print_quickstart(accounts: Accounts, url: str) -> None:
     lines = ["", f"inferclub hub is up at {url}"]
-    if await store.count_users() == 0:
-        login = re.sub(r"[^A-Za-z0-9._-]", "", getpass.getuser()) or "me"
-        user = await store.create_user(login)
-        key, prefix, digest = await _new_key(store, settings)
-        await store.create_key(user.id, "quickstart", prefix, digest)
+    user = None
+    if await accounts.store.count_users() == 0:
+        # The same user the printed sign-in link then signs in as.
+        user = await accounts.local_admin(create=True)
+    if user is not None:
+        key = (await accounts.issue_key(user.id, "quickstart")).secret
         lines += [
             f"Created local user '{user.login}' and an API key (shown only this once):",
             f"    {key}",
@@ -351,7 +328,8 @@ async def _print_quickstart(store: Store, settings: Settings, url: str) -> None:
     lines += [
         "Next steps:",
         "  1. Run an agent next to your inference server (see manifests/ for examples):",
-        f"       INFERCLUB_API_KEY={key} inference-club-agent run --manifest manifests/llamacpp.yaml --hub {url}",
+        f"       INFERCLUB_API_KEY={key} inference-club-agent run"
+        f" --manifest manifests/llamacpp.yaml --hub {url}",
         "  2. Use the hub from any OpenAI client:",
         f'       OpenAI(base_url="{url}/v1", api_key="{key}")',
         "",

@@ -1,4 +1,4 @@
-"""Dashboard sign-in: GitHub's OAuth web flow, one-time sign-in links, sessions, logout.
+"""Dashboard sign-in: GitHub's OAuth web flow, one-time sign-in links, logout.
 
 - GitHub: a random ``state`` bound to the browser by a signed cookie and kept (hashed, single
   use, 10 minutes) in the store together with the PKCE (S256) verifier; the code is exchanged
@@ -8,51 +8,32 @@
   works once and expires.
 - Sessions: a random token in a signed, HttpOnly, SameSite=Lax cookie (``Secure`` and
   ``__Host-`` over https); the store keeps its hash, so logging out ends it everywhere.
+
+The rules (tokens, their lifetimes, who the local admin is) live in ``hub/accounts.py``; the
+cookies in ``WebHandler`` (``handlers/base.py``).
 """
 
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import hmac
 import json
 import logging
-import re
-import secrets
-import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from inferclub.hub.accounts import LINK_PATH, STATE_TTL
 from inferclub.hub.config import Settings
-from inferclub.hub.store import AlreadyExists, Store, User
-
-if TYPE_CHECKING:
-    from inferclub.hub.app import Hub
+from inferclub.hub.handlers.base import WebHandler
 
 log = logging.getLogger("inferclub.auth")
 
-SESSION = "session"
-LOGIN_LINK = "login_link"
-OAUTH_STATE = "oauth_state"
-
-SESSION_DAYS = 30
-STATE_TTL = 600.0
 STATE_COOKIE = "inferclub_oauth_state"
 CALLBACK_PATH = "/auth/github/callback"
-LINK_PATH = "/auth/link"
-
-
-def new_token() -> str:
-    """A 256-bit random secret, URL-safe."""
-    return secrets.token_urlsafe(32)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -61,68 +42,11 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def is_secure(settings: Settings) -> bool:
-    return settings.public_url.lower().startswith("https://")
-
-
-def local_base_url(settings: Settings, host: str, port: int) -> str:
-    """The base URL printed links use: ``public_url``, else the bound address."""
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-
-
-async def local_admin(store: Store, create: bool = False) -> User | None:
-    """The local admin of a hub without GitHub: its first local (non-GitHub) user. With
-    ``create``, one named after the OS user is created when there is none."""
-    user = next((u for u in await store.list_users() if u.github_id is None), None)
-    if user is None and create:
-        login = re.sub(r"[^A-Za-z0-9._-]", "", getpass.getuser()) or "admin"
-        try:
-            user = await store.create_user(login)
-        except AlreadyExists:
-            user = await store.create_user(f"{login}-local")
-    return user
-
-
-async def create_login_link(store: Store, user_id: int | None, base_url: str, ttl: float) -> str:
-    """A one-time sign-in URL for ``user_id`` (None: the local admin, created on first use),
-    valid ``ttl`` seconds."""
-    token = new_token()
-    await store.create_auth_token(LOGIN_LINK, token_hash(token), user_id, time.time() + ttl)
-    return f"{base_url.rstrip('/')}{LINK_PATH}?{urllib.parse.urlencode({'token': token})}"
-
-
 def _safe_next(value: str | None) -> str:
     """Only same-site paths: never ``//host`` or ``https://host`` (open redirects)."""
     if value and value.startswith("/") and not value.startswith(("//", "/\\")):
         return value
     return "/dashboard"
-
-
-# -- sessions ---------------------------------------------------------------------------------
-
-
-def session_cookie_name(secure: bool) -> str:
-    return "__Host-inferclub_session" if secure else "inferclub_session"
-
-
-def request_is_secure(handler: tornado.web.RequestHandler, settings: Settings) -> bool:
-    return is_secure(settings) or handler.request.protocol == "https"
-
-
-async def session_user(handler: tornado.web.RequestHandler, hub: Hub) -> User | None:
-    """The user signed in on this request's session cookie, or None."""
-    name = session_cookie_name(request_is_secure(handler, hub.settings))
-    raw = handler.get_signed_cookie(name, max_age_days=SESSION_DAYS)
-    if not raw:
-        return None
-    token = await hub.store.get_auth_token(SESSION, token_hash(raw.decode()), time.time())
-    if token is None or token.user_id is None:
-        return None
-    return await hub.store.get_user_by_id(token.user_id)
 
 
 # -- GitHub -----------------------------------------------------------------------------------
@@ -226,82 +150,6 @@ class GitHubClient:
 
 # -- handlers ---------------------------------------------------------------------------------
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data: blob: http: https:; media-src 'self' data: blob:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
-
-
-class WebHandler(tornado.web.RequestHandler):
-    """Base of every browser-facing page: session-cookie auth, XSRF on (Tornado's default
-    for the application), error pages without tracebacks, strict security headers."""
-
-    current_user: User | None
-
-    @property
-    def hub(self) -> Hub:
-        return self.application.settings["hub"]  # type: ignore[no-any-return]
-
-    @property
-    def secure(self) -> bool:
-        return request_is_secure(self, self.hub.settings)
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CSP)
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("Cache-Control", "no-store")
-
-    async def prepare(self) -> None:
-        self.current_user = await session_user(self, self.hub)
-
-    def get_template_namespace(self) -> dict[str, Any]:
-        ns = super().get_template_namespace()
-        ns.update(
-            user=self.current_user,
-            github_enabled=self.hub.settings.github_enabled,
-            section="",
-            xsrf_token=self.xsrf_token.decode(),
-        )
-        return ns
-
-    async def start_session(self, user: User) -> None:
-        """A new session (never a reused token), replacing any this browser had."""
-        name = session_cookie_name(self.secure)
-        if old := self.get_signed_cookie(name, max_age_days=SESSION_DAYS):
-            await self.hub.store.delete_auth_token(SESSION, token_hash(old.decode()))
-        token = new_token()
-        await self.hub.store.create_auth_token(
-            SESSION, token_hash(token), user.id, time.time() + SESSION_DAYS * 86400
-        )
-        self.set_signed_cookie(
-            session_cookie_name(self.secure),
-            token,
-            expires_days=SESSION_DAYS,
-            path="/",
-            httponly=True,
-            samesite="Lax",
-            secure=self.secure,
-        )
-
-    async def end_session(self) -> None:
-        name = session_cookie_name(self.secure)
-        raw = self.get_signed_cookie(name, max_age_days=SESSION_DAYS)
-        if raw:
-            await self.hub.store.delete_auth_token(SESSION, token_hash(raw.decode()))
-        self.clear_cookie(name, path="/", httponly=True, samesite="Lax", secure=self.secure)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = ""
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        if not hasattr(self, "current_user"):
-            self.current_user = None  # the error happened before prepare()
-        self.render("error.html", status=status_code, reason=self._reason, message=message)
-
 
 class LoginHandler(WebHandler):
     async def get(self) -> None:
@@ -319,12 +167,8 @@ class GitHubLoginHandler(WebHandler):
         settings = self.hub.settings
         if not settings.github_enabled:
             raise tornado.web.HTTPError(404, "GitHub sign-in is not configured on this hub.")
-        state, verifier = new_token(), new_token()
-        data = json.dumps(
-            {"verifier": verifier, "next": _safe_next(self.get_query_argument("next", None))}
-        )
-        await self.hub.store.create_auth_token(
-            OAUTH_STATE, token_hash(state), None, time.time() + STATE_TTL, data
+        state, verifier = await self.hub.accounts.create_oauth_state(
+            _safe_next(self.get_query_argument("next", None))
         )
         # Lax, not Strict: the browser must send it on the top-level redirect back from GitHub.
         self.set_signed_cookie(
@@ -364,9 +208,7 @@ class GitHubCallbackHandler(WebHandler):
                 "The sign-in state does not match this browser. Start again from the sign-in page.",
             )
         # Single use on the server too: a replayed callback (even with the cookie) finds nothing.
-        record = await self.hub.store.consume_auth_token(
-            OAUTH_STATE, token_hash(state), time.time()
-        )
+        record = await self.hub.accounts.consume_oauth_state(state)
         if record is None:
             raise tornado.web.HTTPError(
                 400, "This sign-in attempt expired or was already used. Start again."
@@ -376,43 +218,31 @@ class GitHubCallbackHandler(WebHandler):
         code = self.get_query_argument("code", "")
         if not code:
             raise tornado.web.HTTPError(400, "GitHub sent no authorization code.")
-        data = json.loads(record.data)
         github = GitHubClient(settings)
         try:
-            access_token = await github.exchange_code(code, data["verifier"], redirect_uri(self))
+            access_token = await github.exchange_code(code, record.verifier, redirect_uri(self))
             gh_id, login = await github.get_user(access_token)
         except GitHubError as exc:
             log.warning("GitHub sign-in failed: %s", exc)
             raise tornado.web.HTTPError(exc.status, "%s", str(exc)) from None
         # The hub needs nothing else from GitHub: the access token is not kept anywhere.
-        user = await self.hub.store.upsert_github_user(gh_id, login)
+        user = await self.hub.accounts.github_user(gh_id, login)
         log.info("user %s (github id %d) signed in", user.login, gh_id)
         await self.start_session(user)
-        self.redirect(_safe_next(data.get("next")))
+        self.redirect(_safe_next(record.next_path))
 
 
 class LinkLoginHandler(WebHandler):
     """``/auth/link?token=...``: the one-time link ``inferclub serve`` prints."""
 
     async def get(self) -> None:
-        token = self.get_query_argument("token", "")
-        record = None
-        if token:
-            record = await self.hub.store.consume_auth_token(
-                LOGIN_LINK, token_hash(token), time.time()
-            )
-        if record is None:
+        user = await self.hub.accounts.consume_login_link(self.get_query_argument("token", ""))
+        if user is None:
             raise tornado.web.HTTPError(
                 400,
                 "This sign-in link has expired or was already used. Get a new one with "
                 "`inferclub users login-link LOGIN`.",
             )
-        if record.user_id is None:
-            user = await local_admin(self.hub.store, create=True)
-        else:
-            user = await self.hub.store.get_user_by_id(record.user_id)
-        if user is None:
-            raise tornado.web.HTTPError(400, "The user of this sign-in link no longer exists.")
         log.info("user %s signed in with a one-time link", user.login)
         await self.start_session(user)
         self.redirect("/dashboard")

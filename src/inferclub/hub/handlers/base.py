@@ -1,4 +1,15 @@
-"""Base handler of the ``/v1`` API: bearer-key auth, body limits, OpenAI-shaped errors."""
+"""The hub's base handlers, all in one module.
+
+- :class:`ApiHandler`: the ``/v1`` API and the agent protocol. The bearer key only (no
+  cookies, so no XSRF), bodies counted against a limit as they arrive, every error an OpenAI
+  error object.
+- :class:`WebHandler`: browser pages. The signed session cookie, XSRF on (the application's
+  default), error pages without tracebacks, strict security headers.
+- :class:`DashboardHandler` and :class:`DashboardApiHandler`: the signed-in user's pages and
+  the small JSON endpoints they poll.
+
+Services come from ``Application.settings["hub"]`` through the ``hub`` property.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from inferclub import openai_errors
-from inferclub.hub.store import KeyOwner
+from inferclub.hub.accounts import SESSION_DAYS
+from inferclub.hub.config import Settings
+from inferclub.hub.handlers import formatting
+from inferclub.hub.store import KeyOwner, User
 from inferclub.openai_errors import OpenAIError
 
 if TYPE_CHECKING:
@@ -28,8 +42,17 @@ def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 20
     handler.finish(json.dumps(data, separators=(",", ":")))
 
 
+class HubHandler(tornado.web.RequestHandler):
+    @property
+    def hub(self) -> Hub:
+        return self.application.settings["hub"]  # type: ignore[no-any-return]
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
 @tornado.web.stream_request_body
-class ApiHandler(tornado.web.RequestHandler):
+class ApiHandler(HubHandler):
     """Authenticates with ``Authorization: Bearer <key>`` only: cookies are ignored and XSRF
     does not apply. The body is streamed in so an oversize upload is refused with a 413 from
     its ``Content-Length`` before it is read, and counted while it arrives otherwise."""
@@ -38,10 +61,6 @@ class ApiHandler(tornado.web.RequestHandler):
     body_limit_setting = "max_json_body"
 
     owner: KeyOwner
-
-    @property
-    def hub(self) -> Hub:
-        return self.application.settings["hub"]  # type: ignore[no-any-return]
 
     def check_xsrf_cookie(self) -> None:
         """Bearer-authenticated API: no cookies, so no XSRF."""
@@ -153,4 +172,176 @@ class NotFoundHandler(ApiHandler):
         await super().prepare()
         raise OpenAIError(
             404, f"Unknown endpoint {self.request.path}.", "invalid_request_error", "unknown_url"
+        )
+
+
+# -- browser pages ----------------------------------------------------------------------------
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data: blob: http: https:; media-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def is_secure(settings: Settings) -> bool:
+    """The hub is served over https (behind a proxy that terminates TLS)."""
+    return settings.public_url.lower().startswith("https://")
+
+
+def request_is_secure(handler: tornado.web.RequestHandler, settings: Settings) -> bool:
+    return is_secure(settings) or handler.request.protocol == "https"
+
+
+def session_cookie_name(secure: bool) -> str:
+    # __Host- makes browsers refuse the cookie unless Secure, Path=/ and without Domain.
+    return "__Host-inferclub_session" if secure else "inferclub_session"
+
+
+def session_token(handler: tornado.web.RequestHandler, settings: Settings) -> str | None:
+    """The session token in this request's signed cookie, if any."""
+    name = session_cookie_name(request_is_secure(handler, settings))
+    raw = handler.get_signed_cookie(name, max_age_days=SESSION_DAYS)
+    return raw.decode() if raw else None
+
+
+async def session_user(handler: tornado.web.RequestHandler, hub: Hub) -> User | None:
+    """The user signed in on this request's session cookie, or None."""
+    token = session_token(handler, hub.settings)
+    return await hub.accounts.session_user(token) if token else None
+
+
+def _error_message(status_code: int, exc: Any) -> str:
+    """The message of a raised ``HTTPError``; never that of a 500, which may hold internals."""
+    if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 500:
+        return exc.log_message % exc.args if exc.args else exc.log_message
+    return ""
+
+
+class WebHandler(HubHandler):
+    """Base of every browser-facing page: session-cookie auth, XSRF on (Tornado's default
+    for the application), error pages without tracebacks, strict security headers."""
+
+    current_user: User | None
+
+    @property
+    def secure(self) -> bool:
+        return request_is_secure(self, self.hub.settings)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self) -> None:
+        self.current_user = await session_user(self, self.hub)
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        ns = super().get_template_namespace()
+        ns.update(
+            user=self.current_user,
+            github_enabled=self.hub.settings.github_enabled,
+            section="",
+            xsrf_token=self.xsrf_token.decode(),
+        )
+        return ns
+
+    async def start_session(self, user: User) -> None:
+        """A new session (never a reused token), replacing any this browser had."""
+        old = session_token(self, self.hub.settings)
+        token = await self.hub.accounts.start_session(user.id, replacing=old)
+        self.set_signed_cookie(
+            session_cookie_name(self.secure),
+            token,
+            expires_days=SESSION_DAYS,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure,
+        )
+
+    async def end_session(self) -> None:
+        if token := session_token(self, self.hub.settings):
+            await self.hub.accounts.end_session(token)
+        self.clear_cookie(
+            session_cookie_name(self.secure),
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.secure,
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if not hasattr(self, "current_user"):
+            self.current_user = None  # the error happened before prepare()
+        self.render(
+            "error.html",
+            status=status_code,
+            reason=self._reason,
+            message=_error_message(status_code, exc),
+        )
+
+
+# -- the dashboard ----------------------------------------------------------------------------
+
+
+class DashboardHandler(WebHandler):
+    """A page of the signed-in user's dashboard. Every query is scoped to ``user_id``, so
+    another user's key, provider or request id is a 404."""
+
+    section = ""
+
+    @property
+    def user_id(self) -> int:
+        assert self.current_user is not None
+        return self.current_user.id
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        ns = super().get_template_namespace()
+        ns.update(
+            section=self.section,
+            iso=formatting.iso,
+            utc=formatting.utc,
+            ms=formatting.ms,
+            usage=formatting.usage,
+            json_script=formatting.json_script,
+            hub_url=self.hub_url,
+        )
+        return ns
+
+    @property
+    def hub_url(self) -> str:
+        """The hub's base URL as this browser reaches it, for snippets to copy."""
+        return self.hub.settings.public_url.rstrip("/") or (
+            f"{self.request.protocol}://{self.request.host}"
+        )
+
+
+class DashboardApiHandler(DashboardHandler):
+    """Small JSON endpoints the pages poll: 401 instead of a redirect to the sign-in page."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.current_user is None:
+            raise tornado.web.HTTPError(401, "Sign in to the dashboard first.")
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        finish_json(self, data, status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = _error_message(status_code, exc) or self._reason
+        self.write_json(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code,
         )

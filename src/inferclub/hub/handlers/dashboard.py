@@ -1,14 +1,12 @@
-"""The dashboard: keys, providers, request history with charts, and the playground.
+"""The dashboard's pages: keys, providers, request history with charts.
 
 Pages are server-rendered templates with a little JavaScript (``inferclub/static``). Every
 query is scoped to the signed-in user, so another user's key, provider or request id is a 404.
-The playground's endpoints (``/dashboard/api/v1/...``) are the ``/v1`` proxy handlers with the
-session cookie (and XSRF) in place of the bearer key: same routing, relay and history.
+The playground is in ``playground.py``; the base handlers in ``base.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import UTC, datetime
@@ -16,15 +14,9 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub import keys
-from inferclub.hub.handlers import auth
-from inferclub.hub.handlers import openai as openai_handlers
-from inferclub.hub.handlers.auth import WebHandler
-from inferclub.hub.handlers.base import finish_json
-from inferclub.hub.handlers.openai import ProxyHandler
+from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import KeyOwner, ProviderRecord, RequestFilter, RequestRecord
-from inferclub.openai_errors import OpenAIError
+from inferclub.hub.store import ProviderRecord, RequestFilter
 from inferclub.wire import SERVICE_TYPES
 
 PAGE_SIZE = 50
@@ -38,39 +30,6 @@ RANGES = {
     "30d": (30 * 86400, 12 * 3600),
 }
 _NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-
-
-# -- formatting helpers for templates ---------------------------------------------------------
-
-
-def iso(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else ""
-
-
-def utc(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "never"
-
-
-def ms(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
-
-
-def usage(r: RequestRecord) -> str:
-    parts = []
-    if r.prompt_tokens is not None or r.completion_tokens is not None:
-        parts.append(f"{r.prompt_tokens or 0} + {r.completion_tokens or 0}")
-    if r.audio_seconds is not None:
-        parts.append(f"{r.audio_seconds:g} s audio")
-    if r.images is not None:
-        parts.append(f"{r.images} image" + ("s" if r.images != 1 else ""))
-    return ", ".join(parts) or "–"
-
-
-def json_script(data: Any) -> str:
-    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` breakout)."""
-    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str, Any]:
@@ -115,90 +74,6 @@ def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
     }
 
 
-def playground_models(registry: Registry, user_id: int) -> list[dict[str, Any]]:
-    """What the playground offers: each (model, type) of an online provider, with the
-    features of the service a request would be routed to."""
-    out = []
-    for model, type_, provider in registry.models(user_id):
-        try:
-            route = registry.route(user_id, type_, model)
-        except OpenAIError:
-            continue
-        out.append(
-            {
-                "model": model,
-                "type": type_,
-                "provider": provider.name,
-                "service": route.service.name,
-                "features": list(route.service.features),
-            }
-        )
-    return out
-
-
-# -- base classes -----------------------------------------------------------------------------
-
-
-class DashboardHandler(WebHandler):
-    """A page of the signed-in user's dashboard."""
-
-    section = ""
-
-    @property
-    def user_id(self) -> int:
-        assert self.current_user is not None
-        return self.current_user.id
-
-    def get_template_namespace(self) -> dict[str, Any]:
-        ns = super().get_template_namespace()
-        ns.update(
-            section=self.section,
-            iso=iso,
-            utc=utc,
-            ms=ms,
-            usage=usage,
-            json_script=json_script,
-            hub_url=self.hub_url,
-        )
-        return ns
-
-    @property
-    def hub_url(self) -> str:
-        """The hub's base URL as this browser reaches it, for snippets to copy."""
-        return self.hub.settings.public_url.rstrip("/") or (
-            f"{self.request.protocol}://{self.request.host}"
-        )
-
-
-class DashboardApiHandler(DashboardHandler):
-    """Small JSON endpoints the pages poll: 401 instead of a redirect to the sign-in page."""
-
-    async def prepare(self) -> None:
-        await super().prepare()
-        if self.current_user is None:
-            raise tornado.web.HTTPError(401, "Sign in to the dashboard first.")
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        finish_json(self, data, status)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = self._reason
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.write_json(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": None,
-                }
-            },
-            status_code,
-        )
-
-
 # -- pages ------------------------------------------------------------------------------------
 
 
@@ -225,43 +100,31 @@ class KeysHandler(_KeysPage):
     @tornado.web.authenticated
     async def post(self) -> None:
         label = self.get_body_argument("name", "").strip()[:100]
-        key = keys.generate()
-        record = await self.hub.store.create_key(
-            self.user_id,
-            label,
-            keys.display_prefix(key),
-            keys.hash_key(self.hub.secrets.pepper, key),
-        )
-        self.hub.keys.invalidate()
+        new = await self.hub.accounts.issue_key(self.user_id, label)
         self.set_status(201)
-        await self.show(new_key=key, new_id=record.id, notice="Key created.")
+        await self.show(new_key=new.secret, new_id=new.record.id, notice="Key created.")
 
 
 class KeyActionHandler(_KeysPage):
     @tornado.web.authenticated
     async def post(self, key_id: str, action: str) -> None:
-        store, kid = self.hub.store, int(key_id)
-        mine = next((k for k in await store.list_keys(self.user_id) if k.id == kid), None)
+        accounts = self.hub.accounts
+        mine = await self.hub.store.get_key(self.user_id, int(key_id))
         if mine is None:
             raise tornado.web.HTTPError(404, "No such key.")
         if not mine.active:
             raise tornado.web.HTTPError(409, "Key %s… is already revoked.", mine.prefix)
         if action == "revoke":
-            await store.revoke_key(kid, self.user_id)
-            # Takes effect at once on this hub (other hubs see keys_version change within a second).
-            self.hub.keys.invalidate()
+            if not await accounts.revoke_key(self.user_id, mine.id):
+                raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
             await self.show(notice=f"Key {mine.prefix}… revoked.")
             return
-        key = keys.generate()
-        new = await store.rotate_key(
-            self.user_id, kid, keys.display_prefix(key), keys.hash_key(self.hub.secrets.pepper, key)
-        )
-        self.hub.keys.invalidate()
+        new = await accounts.rotate_key(self.user_id, mine.id)
         if new is None:
             raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
         await self.show(
-            new_key=key,
-            new_id=new.id,
+            new_key=new.secret,
+            new_id=new.record.id,
             notice=f"Key {mine.prefix}… revoked; here is its replacement.",
         )
 
@@ -282,11 +145,10 @@ class ProvidersApiHandler(DashboardApiHandler):
 
 class ProviderApiHandler(DashboardApiHandler):
     async def get(self, provider_id: str) -> None:
-        for p in self.hub.registry.providers(self.user_id):
-            if p.id == int(provider_id):
-                self.write_json(provider_json(p, self.hub.registry, time.time()))
-                return
-        raise tornado.web.HTTPError(404, "No such provider.")
+        provider = await self.hub.store.get_provider(self.user_id, int(provider_id))
+        if provider is None:
+            raise tornado.web.HTTPError(404, "No such provider.")
+        self.write_json(provider_json(provider, self.hub.registry, time.time()))
 
 
 class ProviderDeleteHandler(DashboardHandler):
@@ -418,59 +280,11 @@ class RequestDetailHandler(DashboardHandler):
         row = await store.get_request(self.user_id, request_id)
         if row is None:
             raise tornado.web.HTTPError(404, "No such request.")
-        provider = next(
-            (p.name for p in await store.list_providers(self.user_id) if p.id == row.provider_id),
-            None,
-        )
-        key = next((k for k in await store.list_keys(self.user_id) if k.id == row.key_id), None)
-        self.render("request.html", r=row, provider=provider, key=key)
-
-
-class PlaygroundHandler(DashboardHandler):
-    section = "playground"
-
-    @tornado.web.authenticated
-    async def get(self) -> None:
-        self.render("playground.html", models=playground_models(self.hub.registry, self.user_id))
-
-
-class ModelsApiHandler(DashboardApiHandler):
-    async def get(self) -> None:
-        self.write_json({"models": playground_models(self.hub.registry, self.user_id)})
-
-
-# -- the playground's inference endpoints -----------------------------------------------------
-
-PLAYGROUND_PREFIX = "/dashboard/api"
-
-
-class PlaygroundProxyMixin(ProxyHandler):
-    """Mixed in before a ``/v1`` proxy handler class, it serves ``/dashboard/api/v1/...`` with
-    the session cookie instead of the bearer key, XSRF checked again. Routing, relay and
-    history are the ``/v1`` handler's own; rows get no key id (the dashboard made them)."""
-
-    check_xsrf_cookie = tornado.web.RequestHandler.check_xsrf_cookie
-
-    async def authenticate(self) -> KeyOwner:
-        user = await auth.session_user(self, self.hub)
-        if user is None:
-            raise OpenAIError(
-                401, "Sign in to the dashboard first.", "invalid_request_error", "not_signed_in"
-            )
-        return KeyOwner(key_id=None, user_id=user.id, login=user.login)
-
-    @property
-    def api_path(self) -> str:
-        return self.request.path[len(PLAYGROUND_PREFIX) :]
-
-
-def _playground_routes() -> list[tuple[str, type[Any]]]:
-    out: list[tuple[str, type[Any]]] = []
-    for pattern, handler in openai_handlers.routes:
-        if isinstance(handler, type) and issubclass(handler, ProxyHandler):
-            cls = type(f"Playground{handler.__name__}", (PlaygroundProxyMixin, handler), {})
-            out.append((PLAYGROUND_PREFIX + pattern, cls))
-    return out
+        provider = None
+        if row.provider_id is not None:
+            provider = await store.get_provider(self.user_id, row.provider_id)
+        key = await store.get_key(self.user_id, row.key_id) if row.key_id is not None else None
+        self.render("request.html", r=row, provider=provider.name if provider else None, key=key)
 
 
 routes: list[tuple[str, Any]] = [
@@ -482,9 +296,6 @@ routes: list[tuple[str, Any]] = [
     (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
     (r"/dashboard/requests", RequestsHandler),
     (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
-    (r"/dashboard/playground", PlaygroundHandler),
     (r"/dashboard/api/providers", ProvidersApiHandler),
     (r"/dashboard/api/providers/(\d+)", ProviderApiHandler),
-    (r"/dashboard/api/models", ModelsApiHandler),
-    *_playground_routes(),
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferclub.hub.store.base import AlreadyExists, NotFound, RequestFilter, Store, StoreError
+from inferclub.hub.store.base import AlreadyExists, RequestFilter, Store, StoreError
 from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
@@ -30,7 +30,6 @@ __all__ = [
     "ApiKey",
     "AuthToken",
     "KeyOwner",
-    "NotFound",
     "ProviderRecord",
     "RequestBucket",
     "RequestFilter",

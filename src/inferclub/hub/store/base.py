@@ -31,10 +31,6 @@ class AlreadyExists(StoreError):
     pass
 
 
-class NotFound(StoreError):
-    pass
-
-
 @dataclass(frozen=True)
 class RequestFilter:
     model: str | None = None
@@ -82,6 +78,10 @@ class Store(abc.ABC):
     async def list_keys(self, user_id: int) -> list[ApiKey]: ...
 
     @abc.abstractmethod
+    async def get_key(self, user_id: int, key_id: int) -> ApiKey | None:
+        """The key ``key_id`` if it belongs to ``user_id`` (revoked or not), else None."""
+
+    @abc.abstractmethod
     async def find_keys(self, prefix_or_id: str) -> list[ApiKey]:
         """Keys whose display prefix or numeric id matches, for the CLI."""
 
@@ -122,6 +122,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         """Providers (of one user, or all) in routing order: oldest provider first."""
+
+    @abc.abstractmethod
+    async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
+        """The provider ``provider_id`` if it belongs to ``user_id``, else None."""
 
     @abc.abstractmethod
     async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...

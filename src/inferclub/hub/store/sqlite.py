@@ -203,6 +203,16 @@ class SQLiteStore(Store):
             ).fetchall()
         return [_key(r) for r in rows]
 
+    async def get_key(self, user_id: int, key_id: int) -> ApiKey | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ? AND user_id = ?",
+                    (key_id, user_id),
+                )
+            ).fetchone()
+        return _key(row) if row else None
+
     async def find_keys(self, prefix_or_id: str) -> list[ApiKey]:
         async with self._read() as db:
             if prefix_or_id.isdigit():
@@ -218,8 +228,8 @@ class SQLiteStore(Store):
         async with self._read() as db:
             row = await (
                 await db.execute(
-                    "SELECT k.id, k.user_id, u.login FROM api_keys k JOIN users u ON u.id = k.user_id"
-                    " WHERE k.hash = ? AND k.revoked_at IS NULL",
+                    "SELECT k.id, k.user_id, u.login FROM api_keys k"
+                    " JOIN users u ON u.id = k.user_id WHERE k.hash = ? AND k.revoked_at IS NULL",
                     (key_hash,),
                 )
             ).fetchone()
@@ -324,22 +334,34 @@ class SQLiteStore(Store):
         )
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
-        where, args = ("WHERE p.user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        if user_id is None:
+            return await self._providers("", ())
+        return await self._providers("WHERE p.user_id = ?", (user_id,))
+
+    async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
+        found = await self._providers("WHERE p.id = ? AND p.user_id = ?", (provider_id, user_id))
+        return found[0] if found else None
+
+    async def _providers(self, where: str, args: tuple[Any, ...]) -> list[ProviderRecord]:
+        """Providers matching ``where`` (on ``providers p``) with their services and models."""
         async with self._read() as db:
             prows = await (
                 await db.execute(f"SELECT p.* FROM providers p {where} ORDER BY p.id", args)
             ).fetchall()
             srows = await (
                 await db.execute(
-                    "SELECT s.id, s.provider_id, s.name, s.type, s.engine, s.features FROM services s"
-                    f" JOIN providers p ON p.id = s.provider_id {where} ORDER BY s.provider_id, s.position",
+                    "SELECT s.id, s.provider_id, s.name, s.type, s.engine, s.features"
+                    f" FROM services s JOIN providers p ON p.id = s.provider_id {where}"
+                    " ORDER BY s.provider_id, s.position",
                     args,
                 )
             ).fetchall()
             mrows = await (
                 await db.execute(
-                    "SELECT m.service_id, m.model FROM service_models m JOIN services s ON s.id = m.service_id"
-                    f" JOIN providers p ON p.id = s.provider_id {where} ORDER BY m.service_id, m.position",
+                    "SELECT m.service_id, m.model FROM service_models m"
+                    " JOIN services s ON s.id = m.service_id"
+                    f" JOIN providers p ON p.id = s.provider_id {where}"
+                    " ORDER BY m.service_id, m.position",
                     args,
                 )
             ).fetchall()
@@ -387,7 +409,8 @@ class SQLiteStore(Store):
         placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)
         async with self._write() as db:
             await db.executemany(
-                f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({placeholders})",
+                f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_COLUMNS)})"
+                f" VALUES ({placeholders})",
                 values,
             )
 
@@ -414,7 +437,8 @@ class SQLiteStore(Store):
         async with self._read() as db:
             row = await (
                 await db.execute(
-                    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE id = ? AND user_id = ?",
+                    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
+                    " WHERE id = ? AND user_id = ?",
                     (request_id, user_id),
                 )
             ).fetchone()
@@ -522,7 +546,7 @@ def _db_value(value: Any) -> Any:
 
 
 def _request(row: sqlite3.Row) -> RequestRecord:
-    data = dict(zip(REQUEST_COLUMNS, row))
+    data = dict(zip(REQUEST_COLUMNS, row, strict=True))
     data["cancelled"] = bool(data["cancelled"])
     return RequestRecord(**data)
 
