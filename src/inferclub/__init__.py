@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
 
-#: Service types a provider can advertise. ``embedding`` goes beyond inference.club's four.
-SERVICE_TYPES = ("llm", "stt", "image", "tts", "embedding")
+try:
+    #: The one version of both programs: the installed package's metadata (pyproject.toml).
+    __version__ = version("inferclub")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from inferclub.hub.errors import ApiError
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, ServiceInfo
+from inferclub.openai_errors import OpenAIError
 
 WINDOW = 60.0
 ALICE, BOB = 1, 2
@@ -46,7 +46,7 @@ def registry(*providers: ProviderRecord) -> Registry:
 
 
 def refused(reg: Registry, user: int, type_: str, model: str) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(ApiError) as exc:
+    with pytest.raises(OpenAIError) as exc:
         reg.route(user, type_, model)
     return exc.value.status, exc.value.body()["error"]
 

@@ -3,9 +3,6 @@ the hub's requests to them."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from inferclub import __version__
 
-try:
-    __version__ = version("inferclub")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__all__ = ["__version__"]

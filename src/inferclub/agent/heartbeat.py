@@ -8,8 +8,8 @@ the API key was rejected, and the agent stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from inferclub.agent import __version__
+from inferclub import __version__, wire
 from inferclub.agent.services import ServiceTable, describe
+from inferclub.openai_errors import normalise_error_body
 
 log = logging.getLogger("inferclub.agent.heartbeat")
 
@@ -53,13 +54,6 @@ class CallbackAuth:
         )
 
 
-@dataclass
-class HubInfo:
-    provider_id: Any = None
-    heartbeat_interval: float | None = None
-    online_window: float | None = None
-
-
 class Heartbeat:
     def __init__(
         self,
@@ -76,14 +70,15 @@ class Heartbeat:
     ) -> None:
         self.session = session
         self.table = table
-        self.url = hub.rstrip("/") + "/v1/agent/heartbeat"
+        self.url = hub.rstrip("/") + wire.HEARTBEAT_PATH
         self._key = key
         self.name = name
         self.callback_url = callback_url
         self.auth = auth
         self.health = health
         self.fixed_interval = interval
-        self.hub = HubInfo()
+        #: The hub's latest reply; None until a heartbeat was accepted.
+        self.hub: wire.HeartbeatReply | None = None
         self.wake = asyncio.Event()
         self.beats = 0
         self._failing = False
@@ -91,7 +86,8 @@ class Heartbeat:
 
     @property
     def interval(self) -> float:
-        return self.fixed_interval or self.hub.heartbeat_interval or DEFAULT_INTERVAL
+        hub_interval = self.hub.heartbeat_interval if self.hub else None
+        return self.fixed_interval or hub_interval or DEFAULT_INTERVAL
 
     def poke(self) -> None:
         """Probe and (if anything changed) beat now, e.g. after a request found a service down."""
@@ -99,7 +95,7 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Beat until cancelled. Raises `KeyRejected` on a 401."""
-        last_sent: list[dict[str, Any]] | None = None
+        last_sent: list[wire.AdvertisedService] | None = None
         next_beat = 0.0
         backoff = 1.0
         while True:
@@ -119,44 +115,46 @@ class Heartbeat:
                     backoff = min(backoff * 2, MAX_BACKOFF, 4 * self.interval)
             probe_every = min(self.interval / PROBES_PER_INTERVAL, MAX_PROBE_INTERVAL)
             delay = max(0.0, min(next_beat - time.monotonic(), probe_every))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
-            except TimeoutError:
-                pass
             self.wake.clear()
 
-    async def beat(self, advertised: list[dict[str, Any]], retry_in: float) -> bool:
-        payload = {
-            "name": self.name,
-            "callback_url": self.callback_url,
-            "version": __version__,
-            "services": advertised,
-            "health": await self.health(),
-        }
+    async def beat(self, advertised: list[wire.AdvertisedService], retry_in: float) -> bool:
+        """Send one heartbeat; True when the hub accepted it."""
+        payload = wire.Heartbeat(
+            self.name, self.callback_url, __version__, tuple(advertised), await self.health()
+        )
         try:
             async with self.session.post(
-                self.url, json=payload, headers={"Authorization": f"Bearer {self._key}"}
+                self.url,
+                json=payload.to_json(),
+                headers={wire.AUTH_HEADER: wire.bearer(self._key)},
             ) as resp:
                 if resp.status == 401:
                     raise KeyRejected()
                 body = await resp.read()
                 if resp.status != 200:
-                    return self._failed(f"HTTP {resp.status}: {_error_message(body)}", retry_in)
+                    error = normalise_error_body(resp.status, body)["error"]
+                    return self._failed(f"HTTP {resp.status}: {error['message'][:200]}", retry_in)
                 data = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._failed(describe(exc), retry_in)
         except ValueError:
             return self._failed("the hub's answer is not JSON", retry_in)
-        token = data.get("callback_token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token:
+        try:
+            reply = wire.HeartbeatReply.parse(data)
+        except wire.PayloadError:
             return self._failed("the hub's answer has no callback_token", retry_in)
-        self.auth.token = token
-        self.hub = HubInfo(
-            provider_id=data.get("provider_id"),
-            heartbeat_interval=_positive(data.get("heartbeat_interval")),
-            online_window=_positive(data.get("online_window")),
-        )
-        problem = data.get("callback_error") if data.get("callback_reachable") is False else None
+        self.auth.token = reply.callback_token
+        self.hub = reply
+        self._accepted(reply, advertised)
+        return True
+
+    def _accepted(
+        self, reply: wire.HeartbeatReply, advertised: list[wire.AdvertisedService]
+    ) -> None:
+        """Log what changed: reachability, and recovery (or the first beat)."""
+        problem = reply.callback_error if not reply.callback_reachable else None
         if problem != self._unreachable:
             if problem:
                 log.warning(
@@ -168,15 +166,14 @@ class Heartbeat:
             elif self._unreachable:
                 log.info("the hub reaches this agent at %s again", self.callback_url)
             self._unreachable = problem
-        models = sum(len(s["models"]) for s in advertised)
         if self.beats == 0 or self._failing:
             log.info(
                 "heartbeat accepted by the hub (provider %s): %d services, %d models",
-                self.hub.provider_id,
+                reply.provider_id,
                 len(advertised),
-                models,
+                sum(len(s.models) for s in advertised),
             )
-            window = self.hub.online_window
+            window = reply.online_window
             if window is not None and self.interval >= window:
                 log.warning(
                     "heartbeat interval %.0fs is not below the hub's online window %.0fs; "
@@ -186,26 +183,8 @@ class Heartbeat:
                 )
         self.beats += 1
         self._failing = False
-        return True
 
     def _failed(self, reason: str, retry_in: float) -> bool:
         log.warning("heartbeat to %s failed: %s; retrying in %.0fs", self.url, reason, retry_in)
         self._failing = True
         return False
-
-
-def _positive(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
-def _error_message(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:200] or "(empty body)"
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message", ""))[:200]
-    return text[:200]

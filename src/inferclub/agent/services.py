@@ -13,22 +13,9 @@ from typing import Any
 import aiohttp
 
 from inferclub.engines import Engine, EngineError, Service
+from inferclub.wire import AdvertisedService
 
 log = logging.getLogger("inferclub.agent.services")
-
-#: Which service type an OpenAI path (relative to /v1) needs.
-PATH_TYPES: Mapping[str, str] = {
-    "/chat/completions": "llm",
-    "/completions": "llm",
-    "/responses": "llm",
-    "/embeddings": "embedding",
-    "/audio/transcriptions": "stt",
-    "/audio/translations": "stt",
-    "/audio/speech": "tts",
-    "/images/generations": "image",
-    "/images/edits": "image",
-    "/images/variations": "image",
-}
 
 
 @dataclass
@@ -64,15 +51,11 @@ class ServiceState:
                 return model.id
         return requested
 
-    def advertisement(self) -> dict[str, Any]:
+    def advertisement(self) -> AdvertisedService:
         s = self.service
-        return {
-            "name": s.name,
-            "type": s.type,
-            "engine": s.engine,
-            "features": list(s.features),
-            "models": self.model_names(),
-        }
+        return AdvertisedService(
+            s.name, s.type, s.engine, tuple(s.features), tuple(self.model_names())
+        )
 
     def full(self) -> bool:
         limit = self.service.max_concurrency
@@ -98,7 +81,7 @@ class ServiceTable:
         candidates.sort(key=lambda st: not st.up)
         return candidates[0] if candidates else None
 
-    def advertised(self) -> list[dict[str, Any]]:
+    def advertised(self) -> list[AdvertisedService]:
         """What the heartbeat announces: live services that have at least one model."""
         return [st.advertisement() for st in self.states.values() if st.up and st.model_names()]
 

@@ -18,7 +18,6 @@ and declare the module in your package's `inferclub.engines` entry-point group.
 from __future__ import annotations
 
 from inferclub.engines.base import (
-    SERVICE_TYPES,
     Engine,
     EngineError,
     EngineRequest,
@@ -29,7 +28,6 @@ from inferclub.engines.base import (
     get_json,
     openai_model_ids,
 )
-from inferclub.engines.errors import normalise_error_body, openai_error
 from inferclub.engines.hookspecs import hookimpl, hookspec
 from inferclub.engines.plugins import (
     ENTRYPOINT_GROUP,
@@ -37,6 +35,11 @@ from inferclub.engines.plugins import (
     get_engines,
     get_plugin_manager,
 )
+
+# Part of the plugin API since before the hub and the agent shared these; defined once there.
+from inferclub.openai_errors import error_body as openai_error
+from inferclub.openai_errors import normalise_error_body
+from inferclub.wire import SERVICE_TYPES
 
 __all__ = [
     "ENTRYPOINT_GROUP",

@@ -12,14 +12,10 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from inferclub.engines.errors import normalise_error_body
-
-#: Service types, in the order error messages list them. `llm` is the default.
-SERVICE_TYPES: tuple[str, ...] = ("llm", "stt", "image", "tts", "embedding")
+from inferclub.openai_errors import normalise_error_body
 
 
 class EngineError(Exception):
@@ -268,9 +264,3 @@ def owned_by(data: Any) -> set[str]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         return set()
     return {str(m.get("owned_by")) for m in data["data"] if isinstance(m, dict)}
-
-
-def host_url(url: str) -> str:
-    """`scheme://host:port` of a URL."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -7,7 +7,8 @@ import importlib
 import pluggy
 
 from inferclub.engines import hookspecs
-from inferclub.engines.base import SERVICE_TYPES, Engine
+from inferclub.engines.base import Engine
+from inferclub.wire import SERVICE_TYPES
 
 #: Entry-point group third-party engine plugins register under.
 ENTRYPOINT_GROUP = "inferclub.engines"

@@ -11,9 +11,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from inferclub.hub import errors
-from inferclub.hub.errors import ApiError
 from inferclub.hub.store import ProviderRecord, ServiceInfo
+from inferclub.openai_errors import OpenAIError, model_not_found
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Registry:
         return ((now or time.time()) - provider.last_heartbeat_at) < self.online_window
 
     def route(self, user_id: int, type_: str, model: str) -> Route:
-        """The first online candidate, or a 404/503 ``ApiError`` that says why there is none."""
+        """The first online candidate, or a 404/503 ``OpenAIError`` that says why there is none."""
         idx = self._users.get(user_id)
         if idx is not None:
             candidates = idx.by_type_model.get((type_, model))
@@ -87,7 +86,7 @@ class Registry:
                     if now - route.provider.last_heartbeat_at < self.online_window:
                         return route
                 newest = max(r.provider.last_heartbeat_at for r in candidates)
-                raise ApiError(
+                raise OpenAIError(
                     503,
                     f"The model `{model}` is served only by providers that are offline"
                     f" (last heartbeat {now - newest:.0f} s ago). Is the agent running?",
@@ -96,14 +95,14 @@ class Registry:
                 )
             other = [t for t in idx.types_of.get(model, ()) if t != type_]
             if other:
-                raise ApiError(
+                raise OpenAIError(
                     404,
                     f"The model `{model}` is served as {' and '.join(other)}, not {type_}.",
                     "invalid_request_error",
                     "model_not_found",
                     "model",
                 )
-        raise errors.model_not_found(model)
+        raise model_not_found(model)
 
     def models(self, user_id: int) -> list[tuple[str, str, ProviderRecord]]:
         """``(model, type, provider)`` of online providers, each (model, type) once."""

@@ -9,7 +9,6 @@ import aiohttp
 
 from inferclub.engines.audio import map_sse, normalise_transcript, stt_ask, usage_from_token_usage
 from inferclub.engines.base import (
-    SERVICE_TYPES,
     Engine,
     EngineRequest,
     EngineResponse,
@@ -19,6 +18,7 @@ from inferclub.engines.base import (
     openai_model_ids,
 )
 from inferclub.engines.hookspecs import hookimpl
+from inferclub.wire import SERVICE_TYPES
 
 
 class OpenAICompatEngine(Engine):

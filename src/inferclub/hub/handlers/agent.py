@@ -1,14 +1,30 @@
-"""The agent protocol: heartbeats."""
+"""The agent protocol: heartbeats (the payloads are ``inferclub.wire``'s)."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+from inferclub import wire
 from inferclub.hub.handlers.base import ApiHandler
-from inferclub.hub.protocol import parse_heartbeat
+from inferclub.hub.store import ServiceInfo
+from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.agent")
+
+
+def parse_heartbeat(data: object) -> wire.Heartbeat:
+    """The heartbeat in ``data``, or a 400 naming the bad field in ``param``."""
+    try:
+        return wire.Heartbeat.parse(data)
+    except wire.PayloadError as exc:
+        raise OpenAIError(
+            400,
+            f"Invalid heartbeat: {exc}",
+            "invalid_request_error",
+            "invalid_heartbeat",
+            exc.field,
+        ) from None
 
 
 class HeartbeatHandler(ApiHandler):
@@ -24,7 +40,7 @@ class HeartbeatHandler(ApiHandler):
             hb.callback_url,
             hb.version,
             hb.health,
-            hb.services,
+            [ServiceInfo(s.name, s.type, s.engine, s.features, s.models) for s in hb.services],
             time.time(),
         )
         hub.registry.update(record)
@@ -41,13 +57,6 @@ class HeartbeatHandler(ApiHandler):
                 len(record.services),
                 sum(len(s.models) for s in record.services),
             )
-        answer = {
-            "provider_id": record.id,
-            "heartbeat_interval": hub.settings.heartbeat_interval,
-            "online_window": hub.settings.online_window,
-            "callback_token": hub.callback_token(record.id),
-            "callback_reachable": True,
-        }
         problem = await hub.check_callback(record.id, record.callback_url)
         if problem is not None:
             log.warning(
@@ -57,8 +66,15 @@ class HeartbeatHandler(ApiHandler):
                 record.callback_url,
                 problem,
             )
-            answer.update(callback_reachable=False, callback_error=problem)
-        self.write_json(answer)
+        reply = wire.HeartbeatReply(
+            provider_id=record.id,
+            callback_token=hub.callback_token(record.id),
+            heartbeat_interval=hub.settings.heartbeat_interval,
+            online_window=hub.settings.online_window,
+            callback_reachable=problem is None,
+            callback_error=problem,
+        )
+        self.write_json(reply.to_json())
 
 
-routes = [(r"/v1/agent/heartbeat", HeartbeatHandler)]
+routes = [(wire.HEARTBEAT_PATH, HeartbeatHandler)]

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from inferclub.hub import errors
+from inferclub import openai_errors
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
-from inferclub.hub.errors import ApiError
 from inferclub.hub.handlers import formatting
 from inferclub.hub.store import KeyOwner, User
+from inferclub.openai_errors import OpenAIError
 
 if TYPE_CHECKING:
     from inferclub.hub.app import Hub
@@ -80,7 +80,7 @@ class ApiHandler(HubHandler):
             # dropped, so the client gets its 413 on a healthy connection instead of a reset
             # while it is still sending; anything larger is refused before it is read.
             if int(length) > DISCARD_FACTOR * self._limit:
-                raise errors.too_large(self._limit)
+                raise openai_errors.too_large(self._limit)
             self._too_large = True
             self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
 
@@ -97,14 +97,14 @@ class ApiHandler(HubHandler):
     @property
     def body(self) -> bytes:
         if self._too_large:
-            raise errors.too_large(self._limit)
+            raise openai_errors.too_large(self._limit)
         return b"".join(self._chunks)
 
     async def authenticate(self) -> KeyOwner:
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
+            raise OpenAIError(
                 401,
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
                 "invalid_request_error",
@@ -112,36 +112,38 @@ class ApiHandler(HubHandler):
             )
         owner = await self.hub.keys.authenticate(token.strip())
         if owner is None:
-            raise errors.invalid_key()
+            raise openai_errors.invalid_key()
         return owner
 
     def json_body(self) -> dict[str, Any]:
         raw = self.body
         if not raw:
-            raise errors.bad_request("The request body is empty; expected a JSON object.")
+            raise openai_errors.bad_request("The request body is empty; expected a JSON object.")
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.bad_request(f"The request body is not valid JSON: {exc}") from None
+            raise openai_errors.bad_request(f"The request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise errors.bad_request("The request body must be a JSON object.")
+            raise openai_errors.bad_request("The request body must be a JSON object.")
         return data
 
     def write_json(self, data: Any, status: int = 200) -> None:
         finish_json(self, data, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The one place the hub's API shapes an error: OpenAI's error object."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
+        if isinstance(exc, OpenAIError):
             err = exc
         elif isinstance(exc, tornado.web.HTTPError):
-            err = ApiError(
+            err = OpenAIError(
                 exc.status_code,
                 exc.log_message or self._reason,
+                # Not type_for_status: Tornado's 401/403 (XSRF) have always been request errors.
                 "invalid_request_error" if exc.status_code < 500 else "server_error",
             )
         else:
-            err = ApiError(500, "The hub failed to handle this request.", "server_error")
+            err = OpenAIError(500, "The hub failed to handle this request.", "server_error")
         self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
         for name, value in err.headers.items():
@@ -149,7 +151,7 @@ class ApiHandler(HubHandler):
         self.finish(json.dumps(err.body()))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, OpenAIError):
             level = logging.WARNING if value.status >= 500 else logging.DEBUG
             log.log(
                 level,
@@ -168,7 +170,7 @@ class NotFoundHandler(ApiHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        raise ApiError(
+        raise OpenAIError(
             404, f"Unknown endpoint {self.request.path}.", "invalid_request_error", "unknown_url"
         )
 

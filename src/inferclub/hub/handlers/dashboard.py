@@ -14,10 +14,10 @@ from typing import Any
 
 import tornado.web
 
-from inferclub import SERVICE_TYPES
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
+from inferclub.wire import SERVICE_TYPES
 
 PAGE_SIZE = 50
 #: How often the providers page polls its JSON, milliseconds.

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
 
-from inferclub import multipart
-from inferclub.hub import errors
-from inferclub.hub.errors import ApiError
+from inferclub import multipart, openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
 from inferclub.hub.routing import Route
 from inferclub.hub.store import ProviderRecord
+from inferclub.openai_errors import OpenAIError
 
 
 def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
@@ -41,7 +40,7 @@ class ModelHandler(ApiHandler):
             if m == model:
                 self.write_json(_model_entry(m, type_, provider))
                 return
-        raise errors.model_not_found(model)
+        raise openai_errors.model_not_found(model)
 
 
 @dataclass
@@ -60,9 +59,14 @@ class Forward:
 class ProxyHandler(ApiHandler):
     """Routes a request to one of the caller's online providers and relays the answer."""
 
-    service_type = "llm"
+    #: The endpoint (relative to ``/v1``) this handler serves: a key of ``wire.ENDPOINT_TYPES``.
+    endpoint: ClassVar[str] = "/chat/completions"
 
     _relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def service_type(self) -> str:
+        return wire.ENDPOINT_TYPES[self.endpoint]
 
     @property
     def api_path(self) -> str:
@@ -74,7 +78,7 @@ class ProxyHandler(ApiHandler):
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         return model, Forward(self.body)
@@ -92,7 +96,7 @@ class ProxyHandler(ApiHandler):
             type=self.service_type,
             bytes_in=self._size,
         )
-        self.set_header("X-Request-Id", meter.id)
+        self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
         try:
             model, fwd = self.parse()
@@ -100,11 +104,11 @@ class ProxyHandler(ApiHandler):
             route = hub.registry.route(self.owner.user_id, self.service_type, model)
             meter.routed(route.provider.id, route.service.name)
             fwd = self.adapt(route, fwd)
-            self.set_header("X-InferClub-Provider", route.provider.name)
+            self.set_header(wire.PROVIDER_HEADER, route.provider.name)
             for name, value in fwd.headers.items():
                 self.set_header(name, value)
             await self._relay(route, fwd, meter)
-        except ApiError as err:
+        except OpenAIError as err:
             meter.failed(err.status, err.type, err.code)
             raise
         finally:
@@ -162,13 +166,13 @@ class ProxyHandler(ApiHandler):
 
 
 class ChatCompletionsHandler(ProxyHandler):
-    service_type = "llm"
+    endpoint = "/chat/completions"
 
     def parse(self) -> tuple[str, Forward]:
         payload = self.json_body()
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         fwd = Forward(self.body)
@@ -186,21 +190,21 @@ class ChatCompletionsHandler(ProxyHandler):
 
 
 class CompletionsHandler(ChatCompletionsHandler):
-    service_type = "llm"
+    endpoint = "/completions"
 
 
 class EmbeddingsHandler(ProxyHandler):
-    service_type = "embedding"
+    endpoint = "/embeddings"
 
 
 class SpeechHandler(ProxyHandler):
     """Audio bytes (or ``stream_format: sse`` events) stream back as they arrive."""
 
-    service_type = "tts"
+    endpoint = "/audio/speech"
 
 
 class ImageGenerationsHandler(ProxyHandler):
-    service_type = "image"
+    endpoint = "/images/generations"
 
 
 class MultipartHandler(ProxyHandler):
@@ -212,21 +216,21 @@ class MultipartHandler(ProxyHandler):
     def parse(self) -> tuple[str, Forward]:
         ctype = self.request.headers.get("Content-Type", "")
         if not ctype.lower().startswith("multipart/form-data"):
-            raise errors.bad_request("Expected a multipart/form-data body.")
+            raise openai_errors.bad_request("Expected a multipart/form-data body.")
         body = self.body
         self.fields: dict[str, list[bytes]] = {}
         self.files: dict[str, list[HTTPFile]] = {}
         try:
             parse_body_arguments(ctype, body, self.fields, self.files)
         except HTTPInputError as exc:
-            raise errors.bad_request(f"Malformed multipart body: {exc}") from None
+            raise openai_errors.bad_request(f"Malformed multipart body: {exc}") from None
         model = self.field("model")
         if not model:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 "You must provide a model parameter.", "model", "missing_model"
             )
         if not any(self.files.get(name) for name in self.file_fields):
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 f"You must upload a file in `{self.file_fields[0]}`.",
                 self.file_fields[0],
                 "missing_file",
@@ -242,7 +246,7 @@ class TranscriptionsHandler(MultipartHandler):
     """Speech to text. ``verbose_json`` reaches only services that declare ``timestamps``;
     for others it is downgraded to plain text, and the client is told by a header."""
 
-    service_type = "stt"
+    endpoint = "/audio/transcriptions"
     body_limit_setting = "max_audio_body"
 
     def adapt(self, route: Route, fwd: Forward) -> Forward:
@@ -254,7 +258,7 @@ class TranscriptionsHandler(MultipartHandler):
             return Forward(
                 body,
                 transform=_json_text_to_plain,
-                headers={"X-InferClub-Downgraded": "verbose_json->text"},
+                headers={wire.DOWNGRADED_HEADER: "verbose_json->text"},
             )
         if wanted == "text":
             return Forward(fwd.body, transform=_json_text_to_plain)
@@ -262,11 +266,11 @@ class TranscriptionsHandler(MultipartHandler):
 
 
 class TranslationsHandler(TranscriptionsHandler):
-    pass
+    endpoint = "/audio/translations"
 
 
 class ImageEditsHandler(MultipartHandler):
-    service_type = "image"
+    endpoint = "/images/edits"
     body_limit_setting = "max_image_body"
     file_fields = ("image", "image[]")
     #: OpenAI accepts up to 16 images per edit.
@@ -281,12 +285,12 @@ class ImageEditsHandler(MultipartHandler):
         limit = self.hub.settings.max_image_body
         images = [f for name in ("image", "image[]", "mask") for f in self.files.get(name, ())]
         if len(images) > self.max_images + 1:
-            raise errors.bad_request(
+            raise openai_errors.bad_request(
                 f"At most {self.max_images} images can be edited at once.", "image"
             )
         for f in images:
             if len(f.body) > limit:
-                raise errors.too_large(limit, f"image {f.filename!r}")
+                raise openai_errors.too_large(limit, f"image {f.filename!r}")
         return model, fwd
 
 
@@ -302,17 +306,22 @@ def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
     return ctype, body
 
 
-routes = [
+#: One handler per endpoint of ``wire.ENDPOINT_TYPES``, which the agent routes by too.
+PROXY_HANDLERS: tuple[type[ProxyHandler], ...] = (
+    ChatCompletionsHandler,
+    CompletionsHandler,
+    EmbeddingsHandler,
+    TranscriptionsHandler,
+    TranslationsHandler,
+    SpeechHandler,
+    ImageGenerationsHandler,
+    ImageEditsHandler,
+)
+
+routes: list[tuple[str, type[ApiHandler]]] = [
     (r"/v1/models", ModelsHandler),
     (r"/v1/models/(.+)", ModelHandler),
-    (r"/v1/chat/completions", ChatCompletionsHandler),
-    (r"/v1/completions", CompletionsHandler),
-    (r"/v1/embeddings", EmbeddingsHandler),
-    (r"/v1/audio/transcriptions", TranscriptionsHandler),
-    (r"/v1/audio/translations", TranslationsHandler),
-    (r"/v1/audio/speech", SpeechHandler),
-    (r"/v1/images/generations", ImageGenerationsHandler),
-    (r"/v1/images/edits", ImageEditsHandler),
+    *((f"/v1{handler.endpoint}", handler) for handler in PROXY_HANDLERS),
 ]
 
 fallback_routes = [(r"/v1/.*", NotFoundHandler)]

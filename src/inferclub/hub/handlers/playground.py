@@ -11,11 +11,11 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub.errors import ApiError
 from inferclub.hub.handlers import openai
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, session_user
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KeyOwner
+from inferclub.openai_errors import OpenAIError
 
 PREFIX = "/dashboard/api"
 
@@ -27,7 +27,7 @@ def playground_models(registry: Registry, user_id: int) -> list[dict[str, Any]]:
     for model, type_, provider in registry.models(user_id):
         try:
             route = registry.route(user_id, type_, model)
-        except ApiError:
+        except OpenAIError:
             continue
         out.append(
             {
@@ -68,7 +68,7 @@ class PlaygroundProxyMixin(openai.ProxyHandler):
     async def authenticate(self) -> KeyOwner:
         user = await session_user(self, self.hub)
         if user is None:
-            raise ApiError(
+            raise OpenAIError(
                 401, "Sign in to the dashboard first.", "invalid_request_error", "not_signed_in"
             )
         return KeyOwner(key_id=None, user_id=user.id, login=user.login)

@@ -18,7 +18,7 @@ import aiohttp
 from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
 from inferclub.hub.relay.meter import Outcome, RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_stream
-from inferclub.hub.relay.whole import Transform, is_whole, normalise_error, relay_whole
+from inferclub.hub.relay.whole import Transform, is_whole, relay_whole
 
 __all__ = [
     "Outcome",
@@ -28,7 +28,6 @@ __all__ = [
     "Timeouts",
     "Transform",
     "Upstream",
-    "normalise_error",
 ]
 
 
@@ -85,7 +84,7 @@ class Relay:
     ) -> None:
         """Send ``body`` upstream and relay the answer into ``sink``, reporting to ``meter``.
 
-        Raises :class:`~inferclub.hub.errors.ApiError` while nothing has been sent (the
+        Raises :class:`~inferclub.openai_errors.OpenAIError` while nothing has been sent (the
         caller answers with it); later failures end the stream with an error event instead.
         """
         assert self._session is not None, "relay not started"

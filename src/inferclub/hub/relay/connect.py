@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from inferclub.hub.errors import ApiError
+from inferclub import wire
 from inferclub.hub.routing import Route
+from inferclub.openai_errors import OpenAIError
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Upstream:
             url=route.provider.callback_url.rstrip("/") + path,
             headers={
                 "Content-Type": content_type,
-                "Authorization": "Bearer " + token,
-                "X-InferClub-Service": route.service.name,
-                "X-Request-Id": request_id,
+                wire.AUTH_HEADER: wire.bearer(token),
+                wire.SERVICE_HEADER: route.service.name,
+                wire.REQUEST_ID_HEADER: request_id,
             },
         )
 
@@ -56,21 +57,21 @@ async def open_upstream(
                 upstream.url, data=body, headers=upstream.headers, allow_redirects=False
             )
     except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
-        raise ApiError(
+        raise OpenAIError(
             504,
             f"Could not connect to the provider within {timeouts.connect:g} s.",
             "server_error",
             "upstream_timeout",
         ) from None
     except TimeoutError:
-        raise ApiError(
+        raise OpenAIError(
             504,
             f"The provider did not answer within {timeouts.first_byte:g} s.",
             "server_error",
             "upstream_timeout",
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise ApiError(
+        raise OpenAIError(
             502,
             f"The provider's agent is unreachable ({type(exc).__name__}).",
             "server_error",
@@ -78,9 +79,9 @@ async def open_upstream(
         ) from None
 
 
-def upstream_broke(exc: BaseException) -> ApiError:
+def upstream_broke(exc: BaseException) -> OpenAIError:
     """The agent's connection failed while its answer was on its way."""
-    return ApiError(
+    return OpenAIError(
         502,
         f"The connection to the provider broke ({type(exc).__name__}).",
         "server_error",
@@ -88,9 +89,9 @@ def upstream_broke(exc: BaseException) -> ApiError:
     )
 
 
-def upstream_idle(seconds: float) -> ApiError:
+def upstream_idle(seconds: float) -> OpenAIError:
     """The agent sent nothing for the idle timeout while its answer was on its way."""
-    return ApiError(
+    return OpenAIError(
         504,
         f"The provider sent nothing for {seconds:g} s; the stream was closed.",
         "server_error",

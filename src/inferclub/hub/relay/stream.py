@@ -19,9 +19,10 @@ from typing import Any, Protocol
 import aiohttp
 from tornado.iostream import StreamClosedError
 
-from inferclub.hub.errors import ApiError
 from inferclub.hub.relay.connect import upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
+from inferclub.openai_errors import OpenAIError
+from inferclub.wire import HEADER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Sink(Protocol):
 def relay_headers(sink: Sink, resp: aiohttp.ClientResponse) -> None:
     """The agent's ``X-InferClub-*`` headers (downgrades, the engine that answered)."""
     for name, value in resp.headers.items():
-        if name.lower().startswith("x-inferclub-"):
+        if name.lower().startswith(HEADER_PREFIX):
             sink.set_header(name, value)
 
 
@@ -111,7 +112,7 @@ async def relay_raw(
             await sink.flush()
 
 
-async def stream_error(sink: Sink, meter: RequestMeter, err: ApiError) -> None:
+async def stream_error(sink: Sink, meter: RequestMeter, err: OpenAIError) -> None:
     """An error after the first byte: recorded, and a final SSE ``data: {"error": ...}`` event."""
     meter.failed(err.status, err.type, err.code)
     log.warning("stream %s ended with an error: %s", meter.id, err.message)

@@ -7,14 +7,13 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
 import aiohttp
 
-from inferclub.hub.errors import ApiError
 from inferclub.hub.relay.connect import upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_headers
+from inferclub.openai_errors import OpenAIError, normalise_error_body
 
 MAX_JSON_RESPONSE = 256 * 1024 * 1024
 
@@ -39,10 +38,10 @@ async def relay_whole(
     transform: Transform | None = None,
 ) -> None:
     """Read the answer, record it, and write it to ``sink`` in one piece. Nothing has been sent
-    when this raises, so its :class:`ApiError` becomes the client's error response."""
+    when this raises, so its :class:`OpenAIError` becomes the client's error response."""
     body = await read_body(resp, idle)
     if resp.status >= 400:
-        shaped = normalise_error(resp.status, body)
+        shaped = normalise_error_body(resp.status, body, resp.headers.get("Content-Type", ""))
         meter.failed(resp.status, shaped["error"]["type"], shaped["error"]["code"])
         body = json.dumps(shaped).encode()
         sink.set_header("Content-Type", "application/json")
@@ -71,7 +70,7 @@ async def read_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
                 deadline.reschedule(loop.time() + idle)
                 size += len(chunk)
                 if size > MAX_JSON_RESPONSE:
-                    raise ApiError(502, "The provider's response is too large.", "server_error")
+                    raise OpenAIError(502, "The provider's response is too large.", "server_error")
                 parts.append(chunk)
     except TimeoutError:
         raise upstream_idle(idle) from None
@@ -85,39 +84,3 @@ def has_metrics(body: bytes, service_type: str | None) -> bool:
     if service_type == "image":
         return True
     return b'"usage"' in body or (service_type == "stt" and b'"duration"' in body)
-
-
-def normalise_error(status: int, body: bytes) -> dict[str, Any]:
-    """Any engine or agent error body, as OpenAI's ``{"error": {...}}`` with string codes."""
-    message: Any = None
-    etype, code, param = None, None, None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail"))
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("error") or err.get("detail")
-            etype, code, param = err.get("type"), err.get("code"), err.get("param")
-        elif isinstance(err, str):
-            message = err
-        elif isinstance(err, list):
-            message = "; ".join(
-                str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in err
-            )
-        elif "message" in data:
-            message, etype = data.get("message"), data.get("type")
-            code, param = data.get("code"), data.get("param")
-    elif body:
-        message = body[:500].decode("utf-8", "replace").strip()
-    if not isinstance(etype, str) or not etype:
-        etype = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {
-        "error": {
-            "message": str(message) if message else f"The provider answered with HTTP {status}.",
-            "type": etype,
-            "param": param if isinstance(param, str) else None,
-            "code": None if code is None else str(code),
-        }
-    }

@@ -1,0 +1,277 @@
+"""The hub<->agent contract, once: both programs import it, so the two sides cannot drift.
+
+- An agent ``POST``\\ s a :class:`Heartbeat` to :data:`HEARTBEAT_PATH` with its API key and gets a
+  :class:`HeartbeatReply` back, whose ``callback_token`` the hub presents on every request it
+  sends to the agent (``Authorization: Bearer <callback_token>``).
+- The hub sends each consumer request to ``<callback_url><endpoint>`` with the same body, naming
+  the chosen service in :data:`SERVICE_HEADER`. Which service type an endpoint needs is
+  :data:`ENDPOINT_TYPES`.
+- Third-party agents exist: the JSON field names here are a published protocol (README,
+  "The agent protocol") and only ever grow.
+
+:meth:`Heartbeat.parse` validates a whole heartbeat before anything is stored and names the bad
+field by its path (``services[1].type``) so an agent author can fix it at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Service types a provider can advertise, in the order messages list them; ``llm`` is the
+#: default. ``embedding`` goes beyond inference.club's four.
+SERVICE_TYPES: tuple[str, ...] = ("llm", "stt", "image", "tts", "embedding")
+
+#: The OpenAI endpoints (relative to ``/v1``) the hub routes to agents, and the service type
+#: each needs. The hub serves exactly these paths; an agent asked for a path without
+#: :data:`SERVICE_HEADER` picks its service by this type and the body's ``model``.
+ENDPOINT_TYPES: Mapping[str, str] = MappingProxyType(
+    {
+        "/chat/completions": "llm",
+        "/completions": "llm",
+        "/embeddings": "embedding",
+        "/audio/transcriptions": "stt",
+        "/audio/translations": "stt",
+        "/audio/speech": "tts",
+        "/images/generations": "image",
+        "/images/edits": "image",
+    }
+)
+
+#: Where agents send heartbeats (on the hub).
+HEARTBEAT_PATH = "/v1/agent/heartbeat"
+
+# -- headers ---------------------------------------------------------------------------------
+
+#: hub -> agent: the name of the service that must serve the request.
+SERVICE_HEADER = "X-InferClub-Service"
+#: hub -> agent: ``Bearer <callback_token>``; agent -> hub: ``Bearer <API key>``.
+AUTH_HEADER = "Authorization"
+#: hub -> agent and hub -> client: the request's id (also its history row id).
+REQUEST_ID_HEADER = "X-Request-Id"
+#: hub -> client: the name of the provider (agent) that served the request.
+PROVIDER_HEADER = "X-InferClub-Provider"
+#: hub -> client: ``verbose_json->text`` when a transcription format was downgraded.
+DOWNGRADED_HEADER = "X-InferClub-Downgraded"
+#: Response headers with this prefix (any case) are relayed from the agent to the client.
+HEADER_PREFIX = "x-inferclub-"
+
+# -- limits of a heartbeat ---------------------------------------------------------------------
+
+MAX_SERVICES = 256
+MAX_MODELS = 1024
+MAX_FEATURES = 64
+MAX_HEALTH_BYTES = 64 * 1024
+
+
+def bearer(token: str) -> str:
+    """The :data:`AUTH_HEADER` value that presents ``token``."""
+    return f"Bearer {token}"
+
+
+class PayloadError(ValueError):
+    """A heartbeat field is invalid; ``field`` is its path, such as ``services[1].type``."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.field = where
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class AdvertisedService:
+    """One service as a heartbeat announces it."""
+
+    name: str
+    type: str = "llm"
+    engine: str = "openai"
+    features: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "engine": self.engine,
+            "features": list(self.features),
+            "models": list(self.models),
+        }
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> AdvertisedService:
+        """Validate one entry of ``services``; ``where`` is its path (``services[1]``)."""
+        if not isinstance(raw, dict):
+            raise PayloadError(where, "must be an object")
+        name = _text(raw.get("name"), f"{where}.name", 100)
+        stype = raw.get("type", "llm")
+        if stype not in SERVICE_TYPES:
+            raise PayloadError(
+                f"{where}.type", f"must be one of {', '.join(SERVICE_TYPES)}, not {stype!r}"
+            )
+        return cls(
+            name,
+            stype,
+            _text(raw.get("engine", "openai"), f"{where}.engine", 100),
+            _text_list(raw.get("features"), f"{where}.features", MAX_FEATURES),
+            _text_list(raw.get("models"), f"{where}.models", MAX_MODELS),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What an agent sends: who it is, where the hub reaches it, and its live services."""
+
+    name: str
+    callback_url: str
+    version: str = ""
+    services: tuple[AdvertisedService, ...] = ()
+    #: Free-form health snapshot shown in the dashboard (no secrets, at most 64 KiB of JSON).
+    health: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "callback_url": self.callback_url,
+            "version": self.version,
+            "services": [s.to_json() for s in self.services],
+            "health": self.health,
+        }
+
+    @classmethod
+    def parse(cls, data: Any) -> Heartbeat:
+        """Validate a whole heartbeat; raises :class:`PayloadError` naming the first bad field."""
+        if not isinstance(data, dict):
+            raise PayloadError("heartbeat", "must be a JSON object")
+        return cls(
+            _text(data.get("name"), "name", 100),
+            _callback_url(data.get("callback_url")),
+            _text(data.get("version"), "version", 100, required=False),
+            _services(data.get("services", [])),
+            _health(data.get("health", {})),
+        )
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    """What the hub answers an accepted heartbeat."""
+
+    provider_id: int | None
+    callback_token: str
+    #: Seconds between beats the hub expects, and after which it sees the agent as offline.
+    heartbeat_interval: float | None = None
+    online_window: float | None = None
+    #: False, with the reason in ``callback_error``, when the hub cannot reach ``callback_url``.
+    callback_reachable: bool = True
+    callback_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "provider_id": self.provider_id,
+            "heartbeat_interval": self.heartbeat_interval,
+            "online_window": self.online_window,
+            "callback_token": self.callback_token,
+            "callback_reachable": self.callback_reachable,
+        }
+        if self.callback_error is not None:
+            out["callback_error"] = self.callback_error
+        return out
+
+    @classmethod
+    def parse(cls, data: Any) -> HeartbeatReply:
+        """Read a reply leniently (a newer hub may add fields or drop optional ones); only a
+        missing ``callback_token`` is an error, since requests cannot be checked without it."""
+        if not isinstance(data, dict):
+            raise PayloadError("reply", "must be a JSON object")
+        token = data.get("callback_token")
+        if not isinstance(token, str) or not token:
+            raise PayloadError("callback_token", "is missing")
+        provider_id = data.get("provider_id")
+        error = data.get("callback_error")
+        return cls(
+            None
+            if isinstance(provider_id, bool) or not isinstance(provider_id, int)
+            else provider_id,
+            token,
+            _positive(data.get("heartbeat_interval")),
+            _positive(data.get("online_window")),
+            data.get("callback_reachable") is not False,
+            str(error) if error else None,
+        )
+
+
+# -- validation helpers ------------------------------------------------------------------------
+
+
+def _text(value: Any, where: str, max_len: int, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise PayloadError(where, "must be a string")
+    text = value.strip()
+    if required and not text:
+        raise PayloadError(where, "must not be empty")
+    if len(text) > max_len:
+        raise PayloadError(where, f"must be at most {max_len} characters")
+    if any(ord(c) < 32 for c in text):
+        raise PayloadError(where, "must not contain control characters")
+    return text
+
+
+def _text_list(value: Any, where: str, max_items: int) -> tuple[str, ...]:
+    """A list of strings, each once, in order."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise PayloadError(where, "must be a list of strings")
+    if len(value) > max_items:
+        raise PayloadError(where, f"must have at most {max_items} entries")
+    out: dict[str, None] = {}
+    for i, item in enumerate(value):
+        out[_text(item, f"{where}[{i}]", 512)] = None
+    return tuple(out)
+
+
+def _callback_url(value: Any) -> str:
+    url = _text(value, "callback_url", 2000)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PayloadError("callback_url", "must be an http:// or https:// URL with a host")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise PayloadError("callback_url", "has an invalid port") from None
+    return url
+
+
+def _services(value: Any) -> tuple[AdvertisedService, ...]:
+    if not isinstance(value, list):
+        raise PayloadError("services", "must be a list")
+    if len(value) > MAX_SERVICES:
+        raise PayloadError("services", f"must have at most {MAX_SERVICES} entries")
+    services: list[AdvertisedService] = []
+    for i, raw in enumerate(value):
+        service = AdvertisedService.parse(raw, f"services[{i}]")
+        if any(s.name == service.name for s in services):
+            raise PayloadError(f"services[{i}].name", f"duplicate service name {service.name!r}")
+        services.append(service)
+    return tuple(services)
+
+
+def _health(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PayloadError("health", "must be an object")
+    if len(json.dumps(value)) > MAX_HEALTH_BYTES:
+        raise PayloadError("health", f"must be at most {MAX_HEALTH_BYTES} bytes of JSON")
+    return value
+
+
+def _positive(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

@@ -1,0 +1,106 @@
+"""The agent's callback server in process: its errors, its methods, and its endpoint table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import tornado.ioloop
+import tornado.web
+
+from inferclub import wire
+from inferclub.agent.heartbeat import CallbackAuth
+from inferclub.agent.server import Runtime, make_app
+from inferclub.agent.services import ServiceState, ServiceTable
+from inferclub.engines import Model, Service, get_engines, get_plugin_manager
+
+TOKEN = "cbt_test"
+
+
+@pytest.fixture
+def failed() -> list[ServiceState]:
+    """Services the server reported as failed (the runner probes them at once)."""
+    return []
+
+
+@pytest.fixture
+def runtime(io_loop: tornado.ioloop.IOLoop, failed: list[ServiceState]) -> Iterator[Runtime]:
+    async def session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    table = ServiceTable(
+        [Service("qwen", "vllm", "http://127.0.0.1:9/v1", models=(Model("qwen3"),))],
+        get_engines(get_plugin_manager(entrypoints=False)),
+    )
+    rt = Runtime(table, CallbackAuth(TOKEN), io_loop.run_sync(session), failed.append)
+    yield rt
+    io_loop.run_sync(rt.session.close)
+
+
+@pytest.fixture
+def app(runtime: Runtime) -> tornado.web.Application:
+    return make_app(runtime)
+
+
+async def call(
+    client: Any, method: str, path: str, body: Any = None, token: str | None = TOKEN
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = await client.fetch(
+        "/v1" + path,
+        method=method,
+        headers=headers,
+        body=None if body is None else json.dumps(body),
+        allow_nonstandard_methods=True,
+        raise_error=False,
+    )
+    data = json.loads(resp.body)
+    assert set(data["error"]) == {"message", "type", "param", "code"}
+    return resp.code, data["error"]
+
+
+async def test_paths_map_to_service_types_by_the_shared_table(http_server_client: Any) -> None:
+    for path, service_type in wire.ENDPOINT_TYPES.items():
+        status, error = await call(http_server_client, "POST", path, {"model": "nope"})
+        assert (status, error["code"]) == (404, "model_not_found"), path
+        assert error["message"].endswith(f"not served by this agent as {service_type}")
+    status, error = await call(http_server_client, "POST", "/responses", {"model": "qwen3"})
+    assert (status, error["code"]) == (404, "not_found")
+    assert "/v1/responses" in error["message"]
+
+
+async def test_only_get_and_post(http_server_client: Any) -> None:
+    for method in ("PUT", "DELETE", "PATCH"):
+        status, error = await call(http_server_client, method, "/chat/completions", {})
+        assert status == 405 and error["type"] == "invalid_request_error", method
+
+
+async def test_auth_errors_are_openai_shaped(http_server_client: Any, runtime: Runtime) -> None:
+    status, error = await call(http_server_client, "GET", "/models", token="wrong")
+    assert (status, error["type"], error["code"]) == (
+        401,
+        "authentication_error",
+        "invalid_api_key",
+    )
+    runtime.auth.token = None
+    status, error = await call(http_server_client, "GET", "/models")
+    assert (status, error["type"]) == (503, "service_unavailable")
+
+
+async def test_no_model_is_a_400_on_param_model(http_server_client: Any) -> None:
+    status, error = await call(http_server_client, "POST", "/chat/completions", {"x": 1})
+    assert (status, error["param"]) == (400, "model")
+
+
+async def test_unreachable_engine_is_a_502_and_the_service_is_reprobed(
+    http_server_client: Any, failed: list[ServiceState]
+) -> None:
+    status, error = await call(http_server_client, "POST", "/chat/completions", {"model": "qwen3"})
+    assert (status, error["code"], error["type"]) == (502, "engine_unreachable", "server_error")
+    assert "'qwen'" in error["message"]
+    assert [state.name for state in failed] == ["qwen"]

@@ -1,0 +1,237 @@
+"""The hub<->agent contract: what the agent sends is what the hub parses, and back again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import tornado.web
+
+import inferclub
+from inferclub import wire
+from inferclub.agent.heartbeat import CallbackAuth, Heartbeat
+from inferclub.agent.services import ServiceTable
+from inferclub.engines import Model, Service, get_engines, get_plugin_manager
+from inferclub.hub import keys
+from inferclub.hub.app import Hub, make_app
+from inferclub.hub.config import Secrets, Settings
+from inferclub.hub.handlers import openai as openai_handlers
+from inferclub.hub.store import SQLiteStore
+
+UNREACHABLE = "http://127.0.0.1:9/v1"
+
+
+def agent_table() -> ServiceTable:
+    """Two services as a manifest gives them, both live (as a successful probe leaves them)."""
+    table = ServiceTable(
+        [
+            Service("qwen", "vllm", UNREACHABLE, models=(Model("Qwen/Qwen3-8B", "qwen3"),)),
+            Service(
+                "ears",
+                "whisper",
+                UNREACHABLE,
+                type="stt",
+                features=("timestamps",),
+                models=(Model("whisper-1"),),
+            ),
+        ],
+        get_engines(get_plugin_manager(entrypoints=False)),
+    )
+    for state in table.states.values():
+        state.up = True
+    return table
+
+
+def test_agent_heartbeat_round_trips_through_json() -> None:
+    services = tuple(agent_table().advertised())
+    sent = wire.Heartbeat("rig", UNREACHABLE, inferclub.__version__, services, {"uptime_s": 1})
+    on_the_wire = json.loads(json.dumps(sent.to_json()))
+    assert on_the_wire == {
+        "name": "rig",
+        "callback_url": UNREACHABLE,
+        "version": inferclub.__version__,
+        "services": [
+            {
+                "name": "qwen",
+                "type": "llm",
+                "engine": "vllm",
+                "features": [],
+                "models": ["qwen3"],
+            },
+            {
+                "name": "ears",
+                "type": "stt",
+                "engine": "whisper",
+                "features": ["timestamps"],
+                "models": ["whisper-1"],
+            },
+        ],
+        "health": {"uptime_s": 1},
+    }
+    assert wire.Heartbeat.parse(on_the_wire) == sent
+
+
+def test_third_party_heartbeat_defaults() -> None:
+    """The README's minimal heartbeat: type, engine, features, models, version may be left out."""
+    hb = wire.Heartbeat.parse(
+        {"name": " rig ", "callback_url": "https://rig.example/v1", "services": [{"name": "a"}]}
+    )
+    assert hb == wire.Heartbeat(
+        "rig", "https://rig.example/v1", "", (wire.AdvertisedService("a", "llm", "openai"),), {}
+    )
+    again = wire.Heartbeat.parse(
+        {
+            "name": "r",
+            "callback_url": "http://x/v1",
+            "services": [{"name": "a", "models": ["m", "m"]}],
+        }
+    )
+    assert again.services[0].models == ("m",)
+
+
+OK = {"name": "r", "callback_url": "http://x/v1"}
+
+
+def with_services(*services: Any) -> dict[str, Any]:
+    return {**OK, "services": list(services)}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "problem"),
+    [
+        ([], "heartbeat", "must be a JSON object"),
+        ({"callback_url": "http://x/v1"}, "name", "must be a string"),
+        ({**OK, "name": "  "}, "name", "must not be empty"),
+        ({**OK, "name": "r" * 101}, "name", "at most 100 characters"),
+        ({**OK, "name": "a\nb"}, "name", "control characters"),
+        ({**OK, "callback_url": "ftp://x/v1"}, "callback_url", "http:// or https://"),
+        ({**OK, "callback_url": "http:///v1"}, "callback_url", "with a host"),
+        ({**OK, "callback_url": "http://x:99999/v1"}, "callback_url", "invalid port"),
+        ({**OK, "version": 1}, "version", "must be a string"),
+        ({**OK, "services": {}}, "services", "must be a list"),
+        ({**OK, "services": None}, "services", "must be a list"),
+        (with_services(*[{"name": str(i)} for i in range(257)]), "services", "at most 256"),
+        (with_services("a"), "services[0]", "must be an object"),
+        (with_services({}), "services[0].name", "must be a string"),
+        (with_services({"name": "a"}, {"name": "a"}), "services[1].name", "duplicate"),
+        (with_services({"name": "a", "type": "video"}), "services[0].type", "not 'video'"),
+        (with_services({"name": "a", "engine": None}), "services[0].engine", "must be a string"),
+        (with_services({"name": "a", "features": "x"}), "services[0].features", "list of strings"),
+        (with_services({"name": "a", "models": ["ok", 3]}), "services[0].models[1]", "string"),
+        (
+            with_services({"name": "a", "models": ["m"] * 1025}),
+            "services[0].models",
+            "at most 1024",
+        ),
+        ({**OK, "health": []}, "health", "must be an object"),
+        ({**OK, "health": {"x": "y" * 70000}}, "health", "at most 65536 bytes"),
+    ],
+)
+def test_each_invalid_field_is_named_by_its_path(payload: Any, field: str, problem: str) -> None:
+    with pytest.raises(wire.PayloadError) as info:
+        wire.Heartbeat.parse(payload)
+    assert info.value.field == field
+    assert problem in str(info.value) and str(info.value).startswith(f"{field}: ")
+
+
+def test_heartbeat_reply_round_trip() -> None:
+    reply = wire.HeartbeatReply(7, "cbt_x", 30.0, 60.0, False, "connection refused")
+    assert wire.HeartbeatReply.parse(json.loads(json.dumps(reply.to_json()))) == reply
+    reachable = wire.HeartbeatReply(7, "cbt_x", 30.0, 60.0).to_json()
+    assert "callback_error" not in reachable and reachable["callback_reachable"] is True
+    # An agent reads what it understands and ignores what it does not.
+    lenient = wire.HeartbeatReply.parse(
+        {"callback_token": "t", "heartbeat_interval": -1, "online_window": "60", "new": 1}
+    )
+    assert lenient == wire.HeartbeatReply(None, "t")
+    with pytest.raises(wire.PayloadError) as info:
+        wire.HeartbeatReply.parse({"provider_id": 1})
+    assert info.value.field == "callback_token"
+
+
+def test_hub_serves_exactly_the_endpoints_of_the_table() -> None:
+    proxied = {
+        pattern: handler.endpoint
+        for pattern, handler in openai_handlers.routes
+        if issubclass(handler, openai_handlers.ProxyHandler)
+    }
+    assert sorted(proxied.values()) == sorted(wire.ENDPOINT_TYPES)
+    assert all(pattern == "/v1" + endpoint for pattern, endpoint in proxied.items())
+    # Only what the hub routes: no /responses, no /images/variations.
+    assert "/responses" not in wire.ENDPOINT_TYPES
+    assert "/images/variations" not in wire.ENDPOINT_TYPES
+    assert set(wire.ENDPOINT_TYPES.values()) == set(wire.SERVICE_TYPES)
+
+
+# -- the agent's real heartbeat against the hub's real handler, in process ----------------------
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Hub:
+    settings = Settings(db=str(tmp_path / "h.db"))
+    return Hub(settings, SQLiteStore(settings.db_path), Secrets(b"pepper" * 6, "cookie"))
+
+
+@pytest.fixture
+def app(hub: Hub) -> tornado.web.Application:
+    return make_app(hub)
+
+
+async def test_agent_heartbeat_is_stored_and_answered(hub: Hub, http_server_client: Any) -> None:
+    await hub.store.open()
+    await hub.start()
+    try:
+        user = await hub.store.create_user("alice")
+        key = keys.generate()
+        await hub.store.create_key(
+            user.id, "", keys.display_prefix(key), keys.hash_key(hub.secrets.pepper, key)
+        )
+        table, auth = agent_table(), CallbackAuth()
+
+        async def health() -> dict[str, Any]:
+            return {"uptime_s": 1.5}
+
+        async with aiohttp.ClientSession() as session:
+            beat = Heartbeat(
+                session,
+                table,
+                hub=http_server_client.get_url("/"),
+                key=key,
+                name="rig",
+                callback_url=UNREACHABLE,
+                auth=auth,
+                health=health,
+            )
+            assert await beat.beat(table.advertised(), 1.0)
+
+        # The agent learnt what the hub answered...
+        assert beat.hub is not None and beat.hub.provider_id is not None
+        assert auth.token == hub.callback_token(beat.hub.provider_id)
+        assert beat.hub.heartbeat_interval == hub.settings.heartbeat_interval
+        assert beat.hub.callback_reachable is False and beat.hub.callback_error
+        # ...and the hub stored what the agent advertised.
+        [provider] = await hub.store.list_providers()
+        assert (provider.name, provider.agent_version) == ("rig", inferclub.__version__)
+        assert provider.health == {"uptime_s": 1.5}
+        assert [(s.name, s.type, s.engine, s.features, s.models) for s in provider.services] == [
+            ("qwen", "llm", "vllm", (), ("qwen3",)),
+            ("ears", "stt", "whisper", ("timestamps",), ("whisper-1",)),
+        ]
+
+        resp = await http_server_client.fetch(
+            wire.HEARTBEAT_PATH,
+            method="POST",
+            headers={"Authorization": f"Bearer {key}"},
+            body=json.dumps(with_services({"name": "a", "type": "video"})),
+            raise_error=False,
+        )
+        assert resp.code == 400
+        error = json.loads(resp.body)["error"]
+        assert (error["param"], error["code"]) == ("services[0].type", "invalid_heartbeat")
+        assert error["message"].startswith("Invalid heartbeat: services[0].type: must be one of")
+    finally:
+        await hub.stop()
+        await hub.store.close()
