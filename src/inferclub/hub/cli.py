@@ -1,4 +1,4 @@
-"""The ``inferclub`` command: ``serve``, ``users`` and ``keys``."""
+"""The ``inferclub`` command: ``serve``, ``users``, ``keys`` and ``config``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ import tornado.netutil
 from inferclub import __version__
 from inferclub.hub import keys
 from inferclub.hub.app import Hub, make_app
-from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
+from inferclub.hub.config import (
+    ConfigError,
+    Settings,
+    config_reference,
+    load_or_create_secrets,
+    load_settings,
+    setting_names,
+)
 from inferclub.hub.handlers import auth
 from inferclub.hub.store import AlreadyExists, Store, StoreError, open_store
 
@@ -93,11 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
     k_rotate = keys_p.add_parser("rotate", help="revoke a key and print its replacement")
     k_rotate.add_argument("key", metavar="PREFIX_OR_ID")
     _common(k_rotate)
+
+    config_p = sub.add_parser("config", help="about the hub's settings").add_subparsers(
+        dest="action", required=True
+    )
+    config_p.add_parser(
+        "docs", help="print the configuration reference (docs/configuration.md) as Markdown"
+    )
     return parser
 
 
+def setting_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Setting name -> its ``serve`` flag, read from the parser so the reference never lists
+    a flag that does not exist."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = sub.choices["serve"]
+    names = set(setting_names())
+    return {
+        a.dest: a.option_strings[0] for a in serve._actions if a.dest in names and a.option_strings
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        # Needs no settings: the reference documents the defaults, not this environment.
+        sys.stdout.write(config_reference(setting_flags(parser)))
+        return 0
     flags = {
         k: v
         for k, v in vars(args).items()
@@ -185,9 +215,8 @@ async def _users_login_link(store: Store, settings: Settings, args: argparse.Nam
     user = await _user(store, args.login)
     base = auth.local_base_url(settings, settings.host, settings.port)
     link = await auth.create_login_link(store, user.id, base, settings.login_link_ttl)
-    print(
-        f"sign-in link for {user.login} (works once, expires in {settings.login_link_ttl / 60:g} min):"
-    )
+    minutes = settings.login_link_ttl / 60
+    print(f"sign-in link for {user.login} (works once, expires in {minutes:g} min):")
     print(link)
     return 0
 
@@ -267,7 +296,8 @@ async def _keys_rotate(store: Store, settings: Settings, args: argparse.Namespac
     if new is None:
         raise CliError(f"key {old.prefix} was revoked meanwhile")
     print(
-        f"revoked key {old.prefix}… (id {old.id}); its replacement {new.prefix}… (id {new.id}) is shown only once:"
+        f"revoked key {old.prefix}… (id {old.id}); "
+        f"its replacement {new.prefix}… (id {new.id}) is shown only once:"
     )
     print(key)
     return 0
@@ -351,7 +381,8 @@ async def _print_quickstart(store: Store, settings: Settings, url: str) -> None:
     lines += [
         "Next steps:",
         "  1. Run an agent next to your inference server (see manifests/ for examples):",
-        f"       INFERCLUB_API_KEY={key} inference-club-agent run --manifest manifests/llamacpp.yaml --hub {url}",
+        f"       INFERCLUB_API_KEY={key} inference-club-agent run"
+        f" --manifest manifests/llamacpp.yaml --hub {url}",
         "  2. Use the hub from any OpenAI client:",
         f'       OpenAI(base_url="{url}/v1", api_key="{key}")',
         "",
