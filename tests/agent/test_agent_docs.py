@@ -1,4 +1,5 @@
-"""The agent's documentation covers every hook, engine, setting and command."""
+"""The manual covers every hook, engine attribute and method, builtin engine and option,
+manifest field, and agent command and option."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from inferclub.agent.cli import build_parser
 from inferclub.agent.manifest import AGENT_FIELDS, HOST_FIELDS, MODEL_FIELDS, SERVICE_FIELDS
 from inferclub.engines import Engine, get_engines, get_plugin_manager, hookspecs
 
-ROOT = Path(__file__).resolve().parents[2]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def docs() -> str:
-    return (ROOT / "README.md").read_text()
+def doc(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
 def test_every_hook_is_documented() -> None:
@@ -26,7 +27,7 @@ def test_every_hook_is_documented() -> None:
     ]
     assert hooks == ["register_engines"]
     for hook in hooks:
-        assert f"`{hook}(" in docs()
+        assert f"`{hook}(" in doc("plugin-tutorial.md")
         assert getattr(hookspecs, hook).__doc__.strip()
 
 
@@ -37,11 +38,11 @@ def test_every_hook_is_documented() -> None:
     ),
 )
 def test_every_engine_attribute_and_method_is_documented(name: str) -> None:
-    assert f"`{name}" in docs()
+    assert f"`{name}" in doc("plugin-tutorial.md")
 
 
 def test_every_builtin_engine_and_option_is_documented() -> None:
-    text = docs()
+    text = doc("engines.md")
     for name, engine in get_engines(get_plugin_manager(entrypoints=False)).items():
         assert f"| `{name}` |" in text
         for option in engine.options:
@@ -52,12 +53,12 @@ def test_every_builtin_engine_and_option_is_documented() -> None:
     "field", sorted(set(AGENT_FIELDS + HOST_FIELDS + SERVICE_FIELDS + MODEL_FIELDS))
 )
 def test_every_manifest_field_is_documented(field: str) -> None:
-    assert f"`{field}" in docs()
+    assert f"`{field}" in doc("agent.md")
 
 
 def test_every_command_and_option_is_documented() -> None:
     parser = build_parser()
-    text = docs()
+    text = doc("agent.md")
     sub = next(a for a in parser._actions if a.dest == "command")
     for command, subparser in sub.choices.items():  # type: ignore[union-attr]
         assert f"inference-club-agent {command}" in text

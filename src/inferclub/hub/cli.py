@@ -1,4 +1,4 @@
-"""The ``inferclub`` command: ``serve``, ``users`` and ``keys``."""
+"""The ``inferclub`` command: ``serve``, ``users``, ``keys`` and ``config``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ import tornado.netutil
 from inferclub import __version__
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
-from inferclub.hub.config import ConfigError, Settings, load_or_create_secrets, load_settings
+from inferclub.hub.config import (
+    ConfigError,
+    Settings,
+    config_reference,
+    load_or_create_secrets,
+    load_settings,
+    setting_names,
+)
 from inferclub.hub.store import StoreError, User, describe_db, open_store
 
 log = logging.getLogger("inferclub")
@@ -92,11 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     k_rotate = keys_p.add_parser("rotate", help="revoke a key and print its replacement")
     k_rotate.add_argument("key", metavar="PREFIX_OR_ID")
     _common(k_rotate)
+
+    config_p = sub.add_parser("config", help="about the hub's settings").add_subparsers(
+        dest="action", required=True
+    )
+    config_p.add_parser(
+        "docs", help="print the configuration reference (docs/configuration.md) as Markdown"
+    )
     return parser
 
 
+def setting_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Setting name -> its ``serve`` flag, read from the parser so the reference never lists
+    a flag that does not exist."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = sub.choices["serve"]
+    names = set(setting_names())
+    return {
+        a.dest: a.option_strings[0] for a in serve._actions if a.dest in names and a.option_strings
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        # Needs no settings: the reference documents the defaults, not this environment.
+        sys.stdout.write(config_reference(setting_flags(parser)))
+        return 0
     flags = {
         k: v
         for k, v in vars(args).items()

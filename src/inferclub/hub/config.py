@@ -29,59 +29,160 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("inferclub", appauthor=False))
 
 
+def _doc(help: str, default: str | None = None) -> dict[str, str]:
+    """Field metadata for a setting: its help text and, when the raw default would mislead
+    (an empty string that means "computed"), how the reference shows the default."""
+    return {"help": help} if default is None else {"help": help, "default": default}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every hub setting. Each has an ``INFERCLUB_<NAME>`` variable and a config-file key."""
+    """Every hub setting. Each has an ``INFERCLUB_<NAME>`` variable and a config-file key; the
+    ``help`` metadata is the one description of a setting, printed by ``inferclub config docs``
+    into docs/configuration.md."""
 
-    #: Interface to bind.
-    host: str = "127.0.0.1"
-    #: TCP port; 0 picks a free one (the real one is printed as ``listening on ...``).
-    port: int = 8321
-    #: SQLite database file. Default: ``inferclub.db`` in the user's data directory.
-    db: str = ""
-    #: File holding the server secrets (key pepper, cookie secret). Default: beside the database.
-    secrets_file: str = ""
-    #: A provider is online while its last heartbeat is younger than this many seconds.
-    online_window: float = 60.0
-    #: Heartbeat interval the hub asks agents to use, in seconds.
-    heartbeat_interval: float = 30.0
-    #: Seconds allowed to open a connection to an agent.
-    connect_timeout: float = 10.0
-    #: Seconds allowed between sending a request to an agent and its response headers.
-    first_byte_timeout: float = 300.0
-    #: Seconds allowed between two chunks of a response. No cap on a healthy stream's total time.
-    idle_timeout: float = 120.0
-    #: Largest JSON request body, in bytes.
-    max_json_body: int = 10 * MB
-    #: Largest audio upload (transcriptions, translations), in bytes.
-    max_audio_body: int = 25 * MB
-    #: Largest image upload, per image, in bytes.
-    max_image_body: int = 20 * MB
-    #: Seconds in-flight requests get to finish after SIGTERM/SIGINT.
-    drain_timeout: float = 30.0
-    #: How often the hub checks the store for key changes made elsewhere (revocations), seconds.
-    key_cache_refresh: float = 0.5
-    #: How often providers are reloaded from the store (heartbeats another hub instance
-    #: sharing the store received), seconds.
-    registry_refresh: float = 5.0
-    #: How often buffered request-history rows are written, seconds.
-    history_flush_interval: float = 1.0
-    #: Log level name.
-    log_level: str = "INFO"
-    #: Client id of the GitHub OAuth app used for dashboard sign-in; empty: no GitHub sign-in.
-    github_client_id: str = ""
-    #: Client secret of that GitHub OAuth app (prefer the environment variable).
-    github_client_secret: str = ""
-    #: GitHub's web base URL (the authorize and token endpoints live under it).
-    github_url: str = "https://github.com"
-    #: GitHub's REST API base URL (``GET /user``).
-    github_api_url: str = "https://api.github.com"
-    #: The hub's public base URL as browsers see it: builds the OAuth callback URL and printed
-    #: links; ``https://`` makes session cookies Secure. Default: from each request's Host.
-    public_url: str = ""
-    #: Seconds the one-time sign-in link printed by ``serve`` stays valid.
-    login_link_ttl: float = 900.0
-    #: Where the settings file was read from (informational).
+    host: str = field(default="127.0.0.1", metadata=_doc("Interface to bind."))
+    port: int = field(
+        default=8321,
+        metadata=_doc(
+            "TCP port. 0 picks a free one; the bound port is printed as "
+            "`listening on http://HOST:PORT`."
+        ),
+    )
+    db: str = field(
+        default="",
+        metadata=_doc(
+            "SQLite database file, created (with its directory) when missing.",
+            "`inferclub.db` in the user data directory "
+            "(usually `~/.local/share/inferclub/` on Linux)",
+        ),
+    )
+    secrets_file: str = field(
+        default="",
+        metadata=_doc(
+            "File holding the server secrets (API-key pepper, cookie secret), created with "
+            "mode 0600 on first use. Kept out of the database on purpose: a leaked database "
+            "alone cannot be used to test guessed keys. `INFERCLUB_PEPPER` replaces it.",
+            "`<db>.secrets.json`, beside the database",
+        ),
+    )
+    online_window: float = field(
+        default=60.0,
+        metadata=_doc(
+            "A provider is online while its last heartbeat is younger than this many seconds."
+        ),
+    )
+    heartbeat_interval: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds between heartbeats that the hub asks agents to use (sent in every "
+            "heartbeat reply). Keep it well below `online_window`."
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds allowed to open a connection to an agent.")
+    )
+    first_byte_timeout: float = field(
+        default=300.0,
+        metadata=_doc(
+            "Seconds allowed from sending a request to an agent until its response headers "
+            "(cold model loads are slow)."
+        ),
+    )
+    idle_timeout: float = field(
+        default=120.0,
+        metadata=_doc(
+            "Seconds allowed between two chunks of a response. A healthy stream has no "
+            "total-time cap."
+        ),
+    )
+    max_json_body: int = field(
+        default=10 * MB, metadata=_doc("Largest JSON request body, in bytes.")
+    )
+    max_audio_body: int = field(
+        default=25 * MB,
+        metadata=_doc("Largest audio upload (transcriptions, translations), in bytes."),
+    )
+    max_image_body: int = field(
+        default=20 * MB,
+        metadata=_doc(
+            "Largest image upload, per image, in bytes (an image edit takes up to 16 images "
+            "and a mask)."
+        ),
+    )
+    drain_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Seconds in-flight requests get to finish after SIGTERM or SIGINT."),
+    )
+    key_cache_refresh: float = field(
+        default=0.5,
+        metadata=_doc(
+            "How often, in seconds, the hub checks the store for key changes made elsewhere "
+            "(CLI, dashboard, another hub process): a revoked key stops working within this."
+        ),
+    )
+    registry_refresh: float = field(
+        default=5.0,
+        metadata=_doc(
+            "How often, in seconds, providers are reloaded from the store, so several hub "
+            "processes sharing one store route alike (each heartbeat reaches only one of them)."
+        ),
+    )
+    history_flush_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "How often, in seconds, buffered request-history rows are written (in batches, "
+            "never on the request path)."
+        ),
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_doc(
+            "Log level name (`DEBUG`, `INFO`, `WARNING`, `ERROR`). `DEBUG` also logs every "
+            "successful request."
+        ),
+    )
+    github_client_id: str = field(
+        default="",
+        metadata=_doc(
+            "Client id of your GitHub OAuth app. With `github_client_secret`, enables "
+            '"Sign in with GitHub" on the dashboard; without, `serve` prints one-time '
+            "sign-in links instead.",
+            "empty (no GitHub sign-in)",
+        ),
+    )
+    github_client_secret: str = field(
+        default="",
+        metadata=_doc("That OAuth app's client secret. Prefer the environment variable.", "empty"),
+    )
+    github_url: str = field(
+        default="https://github.com",
+        metadata=_doc(
+            "GitHub's web base URL (the authorize and token endpoints live under it): a "
+            "GitHub Enterprise server's URL, or a fake in tests."
+        ),
+    )
+    github_api_url: str = field(
+        default="https://api.github.com",
+        metadata=_doc(
+            "GitHub's REST API base URL (`GET /user`); `https://HOST/api/v3` on GitHub Enterprise."
+        ),
+    )
+    public_url: str = field(
+        default="",
+        metadata=_doc(
+            "The hub's base URL as browsers see it, e.g. `https://hub.example.org`: builds "
+            "the OAuth callback URL (`{public_url}/auth/github/callback`) and printed sign-in "
+            "links. `https://` makes the session cookie `Secure` (and named "
+            "`__Host-inferclub_session`); set it when a TLS proxy fronts the hub.",
+            "empty (from each request's `Host`)",
+        ),
+    )
+    login_link_ttl: float = field(
+        default=900.0,
+        metadata=_doc("Seconds a one-time dashboard sign-in link stays valid."),
+    )
+    #: Where the settings file was read from (informational; the file itself is not a setting).
     config: str = field(default="", metadata={"internal": True})
 
     @property
@@ -128,6 +229,103 @@ def setting_names() -> list[str]:
     return [f.name for f in fields(Settings) if not f.metadata.get("internal")]
 
 
+REFERENCE_HEAD = """\
+# Configuration
+
+<!-- Generated by `inferclub config docs` from the settings in src/inferclub/hub/config.py.
+     Do not edit by hand: change a setting's help there, then run
+     `.venv/bin/inferclub config docs > docs/configuration.md`. -->
+
+Every `inferclub` command (`serve`, `users`, `keys`) reads the hub's settings from, in increasing
+order of precedence:
+
+1. the defaults below;
+2. a YAML file given with `--config FILE` or `INFERCLUB_CONFIG`: a mapping whose keys are the
+   setting names (`-` may stand for `_`; an unknown key is an error);
+3. `INFERCLUB_*` environment variables;
+4. command-line flags, for the few settings that have one.
+
+A value that cannot be read (a port that is not a number, a YAML error) stops the command with
+exit status 2 and a message naming the file, variable or flag it came from.
+
+"""
+
+REFERENCE_TAIL = """
+## Server secrets
+
+The key pepper and the cookie secret live in `secrets_file`, created on first use with mode 0600.
+Two environment variables replace the file, for deployments that keep secrets elsewhere:
+
+- `INFERCLUB_PEPPER`: the pepper API keys are hashed with (`HMAC-SHA256(pepper, key)`); agents'
+  callback tokens are derived from it too. Changing it invalidates every API key.
+- `INFERCLUB_COOKIE_SECRET`: signs dashboard cookies; read only when `INFERCLUB_PEPPER` is set,
+  and defaults to it. Changing it signs everyone out of the dashboard.
+
+## Example
+
+```yaml
+# hub.yaml: inferclub serve --config hub.yaml
+port: 8321
+online_window: 90
+first_byte_timeout: 600
+max_audio_body: 52428800
+```
+
+The same settings from the environment: `INFERCLUB_PORT=8321 INFERCLUB_ONLINE_WINDOW=90 ...`.
+"""
+
+
+def _shown_default(f: dataclasses.Field[Any]) -> str:
+    if "default" in f.metadata:
+        return str(f.metadata["default"])
+    value = f.default
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    if isinstance(value, int) and value >= MB and value % MB == 0:
+        return f"`{value}` ({value // MB} MiB)"
+    return f"`{value}`" if value != "" else "empty"
+
+
+def config_reference(flags: Mapping[str, str]) -> str:
+    """The Markdown configuration reference (docs/configuration.md), built from each setting's
+    ``help`` metadata. ``flags`` maps setting names to their command-line flag; it comes from
+    the CLI's parser so this module need not know it."""
+    rows = [
+        "| Setting (file key) | Flag | Environment variable | Default | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in fields(Settings):
+        if f.metadata.get("internal"):
+            continue
+        flag = f"`{flags[f.name]}`" if f.name in flags else "-"
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(
+            f"| `{f.name}` | {flag} | `{ENV_PREFIX}{f.name.upper()}` | {_shown_default(f)} "
+            f"| {meaning} |"
+        )
+    return REFERENCE_HEAD + "\n".join(rows) + "\n" + REFERENCE_TAIL
+
+
+def _read_file(config_path: str, types: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a YAML config file, coerced to their types."""
+    try:
+        data = yaml.safe_load(Path(config_path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: expected a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = str(key).replace("-", "_")
+        if name not in types or name == "config":
+            raise ConfigError(f"{config_path}: unknown setting {key!r}")
+        values[name] = _coerce(name, raw, types[name], config_path)
+    values["config"] = str(config_path)
+    return values
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -140,20 +338,7 @@ def load_settings(
 
     config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG", "")
     if config_path:
-        try:
-            data = yaml.safe_load(Path(config_path).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{config_path}: cannot read config file: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_path}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config_path}: expected a mapping of settings")
-        for key, raw in data.items():
-            name = str(key).replace("-", "_")
-            if name not in types or name == "config":
-                raise ConfigError(f"{config_path}: unknown setting {key!r}")
-            values[name] = _coerce(name, raw, types[name], config_path)
-        values["config"] = str(config_path)
+        values.update(_read_file(config_path, types))
 
     for name in setting_names():
         var = ENV_PREFIX + name.upper()
