@@ -65,6 +65,7 @@ def test_every_hub_command_and_option_is_documented() -> None:
                     if flag not in ("-h", "--help"):
                         assert f"[{flag}" in text or f"`{flag}" in text, (line, flag)
 
+
 def test_every_testing_fixture_is_documented() -> None:
     import inferclub.testing
 

@@ -170,24 +170,26 @@ def test_hub_serves_exactly_the_endpoints_of_the_table() -> None:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Hub:
+def wire_hub(tmp_path: Path) -> Hub:
     settings = Settings(db=str(tmp_path / "h.db"))
     return Hub(settings, SQLiteStore(settings.db_path), Secrets(b"pepper" * 6, "cookie"))
 
 
 @pytest.fixture
-def app(hub: Hub) -> tornado.web.Application:
-    return make_app(hub)
+def app(wire_hub: Hub) -> tornado.web.Application:
+    return make_app(wire_hub)
 
 
-async def test_agent_heartbeat_is_stored_and_answered(hub: Hub, http_server_client: Any) -> None:
-    await hub.store.open()
-    await hub.start()
+async def test_agent_heartbeat_is_stored_and_answered(
+    wire_hub: Hub, http_server_client: Any
+) -> None:
+    await wire_hub.store.open()
+    await wire_hub.start()
     try:
-        user = await hub.store.create_user("alice")
+        user = await wire_hub.store.create_user("alice")
         key = keys.generate()
-        await hub.store.create_key(
-            user.id, "", keys.display_prefix(key), keys.hash_key(hub.secrets.pepper, key)
+        await wire_hub.store.create_key(
+            user.id, "", keys.display_prefix(key), keys.hash_key(wire_hub.secrets.pepper, key)
         )
         table, auth = agent_table(), CallbackAuth()
 
@@ -209,11 +211,11 @@ async def test_agent_heartbeat_is_stored_and_answered(hub: Hub, http_server_clie
 
         # The agent learnt what the hub answered...
         assert beat.hub is not None and beat.hub.provider_id is not None
-        assert auth.token == hub.callback_token(beat.hub.provider_id)
-        assert beat.hub.heartbeat_interval == hub.settings.heartbeat_interval
+        assert auth.token == wire_hub.callback_token(beat.hub.provider_id)
+        assert beat.hub.heartbeat_interval == wire_hub.settings.heartbeat_interval
         assert beat.hub.callback_reachable is False and beat.hub.callback_error
         # ...and the hub stored what the agent advertised.
-        [provider] = await hub.store.list_providers()
+        [provider] = await wire_hub.store.list_providers()
         assert (provider.name, provider.agent_version) == ("rig", inferclub.__version__)
         assert provider.health == {"uptime_s": 1.5}
         assert [(s.name, s.type, s.engine, s.features, s.models) for s in provider.services] == [
@@ -233,5 +235,5 @@ async def test_agent_heartbeat_is_stored_and_answered(hub: Hub, http_server_clie
         assert (error["param"], error["code"]) == ("services[0].type", "invalid_heartbeat")
         assert error["message"].startswith("Invalid heartbeat: services[0].type: must be one of")
     finally:
-        await hub.stop()
-        await hub.store.close()
+        await wire_hub.stop()
+        await wire_hub.store.close()

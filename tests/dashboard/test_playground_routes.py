@@ -27,25 +27,25 @@ PROXIED = [
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Hub:
+def playground_hub(tmp_path: Path) -> Hub:
     settings = Settings(db=str(tmp_path / "h.db"))
     return Hub(settings, SQLiteStore(settings.db_path), Secrets(b"pepper" * 6, "cookie-secret"))
 
 
 @pytest.fixture
-def app(hub: Hub) -> tornado.web.Application:
-    return make_app(hub)
+def app(playground_hub: Hub) -> tornado.web.Application:
+    return make_app(playground_hub)
 
 
 @asynccontextmanager
-async def running(hub: Hub) -> AsyncIterator[Hub]:
-    await hub.store.open()
-    await hub.start()
+async def running(playground_hub: Hub) -> AsyncIterator[Hub]:
+    await playground_hub.store.open()
+    await playground_hub.start()
     try:
-        yield hub
+        yield playground_hub
     finally:
-        await hub.stop()
-        await hub.store.close()
+        await playground_hub.stop()
+        await playground_hub.store.close()
 
 
 def _cookie(resp: Any, name: str) -> str:
@@ -53,9 +53,9 @@ def _cookie(resp: Any, name: str) -> str:
     return str(found.split(";")[0])
 
 
-async def _browser_headers(hub: Hub, client: Any, user_id: int) -> dict[str, str]:
+async def _browser_headers(playground_hub: Hub, client: Any, user_id: int) -> dict[str, str]:
     """What the playground page sends: its session and XSRF cookies and the XSRF header."""
-    link = await hub.accounts.create_login_link(user_id, "http://hub", 60)
+    link = await playground_hub.accounts.create_login_link(user_id, "http://hub", 60)
     resp = await client.fetch(link[len("http://hub") :], follow_redirects=False, raise_error=False)
     assert resp.code == 302
     session = _cookie(resp, "inferclub_session")
@@ -74,13 +74,13 @@ def _error(resp: Any) -> tuple[int, str]:
 
 
 async def test_each_proxied_endpoint_answers_in_the_playground_as_on_v1(
-    hub: Hub, http_server_client: Any
+    playground_hub: Hub, http_server_client: Any
 ) -> None:
     assert len(PROXIED) >= 8
-    async with running(hub):
-        alice = await hub.accounts.create_user("alice")
-        key = (await hub.accounts.issue_key(alice.id)).secret
-        browser = await _browser_headers(hub, http_server_client, alice.id)
+    async with running(playground_hub):
+        alice = await playground_hub.accounts.create_user("alice")
+        key = (await playground_hub.accounts.issue_key(alice.id)).secret
+        browser = await _browser_headers(playground_hub, http_server_client, alice.id)
         body = json.dumps({"model": "nowhere", "messages": [], "input": "x"})
         for path in PROXIED:
             v1 = await http_server_client.fetch(

@@ -165,6 +165,7 @@ async def test_github_users_are_not_the_local_admin(
         assert admin is not None and admin.login == "octocat-local" and admin.github_id is None
 
 
+@pytest.mark.subprocess
 def test_quickstart_and_the_printed_link_name_the_same_admin(tmp_path: Path) -> None:
     env = dict.fromkeys(("LOGNAME", "USER", "LNAME", "USERNAME"), "!!!")
     hub = HubProcess(tmp_path, "--quickstart", env=env).start()

@@ -15,7 +15,7 @@ from tests.support.fakes.agent import FakeAgent
 from tests.support.hubproc import HubProcess
 from tests.support.postgres import pg_schema
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.subprocess]
 
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["m1"]}]
 

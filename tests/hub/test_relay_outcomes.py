@@ -23,6 +23,8 @@ from tests.support.fakes.agent import FakeAgent
 from tests.support.fakes.base import FakeHandler, chat_chunks, words
 from tests.support.hubproc import HubProcess, start_hub
 
+pytestmark = pytest.mark.subprocess
+
 LLM = [{"name": "chat", "type": "llm", "engine": "vllm", "features": [], "models": ["m1"]}]
 #: What the real agent sends when its engine fails mid-stream (agent/server.py).
 AGENT_ERROR = {
@@ -131,19 +133,19 @@ def chart_errors(page: str) -> int:
 
 
 def test_a_stream_the_agent_breaks_ends_with_an_error_event_and_a_502_row(
-    hub: HubProcess, agent: FakeAgent
+    hub_process: HubProcess, agent: FakeAgent
 ) -> None:
-    key = hub.user_with_key("alice")
-    assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+    key = hub_process.user_with_key("alice")
+    assert hub_process.heartbeat(key, "rig", agent.url, LLM)[0] == 200
     agent.break_after = 3
-    status, request_id, body = post_stream(hub, key)
+    status, request_id, body = post_stream(hub_process, key)
     assert status == 200 and body.count(b'"chat.completion.chunk"') == 3
     assert body.endswith(b"\n\n")
     error = last_event(body)["error"]
     assert (
         error["code"] == "upstream_error" and "connection to the provider broke" in error["message"]
     )
-    r = row(hub, request_id)
+    r = row(hub_process, request_id)
     assert (r["status"], r["error_type"], r["error_code"]) == (
         502,
         "server_error",
@@ -152,29 +154,31 @@ def test_a_stream_the_agent_breaks_ends_with_an_error_event_and_a_502_row(
     assert r["cancelled"] == 0 and r["bytes_out"] == len(body)
 
     # The requests page counts it as an error, and its status filter finds it.
-    assert chart_errors(dashboard(hub, "alice", "/dashboard/requests")) == 1
-    page = dashboard(hub, "alice", "/dashboard/requests?status=502")
+    assert chart_errors(dashboard(hub_process, "alice", "/dashboard/requests")) == 1
+    page = dashboard(hub_process, "alice", "/dashboard/requests?status=502")
     assert re.findall(r'data-request-id="([^"]+)"', page) == [request_id]
     assert "<code>upstream_error</code>" in dashboard(
-        hub, "alice", f"/dashboard/requests/{request_id}"
+        hub_process, "alice", f"/dashboard/requests/{request_id}"
     )
 
 
-def test_an_engine_failure_the_agent_reports_mid_stream_is_a_502_row(hub: HubProcess) -> None:
-    key = hub.user_with_key("alice")
+def test_an_engine_failure_the_agent_reports_mid_stream_is_a_502_row(
+    hub_process: HubProcess,
+) -> None:
+    key = hub_process.user_with_key("alice")
     with ReportingAgent(["m1"]) as agent:
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        assert hub_process.heartbeat(key, "rig", agent.url, LLM)[0] == 200
         got: list[Any] = []
         with (
-            openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client,
+            openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as client,
             pytest.raises(openai.APIError) as exc,
         ):
             got.extend(client.chat.completions.create(model="m1", messages=[], stream=True))
         assert len(got) == 3 and "failed mid-stream" in exc.value.message
-        status, request_id, body = post_stream(hub, key)
+        status, request_id, body = post_stream(hub_process, key)
     assert status == 200 and last_event(body) == AGENT_ERROR
     assert body.endswith(b"data: [DONE]\n\n"), "relayed as the agent sent it"
-    r = row(hub, request_id)
+    r = row(hub_process, request_id)
     assert (r["status"], r["error_type"]) == (502, "server_error")
     assert (r["error_code"], r["cancelled"]) == ("engine_stream_error", 0)
 
@@ -210,12 +214,12 @@ def test_a_stream_cut_at_the_shutdown_deadline_is_recorded_as_cut_by_the_hub(
 
 
 def test_a_client_that_leaves_is_still_recorded_as_cancelled(
-    hub: HubProcess, agent: FakeAgent
+    hub_process: HubProcess, agent: FakeAgent
 ) -> None:
-    key = hub.user_with_key("alice")
-    assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+    key = hub_process.user_with_key("alice")
+    assert hub_process.heartbeat(key, "rig", agent.url, LLM)[0] == 200
     agent.stall_after = 2
-    with chat_stream(hub, key) as (request_id, it):
+    with chat_stream(hub_process, key) as (request_id, it):
         next(it), next(it)
-    r = row(hub, request_id)
+    r = row(hub_process, request_id)
     assert (r["cancelled"], r["status"], r["error_code"]) == (1, 200, None)

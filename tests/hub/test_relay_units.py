@@ -335,9 +335,18 @@ async def test_upstream_error_bodies_are_recorded_with_their_code() -> None:
     body = json.dumps({"error": {"message": "too long", "type": "BadRequestError", "code": 400}})
     sink, m = FakeSink(), meter()
     await relay_whole(sink, FakeResponse([body.encode()], "application/json", 400), m, 5)
-    assert sink.status == 400 and json.loads(sink.body)["error"]["code"] == "400"
+    # The one normaliser: vLLM's class name and int status become the type for the status.
+    assert sink.status == 400 and json.loads(sink.body)["error"]["type"] == "invalid_request_error"
     row = m.finished()
-    assert (row.status, row.error_type, row.error_code) == (400, "BadRequestError", "400")
+    assert (row.status, row.error_type, row.error_code) == (400, "invalid_request_error", None)
+
+    body = json.dumps(
+        {"error": {"message": "slow down", "type": "rate_limit_error", "code": "busy"}}
+    )
+    sink, m = FakeSink(), meter()
+    await relay_whole(sink, FakeResponse([body.encode()], "application/json", 429), m, 5)
+    row = m.finished()
+    assert (row.status, row.error_type, row.error_code) == (429, "rate_limit_error", "busy")
 
 
 # ------------------------------------------------------- what the requests page counts
