@@ -204,18 +204,7 @@ class UpstreamProtocol(asyncio.Protocol):
             except ValueError:
                 self._close()
                 return
-            length = 0
-            chunked = False
-            conn = b""
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value.strip() or b"0")
-                elif name == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif name == b"connection":
-                    conn = value.strip().lower()
+            length, chunked, conn = _head_fields(lines[1:])
             keep_alive = conn != b"close" if version == b"HTTP/1.1" else conn == b"keep-alive"
             if chunked:
                 self._send(_error(411, "chunked request bodies are not supported", False))
@@ -342,3 +331,18 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _head_fields(lines: list[bytes]) -> tuple[int, bool, bytes]:
+    """Content-Length, whether the body is chunked, and the Connection header of a request."""
+    length, chunked, conn = 0, False, b""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip() or b"0")
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            conn = value.strip().lower()
+    return length, chunked, conn

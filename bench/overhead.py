@@ -14,7 +14,8 @@ generator -> hub -> upstream), and is reported as hub/direct ratios:
 4. time to first SSE chunk of streams at concurrency 1;
 5. C concurrent slow streams (N chunks, 50 ms apart), once with their starts spread over
    50 ms ("staggered", like independent users) and once all opened at the same moment
-   ("together", the worst case: C chunks reach the hub at once): each chunk's transit time from the upstream's send to the client's receive
+   ("together", the worst case: C chunks reach the hub at once): each chunk's transit time
+   from the upstream's send to the client's receive
    (the upstream stamps chunks with ``time.monotonic()``, a system-wide clock), the
    inter-arrival jitter (``|gap - 50 ms|``), time to the first chunk, and stream duration.
 
@@ -760,7 +761,8 @@ def targets(
                 (
                     f"(derived) hub CPU per {k}-chunk stream when each chunk is relayed separately",
                     (
-                        f"{per_stream:,.0f} µs, i.e. ~{1e6 / per_stream:,.0f} such streams/s per core "
+                        f"{per_stream:,.0f} µs, i.e. ~{1e6 / per_stream:,.0f} such streams/s"
+                        " per core "
                         "if chunks were never coalesced"
                     ),
                     None,

@@ -257,7 +257,8 @@ class _Checker:
                     self.add(
                         host.key_lines["id"],
                         f"{where}.id",
-                        f"duplicate host id {host_id!r} (first defined at line {seen_hosts[host_id]})",
+                        f"duplicate host id {host_id!r}"
+                        f" (first defined at line {seen_hosts[host_id]})",
                     )
                 seen_hosts.setdefault(host_id, host.key_lines["id"])
             services = self.services(host, where, host_id or "", seen_services)
@@ -285,6 +286,22 @@ class _Checker:
                 result.append(service)
         return tuple(result)
 
+    def service_name(self, data: MarkedDict, where: str, seen: dict[str, int]) -> str | None:
+        """The service's name, checked: a valid name, and unique within the manifest."""
+        name = self.string(data, "name", where, required=True)
+        if name is None:
+            return None
+        line = data.key_lines["name"]
+        if not SERVICE_NAME.match(name):
+            message = f"invalid service name {name!r} (letters, digits, '.', '_' and '-' only)"
+            self.add(line, f"{where}.name", message)
+        elif name in seen:
+            message = f"duplicate service name {name!r} (first defined at line {seen[name]})"
+            self.add(line, f"{where}.name", message)
+        else:
+            seen[name] = line
+        return name
+
     def service(
         self, item: Any, line: int, where: str, host_id: str, seen: dict[str, int]
     ) -> Service | None:
@@ -293,23 +310,7 @@ class _Checker:
             return None
         self.unknown_keys(data, SERVICE_FIELDS, where)
 
-        name = self.string(data, "name", where, required=True)
-        if name is not None:
-            if not SERVICE_NAME.match(name):
-                self.add(
-                    data.key_lines["name"],
-                    f"{where}.name",
-                    f"invalid service name {name!r} (letters, digits, '.', '_' and '-' only)",
-                )
-            elif name in seen:
-                self.add(
-                    data.key_lines["name"],
-                    f"{where}.name",
-                    f"duplicate service name {name!r} (first defined at line {seen[name]})",
-                )
-            else:
-                seen[name] = data.key_lines["name"]
-
+        name = self.service_name(data, where, seen)
         stype = self.string(data, "type", where) or "llm"
         if stype not in SERVICE_TYPES:
             self.add(

@@ -25,6 +25,7 @@ from inferclub.hub.config import (
     load_settings,
     setting_names,
 )
+from inferclub.hub.handlers.openai import FORM_OVERHEAD, server_body_limit
 from inferclub.hub.store import StoreError, User, describe_db, open_store
 
 log = logging.getLogger("inferclub")
@@ -299,11 +300,11 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
 
 
 async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
-    limit = max(settings.max_json_body, settings.max_audio_body, settings.max_image_body * 16)
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
         xheaders=False,
-        max_body_size=limit + 1024 * 1024,
+        # Past the largest endpoint limit; each handler answers its own oversize with a 413.
+        max_body_size=server_body_limit(settings) + FORM_OVERHEAD,
         idle_connection_timeout=300,
     )
     # Before "listening on": a supervisor may signal as soon as it sees that line.

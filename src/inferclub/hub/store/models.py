@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -90,7 +90,6 @@ class RequestRecord:
     cancelled: bool = False
     #: The error's code, e.g. ``upstream_error`` or ``server_shutting_down``.
     error_code: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
