@@ -44,10 +44,15 @@ class LoopThread:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        self.run(_cancel_all)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
+        try:
+            self.run(_cancel_all)
+        finally:
+            # Stop and close even when cancelling timed out, so no loop is left for the garbage
+            # collector to find unclosed (a ResourceWarning, an error under pytest).
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+            if not self.loop.is_running():
+                self.loop.close()
 
 
 @dataclass
