@@ -60,6 +60,36 @@ DOWNGRADED_HEADER = "X-InferClub-Downgraded"
 #: Response headers with this prefix (any case) are relayed from the agent to the client.
 HEADER_PREFIX = "x-inferclub-"
 
+# -- request bodies ----------------------------------------------------------------------------
+
+MB = 1024 * 1024
+#: OpenAI accepts up to 16 images per edit, and a mask.
+MAX_EDIT_IMAGES = 16
+#: Room for the multipart framing and the text fields of an upload.
+FORM_OVERHEAD = MB
+#: The hub's default body limits (settings ``max_json_body``, ``max_audio_body``,
+#: ``max_image_body``); the agent accepts what a hub with these defaults forwards.
+DEFAULT_MAX_JSON_BODY = 10 * MB
+DEFAULT_MAX_AUDIO_BODY = 25 * MB
+DEFAULT_MAX_IMAGE_BODY = 20 * MB
+
+
+def image_edit_body_limit(max_image_body: int) -> int:
+    """The largest image-edit body: every image and the mask at their limit, plus the form."""
+    return max_image_body * (MAX_EDIT_IMAGES + 1) + FORM_OVERHEAD
+
+
+def body_ceiling(max_json_body: int, max_audio_body: int, max_image_body: int) -> int:
+    """What an HTTP server lets any request send: past the largest endpoint limit, so that each
+    endpoint (not the server's bare 400) answers an oversize body with its OpenAI 413."""
+    largest = max(max_json_body, max_audio_body, image_edit_body_limit(max_image_body))
+    return largest + FORM_OVERHEAD
+
+
+DEFAULT_BODY_CEILING = body_ceiling(
+    DEFAULT_MAX_JSON_BODY, DEFAULT_MAX_AUDIO_BODY, DEFAULT_MAX_IMAGE_BODY
+)
+
 # -- limits of a heartbeat ---------------------------------------------------------------------
 
 MAX_SERVICES = 256

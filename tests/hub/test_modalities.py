@@ -204,6 +204,25 @@ async def test_images_generations_and_edits(
     assert [r["images"] for r in rows] == [2, 1, 3]
 
 
+async def test_an_edit_takes_sixteen_images_and_one_mask(
+    every_type_sdk: openai.AsyncOpenAI, fake_agent: FakeAgent
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    images = [(f"{i}.png", png) for i in range(16)]
+    edited = await every_type_sdk.images.edit(
+        model="sd", prompt="hat", image=images, mask=("m.png", png)
+    )
+    assert edited.data
+    _, files = fake_agent.form()
+    assert len(files["image[]"]) == 16 and len(files["mask"]) == 1
+    sent = len(fake_agent.requests)
+
+    with pytest.raises(openai.BadRequestError) as too_many:
+        await every_type_sdk.images.edit(model="sd", prompt="hat", image=[*images, ("x.png", png)])
+    assert too_many.value.param == "image" and "16 images" in too_many.value.message
+    assert len(fake_agent.requests) == sent, "a refused edit never reaches the agent"
+
+
 async def test_embeddings(hub_app: HubApp, every_type_sdk: openai.AsyncOpenAI) -> None:
     out = await every_type_sdk.embeddings.create(
         model="m1", input=["a", "b"], encoding_format="float"

@@ -187,7 +187,9 @@ async def running_hub(
         await store.open()
         hub = Hub(config, store, load_or_create_secrets(config.secrets_path))
         await hub.start()
-        server = tornado.httpserver.HTTPServer(make_app(hub))
+        server = tornado.httpserver.HTTPServer(
+            make_app(hub), max_body_size=hub.settings.body_ceiling
+        )
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)
         app = HubApp(hub, f"http://127.0.0.1:{sockets[0].getsockname()[1]}", lines)

@@ -18,6 +18,7 @@ import aiohttp
 import tornado.httpserver
 import tornado.netutil
 
+from inferclub import wire
 from inferclub.agent import health
 from inferclub.agent.heartbeat import CallbackAuth, Heartbeat, KeyRejected
 from inferclub.agent.manifest import Manifest
@@ -31,8 +32,8 @@ log = logging.getLogger("inferclub.agent")
 EXIT_KEY_REJECTED = 3
 #: Seconds SIGTERM waits for in-flight requests before closing them.
 DRAIN_TIMEOUT = 30.0
-#: Largest request body accepted from the hub (uploads included).
-MAX_BODY_SIZE = 200 * 1024 * 1024
+#: Largest request body accepted from the hub: what a hub with default limits forwards.
+MAX_BODY_SIZE = wire.DEFAULT_BODY_CEILING
 PROBE_TIMEOUT = 10.0
 
 

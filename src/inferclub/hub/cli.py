@@ -25,7 +25,6 @@ from inferclub.hub.config import (
     load_settings,
     setting_names,
 )
-from inferclub.hub.handlers.openai import FORM_OVERHEAD, server_body_limit
 from inferclub.hub.store import StoreError, User, describe_db, open_store
 
 log = logging.getLogger("inferclub")
@@ -304,7 +303,7 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
         make_app(hub),
         xheaders=False,
         # Past the largest endpoint limit; each handler answers its own oversize with a 413.
-        max_body_size=server_body_limit(settings) + FORM_OVERHEAD,
+        max_body_size=settings.body_ceiling,
         idle_connection_timeout=300,
     )
     # Before "listening on": a supervisor may signal as soon as it sees that line.

@@ -15,6 +15,7 @@ from typing import Any
 import platformdirs
 import yaml
 
+from inferclub import wire
 from inferclub.hub.store import is_postgres_url
 
 ENV_PREFIX = "INFERCLUB_"
@@ -97,14 +98,14 @@ class Settings:
         ),
     )
     max_json_body: int = field(
-        default=10 * MB, metadata=_doc("Largest JSON request body, in bytes.")
+        default=wire.DEFAULT_MAX_JSON_BODY, metadata=_doc("Largest JSON request body, in bytes.")
     )
     max_audio_body: int = field(
-        default=25 * MB,
+        default=wire.DEFAULT_MAX_AUDIO_BODY,
         metadata=_doc("Largest audio upload (transcriptions, translations), in bytes."),
     )
     max_image_body: int = field(
-        default=20 * MB,
+        default=wire.DEFAULT_MAX_IMAGE_BODY,
         metadata=_doc(
             "Largest image upload, per image, in bytes (an image edit takes up to 16 images "
             "and a mask)."
@@ -194,6 +195,15 @@ class Settings:
         """What the store opens: a ``postgresql://`` URL as given (a path would fold its
         ``//``), else the SQLite file's path."""
         return self.db if is_postgres_url(self.db) else str(self.db_path)
+
+    @property
+    def image_edit_body_limit(self) -> int:
+        return wire.image_edit_body_limit(self.max_image_body)
+
+    @property
+    def body_ceiling(self) -> int:
+        """The HTTP server's ``max_body_size``: past every endpoint's own limit."""
+        return wire.body_ceiling(self.max_json_body, self.max_audio_body, self.max_image_body)
 
     @property
     def github_enabled(self) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from inferclub import openai_errors
+from inferclub import openai_errors, wire
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting
@@ -101,7 +101,7 @@ class ApiHandler(HubHandler):
         return b"".join(self._chunks)
 
     async def authenticate(self) -> KeyOwner:
-        header = self.request.headers.get("Authorization", "")
+        header = self.request.headers.get(wire.AUTH_HEADER, "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise OpenAIError(

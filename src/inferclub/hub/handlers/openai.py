@@ -11,28 +11,11 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 from tornado.iostream import StreamClosedError
 
 from inferclub import multipart, openai_errors, wire
-from inferclub.hub.config import Settings
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
 from inferclub.hub.routing import Route
 from inferclub.hub.store import ProviderRecord
 from inferclub.openai_errors import OpenAIError
-
-#: OpenAI accepts up to 16 images per edit (a mask is one more file).
-MAX_EDIT_IMAGES = 16
-#: Room for the multipart framing and the text fields of an upload.
-FORM_OVERHEAD = 1024 * 1024
-
-
-def image_edit_body_limit(settings: Settings) -> int:
-    """The largest image-edit body: every image and the mask at their limit, plus the form."""
-    return settings.max_image_body * (MAX_EDIT_IMAGES + 1) + FORM_OVERHEAD
-
-
-def server_body_limit(settings: Settings) -> int:
-    """What the HTTP server lets any request send: the largest of every endpoint's own limit, so
-    each handler (not the server's bare 400) answers an oversize body with its OpenAI 413."""
-    return max(settings.max_json_body, settings.max_audio_body, image_edit_body_limit(settings))
 
 
 def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
@@ -290,20 +273,22 @@ class ImageEditsHandler(MultipartHandler):
     endpoint = "/images/edits"
     body_limit_setting = "max_image_body"
     file_fields = ("image", "image[]")
-    max_images = MAX_EDIT_IMAGES
 
     def body_limit(self) -> int:
-        return image_edit_body_limit(self.hub.settings)
+        return self.hub.settings.image_edit_body_limit
 
     def parse(self) -> tuple[str, Forward]:
         model, fwd = super().parse()
         limit = self.hub.settings.max_image_body
-        images = [f for name in ("image", "image[]", "mask") for f in self.files.get(name, ())]
-        if len(images) > self.max_images + 1:
+        images = [f for name in ("image", "image[]") for f in self.files.get(name, ())]
+        masks = self.files.get("mask", [])
+        if len(images) > wire.MAX_EDIT_IMAGES:
             raise openai_errors.bad_request(
-                f"At most {self.max_images} images can be edited at once.", "image"
+                f"At most {wire.MAX_EDIT_IMAGES} images can be edited at once.", "image"
             )
-        for f in images:
+        if len(masks) > 1:
+            raise openai_errors.bad_request("At most one mask can be sent.", "mask")
+        for f in [*images, *masks]:
             if len(f.body) > limit:
                 raise openai_errors.too_large(limit, f"image {f.filename!r}")
         return model, fwd

@@ -15,6 +15,7 @@ import asyncio
 
 import aiohttp
 
+from inferclub import wire
 from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
 from inferclub.hub.relay.meter import Outcome, RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_stream
@@ -63,7 +64,7 @@ class Relay:
             async with asyncio.timeout(timeout):
                 async with self._session.get(
                     callback_url.rstrip("/") + "/models",
-                    headers={"Authorization": f"Bearer {token}"},
+                    headers={wire.AUTH_HEADER: wire.bearer(token)},
                     allow_redirects=False,
                 ) as resp:
                     await resp.read()
