@@ -1,9 +1,10 @@
 """A fake hub: the hub's side of the agent protocol, small enough to read in one go.
 
-It accepts ``POST /v1/agent/heartbeat`` with the key it was given, records each heartbeat, and
-answers with a callback token, as the real hub does. It can then send the agent what the hub
-sends for a consumer request: the path under the agent's callback URL, the callback token as a
-bearer token, and the service name in ``X-InferClub-Service``.
+It accepts ``POST /v1/agent/heartbeat`` with the key it was given, validates each heartbeat with
+the real hub's parser (:meth:`inferclub.wire.Heartbeat.parse`, so a plugin whose heartbeat the
+hub would refuse fails here too), records it, and answers with a callback token. It can then
+send the agent what the hub sends for a consumer request: the path under the agent's callback
+URL, the callback token as a bearer token, and the service name in ``X-InferClub-Service``.
 """
 
 from __future__ import annotations
@@ -15,20 +16,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from inferclub import openai_errors, wire
+from inferclub.openai_errors import error_body
 from inferclub.testing.servers import FakeHandler, FakeServer
 
 #: The API key `FakeHub` accepts unless given another.
 KEY = "hub_TestKey0123456789abcdefghijkl"
 #: The callback token `FakeHub` hands out unless given another.
 CALLBACK_TOKEN = "cbt_0123456789abcdefghijklmnopqrstuv"
-#: Heartbeat fields an agent must send, and their JSON types.
-HEARTBEAT_FIELDS = (
-    ("name", str),
-    ("callback_url", str),
-    ("version", str),
-    ("services", list),
-    ("health", dict),
-)
 
 
 class AgentResponse(NamedTuple):
@@ -58,9 +53,9 @@ def send_to_agent(
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     headers = {"Content-Type": content_type}
     if token:
-        headers["Authorization"] = f"Bearer {token}"
+        headers[wire.AUTH_HEADER] = wire.bearer(token)
     if service:
-        headers["X-InferClub-Service"] = service
+        headers[wire.SERVICE_HEADER] = service
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
     try:
         conn.request(method, parts.path.rstrip("/") + path, body=raw, headers=headers)
@@ -92,7 +87,7 @@ class FakeHub(FakeServer):
         self.fail_next = 0
 
     def routes(self) -> list[Any]:
-        return [(r"/v1/agent/heartbeat", HeartbeatHandler, {"fake": self})]
+        return [(wire.HEARTBEAT_PATH, HeartbeatHandler, {"fake": self})]
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10, after: int = 0
@@ -127,35 +122,27 @@ class FakeHub(FakeServer):
         )
 
 
-def _error(message: str, type_: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": None}}
-
-
 class HeartbeatHandler(FakeHandler):
     fake: FakeHub
 
     def post(self) -> None:
         hub = self.fake
-        if self.request.headers.get("Authorization") != f"Bearer {hub.key}":
-            body = _error("invalid API key", "authentication_error")
-            body["error"]["code"] = "invalid_api_key"
-            self.send_json(body, 401)
+        if self.request.headers.get(wire.AUTH_HEADER) != wire.bearer(hub.key):
+            error = openai_errors.invalid_key()
+            self.send_json(error.body(), error.status)
             return
         if hub.fail_next > 0:
             hub.fail_next -= 1
-            self.send_json(_error("hub is busy", "server_error"), 503)
+            self.send_json(error_body("hub is busy", "server_error"), 503)
             return
         beat = self.json_body()
-        for name, kind in HEARTBEAT_FIELDS:
-            if not isinstance(beat.get(name), kind):
-                self.send_json(_error(f"bad field {name}", "invalid_request_error", name), 400)
-                return
+        try:
+            wire.Heartbeat.parse(beat)
+        except wire.PayloadError as exc:
+            message = f"Invalid heartbeat: {exc}"
+            body = error_body(message, "invalid_request_error", exc.field, "invalid_heartbeat")
+            self.send_json(body, 400)
+            return
         hub.beats.append((time.monotonic(), beat))
-        self.send_json(
-            {
-                "provider_id": 7,
-                "heartbeat_interval": hub.interval,
-                "online_window": hub.window,
-                "callback_token": hub.token,
-            }
-        )
+        reply = wire.HeartbeatReply(7, hub.token, hub.interval, hub.window)
+        self.send_json(reply.to_json())
