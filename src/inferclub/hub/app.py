@@ -21,6 +21,7 @@ from inferclub.hub.handlers import playground as playground_handlers
 from inferclub.hub.handlers.base import is_secure
 from inferclub.hub.history import HistoryWriter
 from inferclub.hub.keycache import KeyCache
+from inferclub.hub.liveness import Liveness
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import Store
@@ -39,6 +40,7 @@ class Hub:
         self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
         self.accounts = Accounts(store, lambda: secrets.pepper, self.keys)
         self.registry = Registry(settings.online_window)
+        self.liveness = Liveness(store, self.registry, settings.last_seen_flush_interval)
         self.history = HistoryWriter(store, settings.history_flush_interval)
         self.relay = Relay(
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
@@ -58,6 +60,7 @@ class Hub:
         self.registry.load(await self.store.list_providers())
         await self.keys.start()
         await self.history.start()
+        await self.liveness.start()
         await self.relay.start()
         self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
 
@@ -65,6 +68,7 @@ class Hub:
         await background.cancel(self._registry_task)
         self._registry_task = None
         await self.relay.close()
+        await self.liveness.stop()
         await self.history.stop()
         await self.keys.stop()
 

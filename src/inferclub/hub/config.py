@@ -135,6 +135,14 @@ class Settings:
             "never on the request path)."
         ),
     )
+    last_seen_flush_interval: float = field(
+        default=2.0,
+        metadata=_doc(
+            "How often, in seconds, providers' last-seen times and health are written to the "
+            "store (in batches). Routing uses the in-memory time of each heartbeat at once; "
+            "only a changed description (callback URL, services, models) is written at once."
+        ),
+    )
     log_level: str = field(
         default="INFO",
         metadata=_doc(

@@ -142,6 +142,11 @@ class Store(abc.ABC):
         """Upsert the provider by (user, name) and replace its services, all or nothing."""
 
     @abc.abstractmethod
+    async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
+        """Record when providers were last heard from and their latest health, in one batch
+        (``provider id -> (time, health)``). A stamp never moves back; unknown ids are skipped."""
+
+    @abc.abstractmethod
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         """Providers (of one user, or all) in routing order: oldest provider first."""
 

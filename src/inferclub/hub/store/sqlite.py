@@ -345,6 +345,19 @@ class SQLiteStore(Store):
             tuple(services),
         )
 
+    async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
+        if not seen:
+            return
+        async with self._write() as db:
+            await db.executemany(
+                "UPDATE providers SET last_heartbeat_at = ?, health = ?"
+                " WHERE id = ? AND last_heartbeat_at < ?",
+                [
+                    (ts, json.dumps(health, separators=(",", ":")), pid, ts)
+                    for pid, (ts, health) in seen.items()
+                ],
+            )
+
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
             return await self._providers("", ())
