@@ -40,7 +40,10 @@ class KeyCache:
     async def stop(self) -> None:
         await background.cancel(self._task)
         self._task = None
-        await self.flush_last_used()
+        try:
+            await self.flush_last_used()
+        except Exception as exc:  # noqa: BLE001 - a failing store must not fail the shutdown
+            log.error("could not write %d keys' last-used times: %s", len(self._last_used), exc)
 
     async def authenticate(self, token: str) -> KeyOwner | None:
         """The owner of ``token``, or None. Malformed keys never reach the store."""

@@ -16,32 +16,12 @@ from typing import Any
 
 from inferclub import wire
 from inferclub.hub import background
+from inferclub.hub.background import StoreFailures
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, ServiceInfo, Store
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.liveness")
-
-
-class StoreFailures:
-    """Counts failed writes of one kind; logs the first of a run and the recovery, not each
-    one, so a broken disk under load does not also flood the log."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.total = 0
-        self._run = 0
-
-    def failed(self, detail: str) -> None:
-        self.total += 1
-        self._run += 1
-        if self._run == 1:
-            log.error("the store refused %s (%s); going on in memory", self.what, detail)
-
-    def worked(self) -> None:
-        if self._run:
-            log.warning("the store accepts %s again after %d failures", self.what, self._run)
-            self._run = 0
 
 
 class Liveness:
