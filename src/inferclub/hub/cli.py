@@ -323,10 +323,18 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     url = f"http://{host}:{port}"
     log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
     print(f"listening on {url}", flush=True)
-    if quickstart:
-        await _print_quickstart(hub.accounts, url)
-    if not settings.github_enabled:
-        await _print_login_link(hub.accounts, settings, settings.host, port)
+    try:
+        if quickstart:
+            await _print_quickstart(hub.accounts, url)
+        if not settings.github_enabled:
+            await _print_login_link(hub.accounts, settings, settings.host, port)
+    except Exception as exc:  # noqa: BLE001 - a full disk must not stop a serving hub
+        log.error(
+            "the database refuses writes (%s: %s): serving from memory, cannot persist;"
+            " no sign-in link printed",
+            type(exc).__name__,
+            exc,
+        )
 
     await stop.wait()
 

@@ -32,6 +32,7 @@ class KeyCache:
         self._version: int | None = None
         self._last_used: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self.last_used_failures = background.StoreFailures("key last-used times")
 
     async def start(self) -> None:
         self._version = await self._store.keys_version()
@@ -40,10 +41,8 @@ class KeyCache:
     async def stop(self) -> None:
         await background.cancel(self._task)
         self._task = None
-        try:
-            await self.flush_last_used()
-        except Exception as exc:  # noqa: BLE001 - a failing store must not fail the shutdown
-            log.error("could not write %d keys' last-used times: %s", len(self._last_used), exc)
+        if not await self._flush_quietly():
+            log.error("could not write %d keys' last-used times", len(self._last_used))
 
     async def authenticate(self, token: str) -> KeyOwner | None:
         """The owner of ``token``, or None. Malformed keys never reach the store."""
@@ -88,6 +87,16 @@ class KeyCache:
                 self._last_used = {**batch, **self._last_used}
                 raise
 
+    async def _flush_quietly(self) -> bool:
+        """Flush last-used times; a failing store is counted (and logged once), not raised."""
+        try:
+            await self.flush_last_used()
+        except Exception as exc:  # noqa: BLE001 - any store failure; kept for the next flush
+            self.last_used_failures.failed(f"{type(exc).__name__}: {exc}")
+            return False
+        self.last_used_failures.worked()
+        return True
+
     async def _watch(self) -> None:
         ticks = 0
         while True:
@@ -96,7 +105,7 @@ class KeyCache:
                 await self.refresh()
                 ticks += 1
                 if ticks % 20 == 0:
-                    await self.flush_last_used()
+                    await self._flush_quietly()
             except asyncio.CancelledError:
                 raise
             except Exception:
