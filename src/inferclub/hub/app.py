@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from inferclub.hub.keycache import KeyCache
 from inferclub.hub.liveness import Liveness
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import Store
+from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
 
 log = logging.getLogger("inferclub")
 access_log = logging.getLogger("inferclub.access")
@@ -52,6 +53,7 @@ class Hub:
         self.cutting = False
         self._callback_tokens: dict[int, str] = {}
         self._registry_task: asyncio.Task[None] | None = None
+        self._reload_now = asyncio.Event()
         #: provider id -> (callback URL, problem or None, when checked)
         self._reachability: dict[int, tuple[str, str | None, float]] = {}
 
@@ -63,6 +65,15 @@ class Hub:
         await self.liveness.start()
         await self.relay.start()
         self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
+        # PostgreSQL pushes key and provider changes made by any hub or the CLI; SQLite does
+        # nothing here and the polling above and in the key cache covers it.
+        await self.store.listen(self._on_change)
+
+    def _on_change(self, channel: str, payload: str) -> None:
+        if channel == KEYS_CHANNEL:
+            self.keys.invalidate()
+        elif channel == PROVIDERS_CHANNEL and not self.liveness.provider_changed(payload):
+            self._reload_now.set()  # changes were missed (the listener reconnected)
 
     async def stop(self) -> None:
         await background.cancel(self._registry_task)
@@ -76,7 +87,9 @@ class Hub:
         """Reload providers from the store now and then: another hub instance sharing the
         store may have received their heartbeats (or a deletion)."""
         while True:
-            await asyncio.sleep(self.settings.registry_refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_now.wait(), self.settings.registry_refresh)
+            self._reload_now.clear()
             try:
                 self.registry.load(await self.store.list_providers())
             except asyncio.CancelledError:

@@ -31,6 +31,8 @@ class KeyCache:
         self._unknown: OrderedDict[str, None] = OrderedDict()
         self._version: int | None = None
         self._last_used: dict[int, float] = {}
+        #: bumped by every invalidation, so a lookup that straddles one is not cached
+        self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self.last_used_failures = background.StoreFailures("key last-used times")
 
@@ -53,9 +55,9 @@ class KeyCache:
         if owner is None:
             if digest in self._unknown:
                 return None
-            version = self._version
+            generation = self._generation
             owner = await self._store.find_active_key(digest)
-            if version != self._version:
+            if generation != self._generation:
                 # The cache was dropped while we looked: the answer may be stale already.
                 return owner
             if owner is None:
@@ -69,6 +71,9 @@ class KeyCache:
         return owner
 
     def invalidate(self) -> None:
+        """Forget every cached answer: called when keys changed (polled version, or a NOTIFY
+        from the store that another hub or the CLI changed one)."""
+        self._generation += 1
         self._owners.clear()
         self._unknown.clear()
 

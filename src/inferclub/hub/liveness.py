@@ -36,14 +36,48 @@ class Liveness:
         self.description_failures = StoreFailures("provider descriptions")
         self.last_seen_failures = StoreFailures("last-seen times")
         self._task: asyncio.Task[None] | None = None
+        #: providers another hub changed (heard through the store's NOTIFY), to fetch
+        self._changed: set[tuple[int, int]] = set()
+        self._changed_wake = asyncio.Event()
+        self._changes_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="last-seen-writer")
+        self._changes_task = asyncio.create_task(self._fetch_changes(), name="provider-changes")
 
     async def stop(self) -> None:
+        await background.cancel(self._changes_task)
         await background.cancel(self._task)
-        self._task = None
+        self._task = self._changes_task = None
         await self.flush()
+
+    def provider_changed(self, payload: str) -> bool:
+        """Note a provider change the store announced (``"user_id:provider_id"``); False when
+        the payload names no provider, so the caller reloads them all."""
+        uid, _, pid = payload.partition(":")
+        if not (uid.isdigit() and pid.isdigit()):
+            return False
+        self._changed.add((int(uid), int(pid)))
+        self._changed_wake.set()
+        return True
+
+    async def _fetch_changes(self) -> None:
+        """Apply announced changes one provider at a time: the cost follows what changed."""
+        while True:
+            await self._changed_wake.wait()
+            self._changed_wake.clear()
+            changed, self._changed = self._changed, set()
+            for user_id, provider_id in changed:
+                try:
+                    found = await self._store.get_provider(user_id, provider_id)
+                except Exception:  # noqa: BLE001 - the periodic reload catches up later
+                    log.exception("fetching changed provider %d failed", provider_id)
+                    continue
+                mine = self._registry.get(user_id, provider_id)
+                if found is None:
+                    self._registry.remove(user_id, provider_id)
+                elif mine is None or found.last_heartbeat_at >= mine.last_heartbeat_at:
+                    self._registry.update(found)
 
     async def beat(
         self, user_id: int, hb: wire.Heartbeat, now: float

@@ -71,6 +71,10 @@ class Registry:
             _unindex(idx, old, keep_order=old.services == provider.services)
         _index(idx, provider)
 
+    def get(self, user_id: int, provider_id: int) -> ProviderRecord | None:
+        idx = self._users.get(user_id)
+        return idx.by_id.get(provider_id) if idx is not None else None
+
     def find(self, user_id: int, name: str) -> ProviderRecord | None:
         """The user's provider called ``name``, if known."""
         idx = self._users.get(user_id)
