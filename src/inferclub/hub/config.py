@@ -135,6 +135,14 @@ class Settings:
             "never on the request path)."
         ),
     )
+    workers: str = field(
+        default="1",
+        metadata=_doc(
+            "Hub processes to run, pre-forked on the same port and sharing the store: a number, "
+            "or `auto` for one per core. The parent prints `listening on` and passes SIGTERM "
+            "on to all of them."
+        ),
+    )
     last_seen_flush_interval: float = field(
         default=2.0,
         metadata=_doc(
