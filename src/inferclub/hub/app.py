@@ -20,7 +20,7 @@ from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers import playground as playground_handlers
 from inferclub.hub.handlers.base import is_secure
-from inferclub.hub.history import HistoryWriter
+from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.liveness import Liveness
 from inferclub.hub.relay import Relay, Timeouts
@@ -43,6 +43,7 @@ class Hub:
         self.registry = Registry(settings.online_window)
         self.liveness = Liveness(store, self.registry, settings.last_seen_flush_interval)
         self.history = HistoryWriter(store, settings.history_flush_interval)
+        self.retention = Retention(store, settings.history_retention_days)
         self.relay = Relay(
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
         )
@@ -62,6 +63,7 @@ class Hub:
         self.registry.load(await self.store.list_providers())
         await self.keys.start()
         await self.history.start()
+        await self.retention.start()
         await self.liveness.start()
         await self.relay.start()
         self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
@@ -79,6 +81,7 @@ class Hub:
         await background.cancel(self._registry_task)
         self._registry_task = None
         await self.relay.close()
+        await self.retention.stop()
         await self.liveness.stop()
         await self.history.stop()
         await self.keys.stop()

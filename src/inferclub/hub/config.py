@@ -135,6 +135,13 @@ class Settings:
             "never on the request path)."
         ),
     )
+    history_retention_days: float = field(
+        default=90.0,
+        metadata=_doc(
+            "Request-history rows older than this many days are deleted, in the background and "
+            "in bounded batches. 0 keeps them forever."
+        ),
+    )
     workers: str = field(
         default="1",
         metadata=_doc(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from inferclub.hub import background
 from inferclub.hub.background import StoreFailures
@@ -107,3 +108,50 @@ class HistoryWriter:
             self._wake.clear()
             if not await self.flush():
                 await asyncio.sleep(self._interval)  # the store fails: don't hammer it
+
+
+class Retention:
+    """Deletes history rows older than ``days`` in the background, one bounded batch per
+    transaction, so the writer and the dashboard never wait long behind it."""
+
+    BATCH = 1000
+    #: Seconds between rounds; the first round runs soon after start.
+    INTERVAL = 600.0
+
+    def __init__(self, store: Store, days: float) -> None:
+        self._store = store
+        self._days = days
+        self._task: asyncio.Task[None] | None = None
+        self.failures = StoreFailures("history pruning")
+
+    async def start(self) -> None:
+        if self._days > 0:
+            self._task = asyncio.create_task(self._loop(), name="history-retention")
+
+    async def stop(self) -> None:
+        await background.cancel(self._task)
+        self._task = None
+
+    async def prune(self, now: float) -> int:
+        """One round: every row past retention, batch by batch; how many were deleted."""
+        before = now - self._days * 86400
+        total = 0
+        while True:
+            try:
+                deleted = await self._store.prune_requests(before, self.BATCH)
+            except Exception as exc:  # noqa: BLE001 - any store failure; next round retries
+                self.failures.failed(f"{type(exc).__name__}: {exc}")
+                return total
+            self.failures.worked()
+            total += deleted
+            if deleted < self.BATCH:
+                return total
+            await asyncio.sleep(0.05)  # let the writer in between batches
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(5)
+        while True:
+            deleted = await self.prune(time.time())
+            if deleted:
+                log.info("deleted %d request history rows older than %g days", deleted, self._days)
+            await asyncio.sleep(self.INTERVAL)

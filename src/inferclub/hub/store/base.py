@@ -162,6 +162,10 @@ class Store(abc.ABC):
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None: ...
 
     @abc.abstractmethod
+    async def prune_requests(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows started before ``before``; how many."""
+
+    @abc.abstractmethod
     async def list_requests(
         self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0
     ) -> list[RequestRecord]:

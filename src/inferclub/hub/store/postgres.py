@@ -325,6 +325,15 @@ class PostgresStore(Store):
                 values,
             )
 
+    async def prune_requests(self, before: float, limit: int) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM requests WHERE id IN (SELECT id FROM requests"
+            " WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
+            before,
+            limit,
+        )
+        return int(status.split()[-1])  # "DELETE n"
+
     async def list_requests(
         self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0
     ) -> list[RequestRecord]:

@@ -472,6 +472,15 @@ class SQLiteStore(Store):
                 values,
             )
 
+    async def prune_requests(self, before: float, limit: int) -> int:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests"
+                " WHERE started_at < ? ORDER BY started_at LIMIT ?)",
+                (before, limit),
+            )
+            return cur.rowcount
+
     async def list_requests(
         self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0
     ) -> list[RequestRecord]:
