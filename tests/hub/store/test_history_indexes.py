@@ -29,8 +29,6 @@ def test_history_queries_use_indexes(tmp_path: Path) -> None:
     page = f"SELECT * FROM requests {where} ORDER BY started_at DESC, id DESC LIMIT 50"
     assert "INDEX requests_user_model_time" in _plan(db, page, args)
     where, args = _request_where(1, RequestFilter(since=0.0))
-    assert "INDEX requests_user_time" in _plan(
-        db, f"SELECT count(*) FROM requests {where}", args
-    )
+    assert "INDEX requests_user_time" in _plan(db, f"SELECT count(*) FROM requests {where}", args)
     prune = "SELECT rowid FROM requests WHERE started_at < ? ORDER BY started_at LIMIT 10"
     assert "INDEX requests_time" in _plan(db, prune, (0.0,))
