@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,11 +20,12 @@ from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers import playground as playground_handlers
 from inferclub.hub.handlers.base import is_secure
-from inferclub.hub.history import HistoryWriter
+from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
+from inferclub.hub.liveness import Liveness
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import Store
+from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
 
 log = logging.getLogger("inferclub")
 access_log = logging.getLogger("inferclub.access")
@@ -39,7 +41,9 @@ class Hub:
         self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
         self.accounts = Accounts(store, lambda: secrets.pepper, self.keys)
         self.registry = Registry(settings.online_window)
+        self.liveness = Liveness(store, self.registry, settings.last_seen_flush_interval)
         self.history = HistoryWriter(store, settings.history_flush_interval)
+        self.retention = Retention(store, settings.history_retention_days)
         self.relay = Relay(
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
         )
@@ -50,6 +54,7 @@ class Hub:
         self.cutting = False
         self._callback_tokens: dict[int, str] = {}
         self._registry_task: asyncio.Task[None] | None = None
+        self._reload_now = asyncio.Event()
         #: provider id -> (callback URL, problem or None, when checked)
         self._reachability: dict[int, tuple[str, str | None, float]] = {}
 
@@ -58,13 +63,26 @@ class Hub:
         self.registry.load(await self.store.list_providers())
         await self.keys.start()
         await self.history.start()
+        await self.retention.start()
+        await self.liveness.start()
         await self.relay.start()
         self._registry_task = asyncio.create_task(self._watch_providers(), name="registry-refresh")
+        # PostgreSQL pushes key and provider changes made by any hub or the CLI; SQLite does
+        # nothing here and the polling above and in the key cache covers it.
+        await self.store.listen(self._on_change)
+
+    def _on_change(self, channel: str, payload: str) -> None:
+        if channel == KEYS_CHANNEL:
+            self.keys.invalidate()
+        elif channel == PROVIDERS_CHANNEL and not self.liveness.provider_changed(payload):
+            self._reload_now.set()  # changes were missed (the listener reconnected)
 
     async def stop(self) -> None:
         await background.cancel(self._registry_task)
         self._registry_task = None
         await self.relay.close()
+        await self.retention.stop()
+        await self.liveness.stop()
         await self.history.stop()
         await self.keys.stop()
 
@@ -72,7 +90,9 @@ class Hub:
         """Reload providers from the store now and then: another hub instance sharing the
         store may have received their heartbeats (or a deletion)."""
         while True:
-            await asyncio.sleep(self.settings.registry_refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_now.wait(), self.settings.registry_refresh)
+            self._reload_now.clear()
             try:
                 self.registry.load(await self.store.list_providers())
             except asyncio.CancelledError:

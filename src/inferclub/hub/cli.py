@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +17,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__
+from inferclub.hub import workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import (
@@ -25,7 +28,7 @@ from inferclub.hub.config import (
     load_settings,
     setting_names,
 )
-from inferclub.hub.store import StoreError, User, describe_db, open_store
+from inferclub.hub.store import StoreError, User, describe_db, is_postgres_url, open_store
 
 log = logging.getLogger("inferclub")
 
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         dest="online_window",
         help="seconds a provider stays online after a heartbeat (default 60)",
+    )
+    serve.add_argument(
+        "--workers",
+        help="hub processes on the same port: a number, or `auto` for one per core (default 1)",
     )
     serve.add_argument(
         "--quickstart",
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = {
         k: v
         for k, v in vars(args).items()
-        if k in ("db", "config", "host", "port", "online_window")
+        if k in ("db", "config", "host", "port", "online_window", "workers")
     }
     try:
         settings = load_settings(flags)
@@ -144,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(serve(settings, quickstart=args.quickstart))
+            return _serve(settings, args.quickstart)
         command: Command = {
             ("users", "create"): _users_create,
             ("users", "list"): _users_list,
@@ -161,6 +167,46 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _serve(settings: Settings, quickstart: bool) -> int:
+    try:
+        count = workers.worker_count(settings.workers)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if count == 1:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(serve(settings, quickstart=quickstart))
+    sockets = _bind(settings)
+    load_or_create_secrets(settings.secrets_path)  # once, before the workers race for it
+    print(f"listening on {_url(settings.host, sockets)}", flush=True)
+    if not is_postgres_url(settings.db_url):
+        # SQLite cannot push a change to the other workers: reload providers often enough
+        # that a heartbeat one worker saw routes from the others within a second.
+        settings = dataclasses.replace(
+            settings, registry_refresh=min(settings.registry_refresh, 0.5)
+        )
+
+    def worker(index: int, shared: list[socket.socket]) -> int:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            run = serve(settings, quickstart and index == 0, shared, index)
+            return runner.run(run)
+
+    return workers.run(count, sockets, worker)
+
+
+def _bind(settings: Settings) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
+
+
+def _url(host: str, sockets: list[socket.socket]) -> str:
+    port = sockets[0].getsockname()[1]
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -281,7 +327,13 @@ async def _keys_rotate(accounts: Accounts, settings: Settings, args: argparse.Na
     return 0
 
 
-async def serve(settings: Settings, quickstart: bool = False) -> int:
+async def serve(
+    settings: Settings,
+    quickstart: bool = False,
+    sockets: list[socket.socket] | None = None,
+    worker: int | None = None,
+) -> int:
+    """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
     store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
@@ -291,14 +343,20 @@ async def serve(settings: Settings, quickstart: bool = False) -> int:
         hub = Hub(settings, store, secrets)
         await hub.start()
         try:
-            return await _run_server(hub, settings, quickstart)
+            return await _run_server(hub, settings, quickstart, sockets, worker)
         finally:
             await hub.stop()
     finally:
         await store.close()
 
 
-async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
+async def _run_server(
+    hub: Hub,
+    settings: Settings,
+    quickstart: bool,
+    sockets: list[socket.socket] | None,
+    worker: int | None,
+) -> int:
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
         xheaders=False,
@@ -311,22 +369,16 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
-    except OSError as exc:
-        raise CliError(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-        ) from None
+    if sockets is None:
+        sockets = _bind(settings)
     server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    url = f"http://{host}:{port}"
-    log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
-    print(f"listening on {url}", flush=True)
-    if quickstart:
-        await _print_quickstart(hub.accounts, url)
-    if not settings.github_enabled:
-        await _print_login_link(hub.accounts, settings, settings.host, port)
+    url = _url(settings.host, sockets)
+    if worker in (None, 0):
+        log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
+    if worker is None:  # with workers, the parent printed it
+        print(f"listening on {url}", flush=True)
+    if worker in (None, 0):
+        await _announce(hub, settings, quickstart, url, sockets[0].getsockname()[1])
 
     await stop.wait()
 
@@ -346,6 +398,22 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
         await asyncio.sleep(0.01)
     log.info("stopped")
     return 0
+
+
+async def _announce(hub: Hub, settings: Settings, quickstart: bool, url: str, port: int) -> None:
+    """The quickstart and the sign-in link, printed once per hub (by its first worker)."""
+    try:
+        if quickstart:
+            await _print_quickstart(hub.accounts, url)
+        if not settings.github_enabled:
+            await _print_login_link(hub.accounts, settings, settings.host, port)
+    except Exception as exc:  # noqa: BLE001 - a full disk must not stop a serving hub
+        log.error(
+            "the database refuses writes (%s: %s): serving from memory, cannot persist;"
+            " no sign-in link printed",
+            type(exc).__name__,
+            exc,
+        )
 
 
 async def _print_quickstart(accounts: Accounts, url: str) -> None:

@@ -136,6 +136,29 @@ class Settings:
             "never on the request path)."
         ),
     )
+    history_retention_days: float = field(
+        default=90.0,
+        metadata=_doc(
+            "Request-history rows older than this many days are deleted, in the background and "
+            "in bounded batches. 0 keeps them forever."
+        ),
+    )
+    workers: str = field(
+        default="1",
+        metadata=_doc(
+            "Hub processes to run, pre-forked on the same port and sharing the store: a number, "
+            "or `auto` for one per core. The parent prints `listening on` and passes SIGTERM "
+            "on to all of them."
+        ),
+    )
+    last_seen_flush_interval: float = field(
+        default=2.0,
+        metadata=_doc(
+            "How often, in seconds, providers' last-seen times and health are written to the "
+            "store (in batches). Routing uses the in-memory time of each heartbeat at once; "
+            "only a changed description (callback URL, services, models) is written at once."
+        ),
+    )
     log_level: str = field(
         default="INFO",
         metadata=_doc(

@@ -31,7 +31,10 @@ class KeyCache:
         self._unknown: OrderedDict[str, None] = OrderedDict()
         self._version: int | None = None
         self._last_used: dict[int, float] = {}
+        #: bumped by every invalidation, so a lookup that straddles one is not cached
+        self._generation = 0
         self._task: asyncio.Task[None] | None = None
+        self.last_used_failures = background.StoreFailures("key last-used times")
 
     async def start(self) -> None:
         self._version = await self._store.keys_version()
@@ -40,7 +43,8 @@ class KeyCache:
     async def stop(self) -> None:
         await background.cancel(self._task)
         self._task = None
-        await self.flush_last_used()
+        if not await self._flush_quietly():
+            log.error("could not write %d keys' last-used times", len(self._last_used))
 
     async def authenticate(self, token: str) -> KeyOwner | None:
         """The owner of ``token``, or None. Malformed keys never reach the store."""
@@ -51,9 +55,9 @@ class KeyCache:
         if owner is None:
             if digest in self._unknown:
                 return None
-            version = self._version
+            generation = self._generation
             owner = await self._store.find_active_key(digest)
-            if version != self._version:
+            if generation != self._generation:
                 # The cache was dropped while we looked: the answer may be stale already.
                 return owner
             if owner is None:
@@ -67,6 +71,9 @@ class KeyCache:
         return owner
 
     def invalidate(self) -> None:
+        """Forget every cached answer: called when keys changed (polled version, or a NOTIFY
+        from the store that another hub or the CLI changed one)."""
+        self._generation += 1
         self._owners.clear()
         self._unknown.clear()
 
@@ -85,6 +92,16 @@ class KeyCache:
                 self._last_used = {**batch, **self._last_used}
                 raise
 
+    async def _flush_quietly(self) -> bool:
+        """Flush last-used times; a failing store is counted (and logged once), not raised."""
+        try:
+            await self.flush_last_used()
+        except Exception as exc:  # noqa: BLE001 - any store failure; kept for the next flush
+            self.last_used_failures.failed(f"{type(exc).__name__}: {exc}")
+            return False
+        self.last_used_failures.worked()
+        return True
+
     async def _watch(self) -> None:
         ticks = 0
         while True:
@@ -93,7 +110,7 @@ class KeyCache:
                 await self.refresh()
                 ticks += 1
                 if ticks % 20 == 0:
-                    await self.flush_last_used()
+                    await self._flush_quietly()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -7,9 +7,11 @@ database. Order is stable and documented: among a user's online providers, the o
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferclub.hub.store import ProviderRecord, ServiceInfo
 from inferclub.openai_errors import OpenAIError, model_not_found
@@ -23,7 +25,10 @@ class Route:
 
 @dataclass
 class _UserIndex:
+    #: in routing order (by id)
     providers: list[ProviderRecord] = field(default_factory=list)
+    by_id: dict[int, ProviderRecord] = field(default_factory=dict)
+    by_name: dict[str, ProviderRecord] = field(default_factory=dict)
     #: (type, model) -> candidates in routing order
     by_type_model: dict[tuple[str, str], list[Route]] = field(default_factory=dict)
     #: model -> types it is served as (any provider, online or not)
@@ -43,10 +48,10 @@ class Registry:
         instance saw more recently than the store's copy keeps the newer state, and only
         users whose providers changed get their index rebuilt.
         """
-        current = {p.id: p for idx in self._users.values() for p in idx.providers}
         grouped: dict[int, list[ProviderRecord]] = {}
         for p in providers:
-            mine = current.get(p.id)
+            old = self._users.get(p.user_id)
+            mine = old.by_id.get(p.id) if old is not None else None
             if mine is not None and mine.last_heartbeat_at > p.last_heartbeat_at:
                 p = mine
             grouped.setdefault(p.user_id, []).append(p)
@@ -57,16 +62,29 @@ class Registry:
         self._users = users
 
     def update(self, provider: ProviderRecord) -> None:
-        idx = self._users.get(provider.user_id)
-        current = [p for p in idx.providers if p.id != provider.id] if idx else []
-        current.append(provider)
-        current.sort(key=lambda p: p.id)
-        self._users[provider.user_id] = _build(current)
+        """Apply one provider's new state. The cost grows with the provider's own models, not
+        with how many providers its user has: a user with thousands of providers sends
+        thousands of heartbeats a minute."""
+        idx = self._users.setdefault(provider.user_id, _UserIndex())
+        old = idx.by_id.get(provider.id)
+        if old is not None:
+            _unindex(idx, old, keep_order=old.services == provider.services)
+        _index(idx, provider)
+
+    def get(self, user_id: int, provider_id: int) -> ProviderRecord | None:
+        idx = self._users.get(user_id)
+        return idx.by_id.get(provider_id) if idx is not None else None
+
+    def find(self, user_id: int, name: str) -> ProviderRecord | None:
+        """The user's provider called ``name``, if known."""
+        idx = self._users.get(user_id)
+        return idx.by_name.get(name) if idx is not None else None
 
     def remove(self, user_id: int, provider_id: int) -> None:
         idx = self._users.get(user_id)
-        if idx:
-            self._users[user_id] = _build([p for p in idx.providers if p.id != provider_id])
+        old = idx.by_id.get(provider_id) if idx is not None else None
+        if idx is not None and old is not None:
+            _unindex(idx, old, keep_order=False)
 
     def providers(self, user_id: int) -> list[ProviderRecord]:
         idx = self._users.get(user_id)
@@ -126,10 +144,63 @@ class Registry:
 def _build(providers: list[ProviderRecord]) -> _UserIndex:
     idx = _UserIndex(providers=providers)
     for p in providers:
-        for svc in p.services:
-            for m in svc.models:
-                idx.by_type_model.setdefault((svc.type, m), []).append(Route(p, svc))
-                types = idx.types_of.setdefault(m, [])
-                if svc.type not in types:
-                    types.append(svc.type)
+        idx.by_id[p.id] = p
+        idx.by_name[p.name] = p
+        for key, routes in _routes_of(p).items():
+            idx.by_type_model.setdefault(key, []).extend(routes)
+            types = idx.types_of.setdefault(key[1], [])
+            if key[0] not in types:
+                types.append(key[0])
     return idx
+
+
+def _routes_of(p: ProviderRecord) -> dict[tuple[str, str], list[Route]]:
+    """The provider's candidates per (type, model), in manifest order."""
+    out: dict[tuple[str, str], list[Route]] = {}
+    for svc in p.services:
+        for m in svc.models:
+            out.setdefault((svc.type, m), []).append(Route(p, svc))
+    return out
+
+
+def _by_id(item: ProviderRecord | Route) -> int:
+    return item.provider.id if isinstance(item, Route) else item.id
+
+
+def _span(items: list[Any], provider_id: int) -> slice:
+    """Where ``provider_id``'s entries are in a list kept in routing (id) order."""
+    lo = bisect.bisect_left(items, provider_id, key=_by_id)
+    return slice(lo, bisect.bisect_right(items, provider_id, lo=lo, key=_by_id))
+
+
+def _unindex(idx: _UserIndex, p: ProviderRecord, keep_order: bool) -> None:
+    """Take ``p`` out of the index. With ``keep_order`` (its services stay the same) the
+    emptied keys are kept, so ``types_of`` keeps its order for the re-index that follows."""
+    del idx.providers[_span(idx.providers, p.id)]
+    del idx.by_id[p.id]
+    if idx.by_name.get(p.name) is p:
+        del idx.by_name[p.name]
+    for key in _routes_of(p):
+        routes = idx.by_type_model[key]
+        del routes[_span(routes, p.id)]
+        if routes or keep_order:
+            continue
+        del idx.by_type_model[key]
+        type_, model = key
+        types = idx.types_of[model]
+        types.remove(type_)
+        if not types:
+            del idx.types_of[model]
+
+
+def _index(idx: _UserIndex, p: ProviderRecord) -> None:
+    at = _span(idx.providers, p.id)
+    idx.providers[at] = [p]
+    idx.by_id[p.id] = p
+    idx.by_name[p.name] = p
+    for key, new in _routes_of(p).items():
+        routes = idx.by_type_model.setdefault(key, [])
+        routes[_span(routes, p.id)] = new
+        types = idx.types_of.setdefault(key[1], [])
+        if key[0] not in types:
+            types.append(key[0])

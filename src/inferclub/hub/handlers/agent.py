@@ -7,7 +7,6 @@ import time
 
 from inferclub import wire
 from inferclub.hub.handlers.base import ApiHandler
-from inferclub.hub.store import ServiceInfo
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.agent")
@@ -31,19 +30,7 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
-        before = next(
-            (p for p in hub.registry.providers(self.owner.user_id) if p.name == hb.name), None
-        )
-        record = await hub.store.save_heartbeat(
-            self.owner.user_id,
-            hb.name,
-            hb.callback_url,
-            hb.version,
-            hb.health,
-            [ServiceInfo(s.name, s.type, s.engine, s.features, s.models) for s in hb.services],
-            time.time(),
-        )
-        hub.registry.update(record)
+        record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
         if (
             before is None
             or not hub.registry.is_online(before)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import asyncpg
+
 from inferclub.hub.store.base import (
     KEYS_CHANNEL,
     PROVIDERS_CHANNEL,
@@ -41,6 +45,27 @@ def open_store(db: str) -> Store:
     return SQLiteStore(db.removeprefix("sqlite:///"))
 
 
+#: Errors that say "this data", not "this database": a row that raises one of them fails again
+#: however often it is retried, while a full disk or a lost connection may heal.
+_REFUSED_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
+
+def refuses_rows(exc: BaseException) -> bool:
+    """Whether ``exc`` (from either backend) means the rows written were refused, so that
+    retrying them is pointless; otherwise the store itself is failing and may recover."""
+    return isinstance(exc, _REFUSED_ROW_ERRORS)
+
+
 def describe_db(db: str) -> str:
     """The ``db`` setting as it may be logged: a URL's password is masked."""
     return redact_dsn(db) if is_postgres_url(db) else db
@@ -67,4 +92,5 @@ __all__ = [
     "describe_db",
     "is_postgres_url",
     "open_store",
+    "refuses_rows",
 ]

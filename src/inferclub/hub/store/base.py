@@ -142,6 +142,11 @@ class Store(abc.ABC):
         """Upsert the provider by (user, name) and replace its services, all or nothing."""
 
     @abc.abstractmethod
+    async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
+        """Record when providers were last heard from and their latest health, in one batch
+        (``provider id -> (time, health)``). A stamp never moves back; unknown ids are skipped."""
+
+    @abc.abstractmethod
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         """Providers (of one user, or all) in routing order: oldest provider first."""
 
@@ -155,6 +160,10 @@ class Store(abc.ABC):
     # request history
     @abc.abstractmethod
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def prune_requests(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows started before ``before``; how many."""
 
     @abc.abstractmethod
     async def list_requests(

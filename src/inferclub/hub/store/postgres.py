@@ -252,6 +252,19 @@ class PostgresStore(Store):
             tuple(services),
         )
 
+    async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
+        if not seen:
+            return
+        # No NOTIFY: liveness is each hub's own; descriptions are what other hubs must hear.
+        await self.pool.execute(
+            "UPDATE providers p SET last_heartbeat_at = t.ts, health = t.health"
+            " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, ts, health)"
+            " WHERE p.id = t.id AND p.last_heartbeat_at < t.ts",
+            list(seen),
+            [float(ts) for ts, _ in seen.values()],
+            [json.dumps(h, separators=(",", ":")) for _, h in seen.values()],
+        )
+
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
             return await self._providers("", ())
@@ -311,6 +324,15 @@ class PostgresStore(Store):
                 " ON CONFLICT (id) DO NOTHING",
                 values,
             )
+
+    async def prune_requests(self, before: float, limit: int) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM requests WHERE id IN (SELECT id FROM requests"
+            " WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
+            before,
+            limit,
+        )
+        return int(status.split()[-1])  # "DELETE n"
 
     async def list_requests(
         self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0

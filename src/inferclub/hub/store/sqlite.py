@@ -39,6 +39,8 @@ from inferclub.hub.store.models import (
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+#: Reader connections beside the one writer.
+READERS = 2
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -54,9 +56,13 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
-        # One connection, one lock: statements of two coroutines never interleave inside a
-        # transaction, and no write waits on another write of this process.
+        # One writer connection, one lock: statements of two coroutines never interleave
+        # inside a transaction, and no write waits on another write of this process.
         self._lock = asyncio.Lock()
+        # Readers beside it (WAL lets them read while the writer writes), so authentication,
+        # routing reloads and the dashboard never queue behind history batches.
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
         if str(self.path) != ":memory:":
@@ -69,6 +75,9 @@ class SQLiteStore(Store):
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
+            if str(self.path) != ":memory:":  # a memory database is per connection
+                for _ in range(READERS):
+                    await self._open_reader()
         except sqlite3.Error as exc:
             # Close the connection's thread too, or the process would never exit.
             await self.close()
@@ -77,7 +86,19 @@ class SQLiteStore(Store):
             await self.close()
             raise
 
+    async def _open_reader(self) -> None:
+        reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._all_readers.append(reader)
+        reader.row_factory = sqlite3.Row
+        await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await reader.execute("PRAGMA query_only = ON")
+        self._readers.put_nowait(reader)
+
     async def close(self) -> None:
+        readers, self._all_readers = self._all_readers, []
+        self._readers = asyncio.Queue()
+        for reader in readers:
+            await reader.close()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -123,8 +144,20 @@ class SQLiteStore(Store):
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            yield self.db
+        """A reader connection, in a read transaction: one snapshot for all its statements."""
+        if not self._all_readers:
+            async with self._lock:
+                yield self.db
+            return
+        reader = await self._readers.get()
+        try:
+            await reader.execute("BEGIN")
+            try:
+                yield reader
+            finally:
+                await reader.execute("COMMIT")
+        finally:
+            self._readers.put_nowait(reader)
 
     # ------------------------------------------------------------------ users
     async def create_user(self, login: str, github_id: int | None = None) -> User:
@@ -345,6 +378,19 @@ class SQLiteStore(Store):
             tuple(services),
         )
 
+    async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
+        if not seen:
+            return
+        async with self._write() as db:
+            await db.executemany(
+                "UPDATE providers SET last_heartbeat_at = ?, health = ?"
+                " WHERE id = ? AND last_heartbeat_at < ?",
+                [
+                    (ts, json.dumps(health, separators=(",", ":")), pid, ts)
+                    for pid, (ts, health) in seen.items()
+                ],
+            )
+
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
             return await self._providers("", ())
@@ -425,6 +471,15 @@ class SQLiteStore(Store):
                 f" VALUES ({placeholders})",
                 values,
             )
+
+    async def prune_requests(self, before: float, limit: int) -> int:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests"
+                " WHERE started_at < ? ORDER BY started_at LIMIT ?)",
+                (before, limit),
+            )
+            return cur.rowcount
 
     async def list_requests(
         self, user_id: int, flt: RequestFilter | None = None, limit: int = 50, offset: int = 0

@@ -1,0 +1,192 @@
+"""How many heartbeats does one hub process absorb, and what does one cost it?
+
+Two scenarios, each against a fresh hub (``python -m inferclub serve``, SQLite in a temp dir):
+
+1. a fleet: USERS users x PER_USER providers (default 1,000 x 10 = 10,000), 5 models each;
+2. one user with MANY providers (default 2,000), the case where a per-user index rebuild hurt.
+
+Every provider registers once (its description is stored), then the load generator sends
+steady-state heartbeats (same description, new health) for DURATION seconds at concurrency C
+over keep-alive connections, round-robin over the providers. Reported: heartbeats/s, latency
+p50/p99/max, and the hub's CPU time per heartbeat (``/proc/PID/stat``). Callback URLs point at a
+closed local port, so the hub's reachability probe fails fast (and is cached for a minute).
+
+This is a benchmark, not a test: it prints a table and never fails on the numbers.
+
+    .venv/bin/python bench/heartbeats.py                 # about two minutes
+    .venv/bin/python bench/heartbeats.py --quick         # smaller fleet, shorter runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+from inferclub.hub import keys
+from inferclub.hub.config import load_or_create_secrets
+from inferclub.hub.store import SQLiteStore
+
+LISTENING = re.compile(r"^listening on (http://\S+)$")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def make_users(db: Path, secrets: Path, users: int) -> list[str]:
+    """``users`` users with a key each, written straight into the store (as the CLI would)."""
+    pepper = load_or_create_secrets(secrets).pepper
+    store = SQLiteStore(db)
+    await store.open()
+    out = []
+    try:
+        for i in range(users):
+            user = await store.create_user(f"u{i}")
+            key = keys.generate()
+            digest = keys.hash_key(pepper, key)
+            await store.create_key(user.id, "bench", keys.display_prefix(key), digest)
+            out.append(key)
+    finally:
+        await store.close()
+    return out
+
+
+@contextmanager
+def hub(workdir: Path) -> Iterator[tuple[str, int]]:
+    env = {**os.environ, "INFERCLUB_LOG_LEVEL": "WARNING", "INFERCLUB_ONLINE_WINDOW": "600"}
+    argv = [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with open(workdir / "hub.log", "w") as err:
+        proc = subprocess.Popen(
+            [*argv, "--db", str(workdir / "hub.db")],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            found = LISTENING.match(proc.stdout.readline().strip())
+            if not found:
+                raise RuntimeError((workdir / "hub.log").read_text())
+            yield found.group(1), proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def payload(name: str, beat: int) -> dict[str, object]:
+    models = [f"{name}-m{i}" for i in range(5)]
+    return {
+        "name": name,
+        "callback_url": "http://127.0.0.1:9/v1",
+        "version": "bench",
+        "services": [{"name": "chat", "type": "llm", "engine": "vllm", "models": models}],
+        "health": {"beat": beat},
+    }
+
+
+async def drive(
+    url: str, providers: list[tuple[str, str]], seconds: float | None, concurrency: int
+) -> list[float]:
+    """Heartbeats round-robin over ``providers`` (key, name): once each when ``seconds`` is
+    None, else for ``seconds``. Latencies in seconds."""
+    latencies: list[float] = []
+    position = 0
+    deadline = None if seconds is None else time.monotonic() + seconds
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=conn) as session:
+
+        async def one_worker() -> None:
+            nonlocal position
+            while True:
+                if deadline is None and position >= len(providers):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                key, name = providers[position % len(providers)]
+                position += 1
+                start = time.perf_counter()
+                async with session.post(
+                    "/v1/agent/heartbeat",
+                    json=payload(name, position),
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"heartbeat: {resp.status}")
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one_worker() for _ in range(concurrency)))
+    return latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def scenario(name: str, users: int, per_user: int, args: argparse.Namespace) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="inferclub-bench-") as tmp:
+        workdir = Path(tmp)
+        user_keys = await make_users(workdir / "hub.db", workdir / "hub.db.secrets.json", users)
+        providers = [(k, f"u{u}-rig{i}") for u, k in enumerate(user_keys) for i in range(per_user)]
+        with hub(workdir) as (url, pid):
+            log(f"{name}: registering {len(providers)} providers")
+            await drive(url, providers, None, args.concurrency)
+            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            lat = await drive(url, providers, args.duration, args.concurrency)
+            cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
+    return [
+        name,
+        f"{len(providers):,}",
+        f"{len(lat) / wall:,.0f}",
+        f"{pct(lat, 50) * 1000:.1f}",
+        f"{pct(lat, 99) * 1000:.1f}",
+        f"{max(lat) * 1000:.1f}",
+        f"{cpu / len(lat) * 1000:.2f}",
+    ]
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--per-user", type=int, default=10)
+    parser.add_argument("--many", type=int, default=2000, help="providers of the single user")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.many, args.duration = 100, 500, 5.0
+    rows = [
+        await scenario("fleet", args.users, args.per_user, args),
+        await scenario("one user", 1, args.many, args),
+    ]
+    head = ["scenario", "providers", "beats/s", "p50 ms", "p99 ms", "max ms", "hub CPU ms/beat"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,158 @@
+"""Provider liveness: a heartbeat is applied in memory and answered; the store is written behind.
+
+Routing reads only the in-memory registry, so a heartbeat updates it first. Only a changed
+description (callback URL, agent version, services and models) is written before the answer;
+last-seen times and health go to the store in batches, off the request path. A store that
+fails is logged and counted, and never takes a provider offline or fails a known provider's
+heartbeat: the in-memory state is the truth for routing, the store catches up when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from inferclub import wire
+from inferclub.hub import background
+from inferclub.hub.background import StoreFailures
+from inferclub.hub.routing import Registry
+from inferclub.hub.store import ProviderRecord, ServiceInfo, Store
+from inferclub.openai_errors import OpenAIError
+
+log = logging.getLogger("inferclub.liveness")
+
+
+class Liveness:
+    def __init__(self, store: Store, registry: Registry, interval: float) -> None:
+        self._store = store
+        self._registry = registry
+        self._interval = interval
+        #: provider id -> (last heartbeat, health) not yet written
+        self._seen: dict[int, tuple[float, dict[str, Any]]] = {}
+        #: providers whose changed description the store refused: written at their next beat
+        self._unsaved: set[int] = set()
+        self.description_failures = StoreFailures("provider descriptions")
+        self.last_seen_failures = StoreFailures("last-seen times")
+        self._task: asyncio.Task[None] | None = None
+        #: providers another hub changed (heard through the store's NOTIFY), to fetch
+        self._changed: set[tuple[int, int]] = set()
+        self._changed_wake = asyncio.Event()
+        self._changes_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="last-seen-writer")
+        self._changes_task = asyncio.create_task(self._fetch_changes(), name="provider-changes")
+
+    async def stop(self) -> None:
+        await background.cancel(self._changes_task)
+        await background.cancel(self._task)
+        self._task = self._changes_task = None
+        await self.flush()
+
+    def provider_changed(self, payload: str) -> bool:
+        """Note a provider change the store announced (``"user_id:provider_id"``); False when
+        the payload names no provider, so the caller reloads them all."""
+        uid, _, pid = payload.partition(":")
+        if not (uid.isdigit() and pid.isdigit()):
+            return False
+        self._changed.add((int(uid), int(pid)))
+        self._changed_wake.set()
+        return True
+
+    async def _fetch_changes(self) -> None:
+        """Apply announced changes one provider at a time: the cost follows what changed."""
+        while True:
+            await self._changed_wake.wait()
+            self._changed_wake.clear()
+            changed, self._changed = self._changed, set()
+            for user_id, provider_id in changed:
+                try:
+                    found = await self._store.get_provider(user_id, provider_id)
+                except Exception:  # noqa: BLE001 - the periodic reload catches up later
+                    log.exception("fetching changed provider %d failed", provider_id)
+                    continue
+                mine = self._registry.get(user_id, provider_id)
+                if found is None:
+                    self._registry.remove(user_id, provider_id)
+                elif mine is None or found.last_heartbeat_at >= mine.last_heartbeat_at:
+                    self._registry.update(found)
+
+    async def beat(
+        self, user_id: int, hb: wire.Heartbeat, now: float
+    ) -> tuple[ProviderRecord, ProviderRecord | None]:
+        """Apply a heartbeat: ``(the provider now, the provider before or None)``."""
+        before = self._registry.find(user_id, hb.name)
+        services = tuple(
+            ServiceInfo(s.name, s.type, s.engine, s.features, s.models) for s in hb.services
+        )
+        if (
+            before is not None
+            and before.id not in self._unsaved
+            and (before.callback_url, before.agent_version, before.services)
+            == (hb.callback_url, hb.version, services)
+        ):
+            record = dataclasses.replace(before, health=hb.health, last_heartbeat_at=now)
+            self._seen[record.id] = (now, hb.health)
+        else:
+            record = await self._save(user_id, hb, services, now, before)
+        self._registry.update(record)
+        return record, before
+
+    async def _save(
+        self,
+        user_id: int,
+        hb: wire.Heartbeat,
+        services: tuple[ServiceInfo, ...],
+        now: float,
+        before: ProviderRecord | None,
+    ) -> ProviderRecord:
+        try:
+            record = await self._store.save_heartbeat(
+                user_id, hb.name, hb.callback_url, hb.version, hb.health, services, now
+            )
+        except Exception as exc:  # noqa: BLE001 - any store failure; routing goes on in memory
+            self.description_failures.failed(f"{type(exc).__name__}: {exc}")
+            if before is None:
+                # A new provider needs the id the store assigns; nothing to route to yet.
+                raise OpenAIError(
+                    503,
+                    "The hub cannot register a new provider right now (its store is failing);"
+                    " the agent will retry.",
+                    "service_unavailable",
+                    "store_unavailable",
+                ) from None
+            self._unsaved.add(before.id)
+            self._seen[before.id] = (now, hb.health)
+            return dataclasses.replace(
+                before,
+                callback_url=hb.callback_url,
+                agent_version=hb.version,
+                health=hb.health,
+                services=services,
+                last_heartbeat_at=now,
+            )
+        self.description_failures.worked()
+        self._unsaved.discard(record.id)
+        self._seen.pop(record.id, None)
+        return record
+
+    async def flush(self) -> None:
+        """Write the buffered last-seen times; on failure keep them (newest wins) for later."""
+        if not self._seen:
+            return
+        batch, self._seen = self._seen, {}
+        try:
+            await self._store.touch_providers(batch)
+        except Exception as exc:  # noqa: BLE001 - any store failure; retried next round
+            self.last_seen_failures.failed(f"{type(exc).__name__}: {exc}")
+            # At most one entry per provider, so the backlog stays as small as the fleet.
+            self._seen = {**batch, **self._seen}
+        else:
+            self.last_seen_failures.worked()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

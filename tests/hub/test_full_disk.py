@@ -1,0 +1,109 @@
+"""A store whose disk fails under traffic (every write raises SQLite's `disk I/O error`): the
+in-process hub keeps routing and answering heartbeats for longer than the online window, routes
+a description change it could not store, and writes it all once the disk works again."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.hubapp import HubApp, running_hub, wait_until
+
+WINDOW = 1.5
+
+
+@asynccontextmanager
+async def _broken_write(*_args: Any, **_kwargs: Any) -> AsyncIterator[Any]:
+    raise sqlite3.OperationalError("disk I/O error")
+    yield  # pragma: no cover - makes this an async generator
+
+
+@asynccontextmanager
+async def broken_disk(app: HubApp, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every write of the hub's store fails while inside; reads still work (page cache)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(app.hub.store, "_write", _broken_write)
+        yield
+
+
+async def test_heartbeats_and_inference_outlive_a_failing_disk(
+    tmp_path: Path, fake_agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {
+        "online_window": WINDOW,
+        "last_seen_flush_interval": 0.2,
+        "registry_refresh": 0.3,
+        "history_flush_interval": 0.2,
+    }
+    async with running_hub(tmp_path, **settings) as app:
+        key = await app.user_with_key("alice")
+        assert (await app.heartbeat(key, "rig", fake_agent.url, LLM))[0] == 200
+        client = app.client(key)
+        async with broken_disk(app, monkeypatch):
+            grown = [{**LLM[0], "models": ["m1", "shared"]}]
+            deadline = time.monotonic() + 2.5 * WINDOW
+            beats = chats = 0
+            while time.monotonic() < deadline:
+                status, body = await app.heartbeat(key, "rig", fake_agent.url, grown)
+                assert status == 200, body
+                beats += 1
+                for model in ("m1", "shared"):
+                    reply = await client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": "hi"}]
+                    )
+                    assert reply.choices[0].message.content
+                    chats += 1
+                await asyncio.sleep(0.4)
+            assert beats >= 5 and chats >= 10
+            assert "the store refused provider descriptions" in app.log()
+            assert "the store refused last-seen times" in app.log()
+            assert app.hub.liveness.description_failures.total >= beats
+        # The disk works again: the next heartbeat stores the description it could not.
+        assert (await app.heartbeat(key, "rig", fake_agent.url, grown))[0] == 200
+        (row,) = app.query(
+            "SELECT group_concat(m.model) AS models FROM service_models m"
+            " JOIN services s ON s.id = m.service_id"
+        )
+        assert row["models"] == "m1,shared"
+        assert "the store accepts provider descriptions again" in app.log()
+
+
+async def test_last_seen_times_reach_the_store_in_batches(
+    tmp_path: Path, fake_agent: FakeAgent
+) -> None:
+    async with running_hub(tmp_path, last_seen_flush_interval=0.2) as app:
+        key = await app.user_with_key("alice")
+        assert (await app.heartbeat(key, "rig", fake_agent.url, LLM))[0] == 200
+        (first,) = app.query("SELECT last_heartbeat_at, health FROM providers")
+        await asyncio.sleep(0.05)
+        status, _ = await app.heartbeat(
+            key, "rig", fake_agent.url, LLM, health={"load": [0.5, 0.4, 0.3]}
+        )
+        assert status == 200
+
+        def stored() -> bool:
+            (row,) = app.query("SELECT last_heartbeat_at, health FROM providers")
+            return bool(row["last_heartbeat_at"] > first["last_heartbeat_at"])
+
+        assert await wait_until(stored)
+        (row,) = app.query("SELECT health FROM providers")
+        assert row["health"] == '{"load":[0.5,0.4,0.3]}'
+
+
+async def test_a_new_provider_on_a_failing_store_is_told_to_retry(
+    tmp_path: Path, fake_agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_hub(tmp_path) as app:
+        key = await app.user_with_key("alice")
+        async with broken_disk(app, monkeypatch):
+            status, body = await app.heartbeat(key, "rig", fake_agent.url, LLM)
+        assert status == 503
+        assert body["error"]["code"] == "store_unavailable"
