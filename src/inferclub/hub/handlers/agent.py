@@ -6,7 +6,9 @@ import logging
 import time
 
 from inferclub import wire
+from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
 from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.reachability import describe_reachability
 from inferclub.hub.store import ServiceInfo
 from inferclub.openai_errors import OpenAIError
 
@@ -27,6 +29,15 @@ def parse_heartbeat(data: object) -> wire.Heartbeat:
         ) from None
 
 
+async def check_callback(url: str, policy: CallbackPolicy) -> None:
+    """A 400 with ``param: callback_url`` naming the resolved address and the setting when
+    the hub may not call ``url``."""
+    try:
+        await check_callback_url(url, policy)
+    except CallbackRefused as exc:
+        raise OpenAIError(400, exc.message, "invalid_request_error", exc.code, exc.param) from None
+
+
 class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
@@ -34,6 +45,10 @@ class HeartbeatHandler(ApiHandler):
         before = next(
             (p for p in hub.registry.providers(self.owner.user_id) if p.name == hb.name), None
         )
+        # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
+        # relay checks every address again when it connects, so a stale check is harmless.
+        if before is None or before.callback_url != hb.callback_url:
+            await check_callback(hb.callback_url, hub.callback_policy)
         record = await hub.store.save_heartbeat(
             self.owner.user_id,
             hb.name,
@@ -72,7 +87,7 @@ class HeartbeatHandler(ApiHandler):
             heartbeat_interval=hub.settings.heartbeat_interval,
             online_window=hub.settings.online_window,
             callback_reachable=problem is None,
-            callback_error=problem,
+            callback_error=None if problem is None else describe_reachability(problem),
         )
         self.write_json(reply.to_json())
 

@@ -1,0 +1,195 @@
+"""A hostile tenant against the hub->agent channel: with nothing but an API key, each attack of
+issue 9 that concerns the channel, reproduced against the in-process hub and shown refused.
+
+Each test asserts what the attacker sees (status, error code) and that nothing was stored and
+nothing was reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.ioloop import IOLoop
+
+from inferclub.hub.reachability import REACHABILITY_TEXT
+from inferclub.hub.store import ServiceInfo
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.hubapp import HubApp, running_hub
+
+#: The setting a hub on the internet gets by default (``public_url`` is https).
+PUBLIC = {"callback_networks": "public"}
+
+
+@pytest.fixture
+def public_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
+    """A hub whose callback policy admits only public addresses."""
+    hub = running_hub(tmp_path / "public", **PUBLIC)
+    app = io_loop.run_sync(hub.__aenter__)
+    try:
+        yield app
+    finally:
+        io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
+
+
+@pytest.fixture
+def target() -> Iterator[FakeAgent]:
+    """Something inside the hub's network that a tenant wants the hub to call."""
+    with FakeAgent(["m1"]) as agent:
+        yield agent
+
+
+async def post(app: HubApp, path: str, payload: Any, key: str) -> tuple[HTTPResponse, Any]:
+    resp = await AsyncHTTPClient().fetch(
+        app.url + path,
+        method="POST",
+        body=json.dumps(payload),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        raise_error=False,
+    )
+    return resp, json.loads(resp.body)
+
+
+def heartbeat(url: str, name: str = "rig") -> dict[str, Any]:
+    return {"name": name, "callback_url": url, "version": "evil", "services": LLM}
+
+
+def ssrf_urls(port: int) -> list[str]:
+    """Loopback in every spelling, metadata, private ranges, and tenant-chosen paths."""
+    return [
+        f"http://127.0.0.1:{port}/v1",
+        f"http://0x7f.1:{port}/v1",
+        f"http://127.1:{port}/v1",
+        f"http://2130706433:{port}/v1",
+        f"http://[::ffff:127.0.0.1]:{port}/v1",
+        f"http://[::1]:{port}/v1",
+        f"http://localhost.:{port}/v1",
+        f"http://sub.localhost:{port}/v1",
+        f"http://0.0.0.0:{port}/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fd00:ec2::254]/latest",
+        "http://10.0.0.5/v1",
+        "http://192.168.1.1/v1",
+        "http://100.64.1.1/v1",
+        # A query or fragment lets the tenant choose the path the hub calls.
+        "http://8.8.8.8/admin/delete?x=",
+        "http://8.8.8.8/v1#frag",
+        "http://user:pw@8.8.8.8/v1",
+        "http://8.8.8.8\\@127.0.0.1/v1",
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(ssrf_urls(1))))
+async def test_ssrf_callback_urls_are_refused_and_nothing_is_saved(
+    public_hub: HubApp, target: FakeAgent, index: int
+) -> None:
+    url = ssrf_urls(target.port)[index]
+    key = await public_hub.user_with_key("mallory")
+    resp, body = await post(public_hub, "/v1/agent/heartbeat", heartbeat(url), key)
+    assert resp.code == 400, body
+    error = body["error"]
+    assert error["param"] == "callback_url"
+    assert error["code"] in {
+        "callback_address_refused",
+        "invalid_callback_url",
+        "invalid_heartbeat",
+    }
+    if error["code"] == "callback_address_refused":
+        # The message names the resolved address and the setting to change.
+        assert "callback_networks" in error["message"]
+    assert public_hub.query("SELECT id FROM providers") == []
+    assert target.requests == []
+
+
+async def test_refusal_names_the_resolved_address(public_hub: HubApp, target: FakeAgent) -> None:
+    key = await public_hub.user_with_key("mallory")
+    url = f"http://0x7f.1:{target.port}/v1"
+    resp, body = await post(public_hub, "/v1/agent/heartbeat", heartbeat(url), key)
+    assert resp.code == 400
+    assert body["error"]["code"] == "callback_address_refused"
+    assert "127.0.0.1" in body["error"]["message"]
+    assert "INFERCLUB_CALLBACK_NETWORKS" in body["error"]["message"]
+
+
+async def test_a_saved_url_that_turns_internal_is_refused_at_connect(
+    public_hub: HubApp, target: FakeAgent
+) -> None:
+    """A provider stored while the address was allowed (or a name that rebinds): the relay
+    checks the address again when it connects, and the internal service sees nothing."""
+    key = await public_hub.user_with_key("mallory")
+    user = await public_hub.hub.store.get_user("mallory")
+    assert user is not None
+    record = await public_hub.hub.store.save_heartbeat(
+        user.id,
+        "rig",
+        target.url,
+        "evil",
+        {},
+        [ServiceInfo("chat", "llm", "vllm", [], ["m1"])],
+        time.time(),
+    )
+    public_hub.hub.registry.update(record)
+    resp, body = await post(
+        public_hub,
+        "/v1/chat/completions",
+        {"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+        key,
+    )
+    assert resp.code == 502, body
+    assert body["error"]["code"] == "upstream_unreachable"
+    assert target.requests == []
+
+
+def banner_server() -> tuple[socket.socket, int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    return srv, srv.getsockname()[1]
+
+
+async def serve_banner(srv: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(srv)
+        with conn:
+            await loop.sock_sendall(conn, b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n")
+
+
+async def test_reachability_reply_is_a_kind_never_the_remote_banner(hub_app: HubApp) -> None:
+    """The local-install default admits loopback; still the heartbeat reply must not read
+    out what answered on a port (a port scanner that shows banners)."""
+    key = await hub_app.user_with_key("mallory")
+    srv, port = banner_server()
+    task = asyncio.create_task(serve_banner(srv))
+    try:
+        resp, body = await post(
+            hub_app, "/v1/agent/heartbeat", heartbeat(f"http://127.0.0.1:{port}/v1"), key
+        )
+    finally:
+        task.cancel()
+        srv.close()
+    assert resp.code == 200, body
+    assert body["callback_reachable"] is False
+    assert body["callback_error"] == REACHABILITY_TEXT["not_http"]
+    assert "SSH" not in resp.body.decode() and "Ubuntu" not in resp.body.decode()
+
+
+async def test_a_closed_port_reads_as_refused_without_detail(hub_app: HubApp) -> None:
+    key = await hub_app.user_with_key("mallory")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    resp, body = await post(
+        hub_app, "/v1/agent/heartbeat", heartbeat(f"http://127.0.0.1:{port}/v1"), key
+    )
+    assert resp.code == 200
+    assert body["callback_error"] == REACHABILITY_TEXT["refused"]
+    assert "Errno" not in resp.body.decode()
