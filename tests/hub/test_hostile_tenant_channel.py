@@ -8,12 +8,14 @@ nothing was reached.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -21,6 +23,8 @@ from tornado.ioloop import IOLoop
 
 from inferclub.hub.reachability import REACHABILITY_TEXT
 from inferclub.hub.store import ServiceInfo
+from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent
+from tests.support.fakes import FakeVllm
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp, running_hub
 
@@ -193,3 +197,86 @@ async def test_a_closed_port_reads_as_refused_without_detail(hub_app: HubApp) ->
     assert resp.code == 200
     assert body["callback_error"] == REACHABILITY_TEXT["refused"]
     assert "Errno" not in resp.body.decode()
+
+
+# -- the agent forwards only what the hub routes, and checks before it reads ------------------
+
+
+@pytest.fixture
+def vllm() -> Iterator[FakeVllm]:
+    with FakeVllm() as f:
+        yield f
+
+
+@pytest.fixture
+def agent(start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm) -> AgentProcess:
+    agent = start_agent({"name": "vllm-qwen", "engine": "vllm", "url": vllm.url})
+    fake_hub.wait_for(lambda b: any(s["name"] == "vllm-qwen" for s in b["services"]))
+    agent.wait_registered()
+    return agent
+
+
+def raw_request(agent_url: str, method: str, path: str, token: str | None) -> int:
+    parts = urlsplit(agent_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    headers = {"Content-Type": "application/json", "X-InferClub-Service": "vllm-qwen"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=b'{"model": "Qwen/Qwen3-8B"}', headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/api/delete"),
+        ("PUT", "/v1/chat/completions"),
+        ("POST", "/api/delete"),
+        ("POST", "/v1/../../api/delete"),
+        ("POST", "/v1/%2e%2e/%2e%2e/api/delete"),
+        ("POST", "/v1/chat/completions/..%2f..%2f..%2fapi/delete"),
+        ("POST", "/v1//chat/completions"),
+        ("POST", "/v1/chat/completions/"),
+        ("POST", "/v1/models"),
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/models/../../api/tags"),
+    ],
+)
+def test_agent_forwards_no_other_method_or_path(
+    agent: AgentProcess, vllm: FakeVllm, method: str, path: str
+) -> None:
+    status = raw_request(agent.callback_url, method, path, CALLBACK_TOKEN)
+    assert status in (404, 405)
+    # The agent's own health probes are all the engine saw.
+    probes = {("GET", "/health"), ("GET", "/version"), ("GET", "/v1/models")}
+    assert [r for r in vllm.requests if (r.method, r.path) not in probes] == []
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("token", "path", "status"),
+    [
+        (None, "/v1/chat/completions", 401),
+        ("wrong", "/v1/chat/completions", 401),
+        (CALLBACK_TOKEN, "/v1/../x", 404),
+    ],
+)
+def test_agent_answers_before_reading_a_huge_body(
+    agent: AgentProcess, token: str | None, path: str, status: int
+) -> None:
+    """Headers announcing 150 MiB and not a byte of body: the answer comes anyway, so the
+    agent never buffers a body it is going to refuse."""
+    parts = urlsplit(agent.callback_url)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {150 * 1024 * 1024}\r\n{auth}\r\n"
+    )
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=20) as s:
+        s.sendall(head.encode())
+        answer = s.recv(4096).decode()
+    assert answer.startswith(f"HTTP/1.1 {status} ")
