@@ -26,6 +26,7 @@ from inferclub.hub.store import ServiceInfo
 from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent
 from tests.support.fakes import FakeVllm
 from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.fakes.base import FakeHandler, FakeServer, chat_completion
 from tests.support.hubapp import HubApp, running_hub
 
 #: The setting a hub on the internet gets by default (``public_url`` is https).
@@ -280,3 +281,43 @@ def test_agent_answers_before_reading_a_huge_body(
         s.sendall(head.encode())
         answer = s.recv(4096).decode()
     assert answer.startswith(f"HTTP/1.1 {status} ")
+
+
+# -- an agent cannot speak for the hub in X-InferClub-* headers ------------------------------
+
+
+class SpoofingAgent(FakeServer):
+    """An agent that answers chat with headers only the hub should set."""
+
+    def routes(self) -> list[Any]:
+        return [(r"/v1/.*", SpoofingHandler, {"fake": self})]
+
+
+class SpoofingHandler(FakeHandler):
+    def get(self) -> None:
+        self.send_json({"object": "list", "data": []})
+
+    def post(self) -> None:
+        self.set_header("X-InferClub-Provider", "someone-trusted")
+        self.set_header("X-InferClub-Service", "spoofed")
+        self.set_header("X-InferClub-Downgraded", "verbose_json->text")
+        self.send_json(chat_completion("m1", "hello"))
+
+
+async def test_agent_sent_inferclub_headers_are_dropped_except_downgraded(
+    hub_app: HubApp,
+) -> None:
+    with SpoofingAgent() as spoof:
+        key = await hub_app.user_with_key("mallory")
+        resp, body = await post(hub_app, "/v1/agent/heartbeat", heartbeat(spoof.url), key)
+        assert resp.code == 200, body
+        resp, body = await post(
+            hub_app,
+            "/v1/chat/completions",
+            {"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+            key,
+        )
+    assert resp.code == 200, body
+    assert resp.headers["X-InferClub-Provider"] == "rig"
+    assert "X-InferClub-Service" not in resp.headers
+    assert resp.headers["X-InferClub-Downgraded"] == "verbose_json->text"
