@@ -57,7 +57,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 PROVIDER_HEADER = "X-InferClub-Provider"
 #: hub -> client: ``verbose_json->text`` when a transcription format was downgraded.
 DOWNGRADED_HEADER = "X-InferClub-Downgraded"
-#: Response headers with this prefix (any case) are relayed from the agent to the client.
+#: The prefix of the project's headers (any case). Of those an agent sends, the hub relays
+#: only :data:`DOWNGRADED_HEADER` to the client.
 HEADER_PREFIX = "x-inferclub-"
 
 # -- request bodies ----------------------------------------------------------------------------

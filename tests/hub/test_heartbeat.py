@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from inferclub.hub.reachability import REACHABILITY_TEXT
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp
 
@@ -78,7 +79,7 @@ async def test_heartbeat_tells_an_agent_the_hub_cannot_reach_it(
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     status, body = await hub_app.heartbeat(alice, "behind-nat", dead, LLM)
     assert status == 200 and body["callback_reachable"] is False
-    assert "Connect" in body["callback_error"]
+    assert body["callback_error"] == REACHABILITY_TEXT["refused"]
     assert "cannot reach" in hub_app.log()
 
 

@@ -27,6 +27,13 @@ from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.agent.server")
 
+#: Everything the hub sends an agent: ``POST`` to an endpoint it routes, and ``GET /models``.
+#: Matched against the raw request path, so ``..``, ``%2e%2e``, ``%2f`` and ``//`` never
+#: reach an engine: they are simply not on the list.
+FORWARDED: frozenset[tuple[str, str]] = frozenset(
+    {("POST", "/v1" + path) for path in wire.ENDPOINT_TYPES} | {("GET", "/v1/models")}
+)
+
 
 @dataclass
 class Runtime:
@@ -60,8 +67,14 @@ class BaseHandler(tornado.web.RequestHandler):
             super().log_exception(typ, value, tb)
 
 
+@tornado.web.stream_request_body
 class CallbackHandler(BaseHandler):
-    """`GET`/`POST /v1/...` from the hub (the OpenAI API of the agent's services)."""
+    """`GET`/`POST /v1/...` from the hub (the OpenAI API of the agent's services).
+
+    The body is streamed in only after :meth:`prepare` accepted the headers: a peer without
+    the callback token, or asking for a path the hub never sends, gets its answer before a
+    byte of its (perhaps 200 MiB) body is read.
+    """
 
     SUPPORTED_METHODS = ("GET", "POST")
 
@@ -69,6 +82,10 @@ class CallbackHandler(BaseHandler):
         self.runtime = runtime
         self._task: asyncio.Task[None] | None = None
         self._hub_gone = False
+        self._chunks: list[bytes] = []
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
 
     def prepare(self) -> None:
         verdict = self.runtime.auth.check(self.request.headers.get(wire.AUTH_HEADER))
@@ -80,6 +97,12 @@ class CallbackHandler(BaseHandler):
             raise OpenAIError(401, "missing or wrong callback token", code="invalid_api_key")
         if self.runtime.draining:
             raise OpenAIError(503, "this agent is shutting down", "service_unavailable")
+        if (self.request.method, self.request.path) not in FORWARDED:
+            raise OpenAIError(
+                404,
+                f"this agent does not forward {self.request.method} {self.request.path}",
+                code="not_found",
+            )
 
     def on_connection_close(self) -> None:
         self._hub_gone = True
@@ -130,7 +153,8 @@ class CallbackHandler(BaseHandler):
 
     async def proxy(self, path: str) -> None:
         path = "/" + path
-        body = self.request.body
+        body = b"".join(self._chunks)
+        self._chunks = []
         model = requested_model(body, self.request.headers.get("Content-Type", ""))
         state = self.select(path, model)
         if state.full():

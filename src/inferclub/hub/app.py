@@ -13,6 +13,7 @@ import tornado.web
 
 from inferclub.hub import background, keys
 from inferclub.hub.accounts import Accounts
+from inferclub.hub.callback_policy import policy_for
 from inferclub.hub.config import Secrets, Settings
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -44,8 +45,11 @@ class Hub:
         self.liveness = Liveness(store, self.registry, settings.last_seen_flush_interval)
         self.history = HistoryWriter(store, settings.history_flush_interval)
         self.retention = Retention(store, settings.history_retention_days)
+        #: Which addresses callback URLs may point to; raises ConfigError on a bad setting.
+        self.callback_policy = policy_for(settings.public_url, settings.callback_networks)
         self.relay = Relay(
-            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
+            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout),
+            self.callback_policy,
         )
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
@@ -101,7 +105,8 @@ class Hub:
                 log.exception("reloading providers from the store failed")
 
     async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
-        """Why the hub cannot reach this provider's callback URL, or None when it can.
+        """What kind of failure reaching this provider's callback URL had (see
+        :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered.
 
         Checked when a provider first shows up or changes its URL, and again at most once a
         minute while it is failing, so an agent learns at once that it is unreachable (behind

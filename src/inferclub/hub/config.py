@@ -202,6 +202,17 @@ class Settings:
             "empty (from each request's `Host`)",
         ),
     )
+    callback_networks: str = field(
+        default="",
+        metadata=_doc(
+            "Networks the hub may call back (a heartbeat's `callback_url`), comma-separated: "
+            "CIDRs and the words `public`, `private` (RFC 1918, CGNAT, unique-local IPv6) and "
+            "`loopback`. Link-local (cloud metadata), multicast, unspecified and reserved "
+            "addresses are refused unless a listed CIDR covers them. Checked at every heartbeat "
+            "that changes the URL and again at every connection (docs/callback-networks.md).",
+            "`public` when `public_url` is `https://`, else `public, private, loopback`",
+        ),
+    )
     login_link_ttl: float = field(
         default=900.0,
         metadata=_doc("Seconds a one-time dashboard sign-in link stays valid."),

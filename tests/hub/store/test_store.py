@@ -156,20 +156,6 @@ def test_providers_in_routing_order_and_per_user(backend: Backend) -> None:
     run(go())
 
 
-@pytest.fixture
-def ids_never_reused(request: pytest.FixtureRequest, backend: Backend) -> None:
-    if backend.name == "sqlite":
-        # Strict: the day SQLite's schema gets AUTOINCREMENT, this says so.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="SQLite's INTEGER PRIMARY KEY hands the highest id out again once its "
-                "row is deleted (the schema has no AUTOINCREMENT)",
-                strict=True,
-            )
-        )
-
-
-@pytest.mark.usefixtures("ids_never_reused")
 def test_ids_are_not_reused_after_a_delete(backend: Backend) -> None:
     async def go() -> None:
         store = await backend.open()

@@ -6,7 +6,9 @@ import logging
 import time
 
 from inferclub import wire
+from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
 from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.reachability import describe_reachability
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.agent")
@@ -26,10 +28,24 @@ def parse_heartbeat(data: object) -> wire.Heartbeat:
         ) from None
 
 
+async def check_callback(url: str, policy: CallbackPolicy) -> None:
+    """A 400 with ``param: callback_url`` naming the resolved address and the setting when
+    the hub may not call ``url``."""
+    try:
+        await check_callback_url(url, policy)
+    except CallbackRefused as exc:
+        raise OpenAIError(400, exc.message, "invalid_request_error", exc.code, exc.param) from None
+
+
 class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
+        known = hub.registry.find(self.owner.user_id, hb.name)
+        # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
+        # relay checks every address again when it connects, so a stale check is harmless.
+        if known is None or known.callback_url != hb.callback_url:
+            await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
         if (
             before is None
@@ -59,7 +75,7 @@ class HeartbeatHandler(ApiHandler):
             heartbeat_interval=hub.settings.heartbeat_interval,
             online_window=hub.settings.online_window,
             callback_reachable=problem is None,
-            callback_error=problem,
+            callback_error=None if problem is None else describe_reachability(problem),
         )
         self.write_json(reply.to_json())
 

@@ -16,6 +16,8 @@ import asyncio
 import aiohttp
 
 from inferclub import wire
+from inferclub.hub.callback_policy import CallbackPolicy, policy_connector
+from inferclub.hub.reachability import reachability_kind
 from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
 from inferclub.hub.relay.meter import Outcome, RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_stream
@@ -35,14 +37,17 @@ __all__ = [
 class Relay:
     """Forwards requests to agents over one pool of kept-alive connections."""
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, policy: CallbackPolicy) -> None:
         self.timeouts = timeouts
+        self.policy = policy
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         # Keep agent connections warm for a minute: a burst of requests then skips the
-        # connection set-up (a round trip or more to a remote agent).
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=60)
+        # connection set-up (a round trip or more to a remote agent). Every address is checked
+        # against the callback policy right before the connect, and the connection goes to
+        # the address checked: a name that rebinds to 127.0.0.1 after its heartbeat is refused.
+        connector = policy_connector(self.policy, limit=0, ttl_dns_cache=60, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
@@ -58,7 +63,8 @@ class Relay:
             self._session = None
 
     async def probe(self, callback_url: str, token: str, timeout: float = 3.0) -> str | None:
-        """Can the hub reach an agent? None if any HTTP answer came back, else why not."""
+        """Can the hub reach an agent? None if any HTTP answer came back, else the kind of
+        failure. Only the kind: the remote side's bytes (a banner) never leave this method."""
         assert self._session is not None, "relay not started"
         try:
             async with asyncio.timeout(timeout):
@@ -68,10 +74,8 @@ class Relay:
                     allow_redirects=False,
                 ) as resp:
                     await resp.read()
-        except TimeoutError:
-            return f"no answer within {timeout:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return reachability_kind(exc)
         return None
 
     async def forward(

@@ -22,7 +22,7 @@ from tornado.iostream import StreamClosedError
 from inferclub.hub.relay.connect import upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.openai_errors import OpenAIError
-from inferclub.wire import HEADER_PREFIX
+from inferclub.wire import DOWNGRADED_HEADER, HEADER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,17 @@ class Sink(Protocol):
         """The body is about to be streamed: send each flush at once (no Nagle delay)."""
 
 
+#: The only ``X-InferClub-*`` header an agent may send on to the client. The others are the
+#: hub's to set: an agent that sent ``X-InferClub-Provider`` would make the playground show
+#: another provider as the one that answered.
+AGENT_HEADERS = frozenset({DOWNGRADED_HEADER.lower()})
+
+
 def relay_headers(sink: Sink, resp: aiohttp.ClientResponse) -> None:
-    """The agent's ``X-InferClub-*`` headers (downgrades, the engine that answered)."""
+    """The agent's ``X-InferClub-Downgraded`` header; its other ``X-InferClub-*`` are dropped."""
     for name, value in resp.headers.items():
-        if name.lower().startswith(HEADER_PREFIX):
+        lower = name.lower()
+        if lower.startswith(HEADER_PREFIX) and lower in AGENT_HEADERS:
             sink.set_header(name, value)
 
 

@@ -115,15 +115,24 @@ class SQLiteStore(Store):
         return self._db
 
     async def _migrate(self) -> None:
-        async with self._write() as db:
-            current = int((await _one(db, "PRAGMA user_version"))[0])
-            for version, sql in migrations():
-                if version <= current:
-                    continue
-                log.info("applying schema migration %04d", version)
-                for statement in _split_sql(sql):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {version}")
+        # SQLite's procedure for rebuilding a table (a migration may): foreign keys off
+        # outside the transaction, or dropping the old table would cascade into its children;
+        # checked before the commit, so a migration cannot leave a dangling reference.
+        await self.db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            async with self._write() as db:
+                current = int((await _one(db, "PRAGMA user_version"))[0])
+                for version, sql in migrations():
+                    if version <= current:
+                        continue
+                    log.info("applying schema migration %04d", version)
+                    for statement in _split_sql(sql):
+                        await db.execute(statement)
+                    await db.execute(f"PRAGMA user_version = {version}")
+                if await (await db.execute("PRAGMA foreign_key_check")).fetchone():
+                    raise StoreError(f"{self.path}: a schema migration broke a foreign key")
+        finally:
+            await self.db.execute("PRAGMA foreign_keys = ON")
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
