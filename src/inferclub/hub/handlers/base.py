@@ -94,6 +94,13 @@ class ApiHandler(HubHandler):
             return
         self._chunks.append(chunk)
 
+    def on_connection_close(self) -> None:
+        # Tornado's own handler fails the body future of a streamed request; the chunks
+        # received so far are dropped here rather than when the garbage collector next finds
+        # the handler's reference cycles, so an abandoned upload frees its memory at once.
+        super().on_connection_close()
+        self._chunks = []
+
     @property
     def body(self) -> bytes:
         if self._too_large:

@@ -160,6 +160,9 @@ class ProxyHandler(ApiHandler):
             stream.set_nodelay(True)
 
     def on_connection_close(self) -> None:
+        # Frees an abandoned upload's chunks (see ApiHandler); without it they stayed in
+        # memory until the hub exited.
+        super().on_connection_close()
         task = self._relay_task
         if task is not None and not task.done():
             task.cancel()
