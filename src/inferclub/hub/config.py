@@ -110,6 +110,12 @@ class Settings:
             "and a mask)."
         ),
     )
+    max_heartbeat_body: int = field(
+        default=256 * 1024,
+        metadata=_doc(
+            "Largest heartbeat body, in bytes (64 services of 1,024 models in all fit easily)."
+        ),
+    )
     drain_timeout: float = field(
         default=30.0,
         metadata=_doc("Seconds in-flight requests get to finish after SIGTERM or SIGINT."),

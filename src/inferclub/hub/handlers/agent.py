@@ -28,6 +28,8 @@ def parse_heartbeat(data: object) -> wire.Heartbeat:
 
 
 class HeartbeatHandler(ApiHandler):
+    body_limit_setting = "max_heartbeat_body"
+
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from inferclub import openai_errors
+from inferclub import openai_errors, wire
+from inferclub.hub import jsonbody
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting
@@ -61,6 +63,16 @@ class ApiHandler(HubHandler):
     body_limit_setting = "max_json_body"
 
     owner: KeyOwner
+
+    #: The id in ``X-Request-Id``; a proxied request replaces it with its history row's id.
+    request_id: str = ""
+
+    def set_default_headers(self) -> None:
+        # Here, not in prepare(): an error answer (sent after clear()) carries the id too,
+        # including a refusal before the request was authenticated.
+        if not self.request_id:
+            self.request_id = "req_" + secrets.token_hex(12)
+        self.set_header(wire.REQUEST_ID_HEADER, self.request_id)
 
     def check_xsrf_cookie(self) -> None:
         """Bearer-authenticated API: no cookies, so no XSRF."""
@@ -127,8 +139,8 @@ class ApiHandler(HubHandler):
         if not raw:
             raise openai_errors.bad_request("The request body is empty; expected a JSON object.")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = jsonbody.loads(raw)
+        except jsonbody.JSONBodyError as exc:
             raise openai_errors.bad_request(f"The request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise openai_errors.bad_request("The request body must be a JSON object.")

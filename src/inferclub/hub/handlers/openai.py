@@ -43,6 +43,22 @@ class ModelHandler(ApiHandler):
         raise openai_errors.model_not_found(model)
 
 
+def checked_model(model: object) -> str:
+    """The request's ``model``, or a 400 naming it: a huge id would be stored in every
+    history row and compared on every route."""
+    if not isinstance(model, str) or not model:
+        raise openai_errors.bad_request(
+            "You must provide a model parameter.", "model", "missing_model"
+        )
+    if len(model) > wire.MAX_MODEL_ID:
+        raise openai_errors.bad_request(
+            f"The model id is longer than {wire.MAX_MODEL_ID} characters.",
+            "model",
+            "model_too_long",
+        )
+    return model
+
+
 @dataclass
 class Forward:
     """What goes to the agent, and how its answer comes back."""
@@ -76,11 +92,7 @@ class ProxyHandler(ApiHandler):
     def parse(self) -> tuple[str, Forward]:
         """The model to route on and what to forward; JSON bodies by default."""
         payload = self.json_body()
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(payload.get("model"))
         return model, Forward(self.body)
 
     def adapt(self, route: Route, fwd: Forward) -> Forward:
@@ -96,6 +108,7 @@ class ProxyHandler(ApiHandler):
             type=self.service_type,
             bytes_in=self._size,
         )
+        self.request_id = meter.id
         self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
         try:
@@ -173,11 +186,7 @@ class ChatCompletionsHandler(ProxyHandler):
 
     def parse(self) -> tuple[str, Forward]:
         payload = self.json_body()
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(payload.get("model"))
         fwd = Forward(self.body)
         if payload.get("stream") is True:
             opts = payload.get("stream_options")
@@ -227,11 +236,7 @@ class MultipartHandler(ProxyHandler):
             parse_body_arguments(ctype, body, self.fields, self.files)
         except HTTPInputError as exc:
             raise openai_errors.bad_request(f"Malformed multipart body: {exc}") from None
-        model = self.field("model")
-        if not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(self.field("model"))
         if not any(self.files.get(name) for name in self.file_fields):
             raise openai_errors.bad_request(
                 f"You must upload a file in `{self.file_fields[0]}`.",
