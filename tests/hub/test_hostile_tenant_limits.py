@@ -8,13 +8,16 @@ import dataclasses
 import http.client
 import json
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from tornado.ioloop import IOLoop
 
 from tests.support.fakes.agent import LLM, FakeAgent
-from tests.support.hubapp import HubApp
+from tests.support.hubapp import HubApp, running_hub, wait_until
 
 CALLBACK = "http://127.0.0.1:9/v1"
 MIB = 1024 * 1024
@@ -167,3 +170,77 @@ async def test_emoji_as_escaped_surrogate_pairs_still_work(
     status, _ = await post(hub_app, "/v1/chat/completions", body, alice)
     assert status == 200
     assert len(fake_agent.posts("/v1/chat/completions")) == 1
+
+
+# -- one tenant's share -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def strict_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
+    """A hub with small per-tenant limits and heartbeat pacing on."""
+    hub = running_hub(
+        tmp_path,
+        heartbeat_min_interval=1.0,
+        max_providers_per_user=3,
+        max_concurrent_requests_per_user=2,
+    )
+    app = io_loop.run_sync(hub.__aenter__)
+    try:
+        yield app
+    finally:
+        io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
+
+
+async def test_a_provider_flood_stops_at_max_providers_per_user(strict_hub: HubApp) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    for i in range(3):
+        status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat(f"rig{i}"), key)
+        assert status == 200
+    status, data = await post(strict_hub, "/v1/agent/heartbeat", beat("rig3"), key)
+    assert status == 429 and error(data)["code"] == "provider_limit_reached"
+    assert sorted(providers(strict_hub)) == ["rig0", "rig1", "rig2"]
+    # Another user is not affected.
+    other = await strict_hub.user_with_key("bob")
+    status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat("rig3"), other)
+    assert status == 200
+
+
+def _beat_with_headers(url: str, key: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+    return _post(url, "/v1/agent/heartbeat", body, key)
+
+
+async def test_heartbeats_faster_than_one_a_second_get_429_retry_after(
+    strict_hub: HubApp,
+) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat(), key)
+    assert status == 200
+    status, headers, data = await asyncio.to_thread(
+        _beat_with_headers, strict_hub.url, key, beat(version="second")
+    )
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "1" and headers["X-Request-Id"].startswith("req_")
+    assert [
+        r["agent_version"] for r in strict_hub.query("SELECT agent_version FROM providers")
+    ] == [""]
+
+
+async def test_concurrent_requests_stop_at_the_per_user_limit(
+    strict_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    status, _ = await strict_hub.heartbeat(key, "rig", fake_agent.url, LLM)
+    assert status == 200
+    fake_agent.delay = 1.0
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    slow = [
+        asyncio.create_task(post(strict_hub, "/v1/chat/completions", body, key)) for _ in range(2)
+    ]
+    assert await wait_until(lambda: strict_hub.hub.inflight == 2)
+    status, headers, data = await asyncio.to_thread(
+        _post, strict_hub.url, "/v1/chat/completions", body, key
+    )
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "1"
+    assert [s for s, _ in await asyncio.gather(*slow)] == [200, 200]
+    assert len(fake_agent.posts("/v1/chat/completions")) == 2

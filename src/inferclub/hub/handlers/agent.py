@@ -33,9 +33,19 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
-        before = next(
-            (p for p in hub.registry.providers(self.owner.user_id) if p.name == hb.name), None
-        )
+        hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
+        mine = hub.registry.providers(self.owner.user_id)
+        before = next((p for p in mine if p.name == hb.name), None)
+        limit = hub.settings.max_providers_per_user
+        if before is None and limit > 0 and len(mine) >= limit:
+            raise OpenAIError(
+                429,
+                f"You have {len(mine)} providers, the most this hub allows one user; delete one "
+                "in the dashboard before registering another.",
+                "rate_limit_error",
+                "provider_limit_reached",
+                "name",
+            )
         record = await hub.store.save_heartbeat(
             self.owner.user_id,
             hb.name,
@@ -46,6 +56,7 @@ class HeartbeatHandler(ApiHandler):
             time.time(),
         )
         hub.registry.update(record)
+        hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None
             or not hub.registry.is_online(before)

@@ -112,21 +112,25 @@ class ProxyHandler(ApiHandler):
         self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
         try:
-            model, fwd = self.parse()
-            meter.asked_for(model)
-            route = hub.registry.route(self.owner.user_id, self.service_type, model)
-            meter.routed(route.provider.id, route.service.name)
-            fwd = self.adapt(route, fwd)
-            self.set_header(wire.PROVIDER_HEADER, route.provider.name)
-            for name, value in fwd.headers.items():
-                self.set_header(name, value)
-            await self._relay(route, fwd, meter)
+            with hub.concurrency.slot(self.owner.user_id):
+                await self._serve(meter)
         except OpenAIError as err:
             meter.failed(err.status, err.type, err.code)
             raise
         finally:
             hub.inflight -= 1
             hub.history.add(meter.finished())
+
+    async def _serve(self, meter: RequestMeter) -> None:
+        model, fwd = self.parse()
+        meter.asked_for(model)
+        route = self.hub.registry.route(self.owner.user_id, self.service_type, model)
+        meter.routed(route.provider.id, route.service.name)
+        fwd = self.adapt(route, fwd)
+        self.set_header(wire.PROVIDER_HEADER, route.provider.name)
+        for name, value in fwd.headers.items():
+            self.set_header(name, value)
+        await self._relay(route, fwd, meter)
 
     async def _relay(self, route: Route, fwd: Forward, meter: RequestMeter) -> None:
         upstream = Upstream.for_route(
