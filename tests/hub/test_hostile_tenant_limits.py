@@ -244,3 +244,69 @@ async def test_concurrent_requests_stop_at_the_per_user_limit(
     assert headers["Retry-After"] == "1"
     assert [s for s, _ in await asyncio.gather(*slow)] == [200, 200]
     assert len(fake_agent.posts("/v1/chat/completions")) == 2
+
+
+# -- web hygiene ------------------------------------------------------------------------------
+
+
+def _get(url: str, path: str, cookie: str = "") -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%09/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/\\t/evil.example",
+        "/%5Cevil.example",
+        "/x%0d%0aSet-Cookie:%20a=b",
+        "https://evil.example",
+        "/%E3%80%80/x",
+    ],
+)
+async def test_sign_in_redirects_stay_on_the_site(hub_app: HubApp, target: str) -> None:
+    user_id = await hub_app.create_user("alice")
+    link = await hub_app.hub.accounts.create_login_link(user_id, hub_app.url, 60)
+    status, headers, _ = await asyncio.to_thread(
+        _get, hub_app.url, urlsplit(link).path + "?" + urlsplit(link).query
+    )
+    assert status == 302
+    cookie = headers["Set-Cookie"].split(";")[0]
+    status, headers, _ = await asyncio.to_thread(_get, hub_app.url, f"/login?next={target}", cookie)
+    assert status == 302 and headers["Location"] == "/dashboard"
+
+
+async def test_same_site_next_paths_are_kept(hub_app: HubApp) -> None:
+    user_id = await hub_app.create_user("alice")
+    link = await hub_app.hub.accounts.create_login_link(user_id, hub_app.url, 60)
+    parts = urlsplit(link)
+    _, headers, _ = await asyncio.to_thread(_get, hub_app.url, f"{parts.path}?{parts.query}")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    status, headers, _ = await asyncio.to_thread(
+        _get, hub_app.url, "/login?next=/dashboard/requests%3Fpage%3D2", cookie
+    )
+    assert status == 302 and headers["Location"] == "/dashboard/requests?page=2"
+
+
+@pytest.mark.parametrize("path", ["/login", "/v1/models"])
+async def test_no_version_in_the_server_header(hub_app: HubApp, path: str) -> None:
+    _, headers, _ = await asyncio.to_thread(_get, hub_app.url, path)
+    assert headers["Server"] == "inferclub"
+    assert "Strict-Transport-Security" not in headers  # plain http: HSTS would mislead
+
+
+async def test_hsts_is_sent_when_the_public_url_is_https(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, public_url="https://hub.example") as hub:
+        for path in ("/login", "/v1/models"):
+            _, headers, _ = await asyncio.to_thread(_get, hub.url, path)
+            assert headers["Strict-Transport-Security"] == "max-age=31536000"
+            assert headers["Server"] == "inferclub"

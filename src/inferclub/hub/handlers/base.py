@@ -45,6 +45,12 @@ def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 20
 
 
 class HubHandler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        # Tornado's default names its version: a free hint for anyone matching CVEs.
+        self.set_header("Server", "inferclub")
+        if is_secure(self.hub.settings):
+            self.set_header("Strict-Transport-Security", "max-age=31536000")
+
     @property
     def hub(self) -> Hub:
         return self.application.settings["hub"]  # type: ignore[no-any-return]
@@ -68,6 +74,7 @@ class ApiHandler(HubHandler):
     request_id: str = ""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         # Here, not in prepare(): an error answer (sent after clear()) carries the id too,
         # including a refusal before the request was authenticated.
         if not self.request_id:
@@ -248,6 +255,7 @@ class WebHandler(HubHandler):
         return request_is_secure(self, self.hub.settings)
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Content-Security-Policy", CSP)
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")
