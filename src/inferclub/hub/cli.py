@@ -304,7 +304,9 @@ async def _run_server(hub: Hub, settings: Settings, quickstart: bool) -> int:
         make_app(hub),
         xheaders=False,
         max_body_size=limit + 1024 * 1024,
-        idle_connection_timeout=300,
+        # Slow clients (slowloris) are cut: each held connection costs a socket and a buffer.
+        idle_connection_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
     )
     # Before "listening on": a supervisor may signal as soon as it sees that line.
     stop = asyncio.Event()

@@ -137,6 +137,20 @@ class Settings:
             "gets a 429 `rate_limit_exceeded` with `Retry-After`. 0 means no limit."
         ),
     )
+    header_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a client may take to send a request's headers, and may keep an idle "
+            "connection open between requests; a slower one is disconnected."
+        ),
+    )
+    body_timeout: float = field(
+        default=600.0,
+        metadata=_doc(
+            "Seconds a client may take to send a whole request body (the largest upload on a "
+            "slow line must fit); a slower one is disconnected."
+        ),
+    )
     drain_timeout: float = field(
         default=30.0,
         metadata=_doc("Seconds in-flight requests get to finish after SIGTERM or SIGINT."),
