@@ -1,5 +1,5 @@
 """The database, its WAL and shared-memory files and the secrets file are readable by their
-owner only (issue 9): they hold key hashes, the pepper, prompts and answers."""
+owner only (issue 9): they hold key hashes, sessions, the pepper and usage history."""
 
 from __future__ import annotations
 

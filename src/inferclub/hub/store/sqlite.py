@@ -72,8 +72,8 @@ class SQLiteStore(Store):
         on_disk = str(self.path) != ":memory:"
         if on_disk:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Created 0600 (an empty file is an empty database): it holds key hashes, prompts
-            # and answers, and SQLite gives the -wal and -shm files the database's mode.
+            # Created 0600 (an empty file is an empty database): it holds key hashes, sessions
+            # and usage history, and SQLite gives the -wal and -shm files the database's mode.
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
