@@ -16,6 +16,7 @@ field by its path (``services[1].type``) so an agent author can fix it at once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -93,10 +94,19 @@ DEFAULT_BODY_CEILING = body_ceiling(
 
 # -- limits of a heartbeat ---------------------------------------------------------------------
 
-MAX_SERVICES = 256
+# One tenant's heartbeat must stay cheap for the hub to store and route on: these bound it.
+
+#: Services per provider.
+MAX_SERVICES = 64
+#: Models per provider, over all its services.
 MAX_MODELS = 1024
+#: Characters of a model id (here and in the ``model`` of an inference request).
+MAX_MODEL_ID = 256
 MAX_FEATURES = 64
 MAX_HEALTH_BYTES = 64 * 1024
+#: Provider and service names, as the agent manifest allows them.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "letters, digits, '.', '_' and '-', at most 64 characters"
 
 
 def bearer(token: str) -> str:
@@ -137,7 +147,7 @@ class AdvertisedService:
         """Validate one entry of ``services``; ``where`` is its path (``services[1]``)."""
         if not isinstance(raw, dict):
             raise PayloadError(where, "must be an object")
-        name = _text(raw.get("name"), f"{where}.name", 100)
+        name = _name(raw.get("name"), f"{where}.name")
         stype = raw.get("type", "llm")
         if stype not in SERVICE_TYPES:
             raise PayloadError(
@@ -148,7 +158,7 @@ class AdvertisedService:
             stype,
             _text(raw.get("engine", "openai"), f"{where}.engine", 100),
             _text_list(raw.get("features"), f"{where}.features", MAX_FEATURES),
-            _text_list(raw.get("models"), f"{where}.models", MAX_MODELS),
+            _text_list(raw.get("models"), f"{where}.models", MAX_MODELS, MAX_MODEL_ID),
         )
 
 
@@ -178,7 +188,7 @@ class Heartbeat:
         if not isinstance(data, dict):
             raise PayloadError("heartbeat", "must be a JSON object")
         return cls(
-            _text(data.get("name"), "name", 100),
+            _name(data.get("name"), "name"),
             _callback_url(data.get("callback_url")),
             _text(data.get("version"), "version", 100, required=False),
             _services(data.get("services", [])),
@@ -249,10 +259,19 @@ def _text(value: Any, where: str, max_len: int, required: bool = True) -> str:
         raise PayloadError(where, f"must be at most {max_len} characters")
     if any(ord(c) < 32 for c in text):
         raise PayloadError(where, "must not contain control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise PayloadError(where, "must not contain lone surrogates")
     return text
 
 
-def _text_list(value: Any, where: str, max_items: int) -> tuple[str, ...]:
+def _name(value: Any, where: str) -> str:
+    name = _text(value, where, 64)
+    if not NAME.fullmatch(name):
+        raise PayloadError(where, f"must use {NAME_RULE}")
+    return name
+
+
+def _text_list(value: Any, where: str, max_items: int, max_len: int = 512) -> tuple[str, ...]:
     """A list of strings, each once, in order."""
     if value is None:
         return ()
@@ -262,7 +281,7 @@ def _text_list(value: Any, where: str, max_items: int) -> tuple[str, ...]:
         raise PayloadError(where, f"must have at most {max_items} entries")
     out: dict[str, None] = {}
     for i, item in enumerate(value):
-        out[_text(item, f"{where}[{i}]", 512)] = None
+        out[_text(item, f"{where}[{i}]", max_len)] = None
     return tuple(out)
 
 
@@ -289,6 +308,8 @@ def _services(value: Any) -> tuple[AdvertisedService, ...]:
         if any(s.name == service.name for s in services):
             raise PayloadError(f"services[{i}].name", f"duplicate service name {service.name!r}")
         services.append(service)
+    if sum(len(s.models) for s in services) > MAX_MODELS:
+        raise PayloadError("services", f"must list at most {MAX_MODELS} models in all")
     return tuple(services)
 
 

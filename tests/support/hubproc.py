@@ -24,6 +24,8 @@ TEST_ENV = {
     "INFERCLUB_HISTORY_FLUSH_INTERVAL": "0.05",
     "INFERCLUB_KEY_CACHE_REFRESH": "0.2",
     "INFERCLUB_LOG_LEVEL": "DEBUG",
+    # Tests re-register a provider at once; the pacing has its own tests.
+    "INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0",
 }
 
 

@@ -105,6 +105,7 @@ class CallbackHandler(BaseHandler):
             )
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # fails a streamed body's future, freeing its chunks
         self._hub_gone = True
         if self._task is not None and not self._task.done():
             self._task.cancel()

@@ -23,6 +23,7 @@ from inferclub.hub.handlers import playground as playground_handlers
 from inferclub.hub.handlers.base import is_secure
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
+from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer
 from inferclub.hub.liveness import Liveness
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
@@ -51,6 +52,8 @@ class Hub:
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout),
             self.callback_policy,
         )
+        self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
+        self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         #: Set when the shutdown drain deadline passed: the connections that close from then on

@@ -362,7 +362,9 @@ async def _run_server(
         xheaders=False,
         # Past the largest endpoint limit; each handler answers its own oversize with a 413.
         max_body_size=settings.body_ceiling,
-        idle_connection_timeout=300,
+        # Slow clients (slowloris) are cut: each held connection costs a socket and a buffer.
+        idle_connection_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
     )
     # Before "listening on": a supervisor may signal as soon as it sees that line.
     stop = asyncio.Event()

@@ -111,6 +111,47 @@ class Settings:
             "and a mask)."
         ),
     )
+    max_heartbeat_body: int = field(
+        default=256 * 1024,
+        metadata=_doc(
+            "Largest heartbeat body, in bytes (64 services of 1,024 models in all fit easily)."
+        ),
+    )
+    max_providers_per_user: int = field(
+        default=64,
+        metadata=_doc(
+            "Most providers one user may register; a heartbeat for another new name gets a "
+            "429 `provider_limit_reached`. 0 means no limit."
+        ),
+    )
+    heartbeat_min_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Seconds a provider must wait between two accepted heartbeats; a faster one gets a "
+            "429 with `Retry-After`. 0 turns the check off."
+        ),
+    )
+    max_concurrent_requests_per_user: int = field(
+        default=64,
+        metadata=_doc(
+            "Most inference requests one user may have in flight through this hub; one more "
+            "gets a 429 `rate_limit_exceeded` with `Retry-After`. 0 means no limit."
+        ),
+    )
+    header_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a client may take to send a request's headers, and may keep an idle "
+            "connection open between requests; a slower one is disconnected."
+        ),
+    )
+    body_timeout: float = field(
+        default=600.0,
+        metadata=_doc(
+            "Seconds a client may take to send a whole request body (the largest upload on a "
+            "slow line must fit); a slower one is disconnected."
+        ),
+    )
     drain_timeout: float = field(
         default=30.0,
         metadata=_doc("Seconds in-flight requests get to finish after SIGTERM or SIGINT."),

@@ -175,6 +175,7 @@ class FakeHandler(tornado.web.RequestHandler):
         pass
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         if not self.gone:
             self.gone = True
             self.fake.disconnects.append(time.monotonic())

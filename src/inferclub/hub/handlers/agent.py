@@ -38,15 +38,21 @@ async def check_callback(url: str, policy: CallbackPolicy) -> None:
 
 
 class HeartbeatHandler(ApiHandler):
+    body_limit_setting = "max_heartbeat_body"
+
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
+        hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
         known = hub.registry.find(self.owner.user_id, hb.name)
+        if known is None:
+            self._check_provider_limit()
         # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
         # relay checks every address again when it connects, so a stale check is harmless.
         if known is None or known.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
+        hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None
             or not hub.registry.is_online(before)
@@ -78,6 +84,20 @@ class HeartbeatHandler(ApiHandler):
             callback_error=None if problem is None else describe_reachability(problem),
         )
         self.write_json(reply.to_json())
+
+    def _check_provider_limit(self) -> None:
+        """A 429 when a new provider would take the user past ``max_providers_per_user``."""
+        count = len(self.hub.registry.providers(self.owner.user_id))
+        limit = self.hub.settings.max_providers_per_user
+        if limit > 0 and count >= limit:
+            raise OpenAIError(
+                429,
+                f"You have {count} providers, the most this hub allows one user; delete one "
+                "in the dashboard before registering another.",
+                "rate_limit_error",
+                "provider_limit_reached",
+                "name",
+            )
 
 
 routes = [(wire.HEARTBEAT_PATH, HeartbeatHandler)]

@@ -43,8 +43,17 @@ def pkce_challenge(verifier: str) -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    """Only same-site paths: never ``//host`` or ``https://host`` (open redirects)."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+    """Only same-site paths. Browsers drop tabs and newlines from a URL and read ``\\`` as
+    ``/``, so ``/\t/evil`` and ``/\\evil`` would leave the site like ``//evil``; anything but
+    printable ASCII is refused (a CR/LF in a header was a 500)."""
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and all(0x21 <= ord(c) < 0x7F for c in value)
+        and not urllib.parse.urlsplit(value).netloc
+    ):
         return value
     return "/dashboard"
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from inferclub import openai_errors, wire
+from inferclub.hub import jsonbody
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting
@@ -43,6 +45,12 @@ def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 20
 
 
 class HubHandler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        # Tornado's default names its version: a free hint for anyone matching CVEs.
+        self.set_header("Server", "inferclub")
+        if is_secure(self.hub.settings):
+            self.set_header("Strict-Transport-Security", "max-age=31536000")
+
     @property
     def hub(self) -> Hub:
         return self.application.settings["hub"]  # type: ignore[no-any-return]
@@ -61,6 +69,17 @@ class ApiHandler(HubHandler):
     body_limit_setting = "max_json_body"
 
     owner: KeyOwner
+
+    #: The id in ``X-Request-Id``; a proxied request replaces it with its history row's id.
+    request_id: str = ""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # Here, not in prepare(): an error answer (sent after clear()) carries the id too,
+        # including a refusal before the request was authenticated.
+        if not self.request_id:
+            self.request_id = "req_" + secrets.token_hex(12)
+        self.set_header(wire.REQUEST_ID_HEADER, self.request_id)
 
     def check_xsrf_cookie(self) -> None:
         """Bearer-authenticated API: no cookies, so no XSRF."""
@@ -94,6 +113,13 @@ class ApiHandler(HubHandler):
             return
         self._chunks.append(chunk)
 
+    def on_connection_close(self) -> None:
+        # Tornado's own handler fails the body future of a streamed request; the chunks
+        # received so far are dropped here rather than when the garbage collector next finds
+        # the handler's reference cycles, so an abandoned upload frees its memory at once.
+        super().on_connection_close()
+        self._chunks = []
+
     @property
     def body(self) -> bytes:
         if self._too_large:
@@ -120,8 +146,8 @@ class ApiHandler(HubHandler):
         if not raw:
             raise openai_errors.bad_request("The request body is empty; expected a JSON object.")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = jsonbody.loads(raw)
+        except jsonbody.JSONBodyError as exc:
             raise openai_errors.bad_request(f"The request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise openai_errors.bad_request("The request body must be a JSON object.")
@@ -229,6 +255,7 @@ class WebHandler(HubHandler):
         return request_is_secure(self, self.hub.settings)
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Content-Security-Policy", CSP)
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")

@@ -43,6 +43,22 @@ class ModelHandler(ApiHandler):
         raise openai_errors.model_not_found(model)
 
 
+def checked_model(model: object) -> str:
+    """The request's ``model``, or a 400 naming it: a huge id would be stored in every
+    history row and compared on every route."""
+    if not isinstance(model, str) or not model:
+        raise openai_errors.bad_request(
+            "You must provide a model parameter.", "model", "missing_model"
+        )
+    if len(model) > wire.MAX_MODEL_ID:
+        raise openai_errors.bad_request(
+            f"The model id is longer than {wire.MAX_MODEL_ID} characters.",
+            "model",
+            "model_too_long",
+        )
+    return model
+
+
 @dataclass
 class Forward:
     """What goes to the agent, and how its answer comes back."""
@@ -76,11 +92,7 @@ class ProxyHandler(ApiHandler):
     def parse(self) -> tuple[str, Forward]:
         """The model to route on and what to forward; JSON bodies by default."""
         payload = self.json_body()
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(payload.get("model"))
         return model, Forward(self.body)
 
     def adapt(self, route: Route, fwd: Forward) -> Forward:
@@ -96,24 +108,29 @@ class ProxyHandler(ApiHandler):
             type=self.service_type,
             bytes_in=self._size,
         )
+        self.request_id = meter.id
         self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
         try:
-            model, fwd = self.parse()
-            meter.asked_for(model)
-            route = hub.registry.route(self.owner.user_id, self.service_type, model)
-            meter.routed(route.provider.id, route.service.name)
-            fwd = self.adapt(route, fwd)
-            self.set_header(wire.PROVIDER_HEADER, route.provider.name)
-            for name, value in fwd.headers.items():
-                self.set_header(name, value)
-            await self._relay(route, fwd, meter)
+            with hub.concurrency.slot(self.owner.user_id):
+                await self._serve(meter)
         except OpenAIError as err:
             meter.failed(err.status, err.type, err.code)
             raise
         finally:
             hub.inflight -= 1
             hub.history.add(meter.finished())
+
+    async def _serve(self, meter: RequestMeter) -> None:
+        model, fwd = self.parse()
+        meter.asked_for(model)
+        route = self.hub.registry.route(self.owner.user_id, self.service_type, model)
+        meter.routed(route.provider.id, route.service.name)
+        fwd = self.adapt(route, fwd)
+        self.set_header(wire.PROVIDER_HEADER, route.provider.name)
+        for name, value in fwd.headers.items():
+            self.set_header(name, value)
+        await self._relay(route, fwd, meter)
 
     async def _relay(self, route: Route, fwd: Forward, meter: RequestMeter) -> None:
         upstream = Upstream.for_route(
@@ -160,6 +177,9 @@ class ProxyHandler(ApiHandler):
             stream.set_nodelay(True)
 
     def on_connection_close(self) -> None:
+        # Frees an abandoned upload's chunks (see ApiHandler); without it they stayed in
+        # memory until the hub exited.
+        super().on_connection_close()
         task = self._relay_task
         if task is not None and not task.done():
             task.cancel()
@@ -170,11 +190,7 @@ class ChatCompletionsHandler(ProxyHandler):
 
     def parse(self) -> tuple[str, Forward]:
         payload = self.json_body()
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(payload.get("model"))
         fwd = Forward(self.body)
         if payload.get("stream") is True:
             opts = payload.get("stream_options")
@@ -224,11 +240,7 @@ class MultipartHandler(ProxyHandler):
             parse_body_arguments(ctype, body, self.fields, self.files)
         except HTTPInputError as exc:
             raise openai_errors.bad_request(f"Malformed multipart body: {exc}") from None
-        model = self.field("model")
-        if not model:
-            raise openai_errors.bad_request(
-                "You must provide a model parameter.", "model", "missing_model"
-            )
+        model = checked_model(self.field("model"))
         if not any(self.files.get(name) for name in self.file_fields):
             raise openai_errors.bad_request(
                 f"You must upload a file in `{self.file_fields[0]}`.",

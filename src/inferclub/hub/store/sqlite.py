@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -52,6 +53,15 @@ def migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _owner_only(db: Path) -> None:
+    """Mode 0600 on the database and its WAL and shared-memory files (older installs made
+    them world-readable)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -65,13 +75,20 @@ class SQLiteStore(Store):
         self._all_readers: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
-        if str(self.path) != ":memory:":
+        on_disk = str(self.path) != ":memory:"
+        if on_disk:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 (an empty file is an empty database): it holds key hashes, sessions
+            # and usage history, and SQLite gives the -wal and -shm files the database's mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await self._db.execute("PRAGMA journal_mode = WAL")
+            if on_disk:
+                _owner_only(self.path)
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()

@@ -1,0 +1,62 @@
+"""The one JSON loader of the hub's request bodies.
+
+``json.loads`` alone turns two hostile inputs into a 500: nesting deep enough to exhaust the
+recursion limit, and lone surrogates (``"\\ud800"``), which decode fine but then fail
+wherever the text is encoded again (the history writer, the database). Both are refused
+here, as a 400, before any handler sees the data. The checks cost nothing for ordinary
+bodies: each runs only when a cheap count says it could matter."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+#: Deepest nesting of arrays and objects a body may have.
+MAX_DEPTH = 64
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class JSONBodyError(ValueError):
+    """The body is not JSON the hub accepts; the message says why."""
+
+
+def loads(raw: bytes) -> Any:
+    """``raw`` decoded: strict UTF-8, nesting at most :data:`MAX_DEPTH`, no lone surrogates."""
+    try:
+        text = raw.decode("utf-8")  # strict: encoded surrogates are refused here
+    except UnicodeDecodeError as exc:
+        raise JSONBodyError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(raw)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise JSONBodyError(str(exc)) from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_surrogates(data)
+    return data
+
+
+def _check_depth(raw: bytes) -> None:
+    # Brackets inside strings do not count; what is left is peeled one level at a time.
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    for _ in range(MAX_DEPTH):
+        brackets, n = _EMPTY_PAIR.subn(b"", brackets)
+        if not brackets:
+            return
+        if not n:  # valid JSON always has an innermost pair left
+            raise JSONBodyError("unbalanced brackets")
+    raise JSONBodyError(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def _check_surrogates(data: Any) -> None:
+    # Escaped pairs (an emoji as "\ud83d\ude00") are fine; a lone half cannot be encoded.
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise JSONBodyError("a string holds a lone surrogate (invalid Unicode)") from None

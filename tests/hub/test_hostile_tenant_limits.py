@@ -1,0 +1,312 @@
+"""A tenant with nothing but a key tries to hurt the hub or other tenants (issue 9): each
+attempt gets a clear OpenAI-shaped error with an ``X-Request-Id``, and nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.hubapp import HubApp, running_hub, wait_until
+
+CALLBACK = "http://127.0.0.1:9/v1"
+MIB = 1024 * 1024
+
+
+def _post(url: str, path: str, body: bytes, key: str) -> tuple[int, dict[str, str], Any]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body,
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+async def post(hub: HubApp, path: str, body: bytes, key: str) -> tuple[int, Any]:
+    """Status and JSON answer; every answer carries a request id."""
+    status, headers, data = await asyncio.to_thread(_post, hub.url, path, body, key)
+    assert headers.get("X-Request-Id", "").startswith("req_"), headers
+    return status, data
+
+
+def beat(name: str = "rig", services: Any = None, **extra: Any) -> bytes:
+    payload = {"name": name, "callback_url": CALLBACK, "services": services or LLM, **extra}
+    return json.dumps(payload).encode()
+
+
+def providers(hub: HubApp) -> list[str]:
+    return [r["name"] for r in hub.query("SELECT name FROM providers")]
+
+
+def error(data: Any) -> dict[str, Any]:
+    assert set(data["error"]) >= {"message", "type", "param", "code"}
+    return data["error"]  # type: ignore[no-any-return]
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+def _headers_only(url: str, path: str, length: int, key: str) -> tuple[int, bytes]:
+    """Announce a ``length``-byte body, send none of it, and read the answer."""
+    parts = urlsplit(url)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert b"X-Request-Id: req_" in head_part, head_part
+    return int(head_part.split()[1]), body
+
+
+async def test_a_9_mib_heartbeat_is_refused_before_it_is_read(hub_app: HubApp) -> None:
+    key = await hub_app.user_with_key("mallory")
+    status, body = await asyncio.to_thread(
+        _headers_only, hub_app.url, "/v1/agent/heartbeat", 9 * MIB, key
+    )
+    assert status == 413 and error(json.loads(body))["code"] == "request_too_large"
+    assert providers(hub_app) == []
+
+
+async def test_a_heartbeat_over_256_kib_is_refused(hub_app: HubApp) -> None:
+    key = await hub_app.user_with_key("mallory")
+    services = [{"name": "s", "models": ["x" * 250 for _ in range(1100)]}]
+    status, data = await post(hub_app, "/v1/agent/heartbeat", beat(services=services), key)
+    assert status == 413 and error(data)["code"] == "request_too_large"
+    assert providers(hub_app) == []
+
+
+@pytest.mark.parametrize(
+    ("services", "field"),
+    [
+        ([{"name": f"s{i}", "models": ["m"]} for i in range(65)], "services"),
+        (
+            [{"name": f"s{i}", "models": [f"m{j}" for j in range(300)]} for i in range(4)],
+            "services",
+        ),
+        ([{"name": "a", "models": ["m" * 257]}], "services[0].models[0]"),
+        ([{"name": "a b", "models": ["m"]}], "services[0].name"),
+        ([{"name": "a/../b", "models": ["m"]}], "services[0].name"),
+        ([{"name": "a", "models": ["a\ud800b"]}], None),
+    ],
+)
+async def test_oversize_or_odd_heartbeats_are_a_400_naming_the_field(
+    hub_app: HubApp, services: list[dict[str, Any]], field: str | None
+) -> None:
+    key = await hub_app.user_with_key("mallory")
+    body = json.dumps({"name": "rig", "callback_url": CALLBACK, "services": services}).encode()
+    status, data = await post(hub_app, "/v1/agent/heartbeat", body, key)
+    assert status == 400, data
+    err = error(data)
+    assert err["type"] == "invalid_request_error"
+    if field is not None:
+        assert err["param"] == field and field in err["message"]
+    assert providers(hub_app) == []
+
+
+@pytest.mark.parametrize("name", ["my rig", "x" * 65, "-rig", "rig\ud800"])
+async def test_provider_names_follow_the_manifest_rules(hub_app: HubApp, name: str) -> None:
+    key = await hub_app.user_with_key("mallory")
+    status, data = await post(hub_app, "/v1/agent/heartbeat", beat(name), key)
+    assert status == 400, data
+    assert providers(hub_app) == []
+
+
+# -- inference requests -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (json.dumps({"model": "m" * (9 * 1024 * 1024), "messages": []}).encode(), "model"),
+        (json.dumps({"model": "m" * 257, "messages": []}).encode(), "model"),
+        (b'{"model": "m1", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+        (b"[" * 100_000, None),
+        (b'{"model": "a\\ud800b", "messages": []}', None),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "\\udfff"}]}', None),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}', None),
+    ],
+    ids=["9MiB-model", "257-model", "nested", "unbalanced", "lone-model", "lone-content", "utf8"],
+)
+async def test_hostile_inference_bodies_are_a_400_and_never_reach_the_agent(
+    hub_app: HubApp, alice: str, fake_agent: FakeAgent, body: bytes, param: str | None
+) -> None:
+    # Room for the 9 MiB model id (the JSON limit is 10 MiB by default).
+    hub_app.hub.settings = dataclasses.replace(hub_app.hub.settings, max_json_body=20 * MIB)
+    status, data = await post(hub_app, "/v1/chat/completions", body, alice)
+    assert status == 400, data
+    err = error(data)
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert fake_agent.posts("/v1/chat/completions") == []
+    rows = await hub_app.wait_for_request_rows(1)
+    assert all(len(r["model"] or "") <= 256 for r in rows)
+
+
+async def test_emoji_as_escaped_surrogate_pairs_still_work(
+    hub_app: HubApp, alice: str, fake_agent: FakeAgent
+) -> None:
+    body = b'{"model": "m1", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    status, _ = await post(hub_app, "/v1/chat/completions", body, alice)
+    assert status == 200
+    assert len(fake_agent.posts("/v1/chat/completions")) == 1
+
+
+# -- one tenant's share -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def strict_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
+    """A hub with small per-tenant limits and heartbeat pacing on."""
+    hub = running_hub(
+        tmp_path,
+        heartbeat_min_interval=1.0,
+        max_providers_per_user=3,
+        max_concurrent_requests_per_user=2,
+    )
+    app = io_loop.run_sync(hub.__aenter__)
+    try:
+        yield app
+    finally:
+        io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
+
+
+async def test_a_provider_flood_stops_at_max_providers_per_user(strict_hub: HubApp) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    for i in range(3):
+        status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat(f"rig{i}"), key)
+        assert status == 200
+    status, data = await post(strict_hub, "/v1/agent/heartbeat", beat("rig3"), key)
+    assert status == 429 and error(data)["code"] == "provider_limit_reached"
+    assert sorted(providers(strict_hub)) == ["rig0", "rig1", "rig2"]
+    # Another user is not affected.
+    other = await strict_hub.user_with_key("bob")
+    status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat("rig3"), other)
+    assert status == 200
+
+
+def _beat_with_headers(url: str, key: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+    return _post(url, "/v1/agent/heartbeat", body, key)
+
+
+async def test_heartbeats_faster_than_one_a_second_get_429_retry_after(
+    strict_hub: HubApp,
+) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat(), key)
+    assert status == 200
+    status, headers, data = await asyncio.to_thread(
+        _beat_with_headers, strict_hub.url, key, beat(version="second")
+    )
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "1" and headers["X-Request-Id"].startswith("req_")
+    assert [
+        r["agent_version"] for r in strict_hub.query("SELECT agent_version FROM providers")
+    ] == [""]
+
+
+async def test_concurrent_requests_stop_at_the_per_user_limit(
+    strict_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    key = await strict_hub.user_with_key("mallory")
+    status, _ = await strict_hub.heartbeat(key, "rig", fake_agent.url, LLM)
+    assert status == 200
+    fake_agent.delay = 1.0
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    slow = [
+        asyncio.create_task(post(strict_hub, "/v1/chat/completions", body, key)) for _ in range(2)
+    ]
+    assert await wait_until(lambda: strict_hub.hub.inflight == 2)
+    status, headers, data = await asyncio.to_thread(
+        _post, strict_hub.url, "/v1/chat/completions", body, key
+    )
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "1"
+    assert [s for s, _ in await asyncio.gather(*slow)] == [200, 200]
+    assert len(fake_agent.posts("/v1/chat/completions")) == 2
+
+
+# -- web hygiene ------------------------------------------------------------------------------
+
+
+def _get(url: str, path: str, cookie: str = "") -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%09/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/\\t/evil.example",
+        "/%5Cevil.example",
+        "/x%0d%0aSet-Cookie:%20a=b",
+        "https://evil.example",
+        "/%E3%80%80/x",
+    ],
+)
+async def test_sign_in_redirects_stay_on_the_site(hub_app: HubApp, target: str) -> None:
+    user_id = await hub_app.create_user("alice")
+    link = await hub_app.hub.accounts.create_login_link(user_id, hub_app.url, 60)
+    status, headers, _ = await asyncio.to_thread(
+        _get, hub_app.url, urlsplit(link).path + "?" + urlsplit(link).query
+    )
+    assert status == 302
+    cookie = headers["Set-Cookie"].split(";")[0]
+    status, headers, _ = await asyncio.to_thread(_get, hub_app.url, f"/login?next={target}", cookie)
+    assert status == 302 and headers["Location"] == "/dashboard"
+
+
+async def test_same_site_next_paths_are_kept(hub_app: HubApp) -> None:
+    user_id = await hub_app.create_user("alice")
+    link = await hub_app.hub.accounts.create_login_link(user_id, hub_app.url, 60)
+    parts = urlsplit(link)
+    _, headers, _ = await asyncio.to_thread(_get, hub_app.url, f"{parts.path}?{parts.query}")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    status, headers, _ = await asyncio.to_thread(
+        _get, hub_app.url, "/login?next=/dashboard/requests%3Fpage%3D2", cookie
+    )
+    assert status == 302 and headers["Location"] == "/dashboard/requests?page=2"
+
+
+@pytest.mark.parametrize("path", ["/login", "/v1/models"])
+async def test_no_version_in_the_server_header(hub_app: HubApp, path: str) -> None:
+    _, headers, _ = await asyncio.to_thread(_get, hub_app.url, path)
+    assert headers["Server"] == "inferclub"
+    assert "Strict-Transport-Security" not in headers  # plain http: HSTS would mislead
+
+
+async def test_hsts_is_sent_when_the_public_url_is_https(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, public_url="https://hub.example") as hub:
+        for path in ("/login", "/v1/models"):
+            _, headers, _ = await asyncio.to_thread(_get, hub.url, path)
+            assert headers["Strict-Transport-Security"] == "max-age=31536000"
+            assert headers["Server"] == "inferclub"
