@@ -204,16 +204,14 @@ async def test_a_closed_port_reads_as_refused_without_detail(hub_app: HubApp) ->
 
 
 @pytest.fixture
-def channel_vllm() -> Iterator[FakeVllm]:
+def engine() -> Iterator[FakeVllm]:
     with FakeVllm() as f:
         yield f
 
 
 @pytest.fixture
-def channel_agent(
-    start_agent: StartAgent, fake_hub: FakeHub, channel_vllm: FakeVllm
-) -> AgentProcess:
-    agent = start_agent({"name": "vllm-qwen", "engine": "vllm", "url": channel_vllm.url})
+def real_agent(start_agent: StartAgent, fake_hub: FakeHub, engine: FakeVllm) -> AgentProcess:
+    agent = start_agent({"name": "vllm-qwen", "engine": "vllm", "url": engine.url})
     fake_hub.wait_for(lambda b: any(s["name"] == "vllm-qwen" for s in b["services"]))
     agent.wait_registered()
     return agent
@@ -250,13 +248,13 @@ def raw_request(agent_url: str, method: str, path: str, token: str | None) -> in
     ],
 )
 def test_agent_forwards_no_other_method_or_path(
-    channel_agent: AgentProcess, channel_vllm: FakeVllm, method: str, path: str
+    real_agent: AgentProcess, engine: FakeVllm, method: str, path: str
 ) -> None:
-    status = raw_request(channel_agent.callback_url, method, path, CALLBACK_TOKEN)
+    status = raw_request(real_agent.callback_url, method, path, CALLBACK_TOKEN)
     assert status in (404, 405)
     # The agent's own health probes are all the engine saw.
     probes = {("GET", "/health"), ("GET", "/version"), ("GET", "/v1/models")}
-    assert [r for r in channel_vllm.requests if (r.method, r.path) not in probes] == []
+    assert [r for r in engine.requests if (r.method, r.path) not in probes] == []
 
 
 @pytest.mark.subprocess
@@ -269,11 +267,11 @@ def test_agent_forwards_no_other_method_or_path(
     ],
 )
 def test_agent_answers_before_reading_a_huge_body(
-    channel_agent: AgentProcess, token: str | None, path: str, status: int
+    real_agent: AgentProcess, token: str | None, path: str, status: int
 ) -> None:
     """Headers announcing 150 MiB and not a byte of body: the answer comes anyway, so the
     agent never buffers a body it is going to refuse."""
-    parts = urlsplit(channel_agent.callback_url)
+    parts = urlsplit(real_agent.callback_url)
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
