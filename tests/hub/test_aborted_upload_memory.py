@@ -19,6 +19,8 @@ pytestmark = pytest.mark.subprocess
 MIB = 1024 * 1024
 UPLOAD = 50 * MIB
 ROUNDS = 20
+#: Aborted uploads before the baseline is taken (the allocator's working set settles).
+WARM_UP = 3
 
 
 def rss(hub: HubProcess) -> int:
@@ -73,12 +75,16 @@ def test_aborted_uploads_free_their_memory(tmp_path: Path) -> None:
             "Authorization": f"Bearer {key}",
             "Content-Type": "multipart/form-data; boundary=b",
         }
-        # One aborted upload first: the baseline then includes what the first request loads
+        # A few aborted uploads first: the baseline then includes what the first request loads
         # lazily and the heap malloc keeps for reuse (it need not return freed memory to the
         # system). The leak grew by a whole upload every time; this catches any growth.
-        abort_upload(hub.url, "/v1/images/edits", headers, UPLOAD - MIB, UPLOAD)
+        for _ in range(WARM_UP):
+            abort_upload(hub.url, "/v1/images/edits", headers, UPLOAD - MIB, UPLOAD)
         start = settled_rss(hub)
         for _ in range(ROUNDS):
             abort_upload(hub.url, "/v1/images/edits", headers, UPLOAD - MIB, UPLOAD)
         after = settled_rss(hub)
-    assert after <= start * 1.10, f"RSS {start / MIB:.0f} MiB -> {after / MIB:.0f} MiB"
+    # On a quiet machine RSS returns to within 10 % of the baseline. Under load glibc may keep
+    # part of the freed heap (measured: up to +30 MiB), so the bound is less than one upload's
+    # worth: the leak added a whole upload per round (+1 GB over 20).
+    assert after < start + UPLOAD, f"RSS {start / MIB:.0f} MiB -> {after / MIB:.0f} MiB"
