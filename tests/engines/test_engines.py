@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,7 +20,6 @@ from inferclub.engines import (
     Service,
     get_engines,
     get_plugin_manager,
-    normalise_error_body,
 )
 from inferclub.multipart import get_field, set_field
 from tests.support.fakes import (
@@ -250,130 +248,6 @@ def test_api_key_is_added_to_forwarded_requests() -> None:
     assert keyed.headers["Authorization"] == "Bearer s3"
     plain = engine.prepare_request(Service("v", "vllm", "http://h/v1"), request)
     assert "Authorization" not in plain.headers
-
-
-# -- error normalisation -------------------------------------------------------------------------
-
-
-def err(message: str, type: str, param: str | None = None, code: str | None = None) -> Any:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected"),
-    [
-        pytest.param(
-            404,
-            {
-                "error": {
-                    "message": "The model `x` does not exist.",
-                    "type": "NotFoundError",
-                    "param": None,
-                    "code": 404,
-                }
-            },
-            err("The model `x` does not exist.", "invalid_request_error", None, "model_not_found"),
-            id="vllm-int-code",
-        ),
-        pytest.param(
-            400,
-            {
-                "object": "error",
-                "message": "bad",
-                "type": "BadRequestError",
-                "param": "n",
-                "code": 400,
-            },
-            err("bad", "invalid_request_error", "n"),
-            id="vllm-old-flat",
-        ),
-        pytest.param(
-            401,
-            {"error": "Unauthorized"},
-            err("Unauthorized", "authentication_error", None, "invalid_api_key"),
-            id="vllm-auth-string",
-        ),
-        pytest.param(
-            404,
-            {
-                "error": {
-                    "message": 'model "q" not found, try pulling it first',
-                    "type": "not_found_error",
-                    "param": None,
-                    "code": None,
-                }
-            },
-            err(
-                'model "q" not found, try pulling it first',
-                "not_found_error",
-                None,
-                "model_not_found",
-            ),
-            id="ollama-v1",
-        ),
-        pytest.param(
-            400,
-            {"error": "no 'file' field in the request"},
-            err("no 'file' field in the request", "invalid_request_error"),
-            id="whisper-cpp-string",
-        ),
-        pytest.param(
-            404,
-            {"detail": "Model 'x' is not installed locally."},
-            err(
-                "Model 'x' is not installed locally.",
-                "invalid_request_error",
-                None,
-                "model_not_found",
-            ),
-            id="fastapi-detail-string",
-        ),
-        pytest.param(
-            422,
-            {"detail": [{"type": "missing", "loc": ["body", "file"], "msg": "Field required"}]},
-            err("body.file: Field required", "invalid_request_error", "file"),
-            id="fastapi-validation",
-        ),
-        pytest.param(
-            400,
-            {
-                "detail": {
-                    "error": "invalid_model",
-                    "message": "Unsupported model",
-                    "type": "invalid_request_error",
-                }
-            },
-            err("Unsupported model", "invalid_request_error", None, "invalid_model"),
-            id="kokoro-detail-object",
-        ),
-        pytest.param(
-            500,
-            {"message": "boom", "code": 500, "type": "ServerError", "param": None},
-            err("boom", "server_error"),
-            id="openedai-flat",
-        ),
-        pytest.param(
-            400,
-            {
-                "error": {
-                    "message": "x",
-                    "type": "invalid_request_error",
-                    "param": "model",
-                    "code": "model_not_found",
-                }
-            },
-            err("x", "invalid_request_error", "model", "model_not_found"),
-            id="already-openai",
-        ),
-        pytest.param(
-            503, "Service Unavailable", err("Service Unavailable", "server_error"), id="plain-text"
-        ),
-        pytest.param(502, "", err("Bad Gateway", "server_error"), id="empty"),
-    ],
-)
-def test_error_normalisation(status: int, body: Any, expected: Any) -> None:
-    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    assert normalise_error_body(status, raw, "application/json") == expected
 
 
 # -- multipart helpers ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +160,39 @@ def _storable(value: Any) -> Any:
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def assemble_providers(
+    prows: Iterable[Any], srows: Iterable[Any], mrows: Iterable[Any]
+) -> list[ProviderRecord]:
+    """Providers with their services and models from the three queries each backend runs
+    (rows indexable by column name and position: ``sqlite3.Row``, ``asyncpg.Record``), in the
+    order of ``prows``; services and models in the order their queries return them."""
+    models: dict[int, list[str]] = {}
+    for m in mrows:
+        models.setdefault(m[0], []).append(m[1])
+    services: dict[int, list[ServiceInfo]] = {}
+    for s in srows:
+        services.setdefault(s["provider_id"], []).append(
+            ServiceInfo(
+                s["name"],
+                s["type"],
+                s["engine"],
+                tuple(json.loads(s["features"])),
+                tuple(models.get(s["id"], ())),
+            )
+        )
+    return [
+        ProviderRecord(
+            p["id"],
+            p["user_id"],
+            p["name"],
+            p["callback_url"],
+            p["agent_version"],
+            json.loads(p["health"]),
+            p["created_at"],
+            p["last_heartbeat_at"],
+            tuple(services.get(p["id"], ())),
+        )
+        for p in prows
+    ]

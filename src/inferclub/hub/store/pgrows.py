@@ -11,7 +11,6 @@ import asyncpg
 from inferclub.hub.store.base import RequestFilter
 from inferclub.hub.store.models import (
     REQUEST_COLUMNS,
-    ProviderRecord,
     RequestRecord,
     ServiceInfo,
     User,
@@ -51,41 +50,6 @@ async def insert_services(
             [m[1] for m in models],
             [m[2] for m in models],
         )
-
-
-def assemble_providers(
-    prows: Sequence[asyncpg.Record],
-    srows: Sequence[asyncpg.Record],
-    mrows: Sequence[asyncpg.Record],
-) -> list[ProviderRecord]:
-    models: dict[int, list[str]] = {}
-    for m in mrows:
-        models.setdefault(m[0], []).append(m[1])
-    services: dict[int, list[ServiceInfo]] = {}
-    for s in srows:
-        services.setdefault(s["provider_id"], []).append(
-            ServiceInfo(
-                s["name"],
-                s["type"],
-                s["engine"],
-                tuple(json.loads(s["features"])),
-                tuple(models.get(s["id"], ())),
-            )
-        )
-    return [
-        ProviderRecord(
-            p["id"],
-            p["user_id"],
-            p["name"],
-            p["callback_url"],
-            p["agent_version"],
-            json.loads(p["health"]),
-            p["created_at"],
-            p["last_heartbeat_at"],
-            tuple(services.get(p["id"], ())),
-        )
-        for p in prows
-    ]
 
 
 def user(row: asyncpg.Record) -> User:

@@ -35,6 +35,7 @@ from inferclub.hub.store.models import (
     RequestRecord,
     ServiceInfo,
     User,
+    assemble_providers,
     request_values,
 )
 from inferclub.hub.store.pglisten import CONNECTION_ERRORS, Listener
@@ -296,7 +297,7 @@ class PostgresStore(Store):
                 " ORDER BY m.service_id, m.position",
                 *args,
             )
-        return pgrows.assemble_providers(prows, srows, mrows)
+        return assemble_providers(prows, srows, mrows)
 
     async def delete_provider(self, user_id: int, provider_id: int) -> bool:
         async with self._write() as db:

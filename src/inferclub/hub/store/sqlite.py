@@ -34,6 +34,7 @@ from inferclub.hub.store.models import (
     RequestRecord,
     ServiceInfo,
     User,
+    assemble_providers,
     request_values,
 )
 
@@ -449,34 +450,7 @@ class SQLiteStore(Store):
                     args,
                 )
             ).fetchall()
-        models: dict[int, list[str]] = {}
-        for m in mrows:
-            models.setdefault(m[0], []).append(m[1])
-        services: dict[int, list[ServiceInfo]] = {}
-        for s in srows:
-            services.setdefault(s["provider_id"], []).append(
-                ServiceInfo(
-                    s["name"],
-                    s["type"],
-                    s["engine"],
-                    tuple(json.loads(s["features"])),
-                    tuple(models.get(s["id"], ())),
-                )
-            )
-        return [
-            ProviderRecord(
-                p["id"],
-                p["user_id"],
-                p["name"],
-                p["callback_url"],
-                p["agent_version"],
-                json.loads(p["health"]),
-                p["created_at"],
-                p["last_heartbeat_at"],
-                tuple(services.get(p["id"], ())),
-            )
-            for p in prows
-        ]
+        return assemble_providers(prows, srows, mrows)
 
     async def delete_provider(self, user_id: int, provider_id: int) -> bool:
         async with self._write() as db:
