@@ -128,8 +128,10 @@ def test_transcription_through_hub_and_agent_to_faster_whisper(
                 base_url=hub_process.api_base, api_key=key, max_retries=0, timeout=120
             ) as sdk:
                 wait_models(sdk, {engine.model})
+                # temperature=0: no fallback decoding at higher temperatures, which a tone
+                # (not speech) would trigger again and again, for a minute or more.
                 result = sdk.audio.transcriptions.create(
-                    model=engine.model, file=("tone.wav", tone_wav())
+                    model=engine.model, file=("tone.wav", tone_wav()), temperature=0.0
                 )
                 assert isinstance(result.text, str)
         finally:
