@@ -39,6 +39,18 @@ class RequestFilter:
     since: float | None = None
     until: float | None = None
 
+    def terms(self) -> list[tuple[str, str, Any]]:
+        """``(column, operator, value)`` of each condition set, for a backend to render with
+        its own placeholders."""
+        terms: list[tuple[str, str, Any]] = [
+            ("model", "=", self.model),
+            ("type", "=", self.type),
+            ("status", "=", self.status),
+            ("started_at", ">=", None if self.since is None else float(self.since)),
+            ("started_at", "<", None if self.until is None else float(self.until)),
+        ]
+        return [term for term in terms if term[2] is not None]
+
 
 #: What :meth:`Store.listen` callbacks receive: ``(channel, payload)``.
 ChangeCallback = Callable[[str, str], None]

@@ -62,17 +62,7 @@ def request(row: asyncpg.Record) -> RequestRecord:
 
 def request_where(user_id: int, flt: RequestFilter | None, first: int = 1) -> tuple[str, list[Any]]:
     """A WHERE clause on ``requests`` whose parameters are numbered from ``$first``."""
+    terms = flt.terms() if flt is not None else []
     clauses = [f"user_id = ${first}"]
-    args: list[Any] = [user_id]
-    if flt is not None:
-        for column, value, op in (
-            ("model", flt.model, "="),
-            ("type", flt.type, "="),
-            ("status", flt.status, "="),
-            ("started_at", flt.since, ">="),
-            ("started_at", flt.until, "<"),
-        ):
-            if value is not None:
-                args.append(float(value) if column == "started_at" else value)
-                clauses.append(f"{column} {op} ${first + len(args) - 1}")
-    return "WHERE " + " AND ".join(clauses), args
+    clauses += [f"{column} {op} ${first + i}" for i, (column, op, _) in enumerate(terms, 1)]
+    return "WHERE " + " AND ".join(clauses), [user_id, *(value for _, _, value in terms)]

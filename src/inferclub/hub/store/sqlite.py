@@ -619,17 +619,6 @@ def _request(row: sqlite3.Row) -> RequestRecord:
 
 
 def _request_where(user_id: int, flt: RequestFilter | None) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = ["user_id = ?"]
-    args: list[Any] = [user_id]
-    if flt is not None:
-        for column, value, op in (
-            ("model", flt.model, "="),
-            ("type", flt.type, "="),
-            ("status", flt.status, "="),
-            ("started_at", flt.since, ">="),
-            ("started_at", flt.until, "<"),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                args.append(value)
-    return "WHERE " + " AND ".join(clauses), tuple(args)
+    terms = flt.terms() if flt is not None else []
+    clauses = ["user_id = ?", *(f"{column} {op} ?" for column, op, _ in terms)]
+    return "WHERE " + " AND ".join(clauses), (user_id, *(value for _, _, value in terms))
