@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import openai
 import pytest
 
 from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent, send_to_agent
+from tests.support.agentstream import open_chat_stream
 from tests.support.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
 pytestmark = pytest.mark.subprocess
@@ -128,18 +127,7 @@ def test_chunks_are_relayed_as_they_arrive(
     vllm.chunks, vllm.chunk_delay = 4, 0.4
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    parts = urlsplit(agent.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-        headers={
-            "Authorization": f"Bearer {CALLBACK_TOKEN}",
-            "X-InferClub-Service": "vllm-qwen",
-            "Content-Type": "application/json",
-        },
-    )
+    conn = open_chat_stream(agent.url, "vllm-qwen")
     start = time.monotonic()
     resp = conn.getresponse()
     assert resp.status == 200
@@ -324,18 +312,7 @@ def test_max_concurrency_gives_429(
     vllm.chunks, vllm.chunk_delay = 20, 0.1
     agent = start_agent(vllm_service(vllm, max_concurrency=1))
     registered(agent, fake_hub)
-    parts = urlsplit(agent.url)
-    slow = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    slow.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-        headers={
-            "Authorization": f"Bearer {CALLBACK_TOKEN}",
-            "X-InferClub-Service": "vllm-qwen",
-            "Content-Type": "application/json",
-        },
-    )
+    slow = open_chat_stream(agent.url, "vllm-qwen")
     resp = slow.getresponse()
     resp.readline()  # the stream is under way
     status, _, body = send_to_agent(
@@ -392,18 +369,7 @@ def test_hub_disconnect_closes_the_engine_connection(
         vllm.first_delay = 30
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    parts = urlsplit(agent.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-        headers={
-            "Authorization": f"Bearer {CALLBACK_TOKEN}",
-            "X-InferClub-Service": "vllm-qwen",
-            "Content-Type": "application/json",
-        },
-    )
+    conn = open_chat_stream(agent.url, "vllm-qwen")
     if phase == "mid-stream":
         resp = conn.getresponse()
         assert resp.readline().startswith(b"data: ")

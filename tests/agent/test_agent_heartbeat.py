@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import json
 import re
 import time
 from pathlib import Path
@@ -13,7 +12,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from inferclub.testing import (
-    CALLBACK_TOKEN,
     KEY,
     AgentProcess,
     FakeHub,
@@ -21,6 +19,7 @@ from inferclub.testing import (
     advertised,
     manifest_text,
 )
+from tests.support.agentstream import open_chat_stream
 from tests.support.fakes import FakeOllama, FakeVllm
 
 pytestmark = pytest.mark.subprocess
@@ -221,17 +220,7 @@ def test_sigterm_drains_in_flight_requests(
     fake_hub.wait_for(lambda b: bool(b["services"]))
     agent.wait_registered()
     parts = urlsplit(agent.url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"model": "Qwen/Qwen3-8B", "messages": [], "stream": True}),
-        headers={
-            "Authorization": f"Bearer {CALLBACK_TOKEN}",
-            "X-InferClub-Service": "v",
-            "Content-Type": "application/json",
-        },
-    )
+    conn = open_chat_stream(agent.url, "v")
     resp = conn.getresponse()
     assert resp.readline().startswith(b"data: ")
     agent.proc.terminate()  # SIGTERM mid-stream
