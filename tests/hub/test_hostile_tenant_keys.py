@@ -38,7 +38,7 @@ def providers(app: HubApp) -> list[tuple[str, str]]:
 
 def prompts(agent: FakeAgent) -> int:
     """Chat requests the agent received (the hub's reachability check is a GET of models)."""
-    return sum(r.path == "/v1/chat/completions" for r in agent.requests)
+    return len(agent.posts("/v1/chat/completions"))
 
 
 async def chat(app: HubApp, key: str) -> str:
