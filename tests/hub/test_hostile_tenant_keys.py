@@ -10,7 +10,9 @@ stored and no prompt reached the attacker's URL.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -102,6 +104,29 @@ async def test_a_second_key_cannot_re_point_the_users_provider(
     # The rightful key still heartbeats as before.
     status, body = await hub_app.heartbeat(alice, "rig", fake_agent.url, LLM)
     assert status == 200, body
+
+
+async def test_a_failing_store_never_hands_the_name_to_another_key(
+    hub_app: HubApp,
+    alice: str,
+    fake_agent: FakeAgent,
+    attacker: FakeAgent,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hub keeps a known provider going in memory while its store fails; only the store
+    # can tell whether the name's key is still active, so another key is told to retry.
+    leaked = await hub_app.create_key("alice", "phone app")
+
+    async def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(hub_app.hub.store, "save_heartbeat", broken)
+    status, body = await hub_app.heartbeat(leaked, "rig", attacker.url, LLM)
+    assert status == 503 and body["error"]["code"] == "store_unavailable", body
+    status, body = await hub_app.heartbeat(alice, "rig", fake_agent.url, LLM)
+    assert status == 200, body
+    assert await chat(hub_app, leaked)
+    assert prompts(fake_agent) == 1 and attacker.requests == []
 
 
 async def test_once_the_first_key_is_revoked_another_key_may_take_the_name(

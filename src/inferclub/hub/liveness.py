@@ -138,7 +138,7 @@ class Liveness:
                 # needs the store's word that it may: nothing to route to yet.
                 raise OpenAIError(
                     503,
-                    "The hub cannot register a new provider right now (its store is failing);"
+                    "The hub cannot register this provider right now (its store is failing);"
                     " the agent will retry.",
                     "service_unavailable",
                     "store_unavailable",
