@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
+from inferclub.testing import AgentProcess
 from tests.support.fakes import FakeOllama, FakeVllm
 from tests.support.hubproc import HubProcess
-from tests.support.stack import start_agent_process, wait_models
+from tests.support.stack import manifest_text, start_agent_process, wait_models
 
 pytestmark = pytest.mark.subprocess
 
@@ -155,3 +156,25 @@ def test_client_disconnect_reaches_the_engine(
         assert vllm.completed_streams == 0
     finally:
         agent.kill()
+
+
+def test_an_agent_with_an_inference_key_stops_with_the_reason(
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
+) -> None:
+    hub_process.create_user("alice")
+    out = hub_process.cli("keys", "create", "alice", "--scope", "inference").stdout
+    key = out.strip().splitlines()[-1]
+    (tmp_path / "m.yaml").write_text(
+        manifest_text({"name": "v", "engine": "vllm", "url": vllm.url})
+    )
+    agent = AgentProcess(
+        ["run", "--manifest", str(tmp_path / "m.yaml"), "--hub", hub_process.url, "--key", key]
+        + ["--listen", "127.0.0.1:0"]
+    )
+    try:
+        assert agent.wait(30) == 3, "restarting would not help"
+    finally:
+        agent.kill()  # closes its pipes
+    assert "HTTP 403" in agent.stderr and "scope `inference`" in agent.stderr
+    assert key not in agent.stderr + agent.stdout
+    assert hub_process.query("SELECT id FROM providers") == []

@@ -67,16 +67,16 @@ def test_github_sign_in_uses_state_pkce_and_json_and_sets_a_strict_session_cooki
     (exchange,) = github.exchanges
     assert exchange.accept == "application/json" and exchange.verifier_ok
     assert exchange.fields["redirect_uri"] == q["redirect_uri"]
-    assert web.signed_in_as() == "octocat"
+    assert web.signed_in_as() == "@octocat"
     rows = dashboard_hub.query("SELECT login, github_id FROM users")
-    assert [tuple(r) for r in rows] == [("octocat", 4242)]
+    assert [tuple(r) for r in rows] == [("@octocat", 4242)]
 
 
 def test_the_github_token_never_appears_in_a_query_string(
     dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     assert web.github_sign_in(github).status == 302
-    assert web.signed_in_as() == "octocat"
+    assert web.signed_in_as() == "@octocat"
     (token,) = github.tokens
     user_calls = [r for r in github.requests if r.path == "/api/v3/user"]
     assert len(user_calls) == 1
@@ -144,7 +144,7 @@ def test_a_replayed_state_is_refused_even_with_its_cookie(
     url = _callback(web, github)
     saved = [c for c in web.jar if c.name == "inferclub_oauth_state"]
     assert saved
-    assert web.get(url).status == 302 and web.signed_in_as() == "octocat"
+    assert web.get(url).status == 302 and web.signed_in_as() == "@octocat"
 
     # The same browser again: its state cookie was cleared.
     _assert_refused(WebClient(dashboard_hub.url), url)
@@ -181,22 +181,22 @@ def test_a_bad_pkce_verifier_gets_no_token(
 def test_accounts_are_keyed_by_github_id(dashboard_hub: HubThread, github: FakeGitHub) -> None:
     first = WebClient(dashboard_hub.url)
     first.github_sign_in(github)
-    assert first.signed_in_as() == "octocat"
-    key = dashboard_hub.create_key("octocat")
+    assert first.signed_in_as() == "@octocat"
+    key = dashboard_hub.create_key("@octocat")
 
     github.user = {"id": 4242, "login": "octo-renamed"}
     renamed = WebClient(dashboard_hub.url)
     renamed.github_sign_in(github)
-    assert renamed.signed_in_as() == "octo-renamed"
+    assert renamed.signed_in_as() == "@octo-renamed"
     assert [tuple(r) for r in dashboard_hub.query("SELECT id, login, github_id FROM users")] == [
-        (1, "octo-renamed", 4242)
+        (1, "@octo-renamed", 4242)
     ]
     assert key[:11] in renamed.get("/dashboard/keys").text, "same account, same keys"
 
     github.user = {"id": 777, "login": "octocat"}
     other = WebClient(dashboard_hub.url)
     other.github_sign_in(github)
-    assert other.signed_in_as() == "octocat"
+    assert other.signed_in_as() == "@octocat"
     assert key[:11] not in other.get("/dashboard/keys").text, "a new account"
     assert len(dashboard_hub.query("SELECT id FROM users")) == 2
 
@@ -248,12 +248,12 @@ def test_logout_is_an_xsrf_protected_post_that_ends_the_session(
 ) -> None:
     web.github_sign_in(github)
     stolen = web.cookie(SESSION)
-    assert stolen and web.signed_in_as() == "octocat"
+    assert stolen and web.signed_in_as() == "@octocat"
     replay = WebClient(dashboard_hub.url)
     assert replay.get("/dashboard/keys", headers={"Cookie": f"{SESSION}={stolen}"}).status == 200
     assert web.get("/logout").status == 405
     assert web.post("/logout", xsrf=False).status == 403
-    assert web.signed_in_as() == "octocat"
+    assert web.signed_in_as() == "@octocat"
 
     resp = web.post("/logout")
     assert resp.status == 302 and resp.location == "/login"
@@ -302,7 +302,7 @@ def test_v1_ignores_the_session_cookie(
     dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
 ) -> None:
     web.github_sign_in(github)
-    assert web.signed_in_as() == "octocat"
+    assert web.signed_in_as() == "@octocat"
     resp = web.get("/v1/models")
     assert resp.status == 401 and resp.json()["error"]["code"] == "missing_api_key"
     resp = web.request(
@@ -313,7 +313,7 @@ def test_v1_ignores_the_session_cookie(
     )
     assert resp.status == 401
     # And a bearer key needs no XSRF token.
-    key = dashboard_hub.create_key("octocat")
+    key = dashboard_hub.create_key("@octocat")
     with openai.OpenAI(base_url=dashboard_hub.api_base, api_key=key, max_retries=0) as client:
         assert client.models.list().data == []
 
@@ -324,6 +324,6 @@ def test_signing_in_again_replaces_the_session(
     web.github_sign_in(github)
     first = web.cookie(SESSION)
     web.github_sign_in(github)
-    assert web.cookie(SESSION) not in (None, first) and web.signed_in_as() == "octocat"
+    assert web.cookie(SESSION) not in (None, first) and web.signed_in_as() == "@octocat"
     sessions = dashboard_hub.query("SELECT user_id FROM auth_tokens WHERE kind = 'session'")
     assert len(sessions) == 1, "the old session ended with the new sign-in"

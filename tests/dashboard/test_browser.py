@@ -157,7 +157,7 @@ def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
     screenshot(page, "login")
     page.click("#github-login")
     page.wait_for_url(hub.url + "/dashboard/keys")
-    assert page.inner_text(".topbar .login") == "octocat"
+    assert page.inner_text(".topbar .login") == "@octocat"
     assert "No keys yet" in page.inner_text("main")
 
     page.fill("#key-name", "laptop")
@@ -208,7 +208,7 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         sign_in(page, hub, "/dashboard/providers")
         page.wait_for_selector("#providers-empty:not([hidden])")
         page.evaluate("window.__sameDocument = true")
-        key = hub.create_key("octocat")
+        key = hub.create_key("@octocat")
         register(hub, key, painting_agent)
 
         card = page.locator('[data-provider-id][data-status="online"]')
@@ -257,7 +257,7 @@ def test_playground_streams_a_chat(
     hub = browser_hub
     painting_agent.chunks, painting_agent.chunk_delay = 12, 0.15
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), painting_agent)
+    register(hub, hub.create_key("@octocat"), painting_agent)
     page.goto(hub.url + "/dashboard/playground")
     assert page.locator("#chat-model option").all_inner_texts() == ["m1  (home-rig)"]
     page.fill("#chat-input", "Hello there")
@@ -304,7 +304,7 @@ def test_playground_transcript_seeks_where_a_word_is_clicked(
 ) -> None:
     hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), painting_agent)
+    register(hub, hub.create_key("@octocat"), painting_agent)
     audio = tmp_path / "fox.wav"
     audio.write_bytes(wav(3.0))
     page.goto(hub.url + "/dashboard/playground#transcription")
@@ -360,7 +360,7 @@ def test_playground_image_and_speech(
 ) -> None:
     hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
-    register(hub, hub.create_key("octocat"), painting_agent)
+    register(hub, hub.create_key("@octocat"), painting_agent)
     page.goto(hub.url + "/dashboard/playground#image")
     page.fill("#image-prompt", "a lighthouse at dusk")
     page.click("#image-go")
@@ -391,7 +391,7 @@ def test_history_table_filters_and_charts(
 ) -> None:
     hub = browser_hub
     sign_in(page, hub, "/dashboard/providers")
-    key = hub.create_key("octocat")
+    key = hub.create_key("@octocat")
     register(hub, key, painting_agent)
     with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client:
         for _ in range(3):

@@ -25,7 +25,7 @@ def sign_in(hub: HubThread, github: FakeGitHub, gh_id: int, login: str) -> WebCl
     github.user = {"id": gh_id, "login": login}
     web = WebClient(hub.url)
     web.github_sign_in(github)
-    assert web.signed_in_as() == login
+    assert web.signed_in_as() == "@" + login, "GitHub accounts sign in as @login"
     return web
 
 
@@ -35,7 +35,7 @@ def test_another_users_ids_are_404_everywhere(
     hub = dashboard_hub
     alice = sign_in(hub, github, 1, "alice")
     bob = sign_in(hub, github, 2, "bob")
-    key = hub.create_key("alice", "alices-laptop")
+    key = hub.create_key("@alice", "alices-laptop")
     status, beat = hub.heartbeat(
         key,
         "alices-rig",

@@ -89,6 +89,22 @@ async def test_rotation_refuses_the_old_key_at_once_and_keeps_the_label(tmp_path
         assert await accounts.rotate_key(alice.id, old.record.id) is None, "revoked: no rotation"
 
 
+async def test_a_key_has_a_scope_that_rotation_keeps(tmp_path: Path) -> None:
+    async with opened(tmp_path) as (accounts, cache, _):
+        alice = await accounts.create_user("alice")
+        default = await accounts.issue_key(alice.id)
+        agent = await accounts.issue_key(alice.id, "rig", keys.AGENT)
+        assert (default.record.scope, agent.record.scope) == ("all", "agent")
+        owner = await cache.authenticate(agent.secret)
+        assert owner is not None and owner.scope == "agent"
+        new = await accounts.rotate_key(alice.id, agent.record.id)
+        assert new is not None and new.record.scope == "agent"
+        owner = await cache.authenticate(new.secret)
+        assert owner is not None and owner.scope == "agent"
+        with pytest.raises(AccountError, match="unknown scope"):
+            await accounts.issue_key(alice.id, "", "admin")
+
+
 async def test_nobody_revokes_or_rotates_another_users_key(tmp_path: Path) -> None:
     async with opened(tmp_path) as (accounts, cache, _):
         alice = await accounts.create_user("alice")
@@ -160,9 +176,37 @@ async def test_github_users_are_not_the_local_admin(
 ) -> None:
     _name_the_os_user(monkeypatch, "octocat")
     async with opened(tmp_path) as (accounts, _, _):
-        await accounts.github_user(583231, "octocat")
+        github = await accounts.github_user(583231, "octocat")
         admin = await accounts.local_admin(create=True)
-        assert admin is not None and admin.login == "octocat-local" and admin.github_id is None
+        assert admin is not None and admin.login == "octocat" and admin.github_id is None
+        assert admin.id != github.id and github.login == "@octocat"
+
+
+async def test_a_github_sign_in_never_touches_a_local_user_of_the_same_login(
+    tmp_path: Path,
+) -> None:
+    async with opened(tmp_path) as (accounts, cache, _):
+        local = await accounts.create_user("octocat")
+        key = await accounts.issue_key(local.id)
+        github = await accounts.github_user(583231, "octocat")
+        assert github.id != local.id and github.login == "@octocat"
+        assert await accounts.find_user("octocat") == local, "LOGIN means the local user"
+        assert await accounts.find_user("@octocat") == github
+        owner = await cache.authenticate(key.secret)
+        assert owner is not None and (owner.user_id, owner.login) == (local.id, "octocat")
+        # Signing in again (or after a rename on GitHub) is still that GitHub account.
+        assert (await accounts.github_user(583231, "octocat")).id == github.id
+        renamed = await accounts.github_user(583231, "octo-cat")
+        assert renamed.id == github.id and renamed.login == "@octo-cat"
+        assert await accounts.find_user("octocat") == local
+
+
+async def test_a_login_github_should_never_send_is_refused(tmp_path: Path) -> None:
+    async with opened(tmp_path) as (accounts, _, store):
+        for bad in ("", "a b", "x" * 101, "../admin", "@octocat"):
+            with pytest.raises(AccountError):
+                await accounts.github_user(1, bad)
+        assert await store.list_users() == []
 
 
 @pytest.mark.subprocess

@@ -60,6 +60,30 @@ def test_users_and_keys_lifecycle(hub_process: HubProcess) -> None:
     assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
 
 
+def test_keys_create_with_a_scope(hub_process: HubProcess) -> None:
+    hub_process.create_user("alice")
+    out = hub_process.cli("keys", "create", "alice", "--name", "rig", "--scope", "agent").stdout
+    assert "scope agent" in out.splitlines()[0]
+    key = out.strip().splitlines()[-1]
+    listing = hub_process.cli("keys", "list", "alice").stdout.splitlines()
+    assert "SCOPE" in listing[0]
+    (row,) = [line for line in listing if key[:11] in line]
+    assert row.split()[3] == "agent"
+
+    with (
+        FakeAgent(["m1"]) as agent,
+        openai.OpenAI(base_url=hub_process.api_base, api_key=key, max_retries=0) as client,
+    ):
+        assert hub_process.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            client.chat.completions.create(model="m1", messages=[])
+        assert denied.value.code == "insufficient_scope"
+        assert not any(r.path == "/v1/chat/completions" for r in agent.requests)
+
+    bad = hub_process.cli("keys", "create", "alice", "--scope", "admin", check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_default_database_comes_from_the_environment(tmp_path: Path) -> None:
     db = tmp_path / "env.db"
     assert inferclub("users", "create", "dora", env={"INFERCLUB_DB": str(db)}).returncode == 0

@@ -74,12 +74,12 @@ class HubApp:
     async def create_user(self, login: str) -> int:
         return (await self.hub.store.create_user(login)).id
 
-    async def create_key(self, login: str, name: str = "") -> str:
+    async def create_key(self, login: str, name: str = "", scope: str = keys.ALL) -> str:
         user = await self.hub.store.get_user(login)
         assert user is not None, f"no user {login!r}"
         key = keys.generate()
         digest = keys.hash_key(self.hub.secrets.pepper, key)
-        await self.hub.store.create_key(user.id, name, keys.display_prefix(key), digest)
+        await self.hub.store.create_key(user.id, name, keys.display_prefix(key), digest, scope)
         return key
 
     async def user_with_key(self, login: str) -> str:

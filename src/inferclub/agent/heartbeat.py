@@ -1,8 +1,9 @@
 """Heartbeats: announce the live services to the hub and learn the callback token.
 
 One loop probes every service, then beats when a beat is due or as soon as the advertised set
-changed. Failures are retried with bounded exponential backoff, one log line each; a 401 means
-the API key was rejected, and the agent stops.
+changed. Failures are retried with bounded exponential backoff, one log line each; a 401 (the
+API key is wrong or revoked) or a 403 ``insufficient_scope`` (an ``inference`` key) means the
+key was rejected for good, and the agent stops.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ MAX_BACKOFF = 60.0
 
 
 class KeyRejected(Exception):
-    """The hub answered 401: the API key is wrong or revoked."""
+    """The hub refused the API key for good: wrong or revoked (401), or of a scope that cannot
+    heartbeat (403 ``insufficient_scope``). Retrying will not help."""
+
+    def __init__(self, status: int = 401, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 @dataclass
@@ -94,7 +101,7 @@ class Heartbeat:
         self.wake.set()
 
     async def run(self) -> None:
-        """Beat until cancelled. Raises `KeyRejected` on a 401."""
+        """Beat until cancelled. Raises `KeyRejected` on a 401, or a 403 for the key's scope."""
         last_sent: list[wire.AdvertisedService] | None = None
         next_beat = 0.0
         backoff = 1.0
@@ -135,6 +142,8 @@ class Heartbeat:
                 body = await resp.read()
                 if resp.status != 200:
                     error = normalise_error_body(resp.status, body)["error"]
+                    if resp.status == 403 and error["code"] == "insufficient_scope":
+                        raise KeyRejected(403, str(error["message"])[:200])
                     return self._failed(f"HTTP {resp.status}: {error['message'][:200]}", retry_in)
                 data = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError) as exc:

@@ -148,8 +148,10 @@ class Agent:
                 exc = beat_task.exception()
                 if isinstance(exc, KeyRejected):
                     log.error(
-                        "API key rejected by the hub (HTTP 401 from %s); stopping",
+                        "API key rejected by the hub (HTTP %d from %s%s); stopping",
+                        exc.status,
                         self.heartbeat.url,
+                        f": {exc.message}" if exc.message else "",
                     )
                     self.exit_code = EXIT_KEY_REJECTED
                 elif exc is not None:

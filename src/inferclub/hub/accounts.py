@@ -37,6 +37,13 @@ FALLBACK_ADMIN_LOGIN = "admin"
 #: Local logins: up to 40 letters, digits, '.', '_' or '-', starting and ending with a letter
 #: or digit, so they read well in URLs, shell commands and the dashboard.
 LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,38}[A-Za-z0-9])?$")
+#: GitHub accounts have a namespace of their own: their login on the hub is ``@`` + their
+#: GitHub login, which no local login can equal. A GitHub sign-in never renames or takes over
+#: a local user, and ``inferclub keys create alice`` always means the local user alice.
+GITHUB_PREFIX = "@"
+#: What the hub accepts as a GitHub login (github.com: letters, digits and '-', at most 39;
+#: Enterprise adds '_' and '.'): anything else from the GitHub API is refused, not stored.
+GITHUB_LOGIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class AccountError(Exception):
@@ -114,9 +121,21 @@ class Accounts:
         return await self.store.create_user(login)
 
     async def github_user(self, github_id: int, login: str) -> User:
-        """The user of a GitHub account, created on its first sign-in. Keyed by GitHub's
-        numeric id: logins can be renamed and then taken by someone else."""
-        return await self.store.upsert_github_user(github_id, login)
+        """The user of a GitHub account, created on its first sign-in, named
+        :data:`GITHUB_PREFIX` + ``login``. Keyed by GitHub's numeric id: logins can be renamed
+        and then taken by someone else."""
+        if not GITHUB_LOGIN_RE.match(login):
+            raise AccountError("GitHub sent a login this hub cannot use.")
+        return await self.store.upsert_github_user(github_id, GITHUB_PREFIX + login)
+
+    async def find_user(self, login: str) -> User | None:
+        """The user the CLI's LOGIN names: a local user, or with a leading
+        :data:`GITHUB_PREFIX` a GitHub account (``@octocat``)."""
+        user = await self.store.get_user(login)
+        github = login.startswith(GITHUB_PREFIX)
+        if user is None or (user.github_id is not None) != github:
+            return None
+        return user
 
     async def local_admin(self, create: bool = False) -> User | None:
         """The local admin of a hub without GitHub: its first local (non-GitHub) user. With
@@ -126,23 +145,27 @@ class Accounts:
             login = local_admin_login()
             try:
                 user = await self.store.create_user(login)
-            except AlreadyExists:  # a GitHub user holds that login
-                user = await self.store.create_user(f"{login}-local")
+            except AlreadyExists:  # another process sharing the store created it meanwhile
+                user = await self.store.get_user(login)
         return user
 
     # -- API keys -----------------------------------------------------------------------------
 
-    async def issue_key(self, user_id: int, name: str = "") -> IssuedKey:
+    async def issue_key(self, user_id: int, name: str = "", scope: str = keys.ALL) -> IssuedKey:
+        """A new key of ``scope`` (:data:`keys.SCOPES`); :class:`AccountError` for another."""
+        if scope not in keys.SCOPES:
+            raise AccountError(f"unknown scope {scope!r}: use one of {', '.join(keys.SCOPES)}")
         secret = keys.generate()
         record = await self.store.create_key(
-            user_id, name, keys.display_prefix(secret), self._hash(secret)
+            user_id, name, keys.display_prefix(secret), self._hash(secret), scope
         )
         self._keys_changed()
         return IssuedKey(secret, record)
 
     async def rotate_key(self, user_id: int, key_id: int) -> IssuedKey | None:
-        """Revoke the user's active key ``key_id`` and issue its replacement (same label) in
-        one transaction; None when there is no such active key."""
+        """Revoke the user's active key ``key_id`` and issue its replacement (same label and
+        scope; the provider names it owns pass to it) in one transaction; None when there is
+        no such active key."""
         secret = keys.generate()
         record = await self.store.rotate_key(
             user_id, key_id, keys.display_prefix(secret), self._hash(secret)
@@ -151,7 +174,8 @@ class Accounts:
         return IssuedKey(secret, record) if record is not None else None
 
     async def revoke_key(self, user_id: int, key_id: int) -> bool:
-        """False when the user has no such active key."""
+        """False when the user has no such active key. The provider names the key owned are
+        free for the user's other keys from now on."""
         revoked = await self.store.revoke_key(key_id, user_id)
         self._keys_changed()
         return revoked

@@ -17,7 +17,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__
-from inferclub.hub import workers
+from inferclub.hub import keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import (
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k_create.add_argument("login")
     k_create.add_argument("--name", default="", help="a label for the key")
+    k_create.add_argument(
+        "--scope",
+        choices=keys.SCOPES,
+        default=keys.ALL,
+        help="all: the OpenAI API and heartbeats (default); inference: the API only;"
+        " agent: heartbeats only",
+    )
     _common(k_create)
     k_list = keys_p.add_parser("list", help="list a user's keys by prefix")
     k_list.add_argument("login")
@@ -231,7 +238,7 @@ async def _with_store(settings: Settings, args: argparse.Namespace, command: Com
 
 
 async def _user(accounts: Accounts, login: str) -> User:
-    user = await accounts.store.get_user(login)
+    user = await accounts.find_user(login)
     if user is None:
         raise CliError(f"no user {login!r}; create it with `inferclub users create {login}`")
     return user
@@ -282,9 +289,12 @@ async def _print_login_link(accounts: Accounts, settings: Settings, host: str, p
 
 async def _keys_create(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
     user = await _user(accounts, args.login)
-    new = await accounts.issue_key(user.id, args.name)
+    new = await accounts.issue_key(user.id, args.name, args.scope)
     record = new.record
-    print(f"created key {record.prefix}… (id {record.id}) for {user.login}; it is shown only once:")
+    print(
+        f"created key {record.prefix}… (id {record.id}, scope {record.scope}) for {user.login};"
+        " it is shown only once:"
+    )
     print(new.secret)
     return 0
 
@@ -296,11 +306,14 @@ def _when(ts: float | None) -> str:
 async def _keys_list(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
     user = await _user(accounts, args.login)
     rows = await accounts.store.list_keys(user.id)
-    print(f"{'ID':>4}  {'PREFIX':<12} {'NAME':<20} {'CREATED':<16}  {'LAST USED':<16}  STATUS")
+    print(
+        f"{'ID':>4}  {'PREFIX':<12} {'NAME':<20} {'SCOPE':<9}  {'CREATED':<16}  "
+        f"{'LAST USED':<16}  STATUS"
+    )
     for k in rows:
         status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
         print(
-            f"{k.id:>4}  {k.prefix:<12} {k.name[:20]:<20} {_when(k.created_at):<16}  "
+            f"{k.id:>4}  {k.prefix:<12} {k.name[:20]:<20} {k.scope:<9}  {_when(k.created_at):<16}  "
             f"{_when(k.last_used_at):<16}  {status}"
         )
     return 0

@@ -4,6 +4,10 @@ A key looks like ``ic_`` + 30 base62 characters of CSPRNG output (about 178 bits
 6-character base62 CRC32 of those 30 characters, GitHub-token style. The checksum lets the hub
 reject a mistyped or made-up key without touching the store, and the prefix lets secret
 scanners find leaked keys. Only ``HMAC-SHA256(pepper, key)`` is ever stored.
+
+Each key has a scope: ``all`` (the OpenAI API and agent heartbeats), ``inference`` (the
+OpenAI API only: a key handed to a client app) or ``agent`` (heartbeats only: a key left on
+a GPU box). A key that leaks then gives away no more than its job needs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ CHECK_LEN = 6
 KEY_LEN = len(PREFIX) + BODY_LEN + CHECK_LEN
 #: How much of a key is shown in listings (prefix + 8 body characters, ~47 of 178 bits).
 DISPLAY_LEN = len(PREFIX) + 8
+
+#: Key scopes, and what each lets a key do.
+ALL = "all"
+INFERENCE = "inference"
+AGENT = "agent"
+SCOPES = (ALL, INFERENCE, AGENT)
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ALPHABET_SET = frozenset(_ALPHABET)
@@ -68,3 +78,9 @@ def hash_key(pepper: bytes, key: str) -> str:
 def derive_secret(pepper: bytes, purpose: str) -> str:
     """A stable secret derived from the pepper, e.g. a provider's callback token."""
     return hmac.new(pepper, purpose.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def allows(scope: str, needed: str) -> bool:
+    """Whether a key of ``scope`` may do what needs ``needed`` (:data:`INFERENCE` or
+    :data:`AGENT`)."""
+    return scope in (ALL, needed)

@@ -18,10 +18,22 @@ from inferclub import wire
 from inferclub.hub import background
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import ProviderRecord, ServiceInfo, Store
+from inferclub.hub.store import ProviderNameTaken, ProviderRecord, ServiceInfo, Store
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.liveness")
+
+
+def name_taken(name: str) -> OpenAIError:
+    return OpenAIError(
+        409,
+        f"The provider name {name!r} belongs to another of your keys (the one whose heartbeat "
+        "registered it). Heartbeat with that key, choose another name, or revoke that key "
+        "first.",
+        "invalid_request_error",
+        "provider_name_taken",
+        "name",
+    )
 
 
 class Liveness:
@@ -80,9 +92,12 @@ class Liveness:
                     self._registry.update(found)
 
     async def beat(
-        self, user_id: int, hb: wire.Heartbeat, now: float
+        self, user_id: int, hb: wire.Heartbeat, now: float, key_id: int | None = None
     ) -> tuple[ProviderRecord, ProviderRecord | None]:
-        """Apply a heartbeat: ``(the provider now, the provider before or None)``."""
+        """Apply a heartbeat sent with key ``key_id``: ``(the provider now, the provider
+        before or None)``. A 409 ``provider_name_taken`` when the name is another active
+        key's: only the store can tell whether that key is still active, so a heartbeat from
+        a key other than the one this hub last saw is always written through."""
         before = self._registry.find(user_id, hb.name)
         services = tuple(
             ServiceInfo(s.name, s.type, s.engine, s.features, s.models) for s in hb.services
@@ -90,13 +105,14 @@ class Liveness:
         if (
             before is not None
             and before.id not in self._unsaved
+            and (key_id is None or before.key_id == key_id)
             and (before.callback_url, before.agent_version, before.services)
             == (hb.callback_url, hb.version, services)
         ):
             record = dataclasses.replace(before, health=hb.health, last_heartbeat_at=now)
             self._seen[record.id] = (now, hb.health)
         else:
-            record = await self._save(user_id, hb, services, now, before)
+            record = await self._save(user_id, hb, services, now, before, key_id)
         self._registry.update(record)
         return record, before
 
@@ -107,18 +123,22 @@ class Liveness:
         services: tuple[ServiceInfo, ...],
         now: float,
         before: ProviderRecord | None,
+        key_id: int | None,
     ) -> ProviderRecord:
         try:
             record = await self._store.save_heartbeat(
-                user_id, hb.name, hb.callback_url, hb.version, hb.health, services, now
+                user_id, hb.name, hb.callback_url, hb.version, hb.health, services, now, key_id
             )
+        except ProviderNameTaken:
+            raise name_taken(hb.name) from None
         except Exception as exc:  # noqa: BLE001 - any store failure; routing goes on in memory
             self.description_failures.failed(f"{type(exc).__name__}: {exc}")
-            if before is None:
-                # A new provider needs the id the store assigns; nothing to route to yet.
+            if before is None or (key_id is not None and before.key_id != key_id):
+                # A new provider needs the id the store assigns, and a name changing keys
+                # needs the store's word that it may: nothing to route to yet.
                 raise OpenAIError(
                     503,
-                    "The hub cannot register a new provider right now (its store is failing);"
+                    "The hub cannot register this provider right now (its store is failing);"
                     " the agent will retry.",
                     "service_unavailable",
                     "store_unavailable",

@@ -90,12 +90,18 @@ def test_github_users_keyed_by_numeric_id(backend: Backend) -> None:
         assert a.id == b.id and (await store.get_user("octo-renamed")) is not None
         c = await store.upsert_github_user(43, "octo")
         assert c.id != a.id
-        # A local user holding a login that GitHub now gives someone else steps aside.
+        # A GitHub account holding a login that GitHub now gives someone else steps aside.
+        d = await store.upsert_github_user(44, "octo-renamed")
+        assert (await store.get_user("octo-renamed")) == d
+        moved = await store.get_user_by_id(a.id)
+        assert moved is not None and moved.login == f"octo-renamed~{a.id}"
+        # A local user never does: the store refuses rather than rename it (the accounts
+        # layer keeps GitHub logins in a namespace of their own, so this never happens).
         local = await store.create_user("hubber")
-        d = await store.upsert_github_user(44, "hubber")
-        assert (await store.get_user("hubber")) == d
-        moved = await store.get_user_by_id(local.id)
-        assert moved is not None and moved.login == f"hubber~{local.id}"
+        with pytest.raises(AlreadyExists):
+            await store.upsert_github_user(45, "hubber")
+        assert await store.get_user_by_id(local.id) == local
+        assert await store.get_user("hubber") == local
         await store.close()
 
     run(go())

@@ -6,6 +6,7 @@ import logging
 import time
 
 from inferclub import wire
+from inferclub.hub import keys
 from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.reachability import describe_reachability
@@ -39,6 +40,7 @@ async def check_callback(url: str, policy: CallbackPolicy) -> None:
 
 class HeartbeatHandler(ApiHandler):
     body_limit_setting = "max_heartbeat_body"
+    required_scope = keys.AGENT
 
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
@@ -51,7 +53,9 @@ class HeartbeatHandler(ApiHandler):
         # relay checks every address again when it connects, so a stale check is harmless.
         if known is None or known.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
-        record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
+        record, before = await hub.liveness.beat(
+            self.owner.user_id, hb, time.time(), self.owner.key_id
+        )
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None

@@ -26,7 +26,7 @@ from typing import Any
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from inferclub.hub.accounts import LINK_PATH, STATE_TTL
+from inferclub.hub.accounts import LINK_PATH, STATE_TTL, AccountError
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers.base import WebHandler
 
@@ -235,7 +235,10 @@ class GitHubCallbackHandler(WebHandler):
             log.warning("GitHub sign-in failed: %s", exc)
             raise tornado.web.HTTPError(exc.status, "%s", str(exc)) from None
         # The hub needs nothing else from GitHub: the access token is not kept anywhere.
-        user = await self.hub.accounts.github_user(gh_id, login)
+        try:
+            user = await self.hub.accounts.github_user(gh_id, login)
+        except AccountError as exc:
+            raise tornado.web.HTTPError(502, "%s", str(exc)) from None
         log.info("user %s (github id %d) signed in", user.login, gh_id)
         await self.start_session(user)
         self.redirect(_safe_next(record.next_path))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from inferclub import openai_errors, wire
-from inferclub.hub import jsonbody
+from inferclub.hub import jsonbody, keys
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting
@@ -68,6 +68,10 @@ class ApiHandler(HubHandler):
     #: Largest body this endpoint accepts; ``None`` means the JSON limit.
     body_limit_setting = "max_json_body"
 
+    #: The scope a key needs here (``inferclub.hub.keys``): the OpenAI API unless a subclass
+    #: says otherwise; None lets any key through.
+    required_scope: str | None = keys.INFERENCE
+
     owner: KeyOwner
 
     #: The id in ``X-Request-Id``; a proxied request replaces it with its history row's id.
@@ -93,6 +97,7 @@ class ApiHandler(HubHandler):
         self._too_large = False
         self._limit = self.body_limit()
         self.owner = await self.authenticate()
+        self.check_scope()
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limit:
             # The agent is never contacted. A body up to a few times the limit is read and
@@ -140,6 +145,21 @@ class ApiHandler(HubHandler):
         if owner is None:
             raise openai_errors.invalid_key()
         return owner
+
+    def check_scope(self) -> None:
+        """A 403 ``insufficient_scope`` before the body is read when the key may not call
+        this endpoint: a client app's key cannot heartbeat, an agent's key cannot infer."""
+        needed = self.required_scope
+        if needed is None or keys.allows(self.owner.scope, needed):
+            return
+        what = "send agent heartbeats" if needed == keys.AGENT else "call the OpenAI API"
+        raise OpenAIError(
+            403,
+            f"This key has scope `{self.owner.scope}` and cannot {what}; use a key with "
+            f"scope `{needed}` or `{keys.ALL}`.",
+            "permission_error",
+            "insufficient_scope",
+        )
 
     def json_body(self) -> dict[str, Any]:
         raw = self.body
@@ -192,7 +212,9 @@ class ApiHandler(HubHandler):
 
 
 class NotFoundHandler(ApiHandler):
-    """Unknown ``/v1`` paths get an OpenAI-shaped 404, after authentication."""
+    """Unknown ``/v1`` paths get an OpenAI-shaped 404, after authentication (any scope)."""
+
+    required_scope = None
 
     async def prepare(self) -> None:
         await super().prepare()

@@ -14,6 +14,7 @@ from typing import Any
 
 import tornado.web
 
+from inferclub.hub import keys
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
@@ -100,7 +101,10 @@ class KeysHandler(_KeysPage):
     @tornado.web.authenticated
     async def post(self) -> None:
         label = self.get_body_argument("name", "").strip()[:100]
-        new = await self.hub.accounts.issue_key(self.user_id, label)
+        scope = self.get_body_argument("scope", keys.ALL)
+        if scope not in keys.SCOPES:
+            raise tornado.web.HTTPError(400, "Choose a scope: %s.", ", ".join(keys.SCOPES))
+        new = await self.hub.accounts.issue_key(self.user_id, label, scope)
         self.set_status(201)
         await self.show(new_key=new.secret, new_id=new.record.id, notice="Key created.")
 

@@ -31,6 +31,10 @@ class AlreadyExists(StoreError):
     pass
 
 
+class ProviderNameTaken(StoreError):
+    """A heartbeat named a provider that another active key of the user registered."""
+
+
 @dataclass(frozen=True)
 class RequestFilter:
     model: str | None = None
@@ -96,7 +100,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def upsert_github_user(self, github_id: int, login: str) -> User:
-        """Find the user by GitHub's numeric id (updating a changed login) or create it."""
+        """Find the user by GitHub's numeric id (updating a changed login) or create it.
+
+        Another GitHub user holding ``login`` is renamed ``login~id``; a local user holding it
+        is never touched: :class:`AlreadyExists` (accounts keep the two namespaces apart)."""
 
     @abc.abstractmethod
     async def count_users(self) -> int: ...
@@ -106,7 +113,9 @@ class Store(abc.ABC):
 
     # keys
     @abc.abstractmethod
-    async def create_key(self, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey: ...
+    async def create_key(
+        self, user_id: int, name: str, prefix: str, key_hash: str, scope: str = "all"
+    ) -> ApiKey: ...
 
     @abc.abstractmethod
     async def list_keys(self, user_id: int) -> list[ApiKey]: ...
@@ -124,13 +133,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
-        """Revoke; with ``user_id`` only that user's key. False when nothing matched."""
+        """Revoke; with ``user_id`` only that user's key. False when nothing matched. The
+        provider names the key had registered are released in the same transaction."""
 
     @abc.abstractmethod
     async def rotate_key(
         self, user_id: int, key_id: int, prefix: str, key_hash: str
     ) -> ApiKey | None:
-        """Revoke ``key_id`` and create its replacement (same label) in one transaction."""
+        """Revoke ``key_id`` and create its replacement (same label and scope) in one
+        transaction; the provider names ``key_id`` had registered pass to the replacement."""
 
     @abc.abstractmethod
     async def keys_version(self) -> int:
@@ -150,8 +161,14 @@ class Store(abc.ABC):
         health: dict[str, Any],
         services: Sequence[ServiceInfo],
         now: float,
+        key_id: int | None = None,
     ) -> ProviderRecord:
-        """Upsert the provider by (user, name) and replace its services, all or nothing."""
+        """Upsert the provider by (user, name) and replace its services, all or nothing.
+
+        With ``key_id``, the name is bound to that key: a new provider, or one whose name is
+        unbound or bound to a revoked key, is bound to it; one bound to another active key
+        raises :class:`ProviderNameTaken` and nothing changes. Without, the binding is kept.
+        """
 
     @abc.abstractmethod
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:

@@ -28,6 +28,8 @@ class ApiKey:
     created_at: float
     last_used_at: float | None
     revoked_at: float | None
+    #: ``all``, ``inference`` or ``agent`` (see ``inferclub.hub.keys``).
+    scope: str = "all"
 
     @property
     def active(self) -> bool:
@@ -41,6 +43,8 @@ class KeyOwner:
     key_id: int | None
     user_id: int
     login: str
+    #: What the key may do; a dashboard session may do everything its user may.
+    scope: str = "all"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class ProviderRecord:
     created_at: float
     last_heartbeat_at: float
     services: tuple[ServiceInfo, ...] = ()
+    #: The key whose heartbeats own this name (None: not bound yet, or its key was revoked).
+    key_id: int | None = None
 
 
 @dataclass
@@ -145,6 +151,22 @@ REQUEST_COLUMNS = (
 )
 
 
+#: The conflict clause of both backends' provider upsert (``INSERT INTO providers (...,
+#: key_id) VALUES (...)``): a heartbeat updates its provider unless the name is bound to
+#: another key that is still active; then no row comes back, and nothing changed. A heartbeat
+#: without a key (``key_id`` NULL) keeps the binding.
+UPSERT_PROVIDER = (
+    "ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
+    " agent_version = excluded.agent_version, health = excluded.health,"
+    " last_heartbeat_at = excluded.last_heartbeat_at,"
+    " key_id = coalesce(excluded.key_id, providers.key_id)"
+    " WHERE excluded.key_id IS NULL OR providers.key_id IS NULL"
+    " OR providers.key_id = excluded.key_id"
+    " OR NOT EXISTS (SELECT 1 FROM api_keys k"
+    " WHERE k.id = providers.key_id AND k.revoked_at IS NULL)"
+)
+
+
 def request_values(record: RequestRecord) -> tuple[Any, ...]:
     """``record`` as a row in ``REQUEST_COLUMNS`` order, every text storable by each backend.
 
@@ -193,6 +215,7 @@ def assemble_providers(
             p["created_at"],
             p["last_heartbeat_at"],
             tuple(services.get(p["id"], ())),
+            p["key_id"],
         )
         for p in prows
     ]

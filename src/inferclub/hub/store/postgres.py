@@ -21,12 +21,14 @@ from inferclub.hub.store.base import (
     PROVIDERS_CHANNEL,
     AlreadyExists,
     ChangeCallback,
+    ProviderNameTaken,
     RequestFilter,
     Store,
     StoreError,
 )
 from inferclub.hub.store.models import (
     REQUEST_COLUMNS,
+    UPSERT_PROVIDER,
     ApiKey,
     AuthToken,
     KeyOwner,
@@ -41,7 +43,7 @@ from inferclub.hub.store.models import (
 from inferclub.hub.store.pglisten import CONNECTION_ERRORS, Listener
 from inferclub.hub.store.pgschema import Connection, redact_dsn
 
-_KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
+_KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at, scope"
 _TOKEN_COLS = "kind, user_id, data, created_at, expires_at"
 _REQUEST_COLS = ", ".join(REQUEST_COLUMNS)
 
@@ -128,7 +130,7 @@ class PostgresStore(Store):
                     return await _upsert_github_user(db, github_id, login)
             except asyncpg.UniqueViolationError:
                 if attempt == 2:
-                    raise
+                    raise AlreadyExists(f"a local user holds the login {login!r}") from None
         raise AssertionError("unreachable")
 
     async def count_users(self) -> int:
@@ -138,9 +140,11 @@ class PostgresStore(Store):
         return [pgrows.user(r) for r in await self.pool.fetch("SELECT * FROM users ORDER BY id")]
 
     # ------------------------------------------------------------------- keys
-    async def create_key(self, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
+    async def create_key(
+        self, user_id: int, name: str, prefix: str, key_hash: str, scope: str = "all"
+    ) -> ApiKey:
         async with self._write() as db:
-            return await _insert_key(db, user_id, name, prefix, key_hash)
+            return await _insert_key(db, user_id, name, prefix, key_hash, scope)
 
     async def list_keys(self, user_id: int) -> list[ApiKey]:
         rows = await self.pool.fetch(
@@ -165,11 +169,11 @@ class PostgresStore(Store):
 
     async def find_active_key(self, key_hash: str) -> KeyOwner | None:
         row = await self.pool.fetchrow(
-            "SELECT k.id, k.user_id, u.login FROM api_keys k"
+            "SELECT k.id, k.user_id, u.login, k.scope FROM api_keys k"
             " JOIN users u ON u.id = k.user_id WHERE k.hash = $1 AND k.revoked_at IS NULL",
             key_hash,
         )
-        return KeyOwner(row[0], row[1], row[2]) if row else None
+        return KeyOwner(row[0], row[1], row[2], row[3]) if row else None
 
     async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
         async with self._write() as db:
@@ -181,16 +185,19 @@ class PostgresStore(Store):
         async with self._write() as db:
             # FOR UPDATE: of two rotations at once, the second waits and then finds the key
             # revoked, instead of creating a second replacement.
-            name = await db.fetchval(
-                "SELECT name FROM api_keys WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
-                " FOR UPDATE",
+            row = await db.fetchrow(
+                "SELECT name, scope FROM api_keys"
+                " WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL FOR UPDATE",
                 key_id,
                 user_id,
             )
-            if name is None:
+            if row is None:
                 return None
+            new = await _insert_key(db, user_id, row["name"], prefix, key_hash, row["scope"])
+            # Before the revocation, which would release them: the names pass to the new key.
+            await db.execute("UPDATE providers SET key_id = $1 WHERE key_id = $2", new.id, key_id)
             await _revoke(db, key_id, user_id)
-            return await _insert_key(db, user_id, name, prefix, key_hash)
+            return new
 
     async def keys_version(self) -> int:
         return int(
@@ -218,16 +225,19 @@ class PostgresStore(Store):
         health: dict[str, Any],
         services: Sequence[ServiceInfo],
         now: float,
+        key_id: int | None = None,
     ) -> ProviderRecord:
         health_json = json.dumps(health, separators=(",", ":"))
         async with self._write() as db:
+            # The conflict clause waits for a concurrent heartbeat of the same name and then
+            # judges the binding it committed: of two keys racing for a new name, one wins.
             row = await db.fetchrow(
                 "WITH p AS (INSERT INTO providers (user_id, name, callback_url, agent_version,"
-                " health, created_at, last_heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $6)"
-                " ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
-                " agent_version = excluded.agent_version, health = excluded.health,"
-                " last_heartbeat_at = excluded.last_heartbeat_at RETURNING id, created_at)"
-                " SELECT id, created_at, pg_notify($7, $1::text || ':' || id::text) FROM p",
+                " health, created_at, last_heartbeat_at, key_id)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, $6, $8) {UPSERT_PROVIDER}"
+                " RETURNING id, created_at, key_id)"
+                " SELECT id, created_at, key_id, pg_notify($7, $1::text || ':' || id::text)"
+                " FROM p",
                 user_id,
                 name,
                 callback_url,
@@ -235,10 +245,11 @@ class PostgresStore(Store):
                 health_json,
                 now,
                 PROVIDERS_CHANNEL,
+                key_id,
             )
             if row is None:
-                raise StoreError("no row from the provider upsert")
-            provider_id, created_at = row[0], row[1]
+                raise ProviderNameTaken(f"provider {name!r} belongs to another key")
+            provider_id, created_at, bound = row[0], row[1], row[2]
             await db.execute("DELETE FROM services WHERE provider_id = $1", provider_id)
             await pgrows.insert_services(db, provider_id, services)
         return ProviderRecord(
@@ -251,6 +262,7 @@ class PostgresStore(Store):
             created_at,
             now,
             tuple(services),
+            bound,
         )
 
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
@@ -425,7 +437,12 @@ class PostgresStore(Store):
 
 async def _upsert_github_user(db: Connection, github_id: int, login: str) -> User:
     row = await db.fetchrow("SELECT * FROM users WHERE github_id = $1 FOR UPDATE", github_id)
-    rename = "UPDATE users SET login = login || '~' || id WHERE login = $1 AND id <> $2"
+    # Only a GitHub account steps aside for another (GitHub logins can be renamed and then
+    # taken); a local user is never renamed: the INSERT or UPDATE fails instead.
+    rename = (
+        "UPDATE users SET login = login || '~' || id"
+        " WHERE login = $1 AND id <> $2 AND github_id IS NOT NULL"
+    )
     if row is not None:
         if row["login"] != login:
             # The login moved to this GitHub account; free it from any stale holder.
@@ -444,20 +461,21 @@ async def _upsert_github_user(db: Connection, github_id: int, login: str) -> Use
 
 
 async def _insert_key(
-    db: Connection, user_id: int, name: str, prefix: str, key_hash: str
+    db: Connection, user_id: int, name: str, prefix: str, key_hash: str, scope: str
 ) -> ApiKey:
     now = time.time()
     key_id = await db.fetchval(
-        "INSERT INTO api_keys (user_id, name, prefix, hash, created_at)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO api_keys (user_id, name, prefix, hash, created_at, scope)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         user_id,
         name,
         prefix,
         key_hash,
         now,
+        scope,
     )
     await _key_changed(db, key_id)
-    return ApiKey(key_id, user_id, name, prefix, now, None, None)
+    return ApiKey(key_id, user_id, name, prefix, now, None, None, scope)
 
 
 async def _revoke(db: Connection, key_id: int, user_id: int | None) -> bool:
@@ -468,6 +486,8 @@ async def _revoke(db: Connection, key_id: int, user_id: int | None) -> bool:
         args.append(user_id)
     if await db.fetchval(sql + " RETURNING id", *args) is None:
         return False
+    # A revoked key owns no provider name: any key of the user may take them now.
+    await db.execute("UPDATE providers SET key_id = NULL WHERE key_id = $1", key_id)
     await _key_changed(db, key_id)
     return True
 

@@ -20,12 +20,14 @@ import aiosqlite
 from inferclub.hub.store.base import (
     AlreadyExists,
     ChangeCallback,
+    ProviderNameTaken,
     RequestFilter,
     Store,
     StoreError,
 )
 from inferclub.hub.store.models import (
     REQUEST_COLUMNS,
+    UPSERT_PROVIDER,
     ApiKey,
     AuthToken,
     KeyOwner,
@@ -214,32 +216,11 @@ class SQLiteStore(Store):
         return _user(row) if row else None
 
     async def upsert_github_user(self, github_id: int, login: str) -> User:
-        async with self._write() as db:
-            row = await (
-                await db.execute("SELECT * FROM users WHERE github_id = ?", (github_id,))
-            ).fetchone()
-            if row is not None:
-                if row["login"] != login:
-                    # The login moved to this GitHub account; free it from any stale holder.
-                    await db.execute(
-                        "UPDATE users SET login = login || '~' || id WHERE login = ? AND id != ?",
-                        (login, row["id"]),
-                    )
-                    await db.execute("UPDATE users SET login = ? WHERE id = ?", (login, row["id"]))
-                return User(row["id"], login, github_id, row["created_at"])
-            taken = await (
-                await db.execute("SELECT id FROM users WHERE login = ?", (login,))
-            ).fetchone()
-            if taken is not None:
-                await db.execute(
-                    "UPDATE users SET login = login || '~' || id WHERE id = ?", (taken["id"],)
-                )
-            now = time.time()
-            cur = await db.execute(
-                "INSERT INTO users (login, github_id, created_at) VALUES (?, ?, ?)",
-                (login, github_id, now),
-            )
-            return User(cur.lastrowid or 0, login, github_id, now)
+        try:
+            async with self._write() as db:
+                return await _upsert_github_user(db, github_id, login)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"a local user holds the login {login!r}") from None
 
     async def count_users(self) -> int:
         async with self._read() as db:
@@ -251,20 +232,29 @@ class SQLiteStore(Store):
         return [_user(r) for r in rows]
 
     # ------------------------------------------------------------------- keys
-    async def create_key(self, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
+    async def create_key(
+        self, user_id: int, name: str, prefix: str, key_hash: str, scope: str = "all"
+    ) -> ApiKey:
         async with self._write() as db:
-            return await self._insert_key(db, user_id, name, prefix, key_hash)
+            return await self._insert_key(db, user_id, name, prefix, key_hash, scope)
 
     async def _insert_key(
-        self, db: aiosqlite.Connection, user_id: int, name: str, prefix: str, key_hash: str
+        self,
+        db: aiosqlite.Connection,
+        user_id: int,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        scope: str,
     ) -> ApiKey:
         now = time.time()
         cur = await db.execute(
-            "INSERT INTO api_keys (user_id, name, prefix, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-            (user_id, name, prefix, key_hash, now),
+            "INSERT INTO api_keys (user_id, name, prefix, hash, created_at, scope)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, name, prefix, key_hash, now, scope),
         )
         await _bump_keys_version(db)
-        return ApiKey(cur.lastrowid or 0, user_id, name, prefix, now, None, None)
+        return ApiKey(cur.lastrowid or 0, user_id, name, prefix, now, None, None, scope)
 
     async def list_keys(self, user_id: int) -> list[ApiKey]:
         async with self._read() as db:
@@ -300,12 +290,12 @@ class SQLiteStore(Store):
         async with self._read() as db:
             row = await (
                 await db.execute(
-                    "SELECT k.id, k.user_id, u.login FROM api_keys k"
+                    "SELECT k.id, k.user_id, u.login, k.scope FROM api_keys k"
                     " JOIN users u ON u.id = k.user_id WHERE k.hash = ? AND k.revoked_at IS NULL",
                     (key_hash,),
                 )
             ).fetchone()
-        return KeyOwner(row[0], row[1], row[2]) if row else None
+        return KeyOwner(row[0], row[1], row[2], row[3]) if row else None
 
     async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
         async with self._write() as db:
@@ -319,6 +309,8 @@ class SQLiteStore(Store):
             args += (user_id,)
         cur = await db.execute(sql, args)
         if cur.rowcount:
+            # A revoked key owns no provider name: any key of the user may take them now.
+            await db.execute("UPDATE providers SET key_id = NULL WHERE key_id = ?", (key_id,))
             await _bump_keys_version(db)
         return bool(cur.rowcount)
 
@@ -328,14 +320,18 @@ class SQLiteStore(Store):
         async with self._write() as db:
             row = await (
                 await db.execute(
-                    "SELECT name FROM api_keys WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+                    "SELECT name, scope FROM api_keys"
+                    " WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
                     (key_id, user_id),
                 )
             ).fetchone()
             if row is None:
                 return None
+            new = await self._insert_key(db, user_id, row["name"], prefix, key_hash, row["scope"])
+            # Before the revocation, which would release them: the names pass to the new key.
+            await db.execute("UPDATE providers SET key_id = ? WHERE key_id = ?", (new.id, key_id))
             await self._revoke(db, key_id, user_id)
-            return await self._insert_key(db, user_id, row["name"], prefix, key_hash)
+            return new
 
     async def keys_version(self) -> int:
         async with self._read() as db:
@@ -361,20 +357,21 @@ class SQLiteStore(Store):
         health: dict[str, Any],
         services: Sequence[ServiceInfo],
         now: float,
+        key_id: int | None = None,
     ) -> ProviderRecord:
         health_json = json.dumps(health, separators=(",", ":"))
         async with self._write() as db:
-            row = await _one(
-                db,
-                "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
-                " created_at, last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
-                " agent_version = excluded.agent_version, health = excluded.health,"
-                " last_heartbeat_at = excluded.last_heartbeat_at"
-                " RETURNING id, created_at",
-                (user_id, name, callback_url, agent_version, health_json, now, now),
-            )
-            provider_id, created_at = row[0], row[1]
+            row = await (
+                await db.execute(
+                    "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
+                    " created_at, last_heartbeat_at, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    f" {UPSERT_PROVIDER} RETURNING id, created_at, key_id",
+                    (user_id, name, callback_url, agent_version, health_json, now, now, key_id),
+                )
+            ).fetchone()
+            if row is None:
+                raise ProviderNameTaken(f"provider {name!r} belongs to another key")
+            provider_id, created_at, bound = row[0], row[1], row[2]
             await db.execute("DELETE FROM services WHERE provider_id = ?", (provider_id,))
             for position, svc in enumerate(services):
                 cur = await db.execute(
@@ -403,6 +400,7 @@ class SQLiteStore(Store):
             created_at,
             now,
             tuple(services),
+            bound,
         )
 
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
@@ -572,7 +570,32 @@ class SQLiteStore(Store):
             return bool(cur.rowcount)
 
 
-_KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
+async def _upsert_github_user(db: aiosqlite.Connection, github_id: int, login: str) -> User:
+    # Only a GitHub account steps aside for another (GitHub logins can be renamed and then
+    # taken); a local user is never renamed: the INSERT or UPDATE fails instead.
+    rename = (
+        "UPDATE users SET login = login || '~' || id"
+        " WHERE login = ? AND id != ? AND github_id IS NOT NULL"
+    )
+    row = await (
+        await db.execute("SELECT * FROM users WHERE github_id = ?", (github_id,))
+    ).fetchone()
+    if row is not None:
+        if row["login"] != login:
+            # The login moved to this GitHub account; free it from any stale holder.
+            await db.execute(rename, (login, row["id"]))
+            await db.execute("UPDATE users SET login = ? WHERE id = ?", (login, row["id"]))
+        return User(row["id"], login, github_id, row["created_at"])
+    await db.execute(rename, (login, 0))
+    now = time.time()
+    cur = await db.execute(
+        "INSERT INTO users (login, github_id, created_at) VALUES (?, ?, ?)",
+        (login, github_id, now),
+    )
+    return User(cur.lastrowid or 0, login, github_id, now)
+
+
+_KEY_COLS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at, scope"
 _TOKEN_COLS = "kind, user_id, data, created_at, expires_at"
 
 

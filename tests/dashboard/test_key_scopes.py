@@ -1,0 +1,56 @@
+"""The keys page offers a key's scope when creating one and shows it in the table; the key
+then does only what its scope allows."""
+
+from __future__ import annotations
+
+import re
+
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.fakes.github import FakeGitHub
+from tests.support.hubthread import HubThread
+from tests.support.web import WebClient
+
+
+def row_of(page: str, key_id: int) -> str:
+    found = re.search(rf'<tr data-key-id="{key_id}".*?</tr>', page, re.S)
+    assert found, f"no row for key {key_id}"
+    return found.group(0)
+
+
+def test_create_a_key_with_a_scope_and_see_it_in_the_table(
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
+) -> None:
+    web.github_sign_in(github)
+    form = web.get("/dashboard/keys").text
+    assert re.search(r'<select id="key-scope" name="scope">', form)
+    assert all(f'<option value="{s}"' in form for s in ("all", "inference", "agent"))
+
+    resp = web.post("/dashboard/keys", {"name": "phone app", "scope": "inference"})
+    assert resp.status == 201
+    match = re.search(r'id="new-key"[^>]*>(ic_\w+)<', resp.text)
+    assert match
+    key = match.group(1)
+    (row,) = dashboard_hub.query("SELECT id, scope FROM api_keys")
+    assert row["scope"] == "inference"
+    assert "<code>inference</code>" in row_of(web.get("/dashboard/keys").text, row["id"])
+
+    # What the scope means: this key cannot heartbeat.
+    with FakeAgent(["m1"]) as agent:
+        status, body = dashboard_hub.heartbeat(key, "rig", agent.url, LLM)
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+
+    # Rotation keeps the scope; a key created without one gets `all`.
+    rotated = web.post(f"/dashboard/keys/{row['id']}/rotate")
+    assert rotated.status == 200
+    web.post("/dashboard/keys", {"name": "laptop"})
+    scopes = [r["scope"] for r in dashboard_hub.query("SELECT scope FROM api_keys ORDER BY id")]
+    assert scopes == ["inference", "inference", "all"]
+
+
+def test_an_unknown_scope_is_refused_and_nothing_is_stored(
+    dashboard_hub: HubThread, github: FakeGitHub, web: WebClient
+) -> None:
+    web.github_sign_in(github)
+    resp = web.post("/dashboard/keys", {"name": "x", "scope": "admin"})
+    assert resp.status == 400 and "Choose a scope" in resp.text
+    assert dashboard_hub.query("SELECT id FROM api_keys") == []
