@@ -71,12 +71,14 @@ def test_only_requests_signed_by_the_hub_for_this_provider_are_served(
 
     stranger = HubSigner(Ed25519PrivateKey.generate())
     late = HubSigner(fake_hub.signing_key, clock=lambda: time.time() - 61)
+    early = HubSigner(fake_hub.signing_key, clock=lambda: time.time() + 30)
     attempts = {
         "unsigned": ({}, "signature_missing"),
         "a bearer token instead": ({"Authorization": "Bearer cbt_x"}, "signature_missing"),
         "another hub's key": (headers(stranger), "signature_invalid"),
         "signed for another provider": (headers(fake_hub.signer, 8), "signature_invalid"),
         "older than 60 s": (headers(late), "signature_expired"),
+        "dated 30 s ahead": (headers(early), "signature_from_future"),
     }
     for what, (extra, code) in attempts.items():
         status, error = send(extra)

@@ -63,8 +63,3 @@ def display_prefix(key: str) -> str:
 def hash_key(pepper: bytes, key: str) -> str:
     """The only form of a key that is stored: hex HMAC-SHA256 under the server's pepper."""
     return hmac.new(pepper, key.encode("ascii"), hashlib.sha256).hexdigest()
-
-
-def derive_secret(pepper: bytes, purpose: str) -> str:
-    """A stable secret derived from the pepper, e.g. a provider's callback token."""
-    return hmac.new(pepper, purpose.encode("utf-8"), hashlib.sha256).hexdigest()
