@@ -123,3 +123,16 @@ async def test_unreachable_engine_is_a_502_and_the_service_is_reprobed(
     assert (status, error["code"], error["type"]) == (502, "engine_unreachable", "server_error")
     assert "'qwen'" in error["message"]
     assert [state.name for state in failed] == ["qwen"]
+
+
+async def test_after_a_changed_hub_key_nothing_is_served(
+    http_server_client: Any, runtime: Runtime
+) -> None:
+    """The heartbeat that brings another key stops the agent; until it has, requests signed
+    with either key get a 503, never an answer."""
+    impostor = signing.HubSigner(Ed25519PrivateKey.generate())
+    with pytest.raises(signing.HubKeyChanged):
+        runtime.auth.accept("http://hub.test", wire.HeartbeatReply(PROVIDER, impostor.public_key))
+    for signer in (HUB, impostor):
+        status, error = await call(http_server_client, "GET", "/models", signer=signer)
+        assert (status, error["type"]) == (503, "service_unavailable")

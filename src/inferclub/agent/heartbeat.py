@@ -60,10 +60,14 @@ class HubAuth:
         try:
             key = self.known_hubs.pin_or_check(hub_url, reply.hub_key, self.explicit_key)
         except OSError as exc:
+            self.verifier = None  # nothing is served from here on, not even while draining
             raise signing.SigningError(
                 f"cannot record the hub's key in {self.known_hubs.path} ({exc}); pass "
                 "--known-hubs PATH or --hub-key KEY"
             ) from None
+        except signing.SigningError:
+            self.verifier = None
+            raise
         if self.verifier is None or self.verifier.hub_key != key:
             # Kept across beats: its replay cache must outlive a heartbeat.
             self.verifier = signing.RequestVerifier(key)
