@@ -40,7 +40,10 @@ def test_two_workers_serve_route_alike_and_drain(tmp_path: Path) -> None:
             published = {request_json(hub.url, "GET", "/v1/agent/hub-key", None, None)[1]["key"]}
             published |= {hub.heartbeat(key, "rig", agent.url, LLM)[1]["hub_key"] for _ in "ab"}
             assert len(published) == 1
-            verifier = RequestVerifier(published.pop(), cache_size=100)
+            hub_key = published.pop()
+            # Logged once at start, so operators of several hubs can compare the copies.
+            assert hub.log().count(f"signing requests to agents with {hub_key}") == 1
+            verifier = RequestVerifier(hub_key, cache_size=100)
             for sent in agent.posts("/v1/chat/completions"):
                 headers = HTTPHeaders(sent.headers)  # names in any case, as an agent reads them
                 verifier.verify(sent.method, sent.path, headers, sent.body, str(1))

@@ -378,6 +378,8 @@ async def _run_server(
     url = _url(settings.host, sockets)
     if worker in (None, 0):
         log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
+        # Public, and what agents pin: hubs sharing one URL must all show the same key.
+        log.info("signing requests to agents with %s", hub.signer.public_key)
     if worker is None:  # with workers, the parent printed it
         print(f"listening on {url}", flush=True)
     if worker in (None, 0):
