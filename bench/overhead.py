@@ -20,9 +20,12 @@ generator -> hub -> upstream), and is reported as hub/direct ratios:
    inter-arrival jitter (``|gap - 50 ms|``), time to the first chunk, and stream duration.
 
 It also samples each process's CPU time (``/proc/PID/stat``) around every measurement, so the
-hub's CPU cost per request is printed too. This is a benchmark, not a test: it prints numbers
-and never fails on them. Everything binds to 127.0.0.1, runs a bounded number of requests,
-and cleans up its subprocesses and temp dir on exit (also on Ctrl-C).
+hub's CPU cost per request is printed too, and times the one thing signed requests add to it
+(``HubSigner.sign`` over the benchmark's body, once per request; no switch turns signing off
+in the hub) to report hub CPU per request with and without signing as a ratio. This is a
+benchmark, not a test: it prints numbers and never fails on them. Everything binds to
+127.0.0.1, runs a bounded number of requests, and cleans up its subprocesses and temp dir on
+exit (also on Ctrl-C).
 
     .venv/bin/python bench/overhead.py            # full run (about a minute)
     .venv/bin/python bench/overhead.py --quick    # smoke run, < 30 s
@@ -55,6 +58,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from inferclub.signing import HubSigner, request_target
 
 HERE = Path(__file__).resolve().parent
 LISTENING = re.compile(r"^listening on (http://\S+)$")
@@ -470,6 +476,18 @@ async def measure(cluster: Cluster, sc: Scenario, base: str) -> Sample:
     return out
 
 
+def signing_cpu_us(body: bytes, n: int = 3000) -> float:
+    """CPU µs per request that signing adds to the hub: what its connect step does once per
+    forwarded request (the request target, ``HubSigner.sign`` over ``body``), timed on this
+    machine in this process (the same Python and ``cryptography`` as the hub's)."""
+    signer = HubSigner(Ed25519PrivateKey.generate())
+    url = "http://127.0.0.1:8000/v1/chat/completions"
+    t0 = time.process_time()
+    for i in range(n):
+        signer.sign("POST", request_target(url), f"req_{i:024x}", "1", body)
+    return 1e6 * (time.process_time() - t0) / n
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -709,6 +727,28 @@ def table_rows(
     ]
 
 
+def signing_targets(
+    res: dict[str, dict[str, dict[str, Any]]], sign_us: float
+) -> list[tuple[str, str, bool | None]]:
+    """Hub CPU per request with signing (measured) over without (measured minus what one
+    signature costs), for every scenario: signing is once per request, never per chunk."""
+    out: list[tuple[str, str, bool | None]] = []
+    for key, modes in res.items():
+        with_us = modes["hub"]["cpu_us_per_request"]["hub"]
+        if not with_us or math.isnan(with_us) or with_us <= sign_us:
+            continue
+        ratio = with_us / (with_us - sign_us)
+        out.append(
+            (
+                f"hub CPU/request grows by at most 10 % with signing ({key})",
+                f"{with_us:,.0f} µs with, {with_us - sign_us:,.0f} µs without "
+                f"({sign_us:.0f} µs per signature): {ratio:.3f}x",
+                ratio <= 1.10,
+            )
+        )
+    return out
+
+
 def targets(
     res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
 ) -> list[tuple[str, str, bool | None]]:
@@ -813,9 +853,10 @@ def report(
     params: dict[str, Any],
     results: dict[str, Any],
     elapsed: float,
+    sign_us: float,
 ) -> dict[str, Any]:
     rows = table_rows(results, args)
-    goals = targets(results, args)
+    goals = targets(results, args) + signing_targets(results, sign_us)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# inferclub hub overhead — {when}")
     print()
@@ -895,6 +936,7 @@ def report(
         "results": results,
         "table": [{k: v for k, v in r.items() if k != "cells"} for r in rows],
         "targets": [{"target": g, "measured": m, "met": ok} for g, m, ok in goals],
+        "signing_cpu_us_per_request": sign_us,
     }
 
 
@@ -1006,7 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
             # The closed loop put SIGTERM back to its default; interrupt cleanly again.
             signal.signal(signal.SIGTERM, signal.default_int_handler)
         elapsed = time.perf_counter() - started
-        data = report(args, info, params, results, elapsed)
+        sign_us = signing_cpu_us(Scenario("sign", "", 1, 1, 0).body())
+        data = report(args, info, params, results, elapsed, sign_us)
         if args.json:
             Path(args.json).write_text(json.dumps(_no_nan(data), indent=2, default=str) + "\n")
             log(f"wrote {args.json}")

@@ -12,7 +12,7 @@ import tornado.web
 
 import inferclub
 from inferclub import wire
-from inferclub.agent.heartbeat import CallbackAuth, Heartbeat
+from inferclub.agent.heartbeat import Heartbeat, hub_auth
 from inferclub.agent.services import ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
 from inferclub.hub import keys
@@ -20,6 +20,9 @@ from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import Secrets, Settings
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.store import SQLiteStore
+
+#: A well-formed hub key (the test key of docs/signing.md).
+HUB_KEY = "ed25519:A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 
@@ -138,18 +141,24 @@ def test_each_invalid_field_is_named_by_its_path(payload: Any, field: str, probl
 
 
 def test_heartbeat_reply_round_trip() -> None:
-    reply = wire.HeartbeatReply(7, "cbt_x", 30.0, 60.0, False, "connection refused")
+    reply = wire.HeartbeatReply(7, HUB_KEY, 30.0, 60.0, False, "connection refused")
     assert wire.HeartbeatReply.parse(json.loads(json.dumps(reply.to_json()))) == reply
-    reachable = wire.HeartbeatReply(7, "cbt_x", 30.0, 60.0).to_json()
+    reachable = wire.HeartbeatReply(7, HUB_KEY, 30.0, 60.0).to_json()
     assert "callback_error" not in reachable and reachable["callback_reachable"] is True
     # An agent reads what it understands and ignores what it does not.
     lenient = wire.HeartbeatReply.parse(
-        {"callback_token": "t", "heartbeat_interval": -1, "online_window": "60", "new": 1}
+        {"provider_id": 3, "hub_key": "k", "heartbeat_interval": -1, "online_window": "60", "x": 1}
     )
-    assert lenient == wire.HeartbeatReply(None, "t")
-    with pytest.raises(wire.PayloadError) as info:
-        wire.HeartbeatReply.parse({"provider_id": 1})
-    assert info.value.field == "callback_token"
+    assert lenient == wire.HeartbeatReply(3, "k")
+    # Without the key or the provider id no request could be checked.
+    for reply_json, field in (
+        ({"provider_id": 1, "callback_token": "t"}, "hub_key"),
+        ({"hub_key": HUB_KEY}, "provider_id"),
+        ({"hub_key": HUB_KEY, "provider_id": True}, "provider_id"),
+    ):
+        with pytest.raises(wire.PayloadError) as info:
+            wire.HeartbeatReply.parse(reply_json)
+        assert info.value.field == field
 
 
 def test_hub_serves_exactly_the_endpoints_of_the_table() -> None:
@@ -181,7 +190,7 @@ def app(wire_hub: Hub) -> tornado.web.Application:
 
 
 async def test_agent_heartbeat_is_stored_and_answered(
-    wire_hub: Hub, http_server_client: Any
+    wire_hub: Hub, http_server_client: Any, tmp_path: Path
 ) -> None:
     await wire_hub.store.open()
     await wire_hub.start()
@@ -191,7 +200,7 @@ async def test_agent_heartbeat_is_stored_and_answered(
         await wire_hub.store.create_key(
             user.id, "", keys.display_prefix(key), keys.hash_key(wire_hub.secrets.pepper, key)
         )
-        table, auth = agent_table(), CallbackAuth()
+        table, auth = agent_table(), hub_auth(tmp_path / "known_hubs", None)
 
         async def health() -> dict[str, Any]:
             return {"uptime_s": 1.5}
@@ -211,7 +220,10 @@ async def test_agent_heartbeat_is_stored_and_answered(
 
         # The agent learnt what the hub answered...
         assert beat.hub is not None and beat.hub.provider_id is not None
-        assert auth.token == wire_hub.callback_token(beat.hub.provider_id)
+        assert auth.ready and auth.provider_id == str(beat.hub.provider_id)
+        assert beat.hub.hub_key == wire_hub.signer.public_key
+        # ...and pinned the hub's key on first sight.
+        assert wire_hub.signer.public_key in (tmp_path / "known_hubs").read_text()
         assert beat.hub.heartbeat_interval == wire_hub.settings.heartbeat_interval
         assert beat.hub.callback_reachable is False and beat.hub.callback_error
         # ...and the hub stored what the agent advertised.

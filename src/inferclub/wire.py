@@ -1,13 +1,14 @@
 """The hub<->agent contract, once: both programs import it, so the two sides cannot drift.
 
 - An agent ``POST``\\ s a :class:`Heartbeat` to :data:`HEARTBEAT_PATH` with its API key and gets a
-  :class:`HeartbeatReply` back, whose ``callback_token`` the hub presents on every request it
-  sends to the agent (``Authorization: Bearer <callback_token>``).
+  :class:`HeartbeatReply` back, with its ``provider_id`` and the ``hub_key`` that signs every
+  request the hub sends to the agent (:mod:`inferclub.signing`, ``docs/signing.md``).
 - The hub sends each consumer request to ``<callback_url><endpoint>`` with the same body, naming
   the chosen service in :data:`SERVICE_HEADER`. Which service type an endpoint needs is
   :data:`ENDPOINT_TYPES`.
 - Third-party agents exist: the JSON field names here are a published protocol (README,
-  "The agent protocol") and only ever grow.
+  "The agent protocol") and only ever grow. (One exception: the bearer ``callback_token`` was
+  withdrawn when signed requests replaced it, since a token that still worked was the hole.)
 
 :meth:`Heartbeat.parse` validates a whole heartbeat before anything is stored and names the bad
 field by its path (``services[1].type``) so an agent author can fix it at once.
@@ -45,12 +46,14 @@ ENDPOINT_TYPES: Mapping[str, str] = MappingProxyType(
 
 #: Where agents send heartbeats (on the hub).
 HEARTBEAT_PATH = "/v1/agent/heartbeat"
+#: Where anyone can read the hub's public signing key (on the hub).
+HUB_KEY_PATH = "/v1/agent/hub-key"
 
 # -- headers ---------------------------------------------------------------------------------
 
 #: hub -> agent: the name of the service that must serve the request.
 SERVICE_HEADER = "X-InferClub-Service"
-#: hub -> agent: ``Bearer <callback_token>``; agent -> hub: ``Bearer <API key>``.
+#: agent -> hub: ``Bearer <API key>``. (The hub signs its requests to agents instead.)
 AUTH_HEADER = "Authorization"
 #: hub -> agent and hub -> client: the request's id (also its history row id).
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -201,7 +204,8 @@ class HeartbeatReply:
     """What the hub answers an accepted heartbeat."""
 
     provider_id: int | None
-    callback_token: str
+    #: The hub's public signing key, ``ed25519:...`` (``docs/signing.md``).
+    hub_key: str
     #: Seconds between beats the hub expects, and after which it sees the agent as offline.
     heartbeat_interval: float | None = None
     online_window: float | None = None
@@ -212,9 +216,9 @@ class HeartbeatReply:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "provider_id": self.provider_id,
+            "hub_key": self.hub_key,
             "heartbeat_interval": self.heartbeat_interval,
             "online_window": self.online_window,
-            "callback_token": self.callback_token,
             "callback_reachable": self.callback_reachable,
         }
         if self.callback_error is not None:
@@ -224,19 +228,20 @@ class HeartbeatReply:
     @classmethod
     def parse(cls, data: Any) -> HeartbeatReply:
         """Read a reply leniently (a newer hub may add fields or drop optional ones); only a
-        missing ``callback_token`` is an error, since requests cannot be checked without it."""
+        missing ``hub_key`` or ``provider_id`` is an error, since requests cannot be checked
+        without them."""
         if not isinstance(data, dict):
             raise PayloadError("reply", "must be a JSON object")
-        token = data.get("callback_token")
-        if not isinstance(token, str) or not token:
-            raise PayloadError("callback_token", "is missing")
+        hub_key = data.get("hub_key")
+        if not isinstance(hub_key, str) or not hub_key:
+            raise PayloadError("hub_key", "is missing (a hub older than this agent?)")
         provider_id = data.get("provider_id")
+        if isinstance(provider_id, bool) or not isinstance(provider_id, int):
+            raise PayloadError("provider_id", "is missing")
         error = data.get("callback_error")
         return cls(
-            None
-            if isinstance(provider_id, bool) or not isinstance(provider_id, int)
-            else provider_id,
-            token,
+            provider_id,
+            hub_key,
             _positive(data.get("heartbeat_interval")),
             _positive(data.get("online_window")),
             data.get("callback_reachable") is not False,

@@ -9,9 +9,11 @@ from typing import Any
 
 import openai
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent, send_to_agent
-from tests.support.agentstream import open_chat_stream
+from inferclub.signing import HubSigner
+from inferclub.testing import AgentProcess, AgentResponse, FakeHub, StartAgent, send_to_agent
+from tests.support.agentstream import open_chat_stream, sdk_client
 from tests.support.fakes import FakeLmStudio, FakeSpeaches, FakeVllm, FakeWhisperCpp
 
 pytestmark = pytest.mark.subprocess
@@ -21,11 +23,10 @@ def vllm_service(fake: FakeVllm, **extra: Any) -> dict[str, Any]:
     return {"name": "vllm-qwen", "engine": "vllm", "url": fake.url, **extra}
 
 
-def client(agent_url: str, service: str | None = None) -> openai.OpenAI:
-    """The openai SDK pointed straight at the agent, carrying what the hub would send."""
-    headers = {"X-InferClub-Service": service} if service else {}
-    return openai.OpenAI(
-        base_url=agent_url + "/v1", api_key=CALLBACK_TOKEN, default_headers=headers, max_retries=0
+def signed(hub: FakeHub, callback_url: str, *args: Any, **kwargs: Any) -> AgentResponse:
+    """`send_to_agent`, signed by ``hub`` for its provider id as the hub signs."""
+    return send_to_agent(
+        callback_url, *args, signer=hub.signer, provider_id=hub.provider_id, **kwargs
     )
 
 
@@ -45,27 +46,60 @@ def registered(agent: AgentProcess, fake_hub: FakeHub, name: str = "vllm-qwen") 
 # -- authentication ------------------------------------------------------------------------------
 
 
-def test_requests_need_the_latest_callback_token(
+def test_only_requests_signed_by_the_hub_for_this_provider_are_served(
     start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    chat = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
-    for token in (None, "wrong-token", CALLBACK_TOKEN + "x"):
-        status, _, body = send_to_agent(
-            agent.callback_url, "POST", "/chat/completions", chat, token=token
-        )
-        assert status == 401
-        assert assert_openai_error(body)["type"] == "authentication_error"
-    assert vllm.posts("/v1/chat/completions") == []
+    chat = json.dumps({"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]})
+    body = chat.encode()
+    target = "/v1/chat/completions"
 
-    status, _, body = send_to_agent(
-        agent.callback_url, "POST", "/chat/completions", chat, service="vllm-qwen"
-    )
+    def headers(signer: HubSigner, provider: int = fake_hub.provider_id) -> dict[str, str]:
+        return signer.sign("POST", target, f"req_{uuid.uuid4().hex[:24]}", str(provider), body)
+
+    def send(extra: dict[str, str], sent: bytes = body) -> tuple[int, dict[str, Any]]:
+        status, _, answer = send_to_agent(
+            agent.callback_url,
+            "POST",
+            "/chat/completions",
+            sent,
+            service="vllm-qwen",
+            headers=extra,
+        )
+        return status, assert_openai_error(answer) if status != 200 else json.loads(answer)
+
+    stranger = HubSigner(Ed25519PrivateKey.generate())
+    late = HubSigner(fake_hub.signing_key, clock=lambda: time.time() - 61)
+    early = HubSigner(fake_hub.signing_key, clock=lambda: time.time() + 30)
+    attempts = {
+        "unsigned": ({}, "signature_missing"),
+        "a bearer token instead": ({"Authorization": "Bearer cbt_x"}, "signature_missing"),
+        "another hub's key": (headers(stranger), "signature_invalid"),
+        "signed for another provider": (headers(fake_hub.signer, 8), "signature_invalid"),
+        "older than 60 s": (headers(late), "signature_expired"),
+        "dated 30 s ahead": (headers(early), "signature_from_future"),
+    }
+    for what, (extra, code) in attempts.items():
+        status, error = send(extra)
+        assert (status, error["type"], error["code"]) == (401, "invalid_request_error", code), what
+    # A changed body fails the signature too (headers of this body, another body sent).
+    status, error = send(headers(fake_hub.signer), chat.replace("hi", "hello").encode())
+    assert (status, error["code"]) == (401, "signature_invalid")
+    assert vllm.posts("/v1/chat/completions") == [], "nothing refused reached the engine"
+
+    good = headers(fake_hub.signer)
+    status, answer = send(good)
     assert status == 200
-    assert json.loads(body)["choices"][0]["message"]["content"].startswith("tok0")
-    # The hub's token never reaches the engine.
-    assert "Authorization" not in vllm.posts("/v1/chat/completions")[0].headers
+    assert answer["choices"][0]["message"]["content"].startswith("tok0")
+    # Captured and sent again: a replay.
+    status, error = send(good)
+    assert (status, error["code"]) == (401, "signature_replayed")
+    assert len(vllm.posts("/v1/chat/completions")) == 1
+    # The signature headers stay between hub and agent.
+    forwarded = vllm.posts("/v1/chat/completions")[0].headers
+    assert not [name for name in forwarded if name.lower().startswith("x-inferclub-")]
+    assert "Authorization" not in forwarded
 
 
 def test_503_until_a_heartbeat_succeeds(
@@ -74,14 +108,15 @@ def test_503_until_a_heartbeat_succeeds(
     fake_hub.fail_next = 1_000
     agent = start_agent(vllm_service(vllm))
     agent.wait_log("heartbeat to")
-    status, _, body = send_to_agent(
-        agent.callback_url, "POST", "/chat/completions", {"model": "Qwen/Qwen3-8B"}
+    status, _, body = signed(
+        fake_hub, agent.callback_url, "POST", "/chat/completions", {"model": "Qwen/Qwen3-8B"}
     )
     assert status == 503
     assert "not registered" in assert_openai_error(body)["message"]
     fake_hub.fail_next = 0
     registered(agent, fake_hub)
-    status, _, _ = send_to_agent(
+    status, _, _ = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/chat/completions",
@@ -99,7 +134,7 @@ def test_chat_with_the_openai_sdk_streaming_and_not(
 ) -> None:
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    with client(agent.url, "vllm-qwen") as sdk:
+    with sdk_client(fake_hub, agent.url, "vllm-qwen") as sdk:
         reply = sdk.chat.completions.create(
             model="Qwen/Qwen3-8B", messages=[{"role": "user", "content": "hi"}]
         )
@@ -127,7 +162,7 @@ def test_chunks_are_relayed_as_they_arrive(
     vllm.chunks, vllm.chunk_delay = 4, 0.4
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    conn = open_chat_stream(agent.url, "vllm-qwen")
+    conn = open_chat_stream(fake_hub, agent.url, "vllm-qwen")
     start = time.monotonic()
     resp = conn.getresponse()
     assert resp.status == 200
@@ -157,7 +192,7 @@ def test_alias_is_rewritten_and_api_key_sent(start_agent: StartAgent, fake_hub: 
         beat = fake_hub.wait_for(lambda b: bool(b["services"]))
         assert beat["services"][0]["models"] == ["qwen3"]
         # No header: the agent picks the service by model and type.
-        with client(agent.url) as sdk:
+        with sdk_client(fake_hub, agent.url) as sdk:
             reply = sdk.chat.completions.create(
                 model="qwen3", messages=[{"role": "user", "content": "hi"}]
             )
@@ -177,7 +212,7 @@ def test_service_selection_without_header(
             {"name": "lms-embed", "type": "embedding", "engine": "lmstudio", "url": lms.url},
         )
         registered(agent, fake_hub, "lms-embed")
-        with client(agent.url) as sdk:
+        with sdk_client(fake_hub, agent.url) as sdk:
             emb = sdk.embeddings.create(
                 model="text-embedding-nomic-embed-text-v1.5",
                 input=["a", "b"],
@@ -187,7 +222,8 @@ def test_service_selection_without_header(
         assert lms.posts("/v1/embeddings")
 
         # The embedding model is not an llm: no chat service serves it.
-        status, _, body = send_to_agent(
+        status, _, body = signed(
+            fake_hub,
             agent.callback_url,
             "POST",
             "/chat/completions",
@@ -195,12 +231,13 @@ def test_service_selection_without_header(
         )
         assert status == 404
         assert assert_openai_error(body)["code"] == "model_not_found"
-        status, _, body = send_to_agent(
-            agent.callback_url, "POST", "/chat/completions", {"messages": []}
+        status, _, body = signed(
+            fake_hub, agent.callback_url, "POST", "/chat/completions", {"messages": []}
         )
         assert status == 400
         assert assert_openai_error(body)["param"] == "model"
-        status, _, body = send_to_agent(
+        status, _, body = signed(
+            fake_hub,
             agent.callback_url,
             "POST",
             "/chat/completions",
@@ -210,7 +247,7 @@ def test_service_selection_without_header(
         assert status == 404
         assert assert_openai_error(body)["code"] == "service_not_found"
 
-        status, _, body = send_to_agent(agent.callback_url, "GET", "/models", None)
+        status, _, body = signed(fake_hub, agent.callback_url, "GET", "/models", None)
         assert status == 200
         ids = {m["id"]: m["type"] for m in json.loads(body)["data"]}
         assert ids == {"Qwen/Qwen3-8B": "llm", "text-embedding-nomic-embed-text-v1.5": "embedding"}
@@ -226,7 +263,10 @@ def test_vllm_errors_come_back_in_openai_shape(
     vllm.flat_errors = flat
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    with client(agent.url, "vllm-qwen") as sdk, pytest.raises(openai.NotFoundError) as info:
+    with (
+        sdk_client(fake_hub, agent.url, "vllm-qwen") as sdk,
+        pytest.raises(openai.NotFoundError) as info,
+    ):
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     err = info.value.body
     assert isinstance(err, dict)
@@ -257,7 +297,8 @@ def test_string_and_detail_errors_are_normalised(
             f"whisper-1\r\n--{boundary}--\r\n"
         ).encode()
         ctype = f"multipart/form-data; boundary={boundary}"
-        status, _, body = send_to_agent(
+        status, _, body = signed(
+            fake_hub,
             agent.callback_url,
             "POST",
             "/audio/transcriptions",
@@ -270,7 +311,8 @@ def test_string_and_detail_errors_are_normalised(
         assert err["message"] == "no 'file' field in the request"
         assert err["type"] == "invalid_request_error"
 
-        status, _, body = send_to_agent(
+        status, _, body = signed(
+            fake_hub,
             agent.callback_url,
             "POST",
             "/audio/transcriptions",
@@ -291,7 +333,8 @@ def test_down_engine_gives_502_naming_the_service(
     registered(agent, fake_hub)
     vllm.stop()
     count = len(fake_hub.beats)
-    status, _, body = send_to_agent(
+    status, _, body = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/chat/completions",
@@ -312,10 +355,11 @@ def test_max_concurrency_gives_429(
     vllm.chunks, vllm.chunk_delay = 20, 0.1
     agent = start_agent(vllm_service(vllm, max_concurrency=1))
     registered(agent, fake_hub)
-    slow = open_chat_stream(agent.url, "vllm-qwen")
+    slow = open_chat_stream(fake_hub, agent.url, "vllm-qwen")
     resp = slow.getresponse()
     resp.readline()  # the stream is under way
-    status, _, body = send_to_agent(
+    status, _, body = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/chat/completions",
@@ -328,7 +372,8 @@ def test_max_concurrency_gives_429(
     resp.read()
     slow.close()
     # The slot is free again once the stream is over.
-    status, _, _ = send_to_agent(
+    status, _, _ = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/chat/completions",
@@ -345,7 +390,8 @@ def test_service_timeout_gives_504(
     agent = start_agent(vllm_service(vllm, timeout=0.5))
     registered(agent, fake_hub)
     start = time.monotonic()
-    status, _, body = send_to_agent(
+    status, _, body = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/chat/completions",
@@ -369,7 +415,7 @@ def test_hub_disconnect_closes_the_engine_connection(
         vllm.first_delay = 30
     agent = start_agent(vllm_service(vllm))
     registered(agent, fake_hub)
-    conn = open_chat_stream(agent.url, "vllm-qwen")
+    conn = open_chat_stream(fake_hub, agent.url, "vllm-qwen")
     if phase == "mid-stream":
         resp = conn.getresponse()
         assert resp.readline().startswith(b"data: ")
@@ -429,7 +475,8 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     ctype = f"multipart/form-data; boundary={boundary}"
     body = multipart({"model": "whisper-1", "response_format": "text"}, audio, boundary)
 
-    status, headers, out = send_to_agent(
+    status, headers, out = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/audio/transcriptions",
@@ -445,13 +492,19 @@ def test_whisper_cpp_uploads_go_to_inference_byte_for_byte(
     assert sent.headers["Content-Type"] == ctype
 
     # The openai SDK's json transcription, through the default path choice (no header).
-    with client(agent.url) as sdk:
+    with sdk_client(fake_hub, agent.url) as sdk:
         result = sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio))
     assert result.text == whispercpp.text
 
     # Translations are whisper.cpp's /inference with translate=true.
-    status, _, out = send_to_agent(
-        agent.callback_url, "POST", "/audio/translations", body, service="wcpp", content_type=ctype
+    status, _, out = signed(
+        fake_hub,
+        agent.callback_url,
+        "POST",
+        "/audio/translations",
+        body,
+        service="wcpp",
+        content_type=ctype,
     )
     assert status == 200 and out.decode().startswith(" [translated]")
 
@@ -472,7 +525,8 @@ def test_multipart_alias_rewrites_only_the_model_field(
     audio = b"RIFF" + bytes(range(256)) * 40
     boundary = uuid.uuid4().hex
     body = multipart({"model": "asr-small", "language": "en"}, audio, boundary)
-    status, _, out = send_to_agent(
+    status, _, out = signed(
+        fake_hub,
         agent.callback_url,
         "POST",
         "/audio/transcriptions",

@@ -220,7 +220,7 @@ def test_sigterm_drains_in_flight_requests(
     fake_hub.wait_for(lambda b: bool(b["services"]))
     agent.wait_registered()
     parts = urlsplit(agent.url)
-    conn = open_chat_stream(agent.url, "v")
+    conn = open_chat_stream(fake_hub, agent.url, "v")
     resp = conn.getresponse()
     assert resp.readline().startswith(b"data: ")
     agent.proc.terminate()  # SIGTERM mid-stream

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import tornado.ioloop
 import tornado.web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from inferclub import wire
-from inferclub.agent.heartbeat import CallbackAuth
+from inferclub import signing, wire
+from inferclub.agent.heartbeat import HubAuth
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
 
-TOKEN = "cbt_test"
+IDS = itertools.count()
+#: The hub this agent trusts, and the provider id it gave the agent.
+HUB = signing.HubSigner(Ed25519PrivateKey.generate())
+PROVIDER = 7
 
 
 @pytest.fixture
@@ -27,7 +33,9 @@ def failed() -> list[ServiceState]:
 
 
 @pytest.fixture
-def runtime(io_loop: tornado.ioloop.IOLoop, failed: list[ServiceState]) -> Iterator[Runtime]:
+def runtime(
+    io_loop: tornado.ioloop.IOLoop, failed: list[ServiceState], tmp_path: Path
+) -> Iterator[Runtime]:
     async def session() -> aiohttp.ClientSession:
         return aiohttp.ClientSession()
 
@@ -35,7 +43,9 @@ def runtime(io_loop: tornado.ioloop.IOLoop, failed: list[ServiceState]) -> Itera
         [Service("qwen", "vllm", "http://127.0.0.1:9/v1", models=(Model("qwen3"),))],
         get_engines(get_plugin_manager(entrypoints=False)),
     )
-    rt = Runtime(table, CallbackAuth(TOKEN), io_loop.run_sync(session), failed.append)
+    auth = HubAuth(signing.KnownHubs(tmp_path / "known_hubs"))
+    auth.accept("http://hub.test", wire.HeartbeatReply(PROVIDER, HUB.public_key))
+    rt = Runtime(table, auth, io_loop.run_sync(session), failed.append)
     yield rt
     io_loop.run_sync(rt.session.close)
 
@@ -46,16 +56,25 @@ def app(runtime: Runtime) -> tornado.web.Application:
 
 
 async def call(
-    client: Any, method: str, path: str, body: Any = None, token: str | None = TOKEN
+    client: Any,
+    method: str,
+    path: str,
+    body: Any = None,
+    signer: signing.HubSigner | None = HUB,
+    provider: int = PROVIDER,
 ) -> tuple[int, dict[str, Any]]:
+    """``method /v1path`` as the hub sends it: signed by ``signer`` for ``provider``."""
     headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    raw = None if body is None else json.dumps(body).encode()
+    if signer is not None:
+        headers.update(
+            signer.sign(method, "/v1" + path, f"req_{next(IDS)}", str(provider), raw or b"")
+        )
     resp = await client.fetch(
         "/v1" + path,
         method=method,
         headers=headers,
-        body=None if body is None else json.dumps(body),
+        body=raw,
         allow_nonstandard_methods=True,
         raise_error=False,
     )
@@ -81,13 +100,13 @@ async def test_only_get_and_post(http_server_client: Any) -> None:
 
 
 async def test_auth_errors_are_openai_shaped(http_server_client: Any, runtime: Runtime) -> None:
-    status, error = await call(http_server_client, "GET", "/models", token="wrong")
+    status, error = await call(http_server_client, "GET", "/models", signer=None)
     assert (status, error["type"], error["code"]) == (
         401,
-        "authentication_error",
-        "invalid_api_key",
+        "invalid_request_error",
+        "signature_missing",
     )
-    runtime.auth.token = None
+    runtime.auth.provider_id = None
     status, error = await call(http_server_client, "GET", "/models")
     assert (status, error["type"]) == (503, "service_unavailable")
 
@@ -104,3 +123,16 @@ async def test_unreachable_engine_is_a_502_and_the_service_is_reprobed(
     assert (status, error["code"], error["type"]) == (502, "engine_unreachable", "server_error")
     assert "'qwen'" in error["message"]
     assert [state.name for state in failed] == ["qwen"]
+
+
+async def test_after_a_changed_hub_key_nothing_is_served(
+    http_server_client: Any, runtime: Runtime
+) -> None:
+    """The heartbeat that brings another key stops the agent; until it has, requests signed
+    with either key get a 503, never an answer."""
+    impostor = signing.HubSigner(Ed25519PrivateKey.generate())
+    with pytest.raises(signing.HubKeyChanged):
+        runtime.auth.accept("http://hub.test", wire.HeartbeatReply(PROVIDER, impostor.public_key))
+    for signer in (HUB, impostor):
+        status, error = await call(http_server_client, "GET", "/models", signer=signer)
+        assert (status, error["type"]) == (503, "service_unavailable")

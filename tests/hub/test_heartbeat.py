@@ -89,10 +89,14 @@ async def test_heartbeat_response_and_not_json(
     status, body = await hub_app.heartbeat(alice, "rig", fake_agent.url, LLM)
     assert status == 200
     assert body["heartbeat_interval"] == 30 and body["online_window"] == 60
-    assert body["provider_id"] == 1 and len(body["callback_token"]) >= 32
+    assert body["provider_id"] == 1 and body["hub_key"] == hub_app.hub.signer.public_key
+    assert "callback_token" not in body, "the bearer token is gone: requests are signed"
     assert body["callback_reachable"] is True and "callback_error" not in body
     probe = fake_agent.requests[0]
     assert (probe.method, probe.path) == ("GET", "/v1/models")
-    assert probe.headers["Authorization"] == f"Bearer {body['callback_token']}"
+    # The reachability probe is signed like any request, and carries no bearer token.
+    assert "Authorization" not in probe.headers
+    assert probe.headers["X-Request-Id"].startswith("probe_")
+    assert len(probe.headers["X-Inferclub-Signature"]) == 86
     status, body = await hub_app.post_json("/v1/agent/heartbeat", b"not json", alice)
     assert status == 400

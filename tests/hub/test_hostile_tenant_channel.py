@@ -23,7 +23,7 @@ from tornado.ioloop import IOLoop
 
 from inferclub.hub.reachability import REACHABILITY_TEXT
 from inferclub.hub.store import ServiceInfo
-from inferclub.testing import CALLBACK_TOKEN, AgentProcess, FakeHub, StartAgent
+from inferclub.testing import AgentProcess, FakeHub, StartAgent
 from tests.support.fakes import FakeVllm
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.fakes.base import FakeHandler, FakeServer, chat_completion
@@ -217,14 +217,17 @@ def real_agent(start_agent: StartAgent, fake_hub: FakeHub, engine: FakeVllm) -> 
     return agent
 
 
-def raw_request(agent_url: str, method: str, path: str, token: str | None) -> int:
+def raw_request(agent_url: str, method: str, path: str, hub: FakeHub | None) -> int:
+    """``method path`` on the agent, signed by ``hub`` exactly as sent (``None``: unsigned)."""
     parts = urlsplit(agent_url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    body = b'{"model": "Qwen/Qwen3-8B"}'
     headers = {"Content-Type": "application/json", "X-InferClub-Service": "vllm-qwen"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if hub is not None:
+        request_id = f"req_{time.monotonic_ns()}"
+        headers.update(hub.signer.sign(method, path, request_id, str(hub.provider_id), body))
     try:
-        conn.request(method, path, body=b'{"model": "Qwen/Qwen3-8B"}', headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         return conn.getresponse().status
     finally:
         conn.close()
@@ -248,9 +251,10 @@ def raw_request(agent_url: str, method: str, path: str, token: str | None) -> in
     ],
 )
 def test_agent_forwards_no_other_method_or_path(
-    real_agent: AgentProcess, engine: FakeVllm, method: str, path: str
+    real_agent: AgentProcess, fake_hub: FakeHub, engine: FakeVllm, method: str, path: str
 ) -> None:
-    status = raw_request(real_agent.callback_url, method, path, CALLBACK_TOKEN)
+    """Even signed by the hub: the agent serves only what the hub routes."""
+    status = raw_request(real_agent.callback_url, method, path, fake_hub)
     assert status in (404, 405)
     # The agent's own health probes are all the engine saw.
     probes = {("GET", "/health"), ("GET", "/version"), ("GET", "/v1/models")}
@@ -259,23 +263,36 @@ def test_agent_forwards_no_other_method_or_path(
 
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
-    ("token", "path", "status"),
+    ("signature", "path", "status"),
     [
-        (None, "/v1/chat/completions", 401),
-        ("wrong", "/v1/chat/completions", 401),
-        (CALLBACK_TOKEN, "/v1/../x", 404),
+        ("none", "/v1/chat/completions", 401),
+        ("bearer", "/v1/chat/completions", 401),
+        ("malformed", "/v1/chat/completions", 401),
+        ("stale", "/v1/chat/completions", 401),
+        ("well-formed", "/v1/../x", 404),
     ],
 )
 def test_agent_answers_before_reading_a_huge_body(
-    real_agent: AgentProcess, token: str | None, path: str, status: int
+    real_agent: AgentProcess, fake_hub: FakeHub, signature: str, path: str, status: int
 ) -> None:
     """Headers announcing 150 MiB and not a byte of body: the answer comes anyway, so the
-    agent never buffers a body it is going to refuse."""
+    agent never buffers a body it is going to refuse: unsigned, a bearer token, a malformed or
+    stale signature, a path it never serves. (A well-formed but forged signature is found out
+    only with the body, which the agent reads up to its limit and then refuses.)"""
     parts = urlsplit(real_agent.callback_url)
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    now = int(time.time())
+    headers = {
+        "none": "",
+        "bearer": "Authorization: Bearer cbt_0123456789abcdefghijklmnopqrstuv\r\n",
+        "malformed": f"X-InferClub-Timestamp: {now}\r\nX-InferClub-Signature: x\r\n",
+        "stale": f"X-InferClub-Timestamp: {now - 120}\r\nX-InferClub-Signature: {'A' * 86}\r\n",
+        "well-formed": f"X-InferClub-Timestamp: {now}\r\nX-InferClub-Signature: {'A' * 86}\r\n",
+    }[signature]
+    if signature != "none":
+        headers += "X-Request-Id: req_1\r\n"
     head = (
         f"POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {150 * 1024 * 1024}\r\n{auth}\r\n"
+        f"Content-Length: {150 * 1024 * 1024}\r\n{headers}\r\n"
     )
     with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=20) as s:
         s.sendall(head.encode())

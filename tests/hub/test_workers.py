@@ -1,5 +1,6 @@
 """`inferclub serve --workers 2`: one `listening on` line, both workers serve the port and route a
-heartbeat either of them saw within a second, and SIGTERM drains them all (exit 0)."""
+heartbeat either of them saw within a second, sign with one key, and SIGTERM drains them all
+(exit 0)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tornado.httputil import HTTPHeaders
 
 from inferclub.hub.workers import worker_count
+from inferclub.signing import RequestVerifier
 from tests.support.fakes.agent import FakeAgent
-from tests.support.hubproc import LISTENING, HubProcess, post_json
+from tests.support.hubproc import LISTENING, HubProcess, post_json, request_json
 
 pytestmark = pytest.mark.subprocess
 
@@ -33,6 +36,17 @@ def test_two_workers_serve_route_alike_and_drain(tmp_path: Path) -> None:
                 assert status == 200, body
             rows = hub.wait_for_request_rows(20)
             assert [r["status"] for r in rows] == [200] * 20
+            # One hub key, whichever worker answers or signs.
+            published = {request_json(hub.url, "GET", "/v1/agent/hub-key", None, None)[1]["key"]}
+            published |= {hub.heartbeat(key, "rig", agent.url, LLM)[1]["hub_key"] for _ in "ab"}
+            assert len(published) == 1
+            hub_key = published.pop()
+            # Logged once at start, so operators of several hubs can compare the copies.
+            assert hub.log().count(f"signing requests to agents with {hub_key}") == 1
+            verifier = RequestVerifier(hub_key, cache_size=100)
+            for sent in agent.posts("/v1/chat/completions"):
+                headers = HTTPHeaders(sent.headers)  # names in any case, as an agent reads them
+                verifier.verify(sent.method, sent.path, headers, sent.body, str(1))
     finally:
         assert hub.stop() == 0
     assert [line for line in hub.stdout_lines if LISTENING.match(line)] == [hub.stdout_lines[0]]

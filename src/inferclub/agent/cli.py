@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from inferclub.agent.manifest import Manifest, ManifestError, load_manifest
 from inferclub.agent.runner import PROBE_TIMEOUT, RunConfig, main_run, parse_listen
 from inferclub.agent.services import ServiceTable
 from inferclub.engines import Engine, engine_sources, get_engines, get_plugin_manager
+from inferclub.signing import SigningError, canonical_key, default_known_hubs_path
 
 EXIT_USAGE = 2
 DEFAULT_LISTEN = "0.0.0.0:8002"
@@ -52,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="seconds between heartbeats (default: what the hub asks for, else 30)",
+    )
+    run.add_argument(
+        "--hub-key",
+        metavar="ed25519:KEY",
+        help="trust only this hub signing key (or agent.hub_key; default: pin the first seen)",
+    )
+    run.add_argument(
+        "--known-hubs",
+        metavar="FILE",
+        help=f"where first-seen hub keys are pinned (default {default_known_hubs_path()})",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log debug details")
 
@@ -118,6 +130,12 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
     )
     if interval is not None and interval <= 0:
         raise usage_error("--heartbeat-interval must be positive")
+    hub_key = args.hub_key or section.hub_key
+    if hub_key:
+        try:
+            hub_key = canonical_key(hub_key)
+        except SigningError as exc:
+            raise usage_error(f"--hub-key: {exc}") from None
     config = RunConfig(
         manifest=manifest,
         hub=hub,
@@ -127,6 +145,8 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
         listen_port=port,
         callback_url=args.callback_url or section.callback_url,
         heartbeat_interval=interval,
+        hub_key=hub_key or None,
+        known_hubs=Path(args.known_hubs) if args.known_hubs else None,
     )
     return main_run(config, engines)
 

@@ -1,25 +1,26 @@
-"""Heartbeats: announce the live services to the hub and learn the callback token.
+"""Heartbeats: announce the live services to the hub; learn its signing key and our provider id.
 
 One loop probes every service, then beats when a beat is due or as soon as the advertised set
 changed. Failures are retried with bounded exponential backoff, one log line each; a 401 (the
 API key is wrong or revoked) or a 403 ``insufficient_scope`` (an ``inference`` key) means the
-key was rejected for good, and the agent stops.
+key was rejected for good, and the agent stops. So does a hub key other than the one pinned
+(:class:`HubAuth`): requests signed with it are never served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from inferclub import __version__, wire
+from inferclub import __version__, signing, wire
 from inferclub.agent.services import ServiceTable, describe
 from inferclub.openai_errors import normalise_error_body
 
@@ -44,21 +45,56 @@ class KeyRejected(Exception):
 
 
 @dataclass
-class CallbackAuth:
-    """The latest callback token the hub gave us; requests from the hub must carry it."""
+class HubAuth:
+    """What the hub's requests are checked against (docs/signing.md): the hub's key, pinned in
+    ``known_hubs`` on first sight or set explicitly, and this agent's provider id. Both come
+    with a heartbeat reply; until one was accepted, nothing can be checked."""
 
-    token: str | None = field(default=None, repr=False)
+    known_hubs: signing.KnownHubs
+    #: The hub key set in the configuration (``--hub-key``): the file is then left alone.
+    explicit_key: str | None = None
+    verifier: signing.RequestVerifier | None = None
+    provider_id: str | None = None
 
-    def check(self, authorization: str | None) -> str:
-        """'ok', 'not_ready' (no heartbeat has succeeded yet) or 'denied'."""
-        if self.token is None:
-            return "not_ready"
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return "denied"
-        return (
-            "ok" if hmac.compare_digest(given.strip().encode(), self.token.encode()) else "denied"
-        )
+    @property
+    def ready(self) -> bool:
+        return self.verifier is not None and self.provider_id is not None
+
+    def accept(self, hub_url: str, reply: wire.HeartbeatReply) -> None:
+        """Trust ``reply``'s key if it is the pinned one (pinning it on first sight) and take
+        its provider id. Raises :class:`~inferclub.signing.SigningError` (``HubKeyChanged``
+        for another key), naming the file and both keys."""
+        try:
+            key = self.known_hubs.pin_or_check(hub_url, reply.hub_key, self.explicit_key)
+        except OSError as exc:
+            self.verifier = None  # nothing is served from here on, not even while draining
+            raise signing.SigningError(
+                f"cannot record the hub's key in {self.known_hubs.path} ({exc}); pass "
+                "--known-hubs PATH or --hub-key KEY"
+            ) from None
+        except signing.SigningError:
+            self.verifier = None
+            raise
+        if self.verifier is None or self.verifier.hub_key != key:
+            # Kept across beats: its replay cache must outlive a heartbeat.
+            self.verifier = signing.RequestVerifier(key)
+        self.provider_id = str(reply.provider_id)
+
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """Signature steps that need no body; raises ``SignatureRejected``."""
+        assert self.verifier is not None, "not ready"
+        self.verifier.check_headers(headers)
+
+    def verify(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> None:
+        """The whole check, once the body is in; raises ``SignatureRejected``."""
+        assert self.verifier is not None and self.provider_id is not None, "not ready"
+        self.verifier.verify(method, target, headers, body, self.provider_id)
+
+
+def hub_auth(known_hubs: Path | None, hub_key: str | None) -> HubAuth:
+    """``known_hubs`` defaults to the user's state directory (``default_known_hubs_path``)."""
+    path = known_hubs or signing.default_known_hubs_path()
+    return HubAuth(signing.KnownHubs(path), hub_key)
 
 
 class Heartbeat:
@@ -71,12 +107,13 @@ class Heartbeat:
         key: str,
         name: str,
         callback_url: str,
-        auth: CallbackAuth,
+        auth: HubAuth,
         health: Callable[[], Awaitable[dict[str, Any]]],
         interval: float | None = None,
     ) -> None:
         self.session = session
         self.table = table
+        self.hub_url = hub
         self.url = hub.rstrip("/") + wire.HEARTBEAT_PATH
         self._key = key
         self.name = name
@@ -101,7 +138,8 @@ class Heartbeat:
         self.wake.set()
 
     async def run(self) -> None:
-        """Beat until cancelled. Raises `KeyRejected` on a 401, or a 403 for the key's scope."""
+        """Beat until cancelled. Raises `KeyRejected` on a 401 or a 403 for the key's scope, and
+        :class:`~inferclub.signing.SigningError` when the hub's key is not the trusted one."""
         last_sent: list[wire.AdvertisedService] | None = None
         next_beat = 0.0
         backoff = 1.0
@@ -152,9 +190,9 @@ class Heartbeat:
             return self._failed("the hub's answer is not JSON", retry_in)
         try:
             reply = wire.HeartbeatReply.parse(data)
-        except wire.PayloadError:
-            return self._failed("the hub's answer has no callback_token", retry_in)
-        self.auth.token = reply.callback_token
+        except wire.PayloadError as exc:
+            return self._failed(f"the hub's answer is unusable: {exc}", retry_in)
+        self.auth.accept(self.hub_url, reply)
         self.hub = reply
         self._accepted(reply, advertised)
         return True

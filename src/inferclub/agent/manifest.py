@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import yaml
 
 from inferclub.engines import SERVICE_TYPES, Engine, Model, Service
+from inferclub.signing import SigningError, canonical_key
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-AGENT_FIELDS = ("name", "hub", "key", "listen", "callback_url", "heartbeat_interval")
+AGENT_FIELDS = ("name", "hub", "key", "listen", "callback_url", "heartbeat_interval", "hub_key")
 HOST_FIELDS = ("id", "services")
 SERVICE_FIELDS = (
     "name",
@@ -72,6 +73,8 @@ class AgentSection:
     listen: str | None = None
     callback_url: str | None = None
     heartbeat_interval: float | None = None
+    #: The hub's signing key (``ed25519:...``), trusted instead of pinning the first one seen.
+    hub_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,17 @@ class _Checker:
             )
             listen = None
         interval = self.number(section, "heartbeat_interval", "agent")
+        hub_key = self.string(section, "hub_key", "agent")
+        if hub_key is not None:
+            try:
+                hub_key = canonical_key(hub_key)
+            except SigningError:
+                self.add(
+                    section.key_lines["hub_key"],
+                    "agent.hub_key",
+                    "expected ed25519:<43 base64url characters>, as GET /v1/agent/hub-key shows",
+                )
+                hub_key = None
         return AgentSection(
             name=self.string(section, "name", "agent"),
             hub=self.url(section, "hub", "agent"),
@@ -232,6 +246,7 @@ class _Checker:
             listen=listen,
             callback_url=self.url(section, "callback_url", "agent"),
             heartbeat_interval=float(interval) if interval is not None else None,
+            hub_key=hub_key,
         )
 
     def hosts(self, data: MarkedDict) -> tuple[Host, ...]:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,9 +19,9 @@ import aiohttp
 import tornado.httpserver
 import tornado.netutil
 
-from inferclub import wire
+from inferclub import signing, wire
 from inferclub.agent import health
-from inferclub.agent.heartbeat import CallbackAuth, Heartbeat, KeyRejected
+from inferclub.agent.heartbeat import Heartbeat, KeyRejected, hub_auth
 from inferclub.agent.manifest import Manifest
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
@@ -30,6 +31,8 @@ log = logging.getLogger("inferclub.agent")
 
 #: Exit status when the hub rejects the API key.
 EXIT_KEY_REJECTED = 3
+#: Exit status when the hub presents a signing key this agent does not trust.
+EXIT_HUB_KEY_REFUSED = 4
 #: Seconds SIGTERM waits for in-flight requests before closing them.
 DRAIN_TIMEOUT = 30.0
 #: Largest request body accepted from the hub: what a hub with default limits forwards.
@@ -48,6 +51,9 @@ class RunConfig:
     callback_url: str | None = None
     heartbeat_interval: float | None = None
     drain_timeout: float = DRAIN_TIMEOUT
+    #: The hub's signing key, set explicitly; else the one pinned in ``known_hubs``.
+    hub_key: str | None = None
+    known_hubs: Path | None = None
 
 
 def format_host(host: str) -> str:
@@ -93,7 +99,7 @@ class Agent:
     def __init__(self, config: RunConfig, engines: Mapping[str, Engine]) -> None:
         self.config = config
         self.table = ServiceTable(config.manifest.services, engines)
-        self.auth = CallbackAuth()
+        self.auth = hub_auth(config.known_hubs, config.hub_key)
         self.started = time.monotonic()
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
@@ -154,6 +160,11 @@ class Agent:
                         f": {exc.message}" if exc.message else "",
                     )
                     self.exit_code = EXIT_KEY_REJECTED
+                elif isinstance(exc, signing.SigningError):
+                    # Loud on purpose: whoever holds another key could feed this agent
+                    # requests as the hub. Nothing is served from here on.
+                    log.error("%s", exc)
+                    self.exit_code = EXIT_HUB_KEY_REFUSED
                 elif exc is not None:
                     raise exc
             else:

@@ -1,18 +1,20 @@
 """The callback server: the hub's requests come in at `/v1/...` and go out to the engines.
 
-Every request must carry the latest callback token from the hub. The service is chosen by the
-`X-InferClub-Service` header, or by the body's `model` and the endpoint's service type
-(``wire.ENDPOINT_TYPES``). :mod:`inferclub.agent.forward` sends the request on and relays the
-answer; when the hub disconnects, the forwarding task is cancelled and the engine connection
-closed at once.
+Every request must be signed by the hub, for this agent's provider id (docs/signing.md): the
+headers are checked before any body is read, the signature over the body once it is in. The
+service is chosen by the `X-InferClub-Service` header, or by the body's `model` and the
+endpoint's service type (``wire.ENDPOINT_TYPES``). :mod:`inferclub.agent.forward` sends the
+request on and relays the answer; when the hub disconnects, the forwarding task is cancelled
+and the engine connection closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +23,10 @@ import tornado.web
 
 from inferclub import wire
 from inferclub.agent.forward import engine_request, forward, requested_model
-from inferclub.agent.heartbeat import CallbackAuth
+from inferclub.agent.heartbeat import HubAuth
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.openai_errors import OpenAIError
+from inferclub.signing import SignatureRejected
 
 log = logging.getLogger("inferclub.agent.server")
 
@@ -40,7 +43,7 @@ class Runtime:
     """What the handlers need from the running agent."""
 
     table: ServiceTable
-    auth: CallbackAuth
+    auth: HubAuth
     session: aiohttp.ClientSession
     #: Called when a service failed a request, so it is probed (and maybe withdrawn) now.
     service_failed: Callable[[ServiceState], None]
@@ -61,7 +64,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, OpenAIError):
-            # Expected answers (wrong token, unknown model): the access log has the status.
+            # Expected answers (bad signature, unknown model): the access log has the status.
             log.debug("%s %s -> %d %s", self.request.method, self.request.path, value.status, value)
         else:
             super().log_exception(typ, value, tb)
@@ -71,9 +74,10 @@ class BaseHandler(tornado.web.RequestHandler):
 class CallbackHandler(BaseHandler):
     """`GET`/`POST /v1/...` from the hub (the OpenAI API of the agent's services).
 
-    The body is streamed in only after :meth:`prepare` accepted the headers: a peer without
-    the callback token, or asking for a path the hub never sends, gets its answer before a
-    byte of its (perhaps 200 MiB) body is read.
+    The body is streamed in only after :meth:`prepare` accepted the headers: an unsigned or
+    stale request, or one for a path the hub never sends, gets its answer before a byte of its
+    (perhaps 200 MiB) body is read. The signature itself is checked once the body is in,
+    before anything reaches an engine.
     """
 
     SUPPORTED_METHODS = ("GET", "POST")
@@ -88,13 +92,13 @@ class CallbackHandler(BaseHandler):
         self._chunks.append(chunk)
 
     def prepare(self) -> None:
-        verdict = self.runtime.auth.check(self.request.headers.get(wire.AUTH_HEADER))
-        if verdict == "not_ready":
+        auth = self.runtime.auth
+        if not auth.ready:
             raise OpenAIError(
                 503, "this agent has not registered with the hub yet", "service_unavailable"
             )
-        if verdict != "ok":
-            raise OpenAIError(401, "missing or wrong callback token", code="invalid_api_key")
+        with refused_signature():
+            auth.check_headers(self.request.headers)
         if self.runtime.draining:
             raise OpenAIError(503, "this agent is shutting down", "service_unavailable")
         if (self.request.method, self.request.path) not in FORWARDED:
@@ -111,13 +115,24 @@ class CallbackHandler(BaseHandler):
             self._task.cancel()
 
     async def get(self, path: str) -> None:
+        body = self.verified_body()
         if path == "models" and not self.request.headers.get(wire.SERVICE_HEADER):
             self.write_models()
             return
-        await self.proxy(path)
+        await self.proxy(path, body)
 
     async def post(self, path: str) -> None:
-        await self.proxy(path)
+        await self.proxy(path, self.verified_body())
+
+    def verified_body(self) -> bytes:
+        """The body, once its signature was checked (the request as received: method, raw
+        target, body bytes); a 401 otherwise."""
+        body = b"".join(self._chunks)
+        self._chunks = []
+        request = self.request
+        with refused_signature():
+            self.runtime.auth.verify(request.method or "", request.uri or "", request.headers, body)
+        return body
 
     def write_models(self) -> None:
         data = [
@@ -152,10 +167,8 @@ class CallbackHandler(BaseHandler):
             )
         return state
 
-    async def proxy(self, path: str) -> None:
+    async def proxy(self, path: str, body: bytes) -> None:
         path = "/" + path
-        body = b"".join(self._chunks)
-        self._chunks = []
         model = requested_model(body, self.request.headers.get("Content-Type", ""))
         state = self.select(path, model)
         if state.full():
@@ -192,8 +205,17 @@ class CallbackHandler(BaseHandler):
             state.in_flight -= 1
 
 
+@contextlib.contextmanager
+def refused_signature() -> Iterator[None]:
+    """A refused signature is a 401 whose ``code`` says why (``signature_expired``...)."""
+    try:
+        yield
+    except SignatureRejected as exc:
+        raise OpenAIError(401, exc.message, "invalid_request_error", exc.code) from None
+
+
 class LiveHandler(BaseHandler):
-    """`GET /health`: the agent process is alive (no details; needs no token)."""
+    """`GET /health`: the agent process is alive (no details; needs no signature)."""
 
     def get(self) -> None:
         self.finish({"status": "ok"})

@@ -11,10 +11,11 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub import background, keys
+from inferclub import signing
+from inferclub.hub import background
 from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
-from inferclub.hub.config import Secrets, Settings
+from inferclub.hub.config import ConfigError, Secrets, Settings
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
@@ -36,10 +37,18 @@ access_log = logging.getLogger("inferclub.access")
 class Hub:
     """Everything a handler needs, reached through ``Application.settings["hub"]``."""
 
-    def __init__(self, settings: Settings, store: Store, secrets: Secrets) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        secrets: Secrets,
+        signer: signing.HubSigner | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.secrets = secrets
+        #: Signs every request to an agent; its key is beside the secrets file by default.
+        self.signer = signer or load_signer(settings)
         self.keys = KeyCache(store, secrets.pepper, settings.key_cache_refresh)
         self.accounts = Accounts(store, lambda: secrets.pepper, self.keys)
         self.registry = Registry(settings.online_window)
@@ -51,6 +60,7 @@ class Hub:
         self.relay = Relay(
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout),
             self.callback_policy,
+            self.signer,
         )
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
@@ -59,7 +69,6 @@ class Hub:
         #: Set when the shutdown drain deadline passed: the connections that close from then on
         #: are cut by the hub, and their requests are recorded so, not as cancelled by a client.
         self.cutting = False
-        self._callback_tokens: dict[int, str] = {}
         self._registry_task: asyncio.Task[None] | None = None
         self._reload_now = asyncio.Event()
         #: provider id -> (callback URL, problem or None, when checked)
@@ -123,17 +132,19 @@ class Hub:
             and (known[1] is None or now - known[2] < 60)
         ):
             return known[1]
-        problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
+        problem = await self.relay.probe(callback_url, provider_id)
         self._reachability[provider_id] = (callback_url, problem, now)
         return problem
 
-    def callback_token(self, provider_id: int) -> str:
-        """The secret the hub presents to a provider's agent; derived, so never stored."""
-        token = self._callback_tokens.get(provider_id)
-        if token is None:
-            token = keys.derive_secret(self.secrets.pepper, f"callback-token:{provider_id}")
-            self._callback_tokens[provider_id] = token
-        return token
+
+def load_signer(settings: Settings) -> signing.HubSigner:
+    """The hub's signer, its key read from (or created in) the file beside the secrets file:
+    every worker and every hub instance sharing that file signs with the same key."""
+    path = signing.hub_key_path(settings.secrets_path)
+    try:
+        return signing.HubSigner(signing.load_or_create_hub_key(path))
+    except signing.SigningError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -19,7 +19,7 @@ import tornado.netutil
 from inferclub import __version__
 from inferclub.hub import keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
-from inferclub.hub.app import Hub, make_app
+from inferclub.hub.app import Hub, load_signer, make_app
 from inferclub.hub.config import (
     ConfigError,
     Settings,
@@ -186,6 +186,7 @@ def _serve(settings: Settings, quickstart: bool) -> int:
             return runner.run(serve(settings, quickstart=quickstart))
     sockets = _bind(settings)
     load_or_create_secrets(settings.secrets_path)  # once, before the workers race for it
+    load_signer(settings)  # likewise the signing key: every worker signs with this one
     print(f"listening on {_url(settings.host, sockets)}", flush=True)
     if not is_postgres_url(settings.db_url):
         # SQLite cannot push a change to the other workers: reload providers often enough
@@ -390,6 +391,8 @@ async def _run_server(
     url = _url(settings.host, sockets)
     if worker in (None, 0):
         log.info("inferclub %s, database %s", __version__, describe_db(settings.db_url))
+        # Public, and what agents pin: hubs sharing one URL must all show the same key.
+        log.info("signing requests to agents with %s", hub.signer.public_key)
     if worker is None:  # with workers, the parent printed it
         print(f"listening on {url}", flush=True)
     if worker in (None, 0):

@@ -63,7 +63,8 @@ class Settings:
         metadata=_doc(
             "File holding the server secrets (API-key pepper, cookie secret), created with "
             "mode 0600 on first use. Kept out of the database on purpose: a leaked database "
-            "alone cannot be used to test guessed keys. `INFERCLUB_PEPPER` replaces it.",
+            "alone cannot be used to test guessed keys. `INFERCLUB_PEPPER` replaces it. The "
+            "hub's signing key is created beside it (`.secrets.json` -> `.hub-key.pem`).",
             "`<db>.secrets.json`, beside the database",
         ),
     )
@@ -341,10 +342,15 @@ REFERENCE_TAIL = """
 The key pepper and the cookie secret live in `secrets_file`, created on first use with mode 0600.
 Two environment variables replace the file, for deployments that keep secrets elsewhere:
 
-- `INFERCLUB_PEPPER`: the pepper API keys are hashed with (`HMAC-SHA256(pepper, key)`); agents'
-  callback tokens are derived from it too. Changing it invalidates every API key.
+- `INFERCLUB_PEPPER`: the pepper API keys are hashed with (`HMAC-SHA256(pepper, key)`).
+  Changing it invalidates every API key.
 - `INFERCLUB_COOKIE_SECRET`: signs dashboard cookies; read only when `INFERCLUB_PEPPER` is set,
   and defaults to it. Changing it signs everyone out of the dashboard.
+
+The hub's Ed25519 signing key (it signs every request to an agent, [signing.md](signing.md))
+is a third file beside the secrets file, `<secrets file without .secrets.json>.hub-key.pem`
+(`inferclub.db.hub-key.pem`), created with mode 0600 on first start, also when the environment
+variables above replace the secrets file. Replacing it changes the key that agents pinned.
 
 ## Example
 

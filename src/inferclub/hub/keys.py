@@ -75,11 +75,6 @@ def hash_key(pepper: bytes, key: str) -> str:
     return hmac.new(pepper, key.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def derive_secret(pepper: bytes, purpose: str) -> str:
-    """A stable secret derived from the pepper, e.g. a provider's callback token."""
-    return hmac.new(pepper, purpose.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
 def allows(scope: str, needed: str) -> bool:
     """Whether a key of ``scope`` may do what needs ``needed`` (:data:`INFERENCE` or
     :data:`AGENT`)."""

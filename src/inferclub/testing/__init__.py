@@ -29,8 +29,8 @@ import pytest
 
 from inferclub.testing.agent import AgentProcess, StartAgent, manifest_text, run_cli
 from inferclub.testing.hub import (
-    CALLBACK_TOKEN,
     KEY,
+    PROVIDER_ID,
     AgentResponse,
     FakeHub,
     advertised,
@@ -39,8 +39,8 @@ from inferclub.testing.hub import (
 from inferclub.testing.servers import FakeHandler, FakeServer, LoopThread, NotFound, Recorded
 
 __all__ = [
-    "CALLBACK_TOKEN",
     "KEY",
+    "PROVIDER_ID",
     "AgentProcess",
     "AgentResponse",
     "FakeHandler",
@@ -61,7 +61,8 @@ __all__ = [
 
 @pytest.fixture
 def fake_hub() -> Iterator[FakeHub]:
-    """A `FakeHub` on 127.0.0.1, port 0, accepting `KEY` and handing out `CALLBACK_TOKEN`."""
+    """A `FakeHub` on 127.0.0.1, port 0, accepting `KEY`, handing out `PROVIDER_ID` and
+    signing what it sends the agent with a key of its own."""
     with FakeHub() as hub:
         yield hub
 
@@ -75,7 +76,8 @@ def start_agent(tmp_path: Path, fake_hub: FakeHub) -> Iterator[StartAgent]:
     env=None, wait=True)``: the services are manifest entries (dicts), or ``manifest`` is the
     whole YAML text; ``args`` are extra command-line arguments; ``interval`` is the heartbeat
     interval in seconds (None: the hub's); ``key=None`` passes no ``--key``; ``wait`` waits
-    until the agent prints where it listens.
+    until the agent prints where it listens. Hub keys are pinned in ``tmp_path/known_hubs``,
+    never in the user's own state directory.
     """
     procs: list[AgentProcess] = []
 
@@ -92,7 +94,7 @@ def start_agent(tmp_path: Path, fake_hub: FakeHub) -> Iterator[StartAgent]:
         path = tmp_path / f"manifest-{len(procs)}.yaml"
         path.write_text(manifest if manifest is not None else manifest_text(*services))
         argv = ["run", "--manifest", str(path), "--hub", hub_url or fake_hub.root]
-        argv += ["--listen", "127.0.0.1:0", *args]
+        argv += ["--listen", "127.0.0.1:0", "--known-hubs", str(tmp_path / "known_hubs"), *args]
         if interval is not None:
             argv += ["--heartbeat-interval", str(interval)]
         if key is not None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,11 @@ class AgentProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
+        # The agent pins hub keys in its state directory: a test's agent gets a fresh one, so
+        # it never writes to the user's, nor trips over a key pinned by another test's hub.
+        self._state = tempfile.TemporaryDirectory(prefix="inferclub-agent-state-")
+        if not (env and "XDG_STATE_HOME" in env):
+            full_env["XDG_STATE_HOME"] = self._state.name
         self.args = args
         self.proc = subprocess.Popen(
             [*agent_command(), *args],
@@ -90,7 +96,7 @@ class AgentProcess:
         raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.stderr}")
 
     def wait_registered(self, timeout: float = 15) -> None:
-        """Until a heartbeat succeeded, i.e. the agent holds a callback token. (The hub records
+        """Until a heartbeat succeeded, i.e. the agent holds the hub key. (The hub records
         a beat just before the agent reads the answer, so the hub's view alone is racy.)"""
         self.wait_log("heartbeat accepted by the hub", timeout)
 
@@ -112,6 +118,7 @@ class AgentProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        self._state.cleanup()
 
 
 def run_cli(

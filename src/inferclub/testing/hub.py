@@ -2,28 +2,32 @@
 
 It accepts ``POST /v1/agent/heartbeat`` with the key it was given, validates each heartbeat with
 the real hub's parser (:meth:`inferclub.wire.Heartbeat.parse`, so a plugin whose heartbeat the
-hub would refuse fails here too), records it, and answers with a callback token. It can then
-send the agent what the hub sends for a consumer request: the path under the agent's callback
-URL, the callback token as a bearer token, and the service name in ``X-InferClub-Service``.
+hub would refuse fails here too), records it, and answers with its provider id and its public
+signing key. It can then send the agent what the hub sends for a consumer request: the path
+under the agent's callback URL, signed with the hub's key for that provider (docs/signing.md),
+and the service name in ``X-InferClub-Service``.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from inferclub import openai_errors, wire
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from inferclub import openai_errors, signing, wire
 from inferclub.openai_errors import error_body
 from inferclub.testing.servers import FakeHandler, FakeServer
 
 #: The API key `FakeHub` accepts unless given another.
 KEY = "hub_TestKey0123456789abcdefghijkl"
-#: The callback token `FakeHub` hands out unless given another.
-CALLBACK_TOKEN = "cbt_0123456789abcdefghijklmnopqrstuv"
+#: The provider id `FakeHub` hands out unless given another.
+PROVIDER_ID = 7
 
 
 class AgentResponse(NamedTuple):
@@ -43,22 +47,32 @@ def send_to_agent(
     path: str,
     body: bytes | dict[str, Any] | None = None,
     *,
-    token: str | None = CALLBACK_TOKEN,
+    signer: signing.HubSigner | None = None,
+    provider_id: int = PROVIDER_ID,
     service: str | None = None,
     content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> AgentResponse:
     """Send ``method path`` (``/chat/completions``: relative to the callback URL, which ends
-    in ``/v1``) the way the hub proxies a request; a dict body is sent as JSON."""
+    in ``/v1``) the way the hub proxies a request; a dict body is sent as JSON.
+
+    With ``signer`` the request is signed for ``provider_id`` (a fresh request id each time);
+    without, it is unsigned. ``headers`` are sent last: a test can replace a signed header
+    with a stale or forged one, or resend the headers of an earlier request.
+    """
     parts = urlsplit(callback_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
-    headers = {"Content-Type": content_type}
-    if token:
-        headers[wire.AUTH_HEADER] = wire.bearer(token)
-    if service:
-        headers[wire.SERVICE_HEADER] = service
+    target = parts.path.rstrip("/") + path
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    sent = {"Content-Type": content_type}
+    if service:
+        sent[wire.SERVICE_HEADER] = service
+    if signer is not None:
+        request_id = "req_" + secrets.token_hex(12)
+        sent.update(signer.sign(method, target, request_id, str(provider_id), raw or b""))
+    sent.update(headers or {})
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     try:
-        conn.request(method, parts.path.rstrip("/") + path, body=raw, headers=headers)
+        conn.request(method, target, body=raw, headers=sent)
         resp = conn.getresponse()
         return AgentResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
@@ -74,10 +88,19 @@ class FakeHub(FakeServer):
     """``with FakeHub() as hub:`` an agent started with ``--hub hub.root --key hub.key``
     registers here; ``hub.beats`` holds what it sent."""
 
-    def __init__(self, key: str = KEY, token: str = CALLBACK_TOKEN) -> None:
+    def __init__(
+        self,
+        key: str = KEY,
+        provider_id: int = PROVIDER_ID,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
         super().__init__()
         self.key = key
-        self.token = token
+        self.provider_id = provider_id
+        #: The hub's private key (a new one for each fake hub unless given one), and the
+        #: signer :meth:`proxy` signs with. Replace both to play a hub whose key changed.
+        self.signing_key = signing_key or Ed25519PrivateKey.generate()
+        self.signer = signing.HubSigner(self.signing_key)
         #: What the hub tells agents: seconds between beats, and how long one counts.
         self.interval = 30
         self.window = 60
@@ -115,10 +138,17 @@ class FakeHub(FakeServer):
         content_type: str = "application/json",
     ) -> AgentResponse:
         """Send a request to the agent as the hub would: to the callback URL of the latest
-        heartbeat (or ``callback_url``), with this hub's callback token."""
+        heartbeat (or ``callback_url``), signed with this hub's key for its provider id."""
         url = callback_url or self.last()["callback_url"]
         return send_to_agent(
-            url, method, path, body, token=self.token, service=service, content_type=content_type
+            url,
+            method,
+            path,
+            body,
+            signer=self.signer,
+            provider_id=self.provider_id,
+            service=service,
+            content_type=content_type,
         )
 
 
@@ -144,5 +174,7 @@ class HeartbeatHandler(FakeHandler):
             self.send_json(body, 400)
             return
         hub.beats.append((time.monotonic(), beat))
-        reply = wire.HeartbeatReply(7, hub.token, hub.interval, hub.window)
+        reply = wire.HeartbeatReply(
+            hub.provider_id, hub.signer.public_key, hub.interval, hub.window
+        )
         self.send_json(reply.to_json())

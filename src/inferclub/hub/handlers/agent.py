@@ -1,4 +1,5 @@
-"""The agent protocol: heartbeats (the payloads are ``inferclub.wire``'s)."""
+"""The agent protocol: heartbeats (the payloads are ``inferclub.wire``'s) and the hub's public
+signing key."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class HeartbeatHandler(ApiHandler):
             )
         reply = wire.HeartbeatReply(
             provider_id=record.id,
-            callback_token=hub.callback_token(record.id),
+            hub_key=hub.signer.public_key,
             heartbeat_interval=hub.settings.heartbeat_interval,
             online_window=hub.settings.online_window,
             callback_reachable=problem is None,
@@ -104,4 +105,22 @@ class HeartbeatHandler(ApiHandler):
             )
 
 
-routes = [(wire.HEARTBEAT_PATH, HeartbeatHandler)]
+class HubKeyHandler(ApiHandler):
+    """``GET /v1/agent/hub-key``: the key agents check the hub's requests with.
+
+    Needs no API key: it is public, and an agent's operator should be able to read it (to
+    set it explicitly, or compare it with the pinned one) before holding a key.
+    """
+
+    SUPPORTED_METHODS = ("GET",)
+
+    async def prepare(self) -> None:
+        # No authentication; a body sent anyway is dropped as it arrives (limit 0).
+        self._chunks, self._size, self._too_large, self._limit = [], 0, False, 0
+
+    def get(self) -> None:
+        key = self.hub.signer.public_key
+        self.write_json({"object": "hub_key", "algorithm": "ed25519", "key": key})
+
+
+routes = [(wire.HEARTBEAT_PATH, HeartbeatHandler), (wire.HUB_KEY_PATH, HubKeyHandler)]

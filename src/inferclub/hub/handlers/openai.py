@@ -137,8 +137,9 @@ class ProxyHandler(ApiHandler):
             route,
             self.api_path,
             self.request.headers.get("Content-Type", "application/json"),
-            self.hub.callback_token(route.provider.id),
             meter.id,
+            self.hub.signer,
+            fwd.body,
         )
         task = asyncio.ensure_future(
             self.hub.relay.forward(self, upstream, fwd.body, meter, fwd.strip_usage, fwd.transform)

@@ -12,10 +12,11 @@ cancelling closes the agent connection at once.
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import aiohttp
 
-from inferclub import wire
+from inferclub import signing
 from inferclub.hub.callback_policy import CallbackPolicy, policy_connector
 from inferclub.hub.reachability import reachability_kind
 from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
@@ -37,9 +38,12 @@ __all__ = [
 class Relay:
     """Forwards requests to agents over one pool of kept-alive connections."""
 
-    def __init__(self, timeouts: Timeouts, policy: CallbackPolicy) -> None:
+    def __init__(
+        self, timeouts: Timeouts, policy: CallbackPolicy, signer: signing.HubSigner
+    ) -> None:
         self.timeouts = timeouts
         self.policy = policy
+        self.signer = signer
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -62,15 +66,22 @@ class Relay:
             await self._session.close()
             self._session = None
 
-    async def probe(self, callback_url: str, token: str, timeout: float = 3.0) -> str | None:
+    async def probe(self, callback_url: str, provider_id: int, timeout: float = 3.0) -> str | None:
         """Can the hub reach an agent? None if any HTTP answer came back, else the kind of
         failure. Only the kind: the remote side's bytes (a banner) never leave this method."""
         assert self._session is not None, "relay not started"
+        url = callback_url.rstrip("/") + "/models"
+        # Signed like any request, so an agent that already knows its provider id lists its
+        # models; one that does not yet (its first heartbeat) answers 503, which counts too.
+        request_id = "probe_" + secrets.token_hex(12)
+        headers = self.signer.sign(
+            "GET", signing.request_target(url), request_id, str(provider_id), b""
+        )
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.get(
-                    callback_url.rstrip("/") + "/models",
-                    headers={wire.AUTH_HEADER: wire.bearer(token)},
+                    url,
+                    headers=headers,
                     allow_redirects=False,
                 ) as resp:
                     await resp.read()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from inferclub import wire
+from inferclub import signing, wire
 from inferclub.hub.routing import Route
 from inferclub.openai_errors import OpenAIError
 
@@ -31,18 +31,26 @@ class Upstream:
 
     @classmethod
     def for_route(
-        cls, route: Route, api_path: str, content_type: str, token: str, request_id: str
+        cls,
+        route: Route,
+        api_path: str,
+        content_type: str,
+        request_id: str,
+        signer: signing.HubSigner,
+        body: bytes,
     ) -> Upstream:
-        """``api_path`` (``/v1/...``) on the route's agent, presenting the provider's token:
-        the consumer's key never travels to an agent."""
-        path = api_path[len("/v1") :]
+        """``api_path`` (``/v1/...``) on the route's agent, signed for the route's provider
+        (docs/signing.md): the consumer's key never travels to an agent. Signed here, once
+        per request: the body is whole by now, and no chunk of the answer costs a signature."""
+        url = route.provider.callback_url.rstrip("/") + api_path[len("/v1") :]
+        target = signing.request_target(url)
+        signed = signer.sign("POST", target, request_id, str(route.provider.id), body)
         return cls(
-            url=route.provider.callback_url.rstrip("/") + path,
+            url=url,
             headers={
                 "Content-Type": content_type,
-                wire.AUTH_HEADER: wire.bearer(token),
                 wire.SERVICE_HEADER: route.service.name,
-                wire.REQUEST_ID_HEADER: request_id,
+                **signed,
             },
         )
 
