@@ -107,9 +107,11 @@ class Hub:
             except Exception:  # keep routing on the current registry; retry next round
                 log.exception("reloading providers from the store failed")
 
-    async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
+    async def check_callback(self, provider_id: int, callback_url: str) -> tuple[str | None, bool]:
         """What kind of failure reaching this provider's callback URL had (see
-        :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered.
+        :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered;
+        and whether that was found out just now (so a caller logs it once per check, not at
+        every heartbeat).
 
         Checked when a provider first shows up or changes its URL, and again at most once a
         minute while it is failing, so an agent learns at once that it is unreachable (behind
@@ -122,10 +124,10 @@ class Hub:
             and known[0] == callback_url
             and (known[1] is None or now - known[2] < 60)
         ):
-            return known[1]
+            return known[1], False
         problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
         self._reachability[provider_id] = (callback_url, problem, now)
-        return problem
+        return problem, True
 
     def callback_token(self, provider_id: int) -> str:
         """The secret the hub presents to a provider's agent; derived, so never stored."""

@@ -66,8 +66,8 @@ class HeartbeatHandler(ApiHandler):
                 len(record.services),
                 sum(len(s.models) for s in record.services),
             )
-        problem = await hub.check_callback(record.id, record.callback_url)
-        if problem is not None:
+        problem, probed = await hub.check_callback(record.id, record.callback_url)
+        if problem is not None and probed:
             log.warning(
                 "provider %r of %s: the hub cannot reach %s (%s)",
                 record.name,
