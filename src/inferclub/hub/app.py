@@ -67,7 +67,7 @@ class Hub:
 
     async def start(self) -> None:
         """Load providers into the routing registry and start the background writers."""
-        self.registry.load(await self.store.list_providers())
+        await self.liveness.load()
         await self.keys.start()
         await self.history.start()
         await self.retention.start()
@@ -94,14 +94,16 @@ class Hub:
         await self.keys.stop()
 
     async def _watch_providers(self) -> None:
-        """Reload providers from the store now and then: another hub instance sharing the
-        store may have received their heartbeats (or a deletion)."""
+        """Follow the store now and then: another hub instance sharing it may have received
+        heartbeats (or deleted a provider). Only what changed is read, except after missed
+        notifications, when everything is."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload_now.wait(), self.settings.registry_refresh)
+            missed = self._reload_now.is_set()
             self._reload_now.clear()
             try:
-                self.registry.load(await self.store.list_providers())
+                await (self.liveness.load() if missed else self.liveness.refresh())
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep routing on the current registry; retry next round

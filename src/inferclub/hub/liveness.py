@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from inferclub import wire
@@ -40,6 +41,59 @@ class Liveness:
         self._changed: set[tuple[int, int]] = set()
         self._changed_wake = asyncio.Event()
         self._changes_task: asyncio.Task[None] | None = None
+        #: the store's description version and the time last asked about, for refresh()
+        self._version = 0
+        self._since = 0.0
+        # Last-seen times reach the store up to one flush interval after the beat (and their
+        # write takes a moment): each round looks back that far, so none is missed.
+        self._margin = 2 * interval + 1.0
+
+    async def load(self) -> None:
+        """Load every provider into the registry: at start, and when changes were missed."""
+        started = time.time()
+        # The version before the providers: a change in between is fetched again, not lost.
+        self._version = (await self._store.provider_changes(started)).version
+        self._registry.load(await self._store.list_providers())
+        self._since = started - self._margin
+
+    async def refresh(self) -> None:
+        """Catch up with what other hubs (or processes) sharing the store wrote.
+
+        Idle, this is one query that finds nothing; otherwise it looks at the providers heard
+        from since the last round (their last-seen times and health), and only when a
+        description was stored or a provider deleted somewhere does it fetch those providers
+        whole and the list of ids. Never a reload of the whole fleet.
+        """
+        started = time.time()
+        changes = await self._store.provider_changes(self._since)
+        newer = [s for s in changes.seen if self._newer(s.user_id, s.id, s.last_heartbeat_at)]
+        described = changes.version != self._version
+        unknown = [s.id for s in newer if self._registry.get(s.user_id, s.id) is None]
+        fetch = [s.id for s in newer] if described else unknown
+        fetched = await self._store.get_providers(fetch) if fetch else []
+        if described:
+            existing = await self._store.provider_ids()
+            for user_id, provider_id in self._registry.ids():
+                if provider_id not in existing:
+                    self._registry.remove(user_id, provider_id)
+        # No await from here on: what is applied is compared with the registry as it is now.
+        for record in fetched:
+            if self._newer(record.user_id, record.id, record.last_heartbeat_at):
+                self._registry.update(record)
+        done = {record.id for record in fetched}
+        for seen in newer:
+            mine = self._registry.get(seen.user_id, seen.id)
+            stamp = seen.last_heartbeat_at
+            if seen.id not in done and mine is not None and stamp > mine.last_heartbeat_at:
+                self._registry.update(
+                    dataclasses.replace(mine, last_heartbeat_at=stamp, health=seen.health)
+                )
+        self._version = changes.version
+        self._since = started - self._margin
+
+    def _newer(self, user_id: int, provider_id: int, stamp: float) -> bool:
+        mine = self._registry.get(user_id, provider_id)
+        return mine is None or stamp > mine.last_heartbeat_at
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="last-seen-writer")

@@ -90,6 +90,10 @@ class Registry:
         if idx is not None and old is not None:
             _unindex(idx, old, keep_order=False)
 
+    def ids(self) -> list[tuple[int, int]]:
+        """``(user id, provider id)`` of every provider known."""
+        return [(uid, pid) for uid, idx in self._users.items() for pid in idx.by_id]
+
     def providers(self, user_id: int) -> list[ProviderRecord]:
         idx = self._users.get(user_id)
         return list(idx.providers) if idx else []

@@ -7,7 +7,7 @@ machines share one database. Both implement the same methods; nothing above this
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
@@ -60,6 +61,14 @@ KEYS_CHANNEL = "keys"
 #: Channel of provider description changes (heartbeat saved, provider deleted); the payload is
 #: ``"user_id:provider_id"``.
 PROVIDERS_CHANNEL = "providers"
+
+
+#: Both backends bump the description version in the transaction that stores a description
+#: or deletes a provider. A row, not a schema change: it appears at the first bump.
+BUMP_PROVIDERS_VERSION = (
+    "INSERT INTO counters (name, value) VALUES ('providers_version', 1)"
+    " ON CONFLICT (name) DO UPDATE SET value = counters.value + 1"
+)
 
 
 class Store(abc.ABC):
@@ -165,6 +174,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         """The provider ``provider_id`` if it belongs to ``user_id``, else None."""
+
+    @abc.abstractmethod
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        """The providers among ``ids`` that exist (any user's), in routing order."""
+
+    @abc.abstractmethod
+    async def provider_ids(self) -> set[int]:
+        """Every provider's id: how a hub finds providers another hub deleted."""
+
+    @abc.abstractmethod
+    async def provider_changes(self, since: float) -> ProviderChanges:
+        """The description version and the providers heard from after ``since``: how a hub
+        follows the others at a cost that grows with the heartbeats, not with the fleet."""
 
     @abc.abstractmethod
     async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...

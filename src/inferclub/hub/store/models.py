@@ -65,6 +65,26 @@ class ProviderRecord:
     services: tuple[ServiceInfo, ...] = ()
 
 
+@dataclass(frozen=True)
+class ProviderSeen:
+    """When a provider was last heard from, by any hub sharing the store, and its health."""
+
+    id: int
+    user_id: int
+    last_heartbeat_at: float
+    health: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProviderChanges:
+    """What :meth:`Store.provider_changes` found: cheap to ask for when nothing changed."""
+
+    #: Bumped by every stored description and every deletion (a store-wide counter).
+    version: int
+    #: Providers heard from after the time asked about, oldest id first.
+    seen: list[ProviderSeen]
+
+
 @dataclass
 class RequestRecord:
     """One row of request history: metadata only, no content."""
@@ -196,3 +216,8 @@ def assemble_providers(
         )
         for p in prows
     ]
+
+
+def provider_seen(rows: Iterable[Any]) -> list[ProviderSeen]:
+    """``(id, user_id, last_heartbeat_at, health JSON)`` rows as records."""
+    return [ProviderSeen(r[0], r[1], r[2], json.loads(r[3])) for r in rows]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ import asyncpg
 
 from inferclub.hub.store import pgrows, pgschema
 from inferclub.hub.store.base import (
+    BUMP_PROVIDERS_VERSION,
     KEYS_CHANNEL,
     PROVIDERS_CHANNEL,
     AlreadyExists,
@@ -30,12 +31,14 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
     assemble_providers,
+    provider_seen,
     request_values,
 )
 from inferclub.hub.store.pglisten import CONNECTION_ERRORS, Listener
@@ -239,6 +242,7 @@ class PostgresStore(Store):
             if row is None:
                 raise StoreError("no row from the provider upsert")
             provider_id, created_at = row[0], row[1]
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute("DELETE FROM services WHERE provider_id = $1", provider_id)
             await pgrows.insert_services(db, provider_id, services)
         return ProviderRecord(
@@ -275,6 +279,24 @@ class PostgresStore(Store):
         found = await self._providers("WHERE p.id = $1 AND p.user_id = $2", (provider_id, user_id))
         return found[0] if found else None
 
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        return await self._providers("WHERE p.id = ANY($1::bigint[])", (list(ids),))
+
+    async def provider_ids(self) -> set[int]:
+        return {row[0] for row in await self.pool.fetch("SELECT id FROM providers")}
+
+    async def provider_changes(self, since: float) -> ProviderChanges:
+        async with self.pool.acquire() as db, db.transaction(readonly=True):
+            version = await db.fetchval(
+                "SELECT value FROM counters WHERE name = 'providers_version'"
+            )
+            seen = await db.fetch(
+                "SELECT id, user_id, last_heartbeat_at, health FROM providers"
+                " WHERE last_heartbeat_at > $1 ORDER BY id",
+                since,
+            )
+        return ProviderChanges(int(version or 0), provider_seen(seen))
+
     async def _providers(self, where: str, args: Sequence[Any]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""
         # One snapshot for the three queries, so a heartbeat committed in between can't pair
@@ -308,6 +330,7 @@ class PostgresStore(Store):
             )
             if deleted is None:
                 return False
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute(
                 "SELECT pg_notify($1, $2)", PROVIDERS_CHANNEL, f"{user_id}:{provider_id}"
             )

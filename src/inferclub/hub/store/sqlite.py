@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 
 from inferclub.hub.store.base import (
+    BUMP_PROVIDERS_VERSION,
     AlreadyExists,
     ChangeCallback,
     RequestFilter,
@@ -29,12 +30,14 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
     assemble_providers,
+    provider_seen,
     request_values,
 )
 
@@ -375,6 +378,7 @@ class SQLiteStore(Store):
                 (user_id, name, callback_url, agent_version, health_json, now, now),
             )
             provider_id, created_at = row[0], row[1]
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute("DELETE FROM services WHERE provider_id = ?", (provider_id,))
             for position, svc in enumerate(services):
                 cur = await db.execute(
@@ -427,6 +431,34 @@ class SQLiteStore(Store):
         found = await self._providers("WHERE p.id = ? AND p.user_id = ?", (provider_id, user_id))
         return found[0] if found else None
 
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        wanted = sorted(ids)
+        found: list[ProviderRecord] = []
+        # In slices: SQLite caps the number of parameters of one statement.
+        for at in range(0, len(wanted), 500):
+            part = wanted[at : at + 500]
+            where = f"WHERE p.id IN ({', '.join('?' * len(part))})"
+            found += await self._providers(where, tuple(part))
+        return found
+
+    async def provider_ids(self) -> set[int]:
+        async with self._read() as db:
+            return {row[0] for row in await db.execute_fetchall("SELECT id FROM providers")}
+
+    async def provider_changes(self, since: float) -> ProviderChanges:
+        async with self._read() as db:
+            # The version first: a description stored between the two reads is then seen
+            # again next time rather than missed.
+            version = await db.execute_fetchall(
+                "SELECT value FROM counters WHERE name = 'providers_version'"
+            )
+            seen = await db.execute_fetchall(
+                "SELECT id, user_id, last_heartbeat_at, health FROM providers"
+                " WHERE last_heartbeat_at > ? ORDER BY id",
+                (since,),
+            )
+        return ProviderChanges(next((int(r[0]) for r in version), 0), provider_seen(seen))
+
     async def _providers(self, where: str, args: tuple[Any, ...]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""
         async with self._read() as db:
@@ -457,6 +489,8 @@ class SQLiteStore(Store):
             cur = await db.execute(
                 "DELETE FROM providers WHERE id = ? AND user_id = ?", (provider_id, user_id)
             )
+            if cur.rowcount:
+                await db.execute(BUMP_PROVIDERS_VERSION)
             return bool(cur.rowcount)
 
     # -------------------------------------------------------- request history
