@@ -3,8 +3,9 @@
 Routing reads only the in-memory registry, so a heartbeat updates it first. Only a changed
 description (callback URL, agent version, services and models) is written before the answer;
 last-seen times and health go to the store in batches, off the request path. A store that
-fails is logged and counted, and never takes a provider offline or fails a known provider's
-heartbeat: the in-memory state is the truth for routing, the store catches up when it can.
+fails is logged and counted, and never takes a provider offline or fails a heartbeat (a new
+provider is routed under a provisional id until the store takes it): the in-memory state is the
+truth for routing, the store catches up when it can.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from inferclub.hub import background
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, ServiceInfo, Store
-from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.liveness")
 
@@ -47,6 +47,8 @@ class Liveness:
         # Last-seen times reach the store up to one flush interval after the beat (and their
         # write takes a moment): each round looks back that far, so none is missed.
         self._margin = 2 * interval + 1.0
+        #: the last provisional id handed out (negative: the store's ids are positive)
+        self._provisional = 0
 
     async def load(self) -> None:
         """Load every provider into the registry: at start, and when changes were missed."""
@@ -74,7 +76,7 @@ class Liveness:
         if described:
             existing = await self._store.provider_ids()
             for user_id, provider_id in self._registry.ids():
-                if provider_id not in existing:
+                if provider_id not in existing and not is_provisional(provider_id):
                     self._registry.remove(user_id, provider_id)
         # No await from here on: what is applied is compared with the registry as it is now.
         for record in fetched:
@@ -151,6 +153,10 @@ class Liveness:
             self._seen[record.id] = (now, hb.health)
         else:
             record = await self._save(user_id, hb, services, now, before)
+            if before is not None and before.id != record.id:
+                # A provider that was only in memory got its id from the store.
+                self._registry.remove(user_id, before.id)
+                self._unsaved.discard(before.id)
         self._registry.update(record)
         return record, before
 
@@ -169,16 +175,15 @@ class Liveness:
         except Exception as exc:  # noqa: BLE001 - any store failure; routing goes on in memory
             self.description_failures.failed(f"{type(exc).__name__}: {exc}")
             if before is None:
-                # A new provider needs the id the store assigns; nothing to route to yet.
-                raise OpenAIError(
-                    503,
-                    "The hub cannot register a new provider right now (its store is failing);"
-                    " the agent will retry.",
-                    "service_unavailable",
-                    "store_unavailable",
-                ) from None
+                # Routed from memory under a provisional id until a beat finds the store
+                # working again and it gets its real one (see beat()).
+                self._provisional -= 1
+                before = ProviderRecord(
+                    self._provisional, user_id, hb.name, hb.callback_url, "", {}, now, now
+                )
             self._unsaved.add(before.id)
-            self._seen[before.id] = (now, hb.health)
+            if not is_provisional(before.id):
+                self._seen[before.id] = (now, hb.health)
             return dataclasses.replace(
                 before,
                 callback_url=hb.callback_url,
@@ -210,3 +215,9 @@ class Liveness:
         while True:
             await asyncio.sleep(self._interval)
             await self.flush()
+
+
+def is_provisional(provider_id: int) -> bool:
+    """True for the id of a provider only this hub's memory knows (its store was failing when
+    the provider first beat): no history row, no store write names it."""
+    return provider_id < 0

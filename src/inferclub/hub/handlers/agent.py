@@ -8,6 +8,7 @@ import time
 from inferclub import wire
 from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
 from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.liveness import is_provisional
 from inferclub.hub.reachability import describe_reachability
 from inferclub.openai_errors import OpenAIError
 
@@ -76,7 +77,7 @@ class HeartbeatHandler(ApiHandler):
                 problem,
             )
         reply = wire.HeartbeatReply(
-            provider_id=record.id,
+            provider_id=None if is_provisional(record.id) else record.id,
             callback_token=hub.callback_token(record.id),
             heartbeat_interval=hub.settings.heartbeat_interval,
             online_window=hub.settings.online_window,
