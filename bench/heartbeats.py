@@ -65,7 +65,14 @@ async def make_users(db: Path, secrets: Path, users: int) -> list[str]:
 
 
 @contextmanager
-def hub(workdir: Path, profile: str | None = None) -> Iterator[tuple[str, int]]:
+def hub(
+    workdir: Path,
+    profile: str | None = None,
+    refresh: str | None = None,
+    args: tuple[str, ...] = (),
+    procs: list[subprocess.Popen[str]] | None = None,
+) -> Iterator[tuple[str, int]]:
+    """A hub on ``workdir/hub.db``: its URL and pid (its Popen appended to ``procs``)."""
     env = {
         **os.environ,
         "INFERCLUB_LOG_LEVEL": "WARNING",
@@ -74,18 +81,22 @@ def hub(workdir: Path, profile: str | None = None) -> Iterator[tuple[str, int]]:
         "INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0",
         "INFERCLUB_MAX_PROVIDERS_PER_USER": "0",
     }
+    if refresh:
+        env["INFERCLUB_REGISTRY_REFRESH"] = refresh
     python = [sys.executable]
     if profile:
         python += ["-m", "cProfile", "-o", str(Path(profile).resolve())]
     argv = [*python, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
     with open(workdir / "hub.log", "w") as err:
         proc = subprocess.Popen(
-            [*argv, "--db", str(workdir / "hub.db")],
+            [*argv, "--db", str(workdir / "hub.db"), *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
             env=env,
         )
+        if procs is not None:
+            procs.append(proc)
         try:
             assert proc.stdout is not None
             found = LISTENING.match(proc.stdout.readline().strip())
@@ -155,12 +166,13 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         user_keys = await make_users(workdir / "hub.db", workdir / "hub.db.secrets.json", users)
         providers = [(k, f"u{u}-rig{i}") for u, k in enumerate(user_keys) for i in range(per_user)]
         profile = args.profile_hub and f"{args.profile_hub}.{name.replace(' ', '-')}.prof"
-        with hub(workdir, profile) as (url, pid):
+        with hub(workdir, profile, args.registry_refresh) as (url, pid):
             log(f"{name}: registering {len(providers)} providers")
             await drive(url, providers, None, args.concurrency)
             cpu0, t0 = cpu_seconds(pid), time.monotonic()
             lat = await drive(url, providers, args.duration, args.concurrency)
             cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
+            idle = await idle_cpu(pid, args.idle) if args.idle else float("nan")
     return [
         name,
         f"{len(providers):,}",
@@ -169,7 +181,17 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         f"{pct(lat, 99) * 1000:.1f}",
         f"{max(lat) * 1000:.1f}",
         f"{cpu / len(lat) * 1000:.2f}",
+        f"{idle:.2f}",
     ]
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    """The hub's CPU use, in % of one core, over ``seconds`` without any traffic."""
+    log(f"measuring idle CPU for {seconds:.0f} s")
+    await asyncio.sleep(2 * 2.0)  # let the last last-seen batches be written first
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -181,16 +203,23 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
+        "--idle", type=float, default=60.0, help="seconds of idle CPU to measure (0: skip)"
+    )
+    parser.add_argument(
+        "--registry-refresh", help="the hub's registry_refresh (default: the hub's own)"
+    )
+    parser.add_argument(
         "--profile-hub", metavar="PREFIX", help="run the hub under cProfile: PREFIX.SCENARIO.prof"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.users, args.many, args.duration = 100, 500, 5.0
+        args.users, args.many, args.duration, args.idle = 100, 500, 5.0, 10.0
     rows = [
         await scenario("fleet", args.users, args.per_user, args),
         await scenario("one user", 1, args.many, args),
     ]
     head = ["scenario", "providers", "beats/s", "p50 ms", "p99 ms", "max ms", "hub CPU ms/beat"]
+    head.append(f"idle hub CPU % ({args.idle:.0f} s)")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:

@@ -55,12 +55,21 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def worker(url: str, next_request: NextRequest, results: Results) -> None:
-    """One keep-alive connection sending requests until ``next_request`` says stop."""
+async def worker(
+    url: str, next_request: NextRequest, results: Results, every: float | None = None
+) -> None:
+    """One keep-alive connection sending requests until ``next_request`` says stop; with
+    ``every``, one request per ``every`` seconds at most (on a fixed schedule, so a late
+    answer is caught up on instead of lowering the rate)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    due = time.perf_counter()
     try:
         while (raw := next_request()) is not None:
+            if every is not None:
+                due += every
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
             start = time.perf_counter()
             writer.write(raw)
             status, body = await _answer(reader)
@@ -69,10 +78,19 @@ async def worker(url: str, next_request: NextRequest, results: Results) -> None:
         writer.close()
 
 
-async def run(url: str, next_request: NextRequest, concurrency: int) -> Results:
-    """``concurrency`` connections sending what ``next_request`` returns until it says stop."""
-    results = Results()
-    await asyncio.gather(*(worker(url, next_request, results) for _ in range(concurrency)))
+async def run(
+    url: str,
+    next_request: NextRequest,
+    concurrency: int,
+    rate: float | None = None,
+    results: Results | None = None,
+) -> Results:
+    """``concurrency`` connections sending what ``next_request`` returns until it says stop,
+    as fast as answers come or, with ``rate``, at most ``rate`` requests/s in all. Pass
+    ``results`` to watch them grow while it runs."""
+    results = Results() if results is None else results
+    every = None if rate is None else concurrency / rate
+    await asyncio.gather(*(worker(url, next_request, results, every) for _ in range(concurrency)))
     return results
 
 
