@@ -80,6 +80,7 @@ def hub(
         # Round-robin over a small fleet beats each provider faster than a real agent would.
         "INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0",
         "INFERCLUB_MAX_PROVIDERS_PER_USER": "0",
+        "INFERCLUB_MAX_CONCURRENT_REQUESTS_PER_USER": "0",  # chat_load.py: one user's load
     }
     if refresh:
         env["INFERCLUB_REGISTRY_REFRESH"] = refresh
