@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from inferclub import wire
 from inferclub.hub import background
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import ProviderRecord, ServiceInfo, Store
+from inferclub.hub.store import ProviderChanges, ProviderRecord, ServiceInfo, Store
 
 log = logging.getLogger("inferclub.liveness")
 
@@ -41,35 +42,35 @@ class Liveness:
         self._changed: set[tuple[int, int]] = set()
         self._changed_wake = asyncio.Event()
         self._changes_task: asyncio.Task[None] | None = None
-        #: the store's description version and the time last asked about, for refresh()
-        self._version = 0
+        #: what the store said last time and the time asked about, for refresh()
+        self._changes: ProviderChanges | None = None
         self._since = 0.0
         # Last-seen times reach the store up to one flush interval after the beat (and their
         # write takes a moment): each round looks back that far, so none is missed.
-        self._margin = 2 * interval + 1.0
+        self._margin = interval + 1.0
         #: the last provisional id handed out (negative: the store's ids are positive)
         self._provisional = 0
 
     async def load(self) -> None:
         """Load every provider into the registry: at start, and when changes were missed."""
         started = time.time()
-        # The version before the providers: a change in between is fetched again, not lost.
-        self._version = (await self._store.provider_changes(started)).version
+        # The versions before the providers: a change in between is fetched again, not lost.
+        self._changes = await self._store.provider_changes(started)
         self._registry.load(await self._store.list_providers())
         self._since = started - self._margin
 
     async def refresh(self) -> None:
         """Catch up with what other hubs (or processes) sharing the store wrote.
 
-        Idle, this is one query that finds nothing; otherwise it looks at the providers heard
-        from since the last round (their last-seen times and health), and only when a
+        When nothing was written, this is one small query. Otherwise it looks at the providers
+        heard from since the last round (their last-seen times and health), and only when a
         description was stored or a provider deleted somewhere does it fetch those providers
         whole and the list of ids. Never a reload of the whole fleet.
         """
         started = time.time()
-        changes = await self._store.provider_changes(self._since)
+        changes = await self._store.provider_changes(self._since, self._changes)
         newer = [s for s in changes.seen if self._newer(s.user_id, s.id, s.last_heartbeat_at)]
-        described = changes.version != self._version
+        described = self._changes is None or changes.version != self._changes.version
         unknown = [s.id for s in newer if self._registry.get(s.user_id, s.id) is None]
         fetch = [s.id for s in newer] if described else unknown
         fetched = await self._store.get_providers(fetch) if fetch else []
@@ -87,10 +88,11 @@ class Liveness:
             mine = self._registry.get(seen.user_id, seen.id)
             stamp = seen.last_heartbeat_at
             if seen.id not in done and mine is not None and stamp > mine.last_heartbeat_at:
+                health = json.loads(seen.health_json)
                 self._registry.update(
-                    dataclasses.replace(mine, last_heartbeat_at=stamp, health=seen.health)
+                    dataclasses.replace(mine, last_heartbeat_at=stamp, health=health)
                 )
-        self._version = changes.version
+        self._changes = changes
         self._since = started - self._margin
 
     def _newer(self, user_id: int, provider_id: int, stamp: float) -> bool:

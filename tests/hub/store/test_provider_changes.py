@@ -5,6 +5,7 @@ after the time asked about are listed."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from inferclub.hub.store import ServiceInfo
 from tests.support.stores import Backend
@@ -22,13 +23,17 @@ def test_provider_changes_follow_descriptions_and_last_seen(backend: Backend) ->
         v2 = (await store.provider_changes(0.0)).version
         assert v2 == v0 + 2
 
+        before = await store.provider_changes(120.0)
         await store.touch_providers({two.id: (150.0, {"load": 1})})
-        changes = await store.provider_changes(120.0)
+        changes = await store.provider_changes(120.0, before)
         assert changes.version == v2, "a last-seen batch is not a description change"
-        assert [(s.id, s.user_id, s.last_heartbeat_at, s.health) for s in changes.seen] == [
-            (two.id, user.id, 150.0, {"load": 1})
-        ]
+        assert changes.seen_version > before.seen_version
+        assert [
+            (s.id, s.user_id, s.last_heartbeat_at, json.loads(s.health_json)) for s in changes.seen
+        ] == [(two.id, user.id, 150.0, {"load": 1})]
         assert [s.id for s in (await store.provider_changes(0.0)).seen] == [one.id, two.id]
+        # Nothing written since the previous answer: the providers are not looked at.
+        assert (await store.provider_changes(0.0, changes)).seen == []
 
         assert [p.name for p in await store.get_providers([two.id, 999, one.id])] == [
             "one",

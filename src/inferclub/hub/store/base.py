@@ -63,11 +63,21 @@ KEYS_CHANNEL = "keys"
 PROVIDERS_CHANNEL = "providers"
 
 
-#: Both backends bump the description version in the transaction that stores a description
-#: or deletes a provider. A row, not a schema change: it appears at the first bump.
-BUMP_PROVIDERS_VERSION = (
-    "INSERT INTO counters (name, value) VALUES ('providers_version', 1)"
-    " ON CONFLICT (name) DO UPDATE SET value = counters.value + 1"
+def _bump(counter: str) -> str:
+    # A row, not a schema change: it appears at its first bump.
+    return (
+        f"INSERT INTO counters (name, value) VALUES ('{counter}', 1)"
+        " ON CONFLICT (name) DO UPDATE SET value = counters.value + 1"
+    )
+
+
+#: Both backends bump this in the transaction that stores a description or deletes a provider,
+BUMP_PROVIDERS_VERSION = _bump("providers_version")
+#: and this in the one that writes a batch of last-seen times.
+BUMP_LAST_SEEN_VERSION = _bump("last_seen_version")
+#: Both counters, read first by :meth:`Store.provider_changes`.
+READ_PROVIDER_COUNTERS = (
+    "SELECT name, value FROM counters WHERE name IN ('providers_version', 'last_seen_version')"
 )
 
 
@@ -184,9 +194,13 @@ class Store(abc.ABC):
         """Every provider's id: how a hub finds providers another hub deleted."""
 
     @abc.abstractmethod
-    async def provider_changes(self, since: float) -> ProviderChanges:
-        """The description version and the providers heard from after ``since``: how a hub
-        follows the others at a cost that grows with the heartbeats, not with the fleet."""
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
+        """The description and last-seen versions and the providers heard from after
+        ``since``: how a hub follows the others at a cost that grows with the heartbeats, not
+        with the fleet. When neither version moved since ``previous`` (nothing was written),
+        the providers are not even looked at and ``seen`` is empty."""
 
     @abc.abstractmethod
     async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...

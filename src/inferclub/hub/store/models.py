@@ -72,7 +72,8 @@ class ProviderSeen:
     id: int
     user_id: int
     last_heartbeat_at: float
-    health: dict[str, Any]
+    #: As stored (JSON text): most rows a hub reads are not news to it, and are not parsed.
+    health_json: str
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,16 @@ class ProviderChanges:
 
     #: Bumped by every stored description and every deletion (a store-wide counter).
     version: int
+    #: Bumped by every batch of last-seen times.
+    seen_version: int
     #: Providers heard from after the time asked about, oldest id first.
     seen: list[ProviderSeen]
+
+    def same_versions(self, other: ProviderChanges | None) -> bool:
+        return other is not None and (self.version, self.seen_version) == (
+            other.version,
+            other.seen_version,
+        )
 
 
 @dataclass
@@ -220,4 +229,10 @@ def assemble_providers(
 
 def provider_seen(rows: Iterable[Any]) -> list[ProviderSeen]:
     """``(id, user_id, last_heartbeat_at, health JSON)`` rows as records."""
-    return [ProviderSeen(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+    return [ProviderSeen(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def provider_counters(rows: Iterable[Any]) -> ProviderChanges:
+    """The ``READ_PROVIDER_COUNTERS`` rows as changes with nothing seen yet."""
+    found = {r[0]: int(r[1]) for r in rows}
+    return ProviderChanges(found.get("providers_version", 0), found.get("last_seen_version", 0), [])

@@ -7,6 +7,7 @@ in that transaction, so other hubs hear of them at commit and never of a rolled-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
@@ -17,9 +18,11 @@ import asyncpg
 
 from inferclub.hub.store import pgrows, pgschema
 from inferclub.hub.store.base import (
+    BUMP_LAST_SEEN_VERSION,
     BUMP_PROVIDERS_VERSION,
     KEYS_CHANNEL,
     PROVIDERS_CHANNEL,
+    READ_PROVIDER_COUNTERS,
     AlreadyExists,
     ChangeCallback,
     RequestFilter,
@@ -38,6 +41,7 @@ from inferclub.hub.store.models import (
     ServiceInfo,
     User,
     assemble_providers,
+    provider_counters,
     provider_seen,
     request_values,
 )
@@ -261,14 +265,16 @@ class PostgresStore(Store):
         if not seen:
             return
         # No NOTIFY: liveness is each hub's own; descriptions are what other hubs must hear.
-        await self.pool.execute(
-            "UPDATE providers p SET last_heartbeat_at = t.ts, health = t.health"
-            " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, ts, health)"
-            " WHERE p.id = t.id AND p.last_heartbeat_at < t.ts",
-            list(seen),
-            [float(ts) for ts, _ in seen.values()],
-            [json.dumps(h, separators=(",", ":")) for _, h in seen.values()],
-        )
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE providers p SET last_heartbeat_at = t.ts, health = t.health"
+                " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, ts, health)"
+                " WHERE p.id = t.id AND p.last_heartbeat_at < t.ts",
+                list(seen),
+                [float(ts) for ts, _ in seen.values()],
+                [json.dumps(h, separators=(",", ":")) for _, h in seen.values()],
+            )
+            await db.execute(BUMP_LAST_SEEN_VERSION)
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
@@ -285,17 +291,21 @@ class PostgresStore(Store):
     async def provider_ids(self) -> set[int]:
         return {row[0] for row in await self.pool.fetch("SELECT id FROM providers")}
 
-    async def provider_changes(self, since: float) -> ProviderChanges:
-        async with self.pool.acquire() as db, db.transaction(readonly=True):
-            version = await db.fetchval(
-                "SELECT value FROM counters WHERE name = 'providers_version'"
-            )
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
+        async with self.pool.acquire() as db:
+            # The versions first (read committed: each statement sees the latest commits), so a
+            # write between the two reads is seen again next time rather than missed.
+            found = provider_counters(await db.fetch(READ_PROVIDER_COUNTERS))
+            if found.same_versions(previous):
+                return found
             seen = await db.fetch(
                 "SELECT id, user_id, last_heartbeat_at, health FROM providers"
                 " WHERE last_heartbeat_at > $1 ORDER BY id",
                 since,
             )
-        return ProviderChanges(int(version or 0), provider_seen(seen))
+        return dataclasses.replace(found, seen=provider_seen(seen))
 
     async def _providers(self, where: str, args: Sequence[Any]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""

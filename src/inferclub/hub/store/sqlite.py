@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ from typing import Any
 import aiosqlite
 
 from inferclub.hub.store.base import (
+    BUMP_LAST_SEEN_VERSION,
     BUMP_PROVIDERS_VERSION,
+    READ_PROVIDER_COUNTERS,
     AlreadyExists,
     ChangeCallback,
     RequestFilter,
@@ -37,6 +40,7 @@ from inferclub.hub.store.models import (
     ServiceInfo,
     User,
     assemble_providers,
+    provider_counters,
     provider_seen,
     request_values,
 )
@@ -421,6 +425,7 @@ class SQLiteStore(Store):
                     for pid, (ts, health) in seen.items()
                 ],
             )
+            await db.execute(BUMP_LAST_SEEN_VERSION)
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
@@ -445,19 +450,21 @@ class SQLiteStore(Store):
         async with self._read() as db:
             return {row[0] for row in await db.execute_fetchall("SELECT id FROM providers")}
 
-    async def provider_changes(self, since: float) -> ProviderChanges:
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
         async with self._read() as db:
-            # The version first: a description stored between the two reads is then seen
-            # again next time rather than missed.
-            version = await db.execute_fetchall(
-                "SELECT value FROM counters WHERE name = 'providers_version'"
-            )
+            # The versions first: a write between the two reads is then seen again next time
+            # rather than missed.
+            found = provider_counters(await db.execute_fetchall(READ_PROVIDER_COUNTERS))
+            if found.same_versions(previous):
+                return found
             seen = await db.execute_fetchall(
                 "SELECT id, user_id, last_heartbeat_at, health FROM providers"
                 " WHERE last_heartbeat_at > ? ORDER BY id",
                 (since,),
             )
-        return ProviderChanges(next((int(r[0]) for r in version), 0), provider_seen(seen))
+        return dataclasses.replace(found, seen=provider_seen(seen))
 
     async def _providers(self, where: str, args: tuple[Any, ...]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""
