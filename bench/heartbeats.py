@@ -170,9 +170,10 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         with hub(workdir, profile, args.registry_refresh) as (url, pid):
             log(f"{name}: registering {len(providers)} providers")
             await drive(url, providers, None, args.concurrency)
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            cpu0, t0, own0 = cpu_seconds(pid), time.monotonic(), time.process_time()
             lat = await drive(url, providers, args.duration, args.concurrency)
             cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
+            own = time.process_time() - own0
             idle = await idle_cpu(pid, args.idle) if args.idle else float("nan")
     return [
         name,
@@ -182,6 +183,7 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         f"{pct(lat, 99) * 1000:.1f}",
         f"{max(lat) * 1000:.1f}",
         f"{cpu / len(lat) * 1000:.2f}",
+        f"{own / len(lat) * 1000:.2f}",
         f"{idle:.2f}",
     ]
 
@@ -220,6 +222,7 @@ async def main(argv: list[str] | None = None) -> int:
         await scenario("one user", 1, args.many, args),
     ]
     head = ["scenario", "providers", "beats/s", "p50 ms", "p99 ms", "max ms", "hub CPU ms/beat"]
+    head.append("load generator CPU ms/beat")
     head.append(f"idle hub CPU % ({args.idle:.0f} s)")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

@@ -107,7 +107,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep routing on the current registry; retry next round
-                log.exception("reloading providers from the store failed")
+                log.exception("reading provider changes from the store failed")
 
     async def check_callback(self, provider_id: int, callback_url: str) -> tuple[str | None, bool]:
         """What kind of failure reaching this provider's callback URL had (see

@@ -131,7 +131,7 @@ class SQLiteStore(Store):
     async def listen(self, on_change: ChangeCallback) -> None:
         """Nothing to do: SQLite has no way to push a change to another process. Hubs sharing
         the file see key changes by polling :meth:`keys_version` and provider changes by
-        reloading providers on a timer."""
+        asking for :meth:`provider_changes` on a timer."""
 
     @property
     def db(self) -> aiosqlite.Connection:
