@@ -46,8 +46,8 @@ CHAT = b'{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
 
 
 @contextlib.asynccontextmanager
-async def upstream() -> AsyncIterator[str]:
-    """The fake upstream's URL (it exits when its stdin closes)."""
+async def upstream() -> AsyncIterator[tuple[str, int]]:
+    """The fake upstream's URL and pid (it exits when its stdin closes)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE / "fake_upstream.py"),
@@ -62,7 +62,7 @@ async def upstream() -> AsyncIterator[str]:
     assert proc.stdout is not None and proc.stdin is not None
     line = (await proc.stdout.readline()).decode().strip()
     try:
-        yield line.removeprefix("listening on ")
+        yield line.removeprefix("listening on "), proc.pid
     finally:
         proc.stdin.close()
         with contextlib.suppress(ProcessLookupError):
@@ -117,25 +117,55 @@ async def beside(args: argparse.Namespace) -> list[list[str]]:
             workdir / "hub.db", workdir / "hub.db.secrets.json", args.users
         )
         fleet = [(k, f"u{u}-rig{i}") for u, k in enumerate(user_keys) for i in range(10)]
-        async with upstream() as up:
+        async with upstream() as (up, up_pid):
             with hub(workdir) as (url, pid):
                 log(f"beside: registering {len(fleet)} providers")
                 await drive(url, fleet, None, args.concurrency)
                 await register(url, user_keys[0], up)
                 log(f"beside: {args.hb_rate}/s heartbeats and {args.chat_rate}/s chats")
-                cpu0, t0 = cpu_seconds(pid), time.monotonic()
+                cpu0, t0 = Cpu(pid, up_pid), time.monotonic()
                 beats, chats = await asyncio.gather(
                     # Connections enough that a slow answer does not lower the rate.
                     loadgen.run(url, Beats(fleet, args.duration), 100, args.hb_rate),
                     loadgen.run(url, Chats(user_keys[0], args.duration), 100, args.chat_rate),
                 )
-                wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+                wall = time.monotonic() - t0
+                cpu = cpu0.since(wall)
     errors = {**beats.errors, **chats.errors}
     return [
         ["heartbeats", rate(beats, wall), ms(beats, 50), ms(beats, 99), ms(beats, 100)],
         ["chats", rate(chats, wall), ms(chats, 50), ms(chats, 99), ms(chats, 100)],
-        ["hub CPU", f"{100 * cpu / wall:.0f}% of a core", "", "", f"errors: {errors or 0}"],
+        [f"CPU: {cpu}", "", "", "", f"errors: {errors or 0}"],
     ]
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (a hub's workers), from /proc."""
+    found = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+class Cpu:
+    """CPU time of the hub (with its workers), the upstream and this load generator."""
+
+    def __init__(self, hub_pid: int, upstream_pid: int) -> None:
+        self._hub = family(hub_pid)
+        self._upstream = upstream_pid
+        self._start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        hub = sum(cpu_seconds(p) for p in self._hub)
+        return hub, cpu_seconds(self._upstream), time.process_time()
+
+    def since(self, wall: float) -> str:
+        used = [b - a for a, b in zip(self._start, self._now(), strict=True)]
+        self.hub_seconds = used[0]
+        names = ("hub", "upstream", "load generator")
+        return ", ".join(f"{n} {100 * u / wall:.0f}%" for n, u in zip(names, used, strict=True))
 
 
 async def history(args: argparse.Namespace) -> list[list[str]]:
@@ -144,7 +174,7 @@ async def history(args: argparse.Namespace) -> list[list[str]]:
         workdir = Path(tmp)
         (key,) = await make_users(workdir / "hub.db", workdir / "hub.db.secrets.json", 1)
         procs: list[subprocess.Popen[str]] = []
-        async with upstream() as up:
+        async with upstream() as (up, _up_pid):
             with hub(workdir, procs=procs) as (url, _pid):
                 await register(url, key, up)
                 chats, res = Chats(key, None), loadgen.Results()
@@ -199,15 +229,19 @@ async def workers(args: argparse.Namespace) -> list[list[str]]:
         with tempfile.TemporaryDirectory(prefix="inferclub-bench-") as tmp:
             workdir = Path(tmp)
             (key,) = await make_users(workdir / "hub.db", workdir / "hub.db.secrets.json", 1)
-            async with upstream() as up:
-                with hub(workdir, args=("--workers", n)) as (url, _pid):
+            async with upstream() as (up, up_pid):
+                with hub(workdir, args=("--workers", n)) as (url, pid):
                     await register(url, key, up)
                     await asyncio.sleep(1.0)  # both workers route the provider
                     await loadgen.run(url, Chats(key, 1.0), args.concurrency)  # warm-up
-                    t0 = time.monotonic()
+                    cpu, t0 = Cpu(pid, up_pid), time.monotonic()
                     res = await loadgen.run(url, Chats(key, args.duration), args.concurrency)
                     wall = time.monotonic() - t0
-        out.append([f"--workers {n}", rate(res, wall), ms(res, 50), ms(res, 99), str(res.errors)])
+                    used = cpu.since(wall)
+        per = 1e6 * cpu.hub_seconds / max(len(res.latencies), 1)
+        out.append(
+            [f"--workers {n}", rate(res, wall), ms(res, 50), ms(res, 99), f"{per:.0f}", used]
+        )
     return out
 
 
@@ -222,7 +256,10 @@ def table(head: list[str], body: list[list[str]]) -> None:
 SCENARIOS = {
     "beside": (beside, ["load", "reached", "p50 ms", "p99 ms", "max ms"]),
     "history": (history, ["history under load", "value", "against"]),
-    "workers": (workers, ["hub", "chats/s", "p50 ms", "p99 ms", "errors"]),
+    "workers": (
+        workers,
+        ["hub", "chats/s", "p50 ms", "p99 ms", "hub CPU µs/chat", "CPU (% of a core)"],
+    ),
 }
 
 
