@@ -310,6 +310,21 @@ async def serve(host: str, port: int, watch_stdin: bool = False) -> None:
     server.close()
 
 
+def _head_fields(lines: list[bytes]) -> tuple[int, bool, bytes]:
+    """Content-Length, whether the body is chunked, and the Connection header of a request."""
+    length, chunked, conn = 0, False, b""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip() or b"0")
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            conn = value.strip().lower()
+    return length, chunked, conn
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -327,21 +342,6 @@ def main() -> int:
     else:
         uvloop.run(serve(args.host, args.port, args.exit_on_stdin_eof))
     return 0
-
-
-def _head_fields(lines: list[bytes]) -> tuple[int, bool, bytes]:
-    """Content-Length, whether the body is chunked, and the Connection header of a request."""
-    length, chunked, conn = 0, False, b""
-    for line in lines:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip() or b"0")
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"connection":
-            conn = value.strip().lower()
-    return length, chunked, conn
 
 
 if __name__ == "__main__":

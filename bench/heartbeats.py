@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import aiohttp
+import loadgen
 
 from inferclub.hub import keys
 from inferclub.hub.config import load_or_create_secrets
@@ -65,17 +65,39 @@ async def make_users(db: Path, secrets: Path, users: int) -> list[str]:
 
 
 @contextmanager
-def hub(workdir: Path) -> Iterator[tuple[str, int]]:
-    env = {**os.environ, "INFERCLUB_LOG_LEVEL": "WARNING", "INFERCLUB_ONLINE_WINDOW": "600"}
-    argv = [sys.executable, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
+def hub(
+    workdir: Path,
+    profile: str | None = None,
+    refresh: str | None = None,
+    args: tuple[str, ...] = (),
+    procs: list[subprocess.Popen[str]] | None = None,
+) -> Iterator[tuple[str, int]]:
+    """A hub on ``workdir/hub.db``: its URL and pid (its Popen appended to ``procs``)."""
+    env = {
+        **os.environ,
+        "INFERCLUB_LOG_LEVEL": "WARNING",
+        "INFERCLUB_ONLINE_WINDOW": "600",
+        # Round-robin over a small fleet beats each provider faster than a real agent would.
+        "INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0",
+        "INFERCLUB_MAX_PROVIDERS_PER_USER": "0",
+        "INFERCLUB_MAX_CONCURRENT_REQUESTS_PER_USER": "0",  # chat_load.py: one user's load
+    }
+    if refresh:
+        env["INFERCLUB_REGISTRY_REFRESH"] = refresh
+    python = [sys.executable]
+    if profile:
+        python += ["-m", "cProfile", "-o", str(Path(profile).resolve())]
+    argv = [*python, "-m", "inferclub", "serve", "--host", "127.0.0.1", "--port", "0"]
     with open(workdir / "hub.log", "w") as err:
         proc = subprocess.Popen(
-            [*argv, "--db", str(workdir / "hub.db")],
+            [*argv, "--db", str(workdir / "hub.db"), *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
             env=env,
         )
+        if procs is not None:
+            procs.append(proc)
         try:
             assert proc.stdout is not None
             found = LISTENING.match(proc.stdout.readline().strip())
@@ -92,55 +114,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def payload(name: str, beat: int) -> dict[str, object]:
-    models = [f"{name}-m{i}" for i in range(5)]
-    return {
-        "name": name,
-        "callback_url": "http://127.0.0.1:9/v1",
-        "version": "bench",
-        "services": [{"name": "chat", "type": "llm", "engine": "vllm", "models": models}],
-        "health": {"beat": beat},
-    }
+def beat_request(key: str, name: str) -> tuple[bytes, bytes]:
+    """A provider's heartbeat as raw bytes, split where its health counter goes."""
+    models = ",".join(f'"{name}-m{i}"' for i in range(5))
+    body = (
+        f'{{"name":"{name}","callback_url":"http://127.0.0.1:9/v1","version":"bench",'
+        f'"services":[{{"name":"chat","type":"llm","engine":"vllm","models":[{models}]}}],'
+        f'"health":{{"beat":'
+    ).encode()
+    head = loadgen.request_bytes(
+        "POST", "/v1/agent/heartbeat", b"", {"Authorization": f"Bearer {key}"}
+    )
+    return head.replace(b"Content-Length: 0", b"Content-Length: %d"), body
+
+
+class Beats:
+    """Heartbeats round-robin over ``providers`` (key, name): once each when ``seconds`` is
+    None, else for ``seconds``; each beat carries a new health value."""
+
+    def __init__(self, providers: list[tuple[str, str]], seconds: float | None) -> None:
+        self._requests = [beat_request(k, n) for k, n in providers]
+        self._position = 0
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+
+    def __call__(self) -> bytes | None:
+        if self._deadline is None and self._position >= len(self._requests):
+            return None
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return None
+        head, body = self._requests[self._position % len(self._requests)]
+        self._position += 1
+        tail = b"%d}}" % self._position
+        return head % (len(body) + len(tail)) + body + tail
 
 
 async def drive(
     url: str, providers: list[tuple[str, str]], seconds: float | None, concurrency: int
 ) -> list[float]:
-    """Heartbeats round-robin over ``providers`` (key, name): once each when ``seconds`` is
-    None, else for ``seconds``. Latencies in seconds."""
-    latencies: list[float] = []
-    position = 0
-    deadline = None if seconds is None else time.monotonic() + seconds
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=conn) as session:
-
-        async def one_worker() -> None:
-            nonlocal position
-            while True:
-                if deadline is None and position >= len(providers):
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-                key, name = providers[position % len(providers)]
-                position += 1
-                start = time.perf_counter()
-                async with session.post(
-                    "/v1/agent/heartbeat",
-                    json=payload(name, position),
-                    headers={"Authorization": f"Bearer {key}"},
-                ) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"heartbeat: {resp.status}")
-                latencies.append(time.perf_counter() - start)
-
-        await asyncio.gather(*(one_worker() for _ in range(concurrency)))
-    return latencies
+    """Send heartbeats (see :class:`Beats`); their latencies in seconds."""
+    results = await loadgen.run(url, Beats(providers, seconds), concurrency)
+    if results.errors:
+        raise RuntimeError(f"heartbeats failed: {results.errors} {results.first_error!r}")
+    return results.latencies
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+pct = loadgen.pct
 
 
 async def scenario(name: str, users: int, per_user: int, args: argparse.Namespace) -> list[str]:
@@ -148,12 +166,15 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         workdir = Path(tmp)
         user_keys = await make_users(workdir / "hub.db", workdir / "hub.db.secrets.json", users)
         providers = [(k, f"u{u}-rig{i}") for u, k in enumerate(user_keys) for i in range(per_user)]
-        with hub(workdir) as (url, pid):
+        profile = args.profile_hub and f"{args.profile_hub}.{name.replace(' ', '-')}.prof"
+        with hub(workdir, profile, args.registry_refresh) as (url, pid):
             log(f"{name}: registering {len(providers)} providers")
             await drive(url, providers, None, args.concurrency)
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            cpu0, t0, own0 = cpu_seconds(pid), time.monotonic(), time.process_time()
             lat = await drive(url, providers, args.duration, args.concurrency)
             cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
+            own = time.process_time() - own0
+            idle = await idle_cpu(pid, args.idle) if args.idle else float("nan")
     return [
         name,
         f"{len(providers):,}",
@@ -162,7 +183,18 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         f"{pct(lat, 99) * 1000:.1f}",
         f"{max(lat) * 1000:.1f}",
         f"{cpu / len(lat) * 1000:.2f}",
+        f"{own / len(lat) * 1000:.2f}",
+        f"{idle:.2f}",
     ]
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    """The hub's CPU use, in % of one core, over ``seconds`` without any traffic."""
+    log(f"measuring idle CPU for {seconds:.0f} s")
+    await asyncio.sleep(2 * 2.0)  # let the last last-seen batches be written first
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -173,14 +205,25 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--idle", type=float, default=60.0, help="seconds of idle CPU to measure (0: skip)"
+    )
+    parser.add_argument(
+        "--registry-refresh", help="the hub's registry_refresh (default: the hub's own)"
+    )
+    parser.add_argument(
+        "--profile-hub", metavar="PREFIX", help="run the hub under cProfile: PREFIX.SCENARIO.prof"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.users, args.many, args.duration = 100, 500, 5.0
+        args.users, args.many, args.duration, args.idle = 100, 500, 5.0, 10.0
     rows = [
         await scenario("fleet", args.users, args.per_user, args),
         await scenario("one user", 1, args.many, args),
     ]
     head = ["scenario", "providers", "beats/s", "p50 ms", "p99 ms", "max ms", "hub CPU ms/beat"]
+    head.append("load generator CPU ms/beat")
+    head.append(f"idle hub CPU % ({args.idle:.0f} s)")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -189,4 +232,8 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    try:
+        import uvloop  # the generator must stay cheap: it shares the cores with the hub
+    except ImportError:
+        sys.exit(asyncio.run(main()))
+    sys.exit(uvloop.run(main()))

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.httputil
 
+from inferclub import signing
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp, running_hub, wait_until
 
@@ -98,12 +100,48 @@ async def test_last_seen_times_reach_the_store_in_batches(
         assert row["health"] == '{"load":[0.5,0.4,0.3]}'
 
 
-async def test_a_new_provider_on_a_failing_store_is_told_to_retry(
+async def test_a_new_provider_on_a_failing_store_is_served_and_routed(
     tmp_path: Path, fake_agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_hub(tmp_path) as app:
+    async with running_hub(tmp_path, history_flush_interval=0.2) as app:
         key = await app.user_with_key("alice")
+        client = app.client(key)
         async with broken_disk(app, monkeypatch):
-            status, body = await app.heartbeat(key, "rig", fake_agent.url, LLM)
-        assert status == 503
-        assert body["error"]["code"] == "store_unavailable"
+            for _ in range(2):
+                status, body = await app.heartbeat(key, "rig", fake_agent.url, LLM)
+                assert status == 200, body
+                assert body["provider_id"] < 0  # provisional: not stored yet
+            reply = await client.chat.completions.create(
+                model="m1", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+            # ... signed for the provisional id the agent was given in the reply.
+            assert_signed_for(app, fake_agent, body["provider_id"])
+            assert [m.id for m in (await client.models.list()).data] == ["m1"]
+        assert app.query("SELECT id FROM providers") == []
+        # The disk works again: the next beat stores the provider under its real id, and it
+        # is routed once, not twice.
+        status, body = await app.heartbeat(key, "rig", fake_agent.url, LLM)
+        assert status == 200 and body["provider_id"] == 1
+        assert [r["name"] for r in app.query("SELECT name FROM providers")] == ["rig"]
+        (user,) = app.query("SELECT id FROM users")
+        assert [p.id for p in app.hub.registry.providers(user["id"])] == [1]
+        await client.chat.completions.create(model="m1", messages=[])
+        assert_signed_for(app, fake_agent, 1)
+
+        def history() -> list[Any]:
+            return app.query("SELECT provider_id FROM requests ORDER BY started_at")
+
+        # The request served while the provider was only in memory names no provider.
+        assert await wait_until(lambda: len(history()) == 2)
+        assert [r["provider_id"] for r in history()] == [None, 1]
+
+
+def assert_signed_for(app: HubApp, agent: FakeAgent, provider_id: int) -> None:
+    """The agent's last chat was signed by this hub for ``provider_id``: what a real agent
+    told that id in its heartbeat reply would accept."""
+    sent = agent.posts("/v1/chat/completions")[-1]
+    verifier = signing.RequestVerifier(app.hub.signer.public_key)
+    target = sent.path + (f"?{sent.query}" if sent.query else "")
+    headers = tornado.httputil.HTTPHeaders(sent.headers)
+    verifier.verify("POST", target, headers, sent.body, str(provider_id))

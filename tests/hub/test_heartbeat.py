@@ -81,6 +81,11 @@ async def test_heartbeat_tells_an_agent_the_hub_cannot_reach_it(
     assert status == 200 and body["callback_reachable"] is False
     assert body["callback_error"] == REACHABILITY_TEXT["refused"]
     assert "cannot reach" in hub_app.log()
+    # The next beat within the minute gets the remembered answer, and the log no new line:
+    # a fleet of unreachable agents must not cost a log write per heartbeat.
+    status, body = await hub_app.heartbeat(alice, "behind-nat", dead, LLM)
+    assert status == 200 and body["callback_error"] == REACHABILITY_TEXT["refused"]
+    assert hub_app.log().count("cannot reach") == 1
 
 
 async def test_heartbeat_response_and_not_json(

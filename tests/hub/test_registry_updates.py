@@ -3,6 +3,7 @@ providers would, whatever order heartbeats, description changes and deletions co
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -57,6 +58,11 @@ def test_incremental_updates_match_a_fresh_load() -> None:
         if pid in current and rng.random() < 0.2:
             gone = current.pop(pid)
             reg.remove(gone.user_id, pid)
+        elif pid in current and rng.random() < 0.4:
+            # A steady-state heartbeat: the same description, now online or long gone.
+            seen = time.time() - rng.choice((0, 3600))
+            current[pid] = dataclasses.replace(current[pid], last_heartbeat_at=seen)
+            reg.update(current[pid])
         else:
             user = current[pid].user_id if pid in current else rng.choice(users)
             current[pid] = _random_provider(rng, pid, user)

@@ -4,9 +4,11 @@ heartbeat either of them saw within a second, sign with one key, and SIGTERM dra
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from tornado.httputil import HTTPHeaders
 
@@ -52,6 +54,32 @@ def test_two_workers_serve_route_alike_and_drain(tmp_path: Path) -> None:
     assert [line for line in hub.stdout_lines if LISTENING.match(line)] == [hub.stdout_lines[0]]
     assert sum(1 for line in hub.stdout_lines if "listening on" in line) == 1
     assert hub.log().count(" stopped") == 2
+
+
+def test_sigterm_to_the_parent_lets_a_worker_finish_its_stream(tmp_path: Path) -> None:
+    hub = HubProcess(tmp_path, "--workers", "2").start()
+    try:
+        key = hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as agent:
+            assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+            time.sleep(1.0)  # whichever worker takes the stream routes the provider
+            agent.chunks, agent.chunk_delay = 10, 0.1
+            with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
+                stream = c.chat.completions.create(model="m1", messages=[], stream=True)
+                it = iter(stream)
+                next(it)
+                code: list[int] = []
+                stopper = threading.Thread(target=lambda: code.append(hub.stop()))
+                stopper.start()
+                rest = list(it)
+                stopper.join(30)
+        text = "".join(ch.choices[0].delta.content or "" for ch in rest if ch.choices)
+        assert text.endswith("tok9 "), "the stream ran to its end"
+        assert code == [0], hub.log()
+        assert "draining 1 in-flight" in hub.log()
+        assert hub.log().count(" stopped") == 2
+    finally:
+        hub.stop()
 
 
 def _children(pid: int) -> list[int]:

@@ -76,7 +76,7 @@ class Hub:
 
     async def start(self) -> None:
         """Load providers into the routing registry and start the background writers."""
-        self.registry.load(await self.store.list_providers())
+        await self.liveness.load()
         await self.keys.start()
         await self.history.start()
         await self.retention.start()
@@ -103,22 +103,26 @@ class Hub:
         await self.keys.stop()
 
     async def _watch_providers(self) -> None:
-        """Reload providers from the store now and then: another hub instance sharing the
-        store may have received their heartbeats (or a deletion)."""
+        """Follow the store now and then: another hub instance sharing it may have received
+        heartbeats (or deleted a provider). Only what changed is read, except after missed
+        notifications, when everything is."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload_now.wait(), self.settings.registry_refresh)
+            missed = self._reload_now.is_set()
             self._reload_now.clear()
             try:
-                self.registry.load(await self.store.list_providers())
+                await (self.liveness.load() if missed else self.liveness.refresh())
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep routing on the current registry; retry next round
-                log.exception("reloading providers from the store failed")
+                log.exception("reading provider changes from the store failed")
 
-    async def check_callback(self, provider_id: int, callback_url: str) -> str | None:
+    async def check_callback(self, provider_id: int, callback_url: str) -> tuple[str | None, bool]:
         """What kind of failure reaching this provider's callback URL had (see
-        :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered.
+        :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered;
+        and whether that was found out just now (so a caller logs it once per check, not at
+        every heartbeat).
 
         Checked when a provider first shows up or changes its URL, and again at most once a
         minute while it is failing, so an agent learns at once that it is unreachable (behind
@@ -131,10 +135,10 @@ class Hub:
             and known[0] == callback_url
             and (known[1] is None or now - known[2] < 60)
         ):
-            return known[1]
+            return known[1], False
         problem = await self.relay.probe(callback_url, provider_id)
         self._reachability[provider_id] = (callback_url, problem, now)
-        return problem
+        return problem, True
 
 
 def load_signer(settings: Settings) -> signing.HubSigner:

@@ -167,8 +167,9 @@ class Settings:
     registry_refresh: float = field(
         default=5.0,
         metadata=_doc(
-            "How often, in seconds, providers are reloaded from the store, so several hub "
-            "processes sharing one store route alike (each heartbeat reaches only one of them)."
+            "How often, in seconds, the hub reads from the store the providers heard from or "
+            "changed since its last look, so several hub processes sharing one store route "
+            "alike (each heartbeat reaches only one of them)."
         ),
     )
     history_flush_interval: float = field(

@@ -3,22 +3,31 @@
 Routing reads only the in-memory registry, so a heartbeat updates it first. Only a changed
 description (callback URL, agent version, services and models) is written before the answer;
 last-seen times and health go to the store in batches, off the request path. A store that
-fails is logged and counted, and never takes a provider offline or fails a known provider's
-heartbeat: the in-memory state is the truth for routing, the store catches up when it can.
+fails is logged and counted, and never takes a provider offline or fails a heartbeat (a new
+provider is routed under a provisional id until the store takes it): the in-memory state is the
+truth for routing, the store catches up when it can.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import time
 from typing import Any
 
 from inferclub import wire
 from inferclub.hub import background
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import ProviderNameTaken, ProviderRecord, ServiceInfo, Store
+from inferclub.hub.store import (
+    ProviderChanges,
+    ProviderNameTaken,
+    ProviderRecord,
+    ServiceInfo,
+    Store,
+)
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.liveness")
@@ -52,6 +61,62 @@ class Liveness:
         self._changed: set[tuple[int, int]] = set()
         self._changed_wake = asyncio.Event()
         self._changes_task: asyncio.Task[None] | None = None
+        #: what the store said last time and the time asked about, for refresh()
+        self._changes: ProviderChanges | None = None
+        self._since = 0.0
+        # Last-seen times reach the store up to one flush interval after the beat (and their
+        # write takes a moment): each round looks back that far, so none is missed.
+        self._margin = interval + 1.0
+        #: the last provisional id handed out (negative: the store's ids are positive)
+        self._provisional = 0
+
+    async def load(self) -> None:
+        """Load every provider into the registry: at start, and when changes were missed."""
+        started = time.time()
+        # The versions before the providers: a change in between is fetched again, not lost.
+        self._changes = await self._store.provider_changes(started)
+        self._registry.load(await self._store.list_providers())
+        self._since = started - self._margin
+
+    async def refresh(self) -> None:
+        """Catch up with what other hubs (or processes) sharing the store wrote.
+
+        When nothing was written, this is one small query. Otherwise it looks at the providers
+        heard from since the last round (their last-seen times and health), and only when a
+        description was stored or a provider deleted somewhere does it fetch those providers
+        whole and the list of ids. Never a reload of the whole fleet.
+        """
+        started = time.time()
+        changes = await self._store.provider_changes(self._since, self._changes)
+        newer = [s for s in changes.seen if self._newer(s.user_id, s.id, s.last_heartbeat_at)]
+        described = self._changes is None or changes.version != self._changes.version
+        unknown = [s.id for s in newer if self._registry.get(s.user_id, s.id) is None]
+        fetch = [s.id for s in newer] if described else unknown
+        fetched = await self._store.get_providers(fetch) if fetch else []
+        if described:
+            existing = await self._store.provider_ids()
+            for user_id, provider_id in self._registry.ids():
+                if provider_id not in existing and not is_provisional(provider_id):
+                    self._registry.remove(user_id, provider_id)
+        # No await from here on: what is applied is compared with the registry as it is now.
+        for record in fetched:
+            if self._newer(record.user_id, record.id, record.last_heartbeat_at):
+                self._registry.update(record)
+        done = {record.id for record in fetched}
+        for seen in newer:
+            mine = self._registry.get(seen.user_id, seen.id)
+            stamp = seen.last_heartbeat_at
+            if seen.id not in done and mine is not None and stamp > mine.last_heartbeat_at:
+                health = json.loads(seen.health_json)
+                self._registry.update(
+                    dataclasses.replace(mine, last_heartbeat_at=stamp, health=health)
+                )
+        self._changes = changes
+        self._since = started - self._margin
+
+    def _newer(self, user_id: int, provider_id: int, stamp: float) -> bool:
+        mine = self._registry.get(user_id, provider_id)
+        return mine is None or stamp > mine.last_heartbeat_at
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="last-seen-writer")
@@ -113,6 +178,10 @@ class Liveness:
             self._seen[record.id] = (now, hb.health)
         else:
             record = await self._save(user_id, hb, services, now, before, key_id)
+            if before is not None and before.id != record.id:
+                # A provider that was only in memory got its id from the store.
+                self._registry.remove(user_id, before.id)
+                self._unsaved.discard(before.id)
         self._registry.update(record)
         return record, before
 
@@ -133,9 +202,8 @@ class Liveness:
             raise name_taken(hb.name) from None
         except Exception as exc:  # noqa: BLE001 - any store failure; routing goes on in memory
             self.description_failures.failed(f"{type(exc).__name__}: {exc}")
-            if before is None or (key_id is not None and before.key_id != key_id):
-                # A new provider needs the id the store assigns, and a name changing keys
-                # needs the store's word that it may: nothing to route to yet.
+            if before is not None and key_id is not None and before.key_id != key_id:
+                # A name changing keys needs the store's word that it may.
                 raise OpenAIError(
                     503,
                     "The hub cannot register this provider right now (its store is failing);"
@@ -143,8 +211,24 @@ class Liveness:
                     "service_unavailable",
                     "store_unavailable",
                 ) from None
+            if before is None:
+                # Routed from memory under a provisional id until a beat finds the store
+                # working again and it gets its real one (see beat()).
+                self._provisional -= 1
+                before = ProviderRecord(
+                    self._provisional,
+                    user_id,
+                    hb.name,
+                    hb.callback_url,
+                    "",
+                    {},
+                    now,
+                    now,
+                    key_id=key_id,
+                )
             self._unsaved.add(before.id)
-            self._seen[before.id] = (now, hb.health)
+            if not is_provisional(before.id):
+                self._seen[before.id] = (now, hb.health)
             return dataclasses.replace(
                 before,
                 callback_url=hb.callback_url,
@@ -176,3 +260,9 @@ class Liveness:
         while True:
             await asyncio.sleep(self._interval)
             await self.flush()
+
+
+def is_provisional(provider_id: int) -> bool:
+    """True for the id of a provider only this hub's memory knows (its store was failing when
+    the provider first beat): no history row, no store write names it."""
+    return provider_id < 0

@@ -67,9 +67,13 @@ class Registry:
         thousands of heartbeats a minute."""
         idx = self._users.setdefault(provider.user_id, _UserIndex())
         old = idx.by_id.get(provider.id)
-        if old is not None:
+        if old is None:
+            _index(idx, provider)
+        elif old.name == provider.name and old.services == provider.services:
+            _replace(idx, provider)  # the steady-state heartbeat: same place everywhere
+        else:
             _unindex(idx, old, keep_order=old.services == provider.services)
-        _index(idx, provider)
+            _index(idx, provider)
 
     def get(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         idx = self._users.get(user_id)
@@ -85,6 +89,10 @@ class Registry:
         old = idx.by_id.get(provider_id) if idx is not None else None
         if idx is not None and old is not None:
             _unindex(idx, old, keep_order=False)
+
+    def ids(self) -> list[tuple[int, int]]:
+        """``(user id, provider id)`` of every provider known."""
+        return [(uid, pid) for uid, idx in self._users.items() for pid in idx.by_id]
 
     def providers(self, user_id: int) -> list[ProviderRecord]:
         idx = self._users.get(user_id)
@@ -191,6 +199,17 @@ def _unindex(idx: _UserIndex, p: ProviderRecord, keep_order: bool) -> None:
         types.remove(type_)
         if not types:
             del idx.types_of[model]
+
+
+def _replace(idx: _UserIndex, p: ProviderRecord) -> None:
+    """Swap in ``p`` where its previous record (same name and services) is indexed."""
+    idx.providers[bisect.bisect_left(idx.providers, p.id, key=_by_id)] = p
+    idx.by_id[p.id] = p
+    idx.by_name[p.name] = p
+    for key in _routes_of(p):
+        routes = idx.by_type_model[key]
+        at = _span(routes, p.id)
+        routes[at] = [Route(p, r.service) for r in routes[at]]
 
 
 def _index(idx: _UserIndex, p: ProviderRecord) -> None:

@@ -71,8 +71,8 @@ class HeartbeatHandler(ApiHandler):
                 len(record.services),
                 sum(len(s.models) for s in record.services),
             )
-        problem = await hub.check_callback(record.id, record.callback_url)
-        if problem is not None:
+        problem, probed = await hub.check_callback(record.id, record.callback_url)
+        if problem is not None and probed:
             log.warning(
                 "provider %r of %s: the hub cannot reach %s (%s)",
                 record.name,
@@ -81,6 +81,8 @@ class HeartbeatHandler(ApiHandler):
                 problem,
             )
         reply = wire.HeartbeatReply(
+            # A provisional (negative) id is what this hub signs with until the store
+            # assigns the real one; the next beat that reaches the store replaces it.
             provider_id=record.id,
             hub_key=hub.signer.public_key,
             heartbeat_interval=hub.settings.heartbeat_interval,

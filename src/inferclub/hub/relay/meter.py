@@ -21,6 +21,7 @@ import time
 from contextlib import suppress
 from typing import Any
 
+from inferclub.hub.liveness import is_provisional
 from inferclub.hub.store import RequestRecord
 
 #: The status of a request whose client left before the answer began (nginx's convention).
@@ -94,7 +95,9 @@ class RequestMeter:
         self._row.model = model
 
     def routed(self, provider_id: int, service: str) -> None:
-        self._row.provider_id, self._row.service = provider_id, service
+        # A provisional id (the provider is not in the store yet) would name nothing later.
+        self._row.provider_id = None if is_provisional(provider_id) else provider_id
+        self._row.service = service
 
     # -- what the relay sees -----------------------------------------------------------
 

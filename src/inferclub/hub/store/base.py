@@ -7,7 +7,7 @@ machines share one database. Both implement the same methods; nothing above this
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
@@ -64,6 +65,24 @@ KEYS_CHANNEL = "keys"
 #: Channel of provider description changes (heartbeat saved, provider deleted); the payload is
 #: ``"user_id:provider_id"``.
 PROVIDERS_CHANNEL = "providers"
+
+
+def _bump(counter: str) -> str:
+    # A row, not a schema change: it appears at its first bump.
+    return (
+        f"INSERT INTO counters (name, value) VALUES ('{counter}', 1)"
+        " ON CONFLICT (name) DO UPDATE SET value = counters.value + 1"
+    )
+
+
+#: Both backends bump this in the transaction that stores a description or deletes a provider,
+BUMP_PROVIDERS_VERSION = _bump("providers_version")
+#: and this in the one that writes a batch of last-seen times.
+BUMP_LAST_SEEN_VERSION = _bump("last_seen_version")
+#: Both counters, read first by :meth:`Store.provider_changes`.
+READ_PROVIDER_COUNTERS = (
+    "SELECT name, value FROM counters WHERE name IN ('providers_version', 'last_seen_version')"
+)
 
 
 class Store(abc.ABC):
@@ -182,6 +201,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         """The provider ``provider_id`` if it belongs to ``user_id``, else None."""
+
+    @abc.abstractmethod
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        """The providers among ``ids`` that exist (any user's), in routing order."""
+
+    @abc.abstractmethod
+    async def provider_ids(self) -> set[int]:
+        """Every provider's id: how a hub finds providers another hub deleted."""
+
+    @abc.abstractmethod
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
+        """The description and last-seen versions and the providers heard from after
+        ``since``: how a hub follows the others at a cost that grows with the heartbeats, not
+        with the fleet. When neither version moved since ``previous`` (nothing was written),
+        the providers are not even looked at and ``seen`` is empty."""
 
     @abc.abstractmethod
     async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...

@@ -71,6 +71,35 @@ class ProviderRecord:
     key_id: int | None = None
 
 
+@dataclass(frozen=True)
+class ProviderSeen:
+    """When a provider was last heard from, by any hub sharing the store, and its health."""
+
+    id: int
+    user_id: int
+    last_heartbeat_at: float
+    #: As stored (JSON text): most rows a hub reads are not news to it, and are not parsed.
+    health_json: str
+
+
+@dataclass(frozen=True)
+class ProviderChanges:
+    """What :meth:`Store.provider_changes` found: cheap to ask for when nothing changed."""
+
+    #: Bumped by every stored description and every deletion (a store-wide counter).
+    version: int
+    #: Bumped by every batch of last-seen times.
+    seen_version: int
+    #: Providers heard from after the time asked about, oldest id first.
+    seen: list[ProviderSeen]
+
+    def same_versions(self, other: ProviderChanges | None) -> bool:
+        return other is not None and (self.version, self.seen_version) == (
+            other.version,
+            other.seen_version,
+        )
+
+
 @dataclass
 class RequestRecord:
     """One row of request history: metadata only, no content."""
@@ -219,3 +248,14 @@ def assemble_providers(
         )
         for p in prows
     ]
+
+
+def provider_seen(rows: Iterable[Any]) -> list[ProviderSeen]:
+    """``(id, user_id, last_heartbeat_at, health JSON)`` rows as records."""
+    return [ProviderSeen(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def provider_counters(rows: Iterable[Any]) -> ProviderChanges:
+    """The ``READ_PROVIDER_COUNTERS`` rows as changes with nothing seen yet."""
+    found = {r[0]: int(r[1]) for r in rows}
+    return ProviderChanges(found.get("providers_version", 0), found.get("last_seen_version", 0), [])

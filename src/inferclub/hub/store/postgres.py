@@ -7,9 +7,10 @@ in that transaction, so other hubs hear of them at commit and never of a rolled-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +18,11 @@ import asyncpg
 
 from inferclub.hub.store import pgrows, pgschema
 from inferclub.hub.store.base import (
+    BUMP_LAST_SEEN_VERSION,
+    BUMP_PROVIDERS_VERSION,
     KEYS_CHANNEL,
     PROVIDERS_CHANNEL,
+    READ_PROVIDER_COUNTERS,
     AlreadyExists,
     ChangeCallback,
     ProviderNameTaken,
@@ -32,12 +36,15 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
     assemble_providers,
+    provider_counters,
+    provider_seen,
     request_values,
 )
 from inferclub.hub.store.pglisten import CONNECTION_ERRORS, Listener
@@ -250,6 +257,7 @@ class PostgresStore(Store):
             if row is None:
                 raise ProviderNameTaken(f"provider {name!r} belongs to another key")
             provider_id, created_at, bound = row[0], row[1], row[2]
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute("DELETE FROM services WHERE provider_id = $1", provider_id)
             await pgrows.insert_services(db, provider_id, services)
         return ProviderRecord(
@@ -269,14 +277,16 @@ class PostgresStore(Store):
         if not seen:
             return
         # No NOTIFY: liveness is each hub's own; descriptions are what other hubs must hear.
-        await self.pool.execute(
-            "UPDATE providers p SET last_heartbeat_at = t.ts, health = t.health"
-            " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, ts, health)"
-            " WHERE p.id = t.id AND p.last_heartbeat_at < t.ts",
-            list(seen),
-            [float(ts) for ts, _ in seen.values()],
-            [json.dumps(h, separators=(",", ":")) for _, h in seen.values()],
-        )
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE providers p SET last_heartbeat_at = t.ts, health = t.health"
+                " FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, ts, health)"
+                " WHERE p.id = t.id AND p.last_heartbeat_at < t.ts",
+                list(seen),
+                [float(ts) for ts, _ in seen.values()],
+                [json.dumps(h, separators=(",", ":")) for _, h in seen.values()],
+            )
+            await db.execute(BUMP_LAST_SEEN_VERSION)
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
@@ -286,6 +296,28 @@ class PostgresStore(Store):
     async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         found = await self._providers("WHERE p.id = $1 AND p.user_id = $2", (provider_id, user_id))
         return found[0] if found else None
+
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        return await self._providers("WHERE p.id = ANY($1::bigint[])", (list(ids),))
+
+    async def provider_ids(self) -> set[int]:
+        return {row[0] for row in await self.pool.fetch("SELECT id FROM providers")}
+
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
+        async with self.pool.acquire() as db:
+            # The versions first (read committed: each statement sees the latest commits), so a
+            # write between the two reads is seen again next time rather than missed.
+            found = provider_counters(await db.fetch(READ_PROVIDER_COUNTERS))
+            if found.same_versions(previous):
+                return found
+            seen = await db.fetch(
+                "SELECT id, user_id, last_heartbeat_at, health FROM providers"
+                " WHERE last_heartbeat_at > $1 ORDER BY id",
+                since,
+            )
+        return dataclasses.replace(found, seen=provider_seen(seen))
 
     async def _providers(self, where: str, args: Sequence[Any]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""
@@ -320,6 +352,7 @@ class PostgresStore(Store):
             )
             if deleted is None:
                 return False
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute(
                 "SELECT pg_notify($1, $2)", PROVIDERS_CHANNEL, f"{user_id}:{provider_id}"
             )

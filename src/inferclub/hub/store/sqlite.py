@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any
 import aiosqlite
 
 from inferclub.hub.store.base import (
+    BUMP_LAST_SEEN_VERSION,
+    BUMP_PROVIDERS_VERSION,
+    READ_PROVIDER_COUNTERS,
     AlreadyExists,
     ChangeCallback,
     ProviderNameTaken,
@@ -31,12 +35,15 @@ from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
     KeyOwner,
+    ProviderChanges,
     ProviderRecord,
     RequestBucket,
     RequestRecord,
     ServiceInfo,
     User,
     assemble_providers,
+    provider_counters,
+    provider_seen,
     request_values,
 )
 
@@ -126,7 +133,7 @@ class SQLiteStore(Store):
     async def listen(self, on_change: ChangeCallback) -> None:
         """Nothing to do: SQLite has no way to push a change to another process. Hubs sharing
         the file see key changes by polling :meth:`keys_version` and provider changes by
-        reloading providers on a timer."""
+        asking for :meth:`provider_changes` on a timer."""
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -372,6 +379,7 @@ class SQLiteStore(Store):
             if row is None:
                 raise ProviderNameTaken(f"provider {name!r} belongs to another key")
             provider_id, created_at, bound = row[0], row[1], row[2]
+            await db.execute(BUMP_PROVIDERS_VERSION)
             await db.execute("DELETE FROM services WHERE provider_id = ?", (provider_id,))
             for position, svc in enumerate(services):
                 cur = await db.execute(
@@ -415,6 +423,7 @@ class SQLiteStore(Store):
                     for pid, (ts, health) in seen.items()
                 ],
             )
+            await db.execute(BUMP_LAST_SEEN_VERSION)
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
         if user_id is None:
@@ -424,6 +433,36 @@ class SQLiteStore(Store):
     async def get_provider(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         found = await self._providers("WHERE p.id = ? AND p.user_id = ?", (provider_id, user_id))
         return found[0] if found else None
+
+    async def get_providers(self, ids: Collection[int]) -> list[ProviderRecord]:
+        wanted = sorted(ids)
+        found: list[ProviderRecord] = []
+        # In slices: SQLite caps the number of parameters of one statement.
+        for at in range(0, len(wanted), 500):
+            part = wanted[at : at + 500]
+            where = f"WHERE p.id IN ({', '.join('?' * len(part))})"
+            found += await self._providers(where, tuple(part))
+        return found
+
+    async def provider_ids(self) -> set[int]:
+        async with self._read() as db:
+            return {row[0] for row in await db.execute_fetchall("SELECT id FROM providers")}
+
+    async def provider_changes(
+        self, since: float, previous: ProviderChanges | None = None
+    ) -> ProviderChanges:
+        async with self._read() as db:
+            # The versions first: a write between the two reads is then seen again next time
+            # rather than missed.
+            found = provider_counters(await db.execute_fetchall(READ_PROVIDER_COUNTERS))
+            if found.same_versions(previous):
+                return found
+            seen = await db.execute_fetchall(
+                "SELECT id, user_id, last_heartbeat_at, health FROM providers"
+                " WHERE last_heartbeat_at > ? ORDER BY id",
+                (since,),
+            )
+        return dataclasses.replace(found, seen=provider_seen(seen))
 
     async def _providers(self, where: str, args: tuple[Any, ...]) -> list[ProviderRecord]:
         """Providers matching ``where`` (on ``providers p``) with their services and models."""
@@ -455,6 +494,8 @@ class SQLiteStore(Store):
             cur = await db.execute(
                 "DELETE FROM providers WHERE id = ? AND user_id = ?", (provider_id, user_id)
             )
+            if cur.rowcount:
+                await db.execute(BUMP_PROVIDERS_VERSION)
             return bool(cur.rowcount)
 
     # -------------------------------------------------------- request history
