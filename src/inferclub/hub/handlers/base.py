@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from inferclub import openai_errors, wire
-from inferclub.hub import jsonbody
+from inferclub.hub import jsonbody, memory
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting, guard
@@ -120,9 +120,12 @@ class ApiHandler(HubHandler):
     def on_connection_close(self) -> None:
         # Tornado's own handler fails the body future of a streamed request; the chunks
         # received so far are dropped here rather than when the garbage collector next finds
-        # the handler's reference cycles, so an abandoned upload frees its memory at once.
+        # the handler's reference cycles, so an abandoned upload frees its memory at once,
+        # and the allocator is asked to hand it back (hub/memory.py says why).
         super().on_connection_close()
+        held = sum(len(chunk) for chunk in getattr(self, "_chunks", ()))
         self._chunks = []
+        memory.release(held)
 
     @property
     def body(self) -> bytes:
