@@ -216,10 +216,15 @@ async def test_a_playground_request_from_another_origin_reaches_no_agent(
 
     refused = await asyncio.to_thread(post, "http://evil.example")
     assert refused.status == 403
+    assert refused.json()["error"]["code"] == "cross_site_request"
+    assert refused.headers["X-Request-Id"].startswith("req_")
     assert fake_agent.posts("/v1/chat/completions") == []
     served = await asyncio.to_thread(post, hub_app.url)
     assert served.status == 200, served.text[:300]
     assert len(fake_agent.posts("/v1/chat/completions")) == 1
+    # History rows are written in batches: the served one's batch would hold the refused one.
+    (row,) = await hub_app.wait_for_request_rows(1)
+    assert row["status"] == 200
 
 
 # -- large answers ----------------------------------------------------------------------------

@@ -65,7 +65,12 @@ class PlaygroundProxyMixin(openai.ProxyHandler):
     def check_xsrf_cookie(self) -> None:
         """ApiHandler turns XSRF off because a bearer key cannot be sent cross-site; a cookie
         can. Checked before the body is read, like the session (the token is a header)."""
-        guard.check_origin(self.request, self.hub.settings.public_url)
+        try:
+            guard.check_origin(self.request, self.hub.settings.public_url)
+        except tornado.web.HTTPError as exc:
+            raise OpenAIError(
+                403, exc.log_message or "", "invalid_request_error", "cross_site_request"
+            ) from None
         tornado.web.RequestHandler.check_xsrf_cookie(self)
 
     async def authenticate(self) -> KeyOwner:
