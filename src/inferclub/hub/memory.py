@@ -37,7 +37,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim  # type: ignore[no-any-return]
 
 
-def release(dropped: int) -> bool:
+def release_dropped_body(dropped: int) -> bool:
     """After ``dropped`` bytes of a body were let go: give free heap pages back to the system
     when that was a lot. Whether a trim ran."""
     if dropped < TRIM_AFTER:

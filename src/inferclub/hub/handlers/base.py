@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from inferclub import openai_errors, wire
-from inferclub.hub import jsonbody, memory
+from inferclub.hub import jsonbody
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting, guard
 from inferclub.hub.handlers.guard import DISCARD_FACTOR
+from inferclub.hub.memory import release_dropped_body
 from inferclub.hub.store import KeyOwner, User
 from inferclub.openai_errors import OpenAIError
 
@@ -125,7 +126,7 @@ class ApiHandler(HubHandler):
         super().on_connection_close()
         held = sum(len(chunk) for chunk in getattr(self, "_chunks", ()))
         self._chunks = []
-        memory.release(held)
+        release_dropped_body(held)
 
     @property
     def body(self) -> bytes:
