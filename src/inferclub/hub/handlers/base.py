@@ -89,14 +89,14 @@ class ApiHandler(HubHandler):
         return int(getattr(self.hub.settings, self.body_limit_setting))
 
     async def prepare(self) -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._too_large = False
-        self._limit = self.body_limit()
         # The server's own cap is the web routes' small one; an API request may send up to
         # the largest endpoint limit, and each endpoint answers its oversize with its 413.
         connection: Any = self.request.connection
         connection.set_max_body_size(self.hub.settings.body_ceiling)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._limit = self.body_limit()
         self.owner = await self.authenticate()
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limit:
