@@ -77,6 +77,9 @@ FORM_OVERHEAD = MB
 DEFAULT_MAX_JSON_BODY = 10 * MB
 DEFAULT_MAX_AUDIO_BODY = 25 * MB
 DEFAULT_MAX_IMAGE_BODY = 20 * MB
+#: The hub's default for every route outside ``/v1`` (sign-in, dashboard forms; setting
+#: ``max_web_body``): a form there holds a label or a token, never an upload.
+DEFAULT_MAX_WEB_BODY = 64 * 1024
 
 
 def image_edit_body_limit(max_image_body: int) -> int:

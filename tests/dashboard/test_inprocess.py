@@ -74,8 +74,11 @@ async def test_behind_https_cookies_are_secure_and_host_prefixed(
             "/dashboard/keys", headers={"Cookie": cookie}, raise_error=False, follow_redirects=False
         )
         assert resp.code == 200
-        xsrf = [c for c in resp.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
-        assert xsrf and all(f in xsrf[0] for f in ("Secure", "HttpOnly", "SameSite=Lax"))
+        cookies = resp.headers.get_list("Set-Cookie")
+        xsrf = [c for c in cookies if c.startswith("__Host-inferclub_xsrf=")]
+        assert xsrf and all(f in xsrf[0] for f in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"))
+        assert "Domain" not in xsrf[0]
+        assert not [c for c in cookies if c.startswith("_xsrf=")]
 
         # The session cookie, as set by the sign-in.
         user = await https_hub.store.create_user("bob")

@@ -88,6 +88,8 @@ class FakeResponse:
         self.status = status
         self.headers = CIMultiDict({"Content-Type": content_type, "X-InferClub-Engine": "vllm"})
         self.content = FakeContent(chunks, then, hang)
+        #: As aiohttp's: the ``Content-Length`` header as a number, None when absent.
+        self.content_length: int | None = None
 
 
 def meter(type_: str = "llm") -> RequestMeter:

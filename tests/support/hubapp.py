@@ -176,8 +176,8 @@ async def running_hub(
 
     Settings come as for a hub process: `TEST_ENV`, then ``env`` (``INFERCLUB_*`` variables),
     then ``settings`` (`Settings` fields: ``max_json_body=2000``, ``online_window=1``).
-    Tornado's own body-size cap stays at its default (100 MB), above any test body: the limits
-    under test are the hub's own.
+    Tornado's body-size cap is the one ``inferclub serve`` sets (``max_web_body``; the ``/v1``
+    handlers raise it per request).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = load_settings(env={**TEST_ENV, **(env or {})})
@@ -188,7 +188,7 @@ async def running_hub(
         hub = Hub(config, store, load_or_create_secrets(config.secrets_path))
         await hub.start()
         server = tornado.httpserver.HTTPServer(
-            make_app(hub), max_body_size=hub.settings.body_ceiling
+            make_app(hub), max_body_size=hub.settings.max_web_body
         )
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)

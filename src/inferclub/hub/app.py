@@ -21,7 +21,7 @@ from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers import playground as playground_handlers
-from inferclub.hub.handlers.base import is_secure
+from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_name
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer
@@ -184,7 +184,10 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         # the bearer key only and skip XSRF (handlers/base.py).
         "cookie_secret": hub.secrets.cookie_secret,
         "xsrf_cookies": True,
+        "xsrf_cookie_name": xsrf_cookie_name(secure),
         "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax", "secure": secure},
+        # Unknown paths outside /v1 get a page of the dashboard's, under its body limit.
+        "default_handler_class": NotFoundPage,
         "login_url": "/login",
         "template_path": str(here / "templates"),
         "static_path": str(here / "static"),

@@ -374,8 +374,10 @@ async def _run_server(
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
         xheaders=False,
-        # Past the largest endpoint limit; each handler answers its own oversize with a 413.
-        max_body_size=settings.body_ceiling,
+        # Every route's default: the web routes' small limit, so a path no handler streams
+        # (static files, anything unknown) cannot make the hub read more. The /v1 handlers
+        # raise it for their request, after checking its headers (handlers/base.py).
+        max_body_size=settings.max_web_body,
         # Slow clients (slowloris) are cut: each held connection costs a socket and a buffer.
         idle_connection_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,

@@ -112,6 +112,15 @@ class Settings:
             "and a mask)."
         ),
     )
+    max_web_body: int = field(
+        default=wire.DEFAULT_MAX_WEB_BODY,
+        metadata=_doc(
+            "Largest request body, in bytes, of any route outside `/v1` (sign-in, dashboard "
+            "forms, unknown paths): a larger `Content-Length` is a 413 before the body is "
+            "read, and a chunked body is cut there. The playground's inference endpoints "
+            "take the `/v1` limits, after the session and XSRF checks."
+        ),
+    )
     max_heartbeat_body: int = field(
         default=256 * 1024,
         metadata=_doc(
@@ -279,7 +288,9 @@ class Settings:
 
     @property
     def body_ceiling(self) -> int:
-        """The HTTP server's ``max_body_size``: past every endpoint's own limit."""
+        """The largest body a ``/v1`` route lets a client send: past every endpoint's own
+        limit. The HTTP server's ``max_body_size`` is ``max_web_body``; the ``/v1`` handlers
+        raise it to this for their request only, after the headers are checked."""
         return wire.body_ceiling(self.max_json_body, self.max_audio_body, self.max_image_body)
 
     @property

@@ -9,7 +9,7 @@ from typing import Any
 
 from tornado.httputil import HTTPFile, parse_body_arguments
 
-from tests.support.fakes.base import FakeHandler, chat_chunks, words
+from tests.support.fakes.base import FakeHandler, chat_chunks, chat_completion, words
 from tests.support.fakes.openai_api import ChatHandler, OpenAIFake
 
 #: What an agent serving chat with `m1` advertises in a heartbeat.
@@ -25,6 +25,10 @@ class FakeAgent(OpenAIFake):
         self.break_after: int | None = None
         #: Non-streaming: wait this long before answering.
         self.delay = 0.0
+        #: Non-streaming chat: an answer this many characters long, sent with a
+        #: ``Content-Length`` or, with ``chunked_answer``, in 1 MiB chunks without one.
+        self.answer_size = 0
+        self.chunked_answer = False
 
         #: Transcriptions: answer ``response_format=text`` with JSON, as vLLM does.
         self.text_as_json = False
@@ -55,11 +59,25 @@ class FakeAgent(OpenAIFake):
 class AgentChatHandler(ChatHandler):
     fake: FakeAgent
 
+    async def large_answer(self, model: str) -> None:
+        data = json.dumps(chat_completion(model, "x" * self.fake.answer_size)).encode()
+        self.set_header("Content-Type", "application/json")
+        if not self.fake.chunked_answer:
+            self.finish(data)
+            return
+        for start in range(0, len(data), 1024 * 1024):
+            self.write(data[start : start + 1024 * 1024])
+            await self.flush()
+        self.finish()
+
     async def post(self) -> None:
         fake = self.fake
         body = self.json_body()
         if fake.delay:
             await asyncio.sleep(fake.delay)
+        if fake.answer_size and not body.get("stream"):
+            await self.large_answer(str(body.get("model")))
+            return
         cut = fake.stall_after if fake.stall_after is not None else fake.break_after
         if not body.get("stream") or cut is None:
             await super().post()

@@ -261,7 +261,7 @@ class LinkLoginHandler(WebHandler):
 
 
 class LogoutHandler(WebHandler):
-    async def post(self) -> None:
+    async def submit(self) -> None:
         await self.end_session()
         self.redirect("/login")
 

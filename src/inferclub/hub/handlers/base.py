@@ -4,7 +4,8 @@
   cookies, so no XSRF), bodies counted against a limit as they arrive, every error an OpenAI
   error object.
 - :class:`WebHandler`: browser pages. The signed session cookie, XSRF on (the application's
-  default), error pages without tracebacks, strict security headers.
+  default) with an Origin check, a small body read only after the headers passed
+  (:mod:`.guard`), error pages without tracebacks, strict security headers.
 - :class:`DashboardHandler` and :class:`DashboardApiHandler`: the signed-in user's pages and
   the small JSON endpoints they poll.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -24,7 +26,9 @@ from inferclub import openai_errors, wire
 from inferclub.hub import jsonbody, keys
 from inferclub.hub.accounts import SESSION_DAYS
 from inferclub.hub.config import Settings
-from inferclub.hub.handlers import formatting
+from inferclub.hub.handlers import formatting, guard
+from inferclub.hub.handlers.guard import DISCARD_FACTOR
+from inferclub.hub.memory import release_dropped_body
 from inferclub.hub.store import KeyOwner, User
 from inferclub.openai_errors import OpenAIError
 
@@ -32,9 +36,6 @@ if TYPE_CHECKING:
     from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub.api")
-
-#: An oversize body up to this many times its limit is drained before the 413 is sent.
-DISCARD_FACTOR = 4
 
 
 def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 200) -> None:
@@ -92,6 +93,10 @@ class ApiHandler(HubHandler):
         return int(getattr(self.hub.settings, self.body_limit_setting))
 
     async def prepare(self) -> None:
+        # The server's own cap is the web routes' small one; an API request may send up to
+        # the largest endpoint limit, and each endpoint answers its oversize with its 413.
+        connection: Any = self.request.connection
+        connection.set_max_body_size(self.hub.settings.body_ceiling)
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -121,9 +126,12 @@ class ApiHandler(HubHandler):
     def on_connection_close(self) -> None:
         # Tornado's own handler fails the body future of a streamed request; the chunks
         # received so far are dropped here rather than when the garbage collector next finds
-        # the handler's reference cycles, so an abandoned upload frees its memory at once.
+        # the handler's reference cycles, so an abandoned upload frees its memory at once,
+        # and the allocator is asked to hand it back (hub/memory.py says why).
         super().on_connection_close()
+        held = sum(len(chunk) for chunk in getattr(self, "_chunks", ()))
         self._chunks = []
+        release_dropped_body(held)
 
     @property
     def body(self) -> bytes:
@@ -246,6 +254,11 @@ def session_cookie_name(secure: bool) -> str:
     return "__Host-inferclub_session" if secure else "inferclub_session"
 
 
+def xsrf_cookie_name(secure: bool) -> str:
+    # __Host- as for the session: a sibling subdomain cannot plant a known XSRF token.
+    return "__Host-inferclub_xsrf" if secure else "_xsrf"
+
+
 def session_token(handler: tornado.web.RequestHandler, settings: Settings) -> str | None:
     """The session token in this request's signed cookie, if any."""
     name = session_cookie_name(request_is_secure(handler, settings))
@@ -266,11 +279,29 @@ def _error_message(status_code: int, exc: Any) -> str:
     return ""
 
 
+async def _no_submit(handler: tornado.web.RequestHandler, *args: str) -> None:
+    raise tornado.web.HTTPError(405)
+
+
+@tornado.web.stream_request_body
 class WebHandler(HubHandler):
     """Base of every browser-facing page: session-cookie auth, XSRF on (Tornado's default
-    for the application), error pages without tracebacks, strict security headers."""
+    for the application), error pages without tracebacks, strict security headers.
+
+    The body is streamed so that everything in the headers is checked before any of it is
+    read: its ``Content-Length`` (413 past ``max_web_body``), its ``Origin`` and XSRF cookie
+    (403), and the session (:class:`DashboardHandler`). An XSRF token sent in a header or the
+    query is checked then too; a form's ``_xsrf`` field is checked as soon as the (small) body
+    is in, before the handler runs. So handlers implement :meth:`submit`, never ``post``.
+    """
 
     current_user: User | None
+    _xsrf_in_form = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "post" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides post(); implement submit() instead")
 
     @property
     def secure(self) -> bool:
@@ -284,8 +315,44 @@ class WebHandler(HubHandler):
         self.set_header("Referrer-Policy", "same-origin")
         self.set_header("Cache-Control", "no-store")
 
+    def check_xsrf_cookie(self) -> None:
+        """Tornado calls this before :meth:`prepare`, so before any body byte is read."""
+        guard.check_origin(self.request, self.hub.settings.public_url)
+        if self.request.headers.get("X-Xsrftoken") or self.get_query_argument("_xsrf", None):
+            super().check_xsrf_cookie()
+            return
+        if not self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf")):
+            raise tornado.web.HTTPError(403, "'_xsrf' cookie missing: reload the page.")
+        self._xsrf_in_form = True
+
     async def prepare(self) -> None:
+        self.form = guard.FormBody(self.hub.settings.max_web_body)
+        if self.form.refuse_early(self.request):
+            raise tornado.web.HTTPError(413, "The request body is too large.")
         self.current_user = await session_user(self, self.hub)
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._finished:
+            self.form.add(chunk)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if hasattr(self, "form"):
+            self.form.drop()
+
+    async def post(self, *args: str) -> None:
+        if self.form.too_large:
+            raise tornado.web.HTTPError(413, "The request body is too large.")
+        guard.parse_form(self.request, self.form.take())
+        if self._xsrf_in_form:
+            super().check_xsrf_cookie()
+        result = self.submit(*args)
+        if result is not None:
+            await result
+
+    #: Handles a ``POST`` once its form is read and its XSRF token checked; as for Tornado's
+    #: ``post``, a handler declares the arguments its route captures.
+    submit: Callable[..., Awaitable[None] | None] = _no_submit
 
     def get_template_namespace(self) -> dict[str, Any]:
         ns = super().get_template_namespace()
@@ -334,6 +401,14 @@ class WebHandler(HubHandler):
         )
 
 
+class NotFoundPage(WebHandler):
+    """Any path no route matches (outside ``/v1``): a 404 page, after the body-size check."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise tornado.web.HTTPError(404)
+
+
 # -- the dashboard ----------------------------------------------------------------------------
 
 
@@ -342,6 +417,12 @@ class DashboardHandler(WebHandler):
     another user's key, provider or request id is a 404."""
 
     section = ""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        # Before the body: a change without a session is refused unread.
+        if self.request.method not in guard.SAFE_METHODS and self.current_user is None:
+            raise tornado.web.HTTPError(403, "Sign in to the dashboard first.")
 
     @property
     def user_id(self) -> int:

@@ -99,7 +99,7 @@ class KeysHandler(_KeysPage):
         await self.show()
 
     @tornado.web.authenticated
-    async def post(self) -> None:
+    async def submit(self) -> None:
         label = self.get_body_argument("name", "").strip()[:100]
         scope = self.get_body_argument("scope", keys.ALL)
         if scope not in keys.SCOPES:
@@ -111,7 +111,7 @@ class KeysHandler(_KeysPage):
 
 class KeyActionHandler(_KeysPage):
     @tornado.web.authenticated
-    async def post(self, key_id: str, action: str) -> None:
+    async def submit(self, key_id: str, action: str) -> None:
         accounts = self.hub.accounts
         mine = await self.hub.store.get_key(self.user_id, int(key_id))
         if mine is None:
@@ -157,7 +157,7 @@ class ProviderApiHandler(DashboardApiHandler):
 
 class ProviderDeleteHandler(DashboardHandler):
     @tornado.web.authenticated
-    async def post(self, provider_id: str) -> None:
+    async def submit(self, provider_id: str) -> None:
         pid = int(provider_id)
         if not await self.hub.store.delete_provider(self.user_id, pid):
             raise tornado.web.HTTPError(404, "No such provider.")

@@ -11,7 +11,7 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub.handlers import openai
+from inferclub.hub.handlers import guard, openai
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, session_user
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KeyOwner
@@ -62,8 +62,16 @@ class PlaygroundProxyMixin(openai.ProxyHandler):
     the session cookie instead of the bearer key, XSRF checked again. Rows in the history get
     no key id: the dashboard made them."""
 
-    # ApiHandler turns XSRF off because a bearer key cannot be sent cross-site; a cookie can.
-    check_xsrf_cookie = tornado.web.RequestHandler.check_xsrf_cookie
+    def check_xsrf_cookie(self) -> None:
+        """ApiHandler turns XSRF off because a bearer key cannot be sent cross-site; a cookie
+        can. Checked before the body is read, like the session (the token is a header)."""
+        try:
+            guard.check_origin(self.request, self.hub.settings.public_url)
+        except tornado.web.HTTPError as exc:
+            raise OpenAIError(
+                403, exc.log_message or "", "invalid_request_error", "cross_site_request"
+            ) from None
+        tornado.web.RequestHandler.check_xsrf_cookie(self)
 
     async def authenticate(self) -> KeyOwner:
         user = await session_user(self, self.hub)

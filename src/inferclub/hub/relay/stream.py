@@ -61,9 +61,15 @@ def relay_headers(sink: Sink, resp: aiohttp.ClientResponse) -> None:
 
 
 async def relay_stream(
-    sink: Sink, resp: aiohttp.ClientResponse, meter: RequestMeter, idle: float, strip_usage: bool
+    sink: Sink,
+    resp: aiohttp.ClientResponse,
+    meter: RequestMeter,
+    idle: float,
+    strip_usage: bool,
+    head: list[bytes] | None = None,
 ) -> None:
-    """Relay a streamed success body. A closed client connection raises
+    """Relay a streamed success body, after ``head`` (chunks of it already read, of a body
+    that is not an event stream; emptied as they go out). A closed client connection raises
     :class:`~tornado.iostream.StreamClosedError` for the caller to record."""
     for name in RELAYED_HEADERS:
         if name in resp.headers:
@@ -78,7 +84,7 @@ async def relay_stream(
             sink.set_header("X-Accel-Buffering", "no")
             await relay_sse(sink, resp, meter, idle, strip_usage)
         else:
-            await relay_raw(sink, resp, meter, idle)
+            await relay_raw(sink, resp, meter, idle, head)
     except StreamClosedError:
         raise  # an OSError too, but the client's side: not the provider's fault
     except TimeoutError:
@@ -108,8 +114,18 @@ async def relay_sse(
 
 
 async def relay_raw(
-    sink: Sink, resp: aiohttp.ClientResponse, meter: RequestMeter, idle: float
+    sink: Sink,
+    resp: aiohttp.ClientResponse,
+    meter: RequestMeter,
+    idle: float,
+    head: list[bytes] | None = None,
 ) -> None:
+    # Emptied as it goes out, so a large answer's first part is not held while the rest flows.
+    while head:
+        chunk = head.pop(0)
+        meter.sent(len(chunk))
+        sink.write(chunk)
+        await sink.flush()
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(idle) as deadline:
         async for chunk in resp.content.iter_any():

@@ -1,5 +1,8 @@
 """Answers read whole before they are sent: JSON bodies (so usage can be recorded and a
-transform applied), empty bodies, and every error, normalised to OpenAI's shape."""
+transform applied), empty bodies, and every error, normalised to OpenAI's shape.
+
+A JSON answer larger than :data:`MAX_WHOLE_BODY` is not held: what was read goes out and the
+rest is relayed chunk by chunk, like any streamed body (its usage is then not recorded)."""
 
 from __future__ import annotations
 
@@ -12,10 +15,12 @@ import aiohttp
 
 from inferclub.hub.relay.connect import upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
-from inferclub.hub.relay.stream import Sink, relay_headers
+from inferclub.hub.relay.stream import Sink, relay_headers, relay_stream
 from inferclub.openai_errors import OpenAIError, normalise_error_body
 
-MAX_JSON_RESPONSE = 256 * 1024 * 1024
+#: The most of an answer held in memory. A success past it is streamed on; an error or an
+#: answer to rewrite (``transform``) past it is a 502: neither is that large when healthy.
+MAX_WHOLE_BODY = 32 * 1024 * 1024
 
 #: Rewrites a whole success body: ``(content type, body) -> (content type, body)``.
 Transform = Callable[[str, bytes], tuple[str, bytes]]
@@ -39,7 +44,16 @@ async def relay_whole(
 ) -> None:
     """Read the answer, record it, and write it to ``sink`` in one piece. Nothing has been sent
     when this raises, so its :class:`OpenAIError` becomes the client's error response."""
-    body = await read_body(resp, idle)
+    if resp.status < 400 and transform is None and (resp.content_length or 0) > MAX_WHOLE_BODY:
+        await relay_stream(sink, resp, meter, idle, strip_usage=False)  # announced too large
+        return
+    parts, whole = await read_body(resp, idle)
+    if not whole:
+        if resp.status >= 400 or transform is not None:
+            raise OpenAIError(502, "The provider's response is too large.", "server_error")
+        await relay_stream(sink, resp, meter, idle, strip_usage=False, head=parts)
+        return
+    body = b"".join(parts)
     if resp.status >= 400:
         shaped = normalise_error_body(resp.status, body, resp.headers.get("Content-Type", ""))
         meter.failed(resp.status, shaped["error"]["type"], shaped["error"]["code"])
@@ -60,7 +74,9 @@ async def relay_whole(
     sink.write(body)
 
 
-async def read_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
+async def read_body(resp: aiohttp.ClientResponse, idle: float) -> tuple[list[bytes], bool]:
+    """The answer's first chunks, up to about :data:`MAX_WHOLE_BODY` bytes, and whether they
+    are all of it."""
     parts: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
@@ -69,14 +85,14 @@ async def read_body(resp: aiohttp.ClientResponse, idle: float) -> bytes:
             async for chunk in resp.content.iter_any():
                 deadline.reschedule(loop.time() + idle)
                 size += len(chunk)
-                if size > MAX_JSON_RESPONSE:
-                    raise OpenAIError(502, "The provider's response is too large.", "server_error")
                 parts.append(chunk)
+                if size > MAX_WHOLE_BODY:
+                    return parts, False
     except TimeoutError:
         raise upstream_idle(idle) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise upstream_broke(exc) from None
-    return b"".join(parts)
+    return parts, True
 
 
 def has_metrics(body: bytes, service_type: str | None) -> bool:
