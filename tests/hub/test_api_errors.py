@@ -125,7 +125,10 @@ async def test_offline_provider_is_503_and_leaves_the_model_list(
         assert (await c.models.list()).data == []
         with pytest.raises(openai.InternalServerError) as exc:
             await c.chat.completions.create(model="m1", messages=[])
-        assert exc.value.status_code == 503 and exc.value.code == "provider_offline"
+        assert exc.value.status_code == 503 and exc.value.code == "model_unavailable"
+        assert "rig: agent gone" in exc.value.message
+        assert exc.value.response.headers["Retry-After"] == "5"
+        assert exc.value.response.headers["X-Request-Id"].startswith("req_")
         await hub.heartbeat(key, "rig", fake_agent.url, LLM)
         assert (await c.chat.completions.create(model="m1", messages=[])).choices
 

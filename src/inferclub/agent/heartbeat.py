@@ -32,6 +32,10 @@ PROBES_PER_INTERVAL = 3
 MAX_BACKOFF = 60.0
 
 
+def _described(services: list[wire.AdvertisedService]) -> list[wire.AdvertisedService]:
+    return [s.description() for s in services]
+
+
 class KeyRejected(Exception):
     """The hub answered 401: the API key is wrong or revoked."""
 
@@ -100,9 +104,9 @@ class Heartbeat:
         backoff = 1.0
         while True:
             await self.table.probe_all(self.session)
-            advertised = self.table.advertised()
+            advertised = self.table.announced()
             now = time.monotonic()
-            changed = last_sent is not None and advertised != last_sent
+            changed = last_sent is not None and _described(advertised) != _described(last_sent)
             if now >= next_beat or (changed and not self._failing):
                 if changed:
                     log.info("advertised services changed; sending a heartbeat now")
@@ -122,7 +126,12 @@ class Heartbeat:
     async def beat(self, advertised: list[wire.AdvertisedService], retry_in: float) -> bool:
         """Send one heartbeat; True when the hub accepted it."""
         payload = wire.Heartbeat(
-            self.name, self.callback_url, __version__, tuple(advertised), await self.health()
+            self.name,
+            self.callback_url,
+            __version__,
+            tuple(advertised),
+            await self.health(),
+            down=tuple(self.table.down()),
         )
         try:
             async with self.session.post(

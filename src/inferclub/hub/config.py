@@ -90,6 +90,22 @@ class Settings:
             "(cold model loads are slow)."
         ),
     )
+    max_attempts: int = field(
+        default=3,
+        metadata=_doc(
+            "Providers a request may try, within `first_byte_timeout`, before it gets an "
+            "error: a provider that cannot be reached, or answers 429, 502 or 503 before any "
+            "byte reached the client, hands the request on to the next candidate."
+        ),
+    )
+    cooldown: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a provider that failed (could not be reached, answered 502 or 503) is "
+            "skipped; doubled on each further failure, up to 60 s. Then one request tries it, "
+            "and a success clears it."
+        ),
+    )
     idle_timeout: float = field(
         default=120.0,
         metadata=_doc(

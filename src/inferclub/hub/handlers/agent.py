@@ -7,6 +7,7 @@ import time
 
 from inferclub import wire
 from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
+from inferclub.hub.choose import ProviderState
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.reachability import describe_reachability
 from inferclub.openai_errors import OpenAIError
@@ -52,6 +53,9 @@ class HeartbeatHandler(ApiHandler):
         if known is None or known.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
+        hub.fleet.heard(record.id, ProviderState.of(hb))
+        if hb.leaving:
+            log.info("provider %r of %s is shutting down", record.name, self.owner.login)
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None

@@ -72,6 +72,9 @@ class ApiHandler(HubHandler):
 
     #: The id in ``X-Request-Id``; a proxied request replaces it with its history row's id.
     request_id: str = ""
+    #: The provider last tried and how many were (``X-InferClub-Provider``, ``-Attempts``).
+    provider_name: str = ""
+    attempts: int = 0
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -80,6 +83,10 @@ class ApiHandler(HubHandler):
         if not self.request_id:
             self.request_id = "req_" + secrets.token_hex(12)
         self.set_header(wire.REQUEST_ID_HEADER, self.request_id)
+        # An error answer (send_error clears the headers) still says which provider failed.
+        if self.provider_name:
+            self.set_header(wire.PROVIDER_HEADER, self.provider_name)
+            self.set_header(wire.ATTEMPTS_HEADER, str(self.attempts))
 
     def check_xsrf_cookie(self) -> None:
         """Bearer-authenticated API: no cookies, so no XSRF."""

@@ -72,6 +72,11 @@ class Forward:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+#: Statuses from an agent that send a request on to the next candidate: the agent is busy
+#: (429, its service at max_concurrency) or could not reach its engine (502, 503).
+RETRIED_STATUSES = frozenset({429, 502, 503})
+
+
 class ProxyHandler(ApiHandler):
     """Routes a request to one of the caller's online providers and relays the answer."""
 
@@ -124,25 +129,9 @@ class ProxyHandler(ApiHandler):
     async def _serve(self, meter: RequestMeter) -> None:
         model, fwd = self.parse()
         meter.asked_for(model)
-        route = self.hub.registry.route(self.owner.user_id, self.service_type, model)
-        meter.routed(route.provider.id, route.service.name)
-        fwd = self.adapt(route, fwd)
-        self.set_header(wire.PROVIDER_HEADER, route.provider.name)
-        for name, value in fwd.headers.items():
-            self.set_header(name, value)
-        await self._relay(route, fwd, meter)
-
-    async def _relay(self, route: Route, fwd: Forward, meter: RequestMeter) -> None:
-        upstream = Upstream.for_route(
-            route,
-            self.api_path,
-            self.request.headers.get("Content-Type", "application/json"),
-            self.hub.callback_token(route.provider.id),
-            meter.id,
-        )
-        task = asyncio.ensure_future(
-            self.hub.relay.forward(self, upstream, fwd.body, meter, fwd.strip_usage, fwd.transform)
-        )
+        hub = self.hub
+        routes = hub.fleet.choose(hub.registry, self.owner.user_id, self.service_type, model)
+        task = asyncio.ensure_future(self._attempts(routes, fwd, meter))
         self._relay_task = task
         try:
             await task
@@ -160,6 +149,78 @@ class ProxyHandler(ApiHandler):
             self._relay_task = None
         if not self._finished:
             self.finish()
+
+    async def _attempts(self, routes: list[Route], fwd: Forward, meter: RequestMeter) -> None:
+        """Try ``routes`` in order until one answers: failover before the first byte.
+
+        A connect error, a reset or timeout before the response headers, or a 429/502/503
+        from the agent moves on to the next route, up to ``max_attempts`` in all and within
+        ``first_byte_timeout``. The last route's answer, whatever it is, goes to the client.
+        """
+        hub = self.hub
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hub.settings.first_byte_timeout
+        routes = routes[: max(1, hub.settings.max_attempts)]
+        error: OpenAIError | None = None
+        for n, route in enumerate(routes, 1):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            last = n == len(routes)
+            with hub.fleet.busy(route):
+                self._attempting(n, route, meter)
+                adapted = self.adapt(route, fwd)
+                upstream = Upstream.for_route(
+                    route,
+                    self.api_path,
+                    self.request.headers.get("Content-Type", "application/json"),
+                    hub.callback_token(route.provider.id),
+                    meter.id,
+                )
+                try:
+                    resp = await hub.relay.open(upstream, adapted.body, left)
+                except OpenAIError as err:
+                    hub.fleet.failed(route.provider.id)
+                    error = err
+                    continue
+                if resp.status in RETRIED_STATUSES and not last:
+                    self._note_refusal(route, resp.status)
+                    resp.close()
+                    continue
+                self._note_answer(route, resp.status)
+                for name, value in adapted.headers.items():
+                    self.set_header(name, value)
+                await hub.relay.answer(self, resp, meter, adapted.strip_usage, adapted.transform)
+                return
+        raise error or OpenAIError(
+            504,
+            f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
+            "server_error",
+            "upstream_timeout",
+        )
+
+    def _attempting(self, n: int, route: Route, meter: RequestMeter) -> None:
+        self.hub.fleet.trying(route)
+        meter.routed(route.provider.id, route.service.name)
+        meter.attempted(n)
+        self.provider_name, self.attempts = route.provider.name, n
+        self.set_header(wire.PROVIDER_HEADER, route.provider.name)
+        self.set_header(wire.ATTEMPTS_HEADER, str(n))
+
+    def _note_refusal(self, route: Route, status: int) -> None:
+        """A 429 (busy) lets another request try; a 502/503 cools the provider down."""
+        if status == 429:
+            self.hub.fleet.released(route.provider.id)
+        else:
+            self.hub.fleet.failed(route.provider.id)
+
+    def _note_answer(self, route: Route, status: int) -> None:
+        if status in (502, 503):
+            self.hub.fleet.failed(route.provider.id)
+        elif status == 429:
+            self.hub.fleet.released(route.provider.id)
+        else:
+            self.hub.fleet.succeeded(route.provider.id)
 
     def _connection_lost(self, meter: RequestMeter) -> None:
         # Past the shutdown deadline the hub closes connections itself; otherwise the

@@ -96,6 +96,11 @@ class RequestMeter:
     def routed(self, provider_id: int, service: str) -> None:
         self._row.provider_id, self._row.service = provider_id, service
 
+    def attempted(self, attempts: int) -> None:
+        """The request goes to its ``attempts``-th provider (failover); the row keeps the
+        last one routed to, which is the one that served."""
+        self._row.attempts = attempts
+
     # -- what the relay sees -----------------------------------------------------------
 
     def first_byte(self) -> None:
