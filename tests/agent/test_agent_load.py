@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 
-from inferclub.agent.services import ServiceTable
+from inferclub.agent.services import ServiceTable, describe
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
 from tests.support.fakes import FakeOllama
 
@@ -43,3 +43,15 @@ def test_the_heartbeat_carries_capacity_hot_models_and_down_engines() -> None:
     assert "cannot connect to 127.0.0.1:9" in str(down["detail"])
     # The model list the agent serves itself still has only live services.
     assert [s.name for s in table.advertised()] == ["ollama"]
+
+
+def test_failure_reasons_name_no_library_internals() -> None:
+    """What a client reads in a mid-stream error event, and the dashboard in a service's
+    health: never aiohttp's own text."""
+    cut = aiohttp.ClientPayloadError(
+        "Response payload is not completed: <TransferEncodingError: 400, message='Not enough"
+        " data to satisfy transfer length header.'>"
+    )
+    assert describe(cut) == "the engine's answer was cut off"
+    assert describe(aiohttp.ServerDisconnectedError()) == "the engine closed the connection"
+    assert "Error:" not in describe(aiohttp.ClientOSError(104, "Connection reset by peer"))

@@ -48,7 +48,10 @@ async def test_a_dead_provider_hands_the_request_on_then_cools_down(tmp_path: Pa
             assert (served["status"], served["attempts"]) == (200, 2)
             (second,) = hub.query("SELECT id FROM providers WHERE name = 'second'")
             assert served["provider_id"] == second["id"]
-            # The dead one cools down: the next request goes straight to the live one.
+            # The dead one cools down, as the model list says, and the next request goes
+            # straight to the live one.
+            (listed,) = (await hub.client(key).models.list()).data
+            assert (listed.model_extra or {})["cooling_down"] == ["first"]
             status, headers, _ = await chat(hub, key)
             assert (status, headers["x-inferclub-attempts"]) == (200, "1")
             assert len(alive.posts("/v1/chat/completions")) == 2

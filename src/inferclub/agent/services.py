@@ -148,6 +148,14 @@ def describe(exc: BaseException) -> str:
         return f"cannot connect to {exc.host}:{exc.port} ({reason})"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
+    # aiohttp's own texts name its internals ("Response payload is not completed:
+    # <TransferEncodingError: 400, ...>"): clients and dashboards get a plain reason.
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the engine's answer was cut off"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the engine closed the connection"
+    if isinstance(exc, aiohttp.ClientError):
+        return f"connection to the engine failed ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
 
 

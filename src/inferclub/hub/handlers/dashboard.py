@@ -14,6 +14,7 @@ from typing import Any
 
 import tornado.web
 
+from inferclub.hub.choose import Fleet
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
@@ -32,7 +33,9 @@ RANGES = {
 _NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
 
-def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str, Any]:
+def provider_json(
+    p: ProviderRecord, registry: Registry, now: float, fleet: Fleet | None = None
+) -> dict[str, Any]:
     by_type: dict[str, list[dict[str, Any]]] = {}
     for s in p.services:
         by_type.setdefault(s.type, []).append(
@@ -60,6 +63,9 @@ def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str
             )
         ],
         "health": p.health,
+        # Passive health and goodbyes (choose.Fleet): seconds of cooldown left, or None.
+        "cooling_down": None if fleet is None else fleet.cooling_down(p.id),
+        "leaving": fleet is not None and fleet.state(p.id).leaving,
     }
 
 
@@ -70,7 +76,9 @@ def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
         "now": now,
         "online_window": hub.registry.online_window,
         "poll_ms": PROVIDERS_POLL_MS,
-        "providers": [provider_json(p, hub.registry, now) for p in hub.registry.providers(user_id)],
+        "providers": [
+            provider_json(p, hub.registry, now, hub.fleet) for p in hub.registry.providers(user_id)
+        ],
     }
 
 
@@ -148,7 +156,7 @@ class ProviderApiHandler(DashboardApiHandler):
         provider = await self.hub.store.get_provider(self.user_id, int(provider_id))
         if provider is None:
             raise tornado.web.HTTPError(404, "No such provider.")
-        self.write_json(provider_json(provider, self.hub.registry, time.time()))
+        self.write_json(provider_json(provider, self.hub.registry, time.time(), self.hub.fleet))
 
 
 class ProviderDeleteHandler(DashboardHandler):

@@ -30,8 +30,21 @@ def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, 
 
 class ModelsHandler(ApiHandler):
     async def get(self) -> None:
-        data = [_model_entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
+        data = [self._entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
         self.write_json({"object": "list", "data": data})
+
+    def _entry(self, model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
+        """The model, with the providers of it that cool down after failing, if any."""
+        entry = _model_entry(model, type_, provider)
+        fleet, uid = self.hub.fleet, self.owner.user_id
+        cooling = [
+            r.provider.name
+            for r in self.hub.registry.candidates(uid, type_, model)
+            if fleet.cooling_down(r.provider.id) is not None
+        ]
+        if cooling:
+            entry["cooling_down"] = cooling
+        return entry
 
 
 class ModelHandler(ApiHandler):
