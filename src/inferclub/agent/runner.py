@@ -158,6 +158,8 @@ class Agent:
                 log.info("stopping: waiting for %d requests in flight", self.table.total_in_flight)
                 beat_task.cancel()
                 await asyncio.gather(beat_task, return_exceptions=True)
+                # First, so that the hub sends nothing new while the requests in flight end.
+                await self.heartbeat.goodbye()
             server.stop()
             runtime.draining = True
             await self.drain(config.drain_timeout)

@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from inferclub import wire
 from inferclub.hub.routing import Registry, Route, model_unavailable
@@ -99,7 +99,15 @@ class Fleet:
     # -- what heartbeats say -------------------------------------------------------------
 
     def heard(self, provider_id: int, state: ProviderState) -> None:
+        old = self._states.get(provider_id)
+        if old is not None and old.down and not state.down:
+            # Its engines are back (the agent says so): whatever failed may work again.
+            self._cooling.pop(provider_id, None)
         self._states[provider_id] = state
+
+    def leaving(self, provider_id: int) -> None:
+        """The provider's agent said goodbye: no new request until its next heartbeat."""
+        self._states[provider_id] = replace(self.state(provider_id), leaving=True)
 
     def state(self, provider_id: int) -> ProviderState:
         return self._states.get(provider_id) or ProviderState()

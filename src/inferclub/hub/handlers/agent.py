@@ -44,6 +44,9 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
+        if hb.leaving:
+            self._goodbye(hb)
+            return
         hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
         known = hub.registry.find(self.owner.user_id, hb.name)
         if known is None:
@@ -54,8 +57,6 @@ class HeartbeatHandler(ApiHandler):
             await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(self.owner.user_id, hb, time.time())
         hub.fleet.heard(record.id, ProviderState.of(hb))
-        if hb.leaving:
-            log.info("provider %r of %s is shutting down", record.name, self.owner.login)
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None
@@ -86,6 +87,30 @@ class HeartbeatHandler(ApiHandler):
             online_window=hub.settings.online_window,
             callback_reachable=problem is None,
             callback_error=None if problem is None else describe_reachability(problem),
+        )
+        self.write_json(reply.to_json())
+
+    def _goodbye(self, hb: wire.Heartbeat) -> None:
+        """The agent is shutting down: no new request goes to it from now on. Neither paced
+        nor stored (a goodbye follows a beat at once, and changes nothing in the store): it
+        only marks the known provider as leaving, until its next ordinary heartbeat."""
+        hub = self.hub
+        known = hub.registry.find(self.owner.user_id, hb.name)
+        if known is None:
+            raise OpenAIError(
+                404,
+                f"No provider {hb.name!r} is registered.",
+                "invalid_request_error",
+                "provider_not_found",
+                "name",
+            )
+        hub.fleet.leaving(known.id)
+        log.info("provider %r of %s is shutting down", known.name, self.owner.login)
+        reply = wire.HeartbeatReply(
+            provider_id=known.id,
+            callback_token=hub.callback_token(known.id),
+            heartbeat_interval=hub.settings.heartbeat_interval,
+            online_window=hub.settings.online_window,
         )
         self.write_json(reply.to_json())
 
