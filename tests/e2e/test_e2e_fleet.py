@@ -132,6 +132,8 @@ def test_sigterm_stops_routing_to_the_agent_within_a_second(fleet: Fleet) -> Non
         raws = [
             sdk.chat.completions.with_raw_response.create(model="m1", messages=[]) for _ in range(3)
         ]
+        for t in busy:
+            t.join(30)
     assert "rig-3" not in served
     # Straight to the others: not a failed attempt at rig-3 first.
     assert {r.headers["X-InferClub-Attempts"] for r in raws} == {"1"}
