@@ -101,3 +101,36 @@ async def test_when_every_attempt_fails_the_error_names_the_last_provider(
         assert "a: cooling down" in exc.value.message and "b: cooling down" in exc.value.message
         assert exc.value.response.headers["Retry-After"]
         assert exc.value.response.headers["X-Request-Id"].startswith("req_")
+
+
+async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    async with running_hub(tmp_path, heartbeat_min_interval=60) as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as first, FakeAgent(["m1"]) as second:
+            await hub.heartbeat(key, "first", first.url, LLM)
+            await hub.heartbeat(key, "second", second.url, LLM)
+            # Not paced (it follows a beat at once), and answered like a beat.
+            status, reply = await hub.heartbeat(key, "first", first.url, LLM, leaving=True)
+            assert status == 200 and reply["callback_token"]
+            for _ in range(3):
+                _, headers, _ = await chat(hub, key)
+                assert (headers["x-inferclub-provider"], headers["x-inferclub-attempts"]) == (
+                    "second",
+                    "1",
+                )
+            assert not first.posts("/v1/chat/completions")
+            status, body = await hub.heartbeat(key, "nobody", first.url, LLM, leaving=True)
+            assert (status, body["error"]["code"]) == (404, "provider_not_found")
+    async with running_hub(tmp_path / "again") as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as only:
+            await hub.heartbeat(key, "only", only.url, LLM)
+            await hub.heartbeat(key, "only", only.url, LLM, leaving=True)
+            with pytest.raises(openai.InternalServerError) as exc:
+                await chat(hub, key)
+            assert exc.value.code == "model_unavailable"
+            assert "only: agent shutting down" in exc.value.message
+            await hub.heartbeat(key, "only", only.url, LLM)
+            assert (await chat(hub, key))[0] == 200
