@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
 
@@ -31,6 +31,14 @@ from inferclub.hub.routing import Registry
 from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
 
 log = logging.getLogger("inferclub")
+
+
+class Cuttable(Protocol):
+    """A running request the shutdown deadline can end (a proxy handler)."""
+
+    def cut(self) -> None: ...
+
+
 access_log = logging.getLogger("inferclub.access")
 
 
@@ -62,6 +70,12 @@ class Hub:
         #: Set when the shutdown drain deadline passed: the connections that close from then on
         #: are cut by the hub, and their requests are recorded so, not as cancelled by a client.
         self.cutting = False
+        #: Set when SIGTERM's drain begins: every answer closes its connection, and a new
+        #: request on a kept-alive connection gets a 503 ``server_shutting_down``.
+        self.draining = False
+        #: The proxied requests running now, so the drain deadline can end their streams
+        #: with an error event (see ``cut_streams``).
+        self.active: set[Cuttable] = set()
         self._callback_tokens: dict[int, str] = {}
         self._registry_task: asyncio.Task[None] | None = None
         self._reload_now = asyncio.Event()
@@ -129,6 +143,13 @@ class Hub:
         problem = await self.relay.probe(callback_url, self.callback_token(provider_id))
         self._reachability[provider_id] = (callback_url, problem, now)
         return problem
+
+    def cut_streams(self) -> None:
+        """The drain deadline passed: end every running request (a stream with a final
+        error event, one still waiting with a 503), recorded as cut by the server."""
+        self.cutting = True
+        for request in list(self.active):
+            request.cut()
 
     def callback_token(self, provider_id: int) -> str:
         """The secret the hub presents to a provider's agent; derived, so never stored."""

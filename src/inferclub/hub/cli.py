@@ -385,13 +385,18 @@ async def _run_server(
     await stop.wait()
 
     log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)
+    hub.draining = True
     server.stop()
     deadline = time.monotonic() + settings.drain_timeout
     while hub.inflight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if hub.inflight:
         log.warning("drain deadline reached with %d requests in flight; closing them", hub.inflight)
-        hub.cutting = True
+        hub.cut_streams()
+        # A moment for the cut streams to send their final error event.
+        settle = time.monotonic() + 1
+        while hub.inflight > 0 and time.monotonic() < settle:
+            await asyncio.sleep(0.01)
     await server.close_all_connections()
     # Closing a connection cancels its relay; give the handlers a moment to record the cut
     # before hub.stop() writes the last history rows.

@@ -18,7 +18,9 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from inferclub import openai_errors, wire
 from inferclub.hub import jsonbody
@@ -44,10 +46,22 @@ def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 20
     handler.finish(json.dumps(data, separators=(",", ":")))
 
 
+def close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
+    """Close the connection once this answer is sent, and say so (``Connection: close``), so
+    that a kept-alive client does not send its next request to a hub that is going away.
+    Tornado decides this per request from the request's headers only; its connection's flag
+    is the one switch (private, but the same in every Tornado 6 release)."""
+    connection = request.connection
+    if isinstance(connection, HTTP1Connection):
+        connection._disconnect_on_finish = True  # noqa: SLF001
+
+
 class HubHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Tornado's default names its version: a free hint for anyone matching CVEs.
         self.set_header("Server", "inferclub")
+        if self.hub.draining:
+            close_after_answer(self.request)
         if is_secure(self.hub.settings):
             self.set_header("Strict-Transport-Security", "max-age=31536000")
 
@@ -99,6 +113,14 @@ class ApiHandler(HubHandler):
         self._size = 0
         self._too_large = False
         self._limit = self.body_limit()
+        if self.hub.draining:
+            raise OpenAIError(
+                503,
+                "The hub is shutting down; retry on a new connection.",
+                "service_unavailable",
+                "server_shutting_down",
+                headers={"Retry-After": "1"},
+            )
         self.owner = await self.authenticate()
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limit:

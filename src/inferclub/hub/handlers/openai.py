@@ -13,6 +13,7 @@ from tornado.iostream import StreamClosedError
 from inferclub import multipart, openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
+from inferclub.hub.relay.meter import SERVER_CUT_CODE
 from inferclub.hub.routing import Route
 from inferclub.hub.store import ProviderRecord
 from inferclub.openai_errors import OpenAIError
@@ -97,6 +98,8 @@ class ProxyHandler(ApiHandler):
     endpoint: ClassVar[str] = "/chat/completions"
 
     _relay_task: asyncio.Task[None] | None = None
+    #: The shutdown deadline cut this request (``cut``).
+    _cut = False
 
     @property
     def service_type(self) -> str:
@@ -129,6 +132,7 @@ class ProxyHandler(ApiHandler):
         self.request_id = meter.id
         self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
+        hub.active.add(self)
         try:
             with hub.concurrency.slot(self.owner.user_id):
                 await self._serve(meter)
@@ -136,6 +140,7 @@ class ProxyHandler(ApiHandler):
             meter.failed(err.status, err.type, err.code)
             raise
         finally:
+            hub.active.discard(self)
             hub.inflight -= 1
             hub.history.add(meter.finished())
 
@@ -151,6 +156,9 @@ class ProxyHandler(ApiHandler):
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise
+            if self._cut:
+                self._end_cut(meter)
+                return
             # on_connection_close cancelled the relay: the connection is gone.
             self._connection_lost(meter)
             return
@@ -234,6 +242,29 @@ class ProxyHandler(ApiHandler):
             self.hub.fleet.released(route.provider.id)
         else:
             self.hub.fleet.succeeded(route.provider.id)
+
+    def cut(self) -> None:
+        """The shutdown deadline passed: stop relaying (see ``_end_cut``)."""
+        self._cut = True
+        task = self._relay_task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _end_cut(self, meter: RequestMeter) -> None:
+        """End a request the shutdown deadline cut: a begun event stream with a final error
+        event (the client sees why, not a truncated body), anything else as it can."""
+        meter.cut_by_server()
+        err = OpenAIError(
+            503,
+            "The hub is shutting down and closed this stream at its drain deadline.",
+            "service_unavailable",
+            SERVER_CUT_CODE,
+        )
+        if not self._headers_written:
+            raise err
+        if self._headers.get("Content-Type", "").startswith("text/event-stream"):
+            self.write(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
+        self.finish()
 
     def _connection_lost(self, meter: RequestMeter) -> None:
         # Past the shutdown deadline the hub closes connections itself; otherwise the
