@@ -264,3 +264,4 @@ def test_during_the_drain_answers_close_their_connection_and_new_requests_get_50
         kept.close()
         stopper.join(30)
         assert hub.code == 0, hub.log()  # type: ignore[attr-defined]
+        assert "open-files limit:" in hub.log()  # raised to the hard limit at start

@@ -25,6 +25,7 @@ from inferclub.agent.manifest import Manifest
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Engine
+from inferclub.fdlimit import raise_nofile_limit
 
 log = logging.getLogger("inferclub.agent")
 
@@ -182,6 +183,7 @@ class Agent:
 
 
 async def run_agent(config: RunConfig, engines: Mapping[str, Engine]) -> int:
+    raise_nofile_limit(log)
     agent = Agent(config, engines)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__
+from inferclub.fdlimit import raise_nofile_limit
 from inferclub.hub import workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, make_app
@@ -334,6 +335,7 @@ async def serve(
     worker: int | None = None,
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
+    raise_nofile_limit(log)
     store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and

@@ -201,6 +201,8 @@ class ProxyHandler(ApiHandler):
                 try:
                     resp = await hub.relay.open(upstream, adapted.body, left)
                 except OpenAIError as err:
+                    if err.code == "hub_overloaded":
+                        raise  # the hub's own trouble: no provider is to blame
                     hub.fleet.failed(route.provider.id)
                     error = err
                     continue
