@@ -14,7 +14,7 @@ import tornado.web
 from inferclub.hub import background, keys
 from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
-from inferclub.hub.choose import Fleet
+from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import Secrets, Settings
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -64,7 +64,9 @@ class Hub:
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
         #: Load, goodbyes and passive health of providers: the choice between candidates.
-        self.fleet = Fleet(settings.cooldown)
+        self.fleet = Fleet(
+            settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
+        )
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         #: Set when the shutdown drain deadline passed: the connections that close from then on

@@ -22,9 +22,10 @@ count their own requests.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -86,11 +87,85 @@ class _Cooling:
     trial: bool = False
 
 
+#: Seconds a client refused with ``all_providers_busy`` is asked to wait.
+RETRY_BUSY = 5
+
+
+def all_busy(message: str) -> OpenAIError:
+    return OpenAIError(
+        429,
+        message,
+        "rate_limit_error",
+        "all_providers_busy",
+        headers={"Retry-After": str(RETRY_BUSY)},
+    )
+
+
+class WaitQueue:
+    """Requests waiting until a service of their user frees up: per user, bounded, in
+    arrival order. A freed service wakes the user's waiters in that order; each checks
+    whether it can go now, and the first that can takes the service before the next one
+    looks (no await between its check and counting its request in flight)."""
+
+    def __init__(self, timeout: float, max_per_user: int) -> None:
+        self.timeout = timeout
+        self.max_per_user = max_per_user
+        self._waiting: dict[int, list[list[asyncio.Future[None]]]] = {}
+
+    def waiting(self, user_id: int) -> int:
+        return len(self._waiting.get(user_id, ()))
+
+    def total(self) -> int:
+        """Requests waiting now, of all users."""
+        return sum(len(q) for q in self._waiting.values())
+
+    async def wait(self, user_id: int, ready: Callable[[], list[Route] | None]) -> list[Route]:
+        """``ready()`` once it returns routes: now, or after wake-ups, within ``timeout``;
+        else a 429 ``all_providers_busy``. A cancelled waiter (its client left) leaves the
+        queue."""
+        queue = self._waiting.setdefault(user_id, [])
+        if len(queue) >= self.max_per_user:
+            self._drop(user_id, queue)
+            raise all_busy(
+                f"Every provider of this model is busy and {len(queue)} of your requests "
+                "already wait for one; retry later."
+            )
+        loop = asyncio.get_running_loop()
+        slot = [loop.create_future()]
+        queue.append(slot)
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    await slot[0]
+                    routes = ready()
+                    if routes is not None:
+                        return routes
+                    slot[0] = loop.create_future()
+        except TimeoutError:
+            raise all_busy(
+                f"Every provider of this model stayed busy for {self.timeout:g} s; retry later."
+            ) from None
+        finally:
+            queue.remove(slot)
+            self._drop(user_id, queue)
+
+    def wake(self, user_id: int) -> None:
+        """A service of the user may have room: its waiters look, in arrival order."""
+        for slot in self._waiting.get(user_id, ()):
+            if not slot[0].done():
+                slot[0].set_result(None)
+
+    def _drop(self, user_id: int, queue: list[list[asyncio.Future[None]]]) -> None:
+        if not queue:
+            self._waiting.pop(user_id, None)
+
+
 class Fleet:
     """The hub's view of its providers' load and health, for :meth:`order`."""
 
-    def __init__(self, cooldown: float) -> None:
+    def __init__(self, cooldown: float, queue: WaitQueue | None = None) -> None:
         self.cooldown = cooldown
+        self.queue = queue or WaitQueue(30.0, 64)
         #: (provider id, service name) -> requests this hub has in flight there
         self._inflight: dict[tuple[int, str], int] = {}
         self._states: dict[int, ProviderState] = {}
@@ -134,6 +209,7 @@ class Fleet:
                 self._inflight[key] = left
             else:
                 del self._inflight[key]
+            self.queue.wake(route.provider.user_id)
 
     # -- passive health ------------------------------------------------------------------
 
@@ -253,3 +329,19 @@ class Fleet:
                 if down.type == type_ and model in down.models:
                     out.append(f"{p.name}: engine down ({down.detail or 'not answering'})")
         return out
+
+    async def choose_or_wait(
+        self, registry: Registry, user_id: int, type_: str, model: str
+    ) -> list[Route]:
+        """:meth:`choose`; when every candidate is at its capacity, wait in the user's queue
+        for one to free up. Return without an await after the choice, so the caller counts
+        its request in flight before any other request chooses."""
+
+        def ready() -> list[Route] | None:
+            routes = self.choose(registry, user_id, type_, model)
+            return None if self.full(routes[0]) else routes
+
+        routes = ready()
+        if routes is not None:
+            return routes
+        return await self.queue.wait(user_id, ready)

@@ -106,6 +106,21 @@ class Settings:
             "and a success clears it."
         ),
     )
+    queue_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a request may wait when every provider of its model is at its "
+            "`max_concurrency`; it goes to the first that frees up, in arrival order, or gets "
+            "a 429 `all_providers_busy` with `Retry-After` after this."
+        ),
+    )
+    max_queue_per_user: int = field(
+        default=64,
+        metadata=_doc(
+            "Most requests of one user that may wait for a busy provider at once; one more "
+            "gets a 429 `all_providers_busy` at once."
+        ),
+    )
     idle_timeout: float = field(
         default=120.0,
         metadata=_doc(

@@ -108,9 +108,7 @@ class ProxyHandler(ApiHandler):
     async def _serve(self, meter: RequestMeter) -> None:
         model, fwd = self.parse()
         meter.asked_for(model)
-        hub = self.hub
-        routes = hub.fleet.choose(hub.registry, self.owner.user_id, self.service_type, model)
-        task = asyncio.ensure_future(self._attempts(routes, fwd, meter))
+        task = asyncio.ensure_future(self._attempts(model, fwd, meter))
         self._relay_task = task
         try:
             await task
@@ -132,7 +130,7 @@ class ProxyHandler(ApiHandler):
         if not self._finished:
             self.finish()
 
-    async def _attempts(self, routes: list[Route], fwd: Forward, meter: RequestMeter) -> None:
+    async def _attempts(self, model: str, fwd: Forward, meter: RequestMeter) -> None:
         """Try ``routes`` in order until one answers: failover before the first byte.
 
         A connect error, a reset or timeout before the response headers, or a 429/502/503
@@ -140,6 +138,9 @@ class ProxyHandler(ApiHandler):
         ``first_byte_timeout``. The last route's answer, whatever it is, goes to the client.
         """
         hub = self.hub
+        routes = await hub.fleet.choose_or_wait(
+            hub.registry, self.owner.user_id, self.service_type, model
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.settings.first_byte_timeout
         routes = routes[: max(1, hub.settings.max_attempts)]
