@@ -16,6 +16,7 @@ from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
 from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import Secrets, Settings
+from inferclub.hub.fallbacks import Fallbacks
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
@@ -63,6 +64,7 @@ class Hub:
         )
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        self.fallbacks = Fallbacks(store)
         #: Load, goodbyes and passive health of providers: the choice between candidates.
         self.fleet = Fleet(
             settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
@@ -87,6 +89,7 @@ class Hub:
     async def start(self) -> None:
         """Load providers into the routing registry and start the background writers."""
         self.registry.load(await self.store.list_providers())
+        await self.fallbacks.load()
         await self.keys.start()
         await self.history.start()
         await self.retention.start()
@@ -121,6 +124,7 @@ class Hub:
             self._reload_now.clear()
             try:
                 self.registry.load(await self.store.list_providers())
+                await self.fallbacks.load()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep routing on the current registry; retry next round

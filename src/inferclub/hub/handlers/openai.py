@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -117,6 +118,10 @@ class MultipartHandler(ProxyHandler):
                 "missing_file",
             )
         return model, Forward(body)
+
+    def with_model(self, fwd: Forward, model: str) -> Forward:
+        ctype = self.request.headers["Content-Type"]
+        return dataclasses.replace(fwd, body=multipart.set_field(fwd.body, ctype, "model", model))
 
     def field(self, name: str) -> str | None:
         values = self.fields.get(name)

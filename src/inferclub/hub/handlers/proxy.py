@@ -4,6 +4,7 @@ relays the answer. The endpoint handlers in :mod:`.openai` subclass it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -138,9 +139,7 @@ class ProxyHandler(ApiHandler):
         ``first_byte_timeout``. The last route's answer, whatever it is, goes to the client.
         """
         hub = self.hub
-        routes = await hub.fleet.choose_or_wait(
-            hub.registry, self.owner.user_id, self.service_type, model
-        )
+        routes, fwd = await self._choose(model, fwd, meter)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.settings.first_byte_timeout
         routes = routes[: max(1, hub.settings.max_attempts)]
@@ -183,6 +182,36 @@ class ProxyHandler(ApiHandler):
             "server_error",
             "upstream_timeout",
         )
+
+    async def _choose(
+        self, model: str, fwd: Forward, meter: RequestMeter
+    ) -> tuple[list[Route], Forward]:
+        """The routes to try, and what to send them: for ``model``, or, when it cannot be
+        served now, for the user's fallback model (``X-InferClub-Served-Model`` says which).
+        No await after the choice: the caller counts its first attempt in flight at once."""
+        hub, user = self.hub, self.owner.user_id
+        try:
+            routes = await hub.fleet.choose_or_wait(hub.registry, user, self.service_type, model)
+        except OpenAIError as err:
+            fallback = hub.fallbacks.of(user, model)
+            if fallback is None or err.code not in ("model_unavailable", "model_not_found"):
+                raise
+            try:
+                routes = await hub.fleet.choose_or_wait(
+                    hub.registry, user, self.service_type, fallback
+                )
+            except OpenAIError:
+                raise err from None  # the model asked for is what the client needs to hear of
+            model, fwd = fallback, self.with_model(fwd, fallback)
+        meter.served_as(model)
+        self.set_header(wire.SERVED_MODEL_HEADER, model)
+        return routes, fwd
+
+    def with_model(self, fwd: Forward, model: str) -> Forward:
+        """``fwd`` asking for ``model`` instead (a fallback): JSON bodies by default."""
+        payload = json.loads(fwd.body)
+        payload["model"] = model
+        return dataclasses.replace(fwd, body=json.dumps(payload).encode())
 
     def _attempting(self, n: int, route: Route, meter: RequestMeter) -> None:
         self.hub.fleet.trying(route)

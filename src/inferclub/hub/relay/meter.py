@@ -96,6 +96,10 @@ class RequestMeter:
     def routed(self, provider_id: int, service: str) -> None:
         self._row.provider_id, self._row.service = provider_id, service
 
+    def served_as(self, model: str) -> None:
+        """The model that serves: ``model`` asked for, or its fallback."""
+        self._row.served_model = model
+
     def attempted(self, attempts: int) -> None:
         """The request goes to its ``attempts``-th provider (failover); the row keeps the
         last one routed to, which is the one that served."""

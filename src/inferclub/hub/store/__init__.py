@@ -18,6 +18,7 @@ from inferclub.hub.store.base import (
 from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
+    Fallback,
     KeyOwner,
     ProviderRecord,
     RequestBucket,
@@ -77,6 +78,7 @@ __all__ = [
     "AlreadyExists",
     "ApiKey",
     "AuthToken",
+    "Fallback",
     "ChangeCallback",
     "KeyOwner",
     "PostgresStore",

@@ -99,6 +99,15 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A user's fallback model: ``fallback`` serves when ``model`` cannot be served now."""
+
+    user_id: int
+    model: str
+    fallback: str
+
+
+@dataclass(frozen=True)
 class AuthToken:
     """A dashboard sign-in secret as stored: a session, a one-time link or an OAuth state."""
 
