@@ -15,6 +15,7 @@ from typing import Any
 import tornado.web
 
 from inferclub.hub.choose import Fleet
+from inferclub.hub.fallbacks import FallbackError
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
@@ -143,7 +144,12 @@ class ProvidersHandler(DashboardHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         has_key = any(k.active for k in await self.hub.store.list_keys(self.user_id))
-        self.render("providers.html", data=providers_payload(self, self.user_id), has_key=has_key)
+        self.render(
+            "providers.html",
+            data=providers_payload(self, self.user_id),
+            has_key=has_key,
+            fallbacks=self.hub.fallbacks.listed(self.user_id),
+        )
 
 
 class ProvidersApiHandler(DashboardApiHandler):
@@ -167,6 +173,24 @@ class ProviderDeleteHandler(DashboardHandler):
             raise tornado.web.HTTPError(404, "No such provider.")
         self.hub.registry.remove(self.user_id, pid)
         self.redirect("/dashboard/providers")
+
+
+class FallbackHandler(DashboardHandler):
+    """Set (``POST`` model and fallback) or remove (``remove`` set) a fallback model."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        model = self.get_body_argument("model", "")
+        fallbacks = self.hub.fallbacks
+        if self.get_body_argument("remove", ""):
+            if not await fallbacks.delete(self.user_id, model):
+                raise tornado.web.HTTPError(404, "No fallback for this model.")
+        else:
+            try:
+                await fallbacks.set(self.user_id, model, self.get_body_argument("fallback", ""))
+            except FallbackError as exc:
+                raise tornado.web.HTTPError(400, "Fallback refused: %s.", str(exc)) from None
+        self.redirect("/dashboard/providers#fallbacks")
 
 
 def _day(value: str) -> float | None:
@@ -302,6 +326,7 @@ routes: list[tuple[str, Any]] = [
     (r"/dashboard/keys/(\d+)/(revoke|rotate)", KeyActionHandler),
     (r"/dashboard/providers", ProvidersHandler),
     (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
+    (r"/dashboard/fallbacks", FallbackHandler),
     (r"/dashboard/requests", RequestsHandler),
     (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
     (r"/dashboard/api/providers", ProvidersApiHandler),
