@@ -121,6 +121,14 @@ class Settings:
             "gets a 429 `all_providers_busy` at once."
         ),
     )
+    stream_keepalive: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a streamed chat or completion may wait for its first byte before the hub "
+            "sends its 200 and `: keepalive` SSE comments (every 5 s at most) while the model "
+            "loads; no failover to another provider after that. 0 turns it off."
+        ),
+    )
     idle_timeout: float = field(
         default=120.0,
         metadata=_doc(

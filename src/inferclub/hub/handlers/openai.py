@@ -63,6 +63,7 @@ class ChatCompletionsHandler(ProxyHandler):
         model = checked_model(payload.get("model"))
         fwd = Forward(self.body)
         if payload.get("stream") is True:
+            fwd.stream = True
             opts = payload.get("stream_options")
             if not isinstance(opts, dict) or not opts.get("include_usage"):
                 # Ask for usage so history has token counts; the usage-only chunk is
@@ -71,7 +72,7 @@ class ChatCompletionsHandler(ProxyHandler):
                     **(opts if isinstance(opts, dict) else {}),
                     "include_usage": True,
                 }
-                fwd = Forward(json.dumps(payload).encode(), strip_usage=True)
+                fwd = Forward(json.dumps(payload).encode(), strip_usage=True, stream=True)
         return model, fwd
 
 

@@ -9,14 +9,18 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from aiohttp import ClientResponse
 from tornado.iostream import StreamClosedError
 
 from inferclub import openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
+from inferclub.hub.relay.keepalive import KeepAlive
 from inferclub.hub.relay.meter import SERVER_CUT_CODE
+from inferclub.hub.relay.stream import stream_error
+from inferclub.hub.relay.whole import is_whole, read_body
 from inferclub.hub.routing import Route
-from inferclub.openai_errors import OpenAIError
+from inferclub.openai_errors import OpenAIError, normalise_error_body
 
 
 def checked_model(model: object) -> str:
@@ -46,6 +50,8 @@ class Forward:
     transform: Transform | None = None
     #: Extra response headers for the client.
     headers: dict[str, str] = field(default_factory=dict)
+    #: The client asked for an event stream (keep-alive comments while it waits).
+    stream: bool = False
 
 
 #: Statuses from an agent that send a request on to the next candidate: the agent is busy
@@ -132,56 +138,101 @@ class ProxyHandler(ApiHandler):
             self.finish()
 
     async def _attempts(self, model: str, fwd: Forward, meter: RequestMeter) -> None:
-        """Try ``routes`` in order until one answers: failover before the first byte.
+        """Try the chosen routes in order until one answers: failover before the first byte.
 
         A connect error, a reset or timeout before the response headers, or a 429/502/503
         from the agent moves on to the next route, up to ``max_attempts`` in all and within
         ``first_byte_timeout``. The last route's answer, whatever it is, goes to the client.
+        A stream that waits past ``stream_keepalive`` gets its 200 and keep-alive comments
+        (see :mod:`~inferclub.hub.relay.keepalive`): no failover after that, and an error
+        becomes the stream's final error event.
         """
         hub = self.hub
         routes, fwd = await self._choose(model, fwd, meter)
+        keepalive = KeepAlive(self, meter, hub.settings.stream_keepalive if fwd.stream else 0)
+        keepalive.start()
+        try:
+            error = await self._try(
+                routes[: max(1, hub.settings.max_attempts)], fwd, meter, keepalive
+            )
+        finally:
+            await keepalive.stop()
+        if error is None:
+            return
+        if keepalive.committed:
+            await stream_error(self, meter, error)
+            return
+        raise error
+
+    async def _try(
+        self, routes: list[Route], fwd: Forward, meter: RequestMeter, keepalive: KeepAlive
+    ) -> OpenAIError | None:
+        """The attempts: None once one answered, else the error for the client."""
+        hub = self.hub
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.settings.first_byte_timeout
-        routes = routes[: max(1, hub.settings.max_attempts)]
-        error: OpenAIError | None = None
+        error = OpenAIError(
+            504,
+            f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
+            "server_error",
+            "upstream_timeout",
+        )
         for n, route in enumerate(routes, 1):
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or (n > 1 and keepalive.committed):
                 break
-            last = n == len(routes)
             with hub.fleet.busy(route):
                 self._attempting(n, route, meter)
                 adapted = self.adapt(route, fwd)
-                upstream = Upstream.for_route(
-                    route,
-                    self.api_path,
-                    self.request.headers.get("Content-Type", "application/json"),
-                    hub.callback_token(route.provider.id),
-                    meter.id,
-                )
                 try:
-                    resp = await hub.relay.open(upstream, adapted.body, left)
+                    resp = await hub.relay.open(self._upstream(route, meter), adapted.body, left)
                 except OpenAIError as err:
                     if err.code == "hub_overloaded":
                         raise  # the hub's own trouble: no provider is to blame
                     hub.fleet.failed(route.provider.id)
                     error = err
                     continue
-                if resp.status in RETRIED_STATUSES and not last:
+                if resp.status in RETRIED_STATUSES and n < len(routes) and not keepalive.committed:
                     self._note_refusal(route, resp.status)
                     resp.close()
                     continue
                 self._note_answer(route, resp.status)
-                for name, value in adapted.headers.items():
-                    self.set_header(name, value)
-                await hub.relay.answer(self, resp, meter, adapted.strip_usage, adapted.transform)
-                return
-        raise error or OpenAIError(
-            504,
-            f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
-            "server_error",
-            "upstream_timeout",
+                await keepalive.stop()
+                await self._answer(resp, adapted, meter, keepalive.committed)
+                return None
+        return error
+
+    def _upstream(self, route: Route, meter: RequestMeter) -> Upstream:
+        return Upstream.for_route(
+            route,
+            self.api_path,
+            self.request.headers.get("Content-Type", "application/json"),
+            self.hub.callback_token(route.provider.id),
+            meter.id,
         )
+
+    async def _answer(
+        self, resp: ClientResponse, fwd: Forward, meter: RequestMeter, committed: bool
+    ) -> None:
+        relay = self.hub.relay
+        if committed and is_whole(resp):
+            # The 200 and keep-alive comments went out: an error answer becomes the
+            # stream's final error event.
+            try:
+                body = await read_body(resp, relay.timeouts.idle)
+            finally:
+                resp.close()
+            meter.first_byte()
+            if resp.status >= 400:
+                shaped = normalise_error_body(resp.status, body, resp.content_type)["error"]
+                err = OpenAIError(resp.status, shaped["message"], shaped["type"], shaped["code"])
+                await stream_error(self, meter, err)
+            else:
+                self.write(b"data: " + body + b"\n\n")
+            return
+        for name, value in fwd.headers.items():
+            self.set_header(name, value)
+        await relay.answer(self, resp, meter, fwd.strip_usage, fwd.transform)
 
     async def _choose(
         self, model: str, fwd: Forward, meter: RequestMeter
