@@ -156,7 +156,7 @@ class ProxyHandler(ApiHandler):
                 routes[: max(1, hub.settings.max_attempts)], fwd, meter, keepalive
             )
         finally:
-            await keepalive.stop()
+            keepalive.stop()
         if error is None:
             return
         if keepalive.committed:
@@ -197,7 +197,7 @@ class ProxyHandler(ApiHandler):
                     resp.close()
                     continue
                 self._note_answer(route, resp.status)
-                await keepalive.stop()
+                keepalive.stop()
                 await self._answer(resp, adapted, meter, keepalive.committed)
                 return None
         return error

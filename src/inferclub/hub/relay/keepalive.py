@@ -9,7 +9,6 @@ an error arrives as the stream's final ``data: {"error": ...}`` event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.hub.relay.stream import Sink
@@ -34,13 +33,14 @@ class KeepAlive:
         if self.after > 0:
             self._task = asyncio.ensure_future(self._run())
 
-    async def stop(self) -> None:
-        """No more comments: the answer (or its error) follows."""
+    def stop(self) -> None:
+        """No more comments: the answer (or its error) follows. Not awaited on purpose: the
+        answer is relayed without yielding to the loop first, or aiohttp may see an agent's
+        stream end broken before the events it sent are read (it raises before it returns
+        buffered data), and the client would lose them."""
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         await asyncio.sleep(self.after)
