@@ -329,10 +329,6 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _head_fields(lines: list[bytes]) -> tuple[int, bool, bytes]:
     """Content-Length, whether the body is chunked, and the Connection header of a request."""
     length, chunked, conn = 0, False, b""
@@ -346,3 +342,7 @@ def _head_fields(lines: list[bytes]) -> tuple[int, bool, bytes]:
         elif name == b"connection":
             conn = value.strip().lower()
     return length, chunked, conn
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
