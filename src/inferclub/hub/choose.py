@@ -79,6 +79,11 @@ class ProviderState:
         return cls(loads, down, hb.leaving)
 
 
+#: What an agent that tells nothing of its load (or has not beaten yet) is taken to say.
+NO_LOAD = ServiceLoad()
+NO_STATE = ProviderState()
+
+
 @dataclass
 class _Cooling:
     failures: int
@@ -185,7 +190,7 @@ class Fleet:
         self._states[provider_id] = replace(self.state(provider_id), leaving=True)
 
     def state(self, provider_id: int) -> ProviderState:
-        return self._states.get(provider_id) or ProviderState()
+        return self._states.get(provider_id) or NO_STATE
 
     def forget(self, provider_id: int) -> None:
         self._states.pop(provider_id, None)
@@ -261,7 +266,7 @@ class Fleet:
     def _key(
         self, route: Route, state: ProviderState, model: str, index: int
     ) -> tuple[bool, int, bool, int]:
-        load = state.loads.get(route.service.name) or ServiceLoad()
+        load = state.loads.get(route.service.name) or NO_LOAD
         inflight = self.inflight(route)
         limit = load.max_concurrency
         free = (UNBOUNDED if limit is None else limit) - inflight - load.queue
@@ -276,7 +281,7 @@ class Fleet:
             known.trial = True
 
     def full(self, route: Route) -> bool:
-        limit = self.state(route.provider.id).loads.get(route.service.name, ServiceLoad())
+        limit = self.state(route.provider.id).loads.get(route.service.name, NO_LOAD)
         return limit.max_concurrency is not None and self.inflight(route) >= limit.max_concurrency
 
     def retry_after(self, provider_ids: Iterable[int], now: float | None = None) -> int | None:

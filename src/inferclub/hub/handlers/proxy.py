@@ -171,12 +171,7 @@ class ProxyHandler(ApiHandler):
         hub = self.hub
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.settings.first_byte_timeout
-        error = OpenAIError(
-            504,
-            f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
-            "server_error",
-            "upstream_timeout",
-        )
+        error: OpenAIError | None = None
         for n, route in enumerate(routes, 1):
             left = deadline - loop.time()
             if left <= 0 or (n > 1 and keepalive.committed):
@@ -200,7 +195,12 @@ class ProxyHandler(ApiHandler):
                 keepalive.stop()
                 await self._answer(resp, adapted, meter, keepalive.committed)
                 return None
-        return error
+        return error or OpenAIError(
+            504,
+            f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
+            "server_error",
+            "upstream_timeout",
+        )
 
     def _upstream(self, route: Route, meter: RequestMeter) -> Upstream:
         return Upstream.for_route(

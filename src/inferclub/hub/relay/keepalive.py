@@ -27,23 +27,32 @@ class KeepAlive:
         self.meter = meter
         self.after = after
         self.committed = False
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # A timer, not a sleeping task: most streams begin long before it fires, and a timer
+        # costs a fraction of a task to set up and cancel, on every streamed request.
         if self.after > 0:
-            self._task = asyncio.ensure_future(self._run())
+            self._timer = asyncio.get_running_loop().call_later(self.after, self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self._run())
 
     def stop(self) -> None:
         """No more comments: the answer (or its error) follows. Not awaited on purpose: the
         answer is relayed without yielding to the loop first, or aiohttp may see an agent's
         stream end broken before the events it sent are read (it raises before it returns
         buffered data), and the client would lose them."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
 
     async def _run(self) -> None:
-        await asyncio.sleep(self.after)
         sink = self.sink
         sink.set_status(200)
         sink.set_header("Content-Type", "text/event-stream")
