@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.support.fakes.agent import LLM, FakeAgent
-from tests.support.hubapp import HubApp, running_hub, wait_until
+from tests.support.hubapp import HubApp, request_id_of, running_hub, wait_until
 
 
 def dead_url() -> str:
@@ -74,6 +74,7 @@ async def test_busy_or_failing_agents_hand_on_and_other_4xx_do_not(
             if status == 429:  # a busy provider is not cooled down: it is tried first again
                 with pytest.raises(openai.BadRequestError) as exc:
                     await chat(hub, key)
+                assert request_id_of(exc.value)
                 assert exc.value.response.headers["X-InferClub-Provider"] == "first"
                 assert exc.value.response.headers["X-InferClub-Attempts"] == "1"
 
@@ -87,6 +88,7 @@ async def test_when_every_attempt_fails_the_error_names_the_last_provider(
             await hub.heartbeat(key, name, dead_url(), LLM)
         with pytest.raises(openai.InternalServerError) as exc:
             await chat(hub, key)
+        assert request_id_of(exc.value)
         err = exc.value
         assert (err.status_code, err.code) == (502, "upstream_unreachable")
         headers = err.response.headers
@@ -97,6 +99,7 @@ async def test_when_every_attempt_fails_the_error_names_the_last_provider(
         # Both cool down now: the next request is refused at once, naming them.
         with pytest.raises(openai.InternalServerError) as exc:
             await chat(hub, key)
+        assert request_id_of(exc.value)
         assert (exc.value.status_code, exc.value.code) == (503, "model_unavailable")
         assert "a: cooling down" in exc.value.message and "b: cooling down" in exc.value.message
         assert exc.value.response.headers["Retry-After"]
@@ -130,6 +133,7 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
             await hub.heartbeat(key, "only", only.url, LLM, leaving=True)
             with pytest.raises(openai.InternalServerError) as exc:
                 await chat(hub, key)
+            assert request_id_of(exc.value)
             assert exc.value.code == "model_unavailable"
             assert "only: agent shutting down" in exc.value.message
             await hub.heartbeat(key, "only", only.url, LLM)

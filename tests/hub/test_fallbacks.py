@@ -11,7 +11,7 @@ import pytest
 
 from inferclub.hub.fallbacks import MAX_FALLBACKS, FallbackError
 from tests.support.fakes.agent import FakeAgent
-from tests.support.hubapp import running_hub, wait_until
+from tests.support.hubapp import request_id_of, running_hub, wait_until
 
 
 def chat(model: str) -> list[dict[str, object]]:
@@ -46,6 +46,7 @@ async def test_a_fallback_serves_while_the_models_only_provider_is_offline(
             await hub.hub.fallbacks.delete(user, "big")
             with pytest.raises(openai.InternalServerError) as exc:
                 await sdk.chat.completions.create(model="big", messages=[])
+            assert request_id_of(exc.value)
             assert exc.value.code == "model_unavailable" and "`big`" in exc.value.message
 
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.support.fakes.agent import LLM, FakeAgent
-from tests.support.hubapp import HubApp, running_hub, wait_until
+from tests.support.hubapp import HubApp, request_id_of, running_hub, wait_until
 
 ONE_AT_A_TIME = [{**LLM[0], "max_concurrency": 1}]
 
@@ -51,6 +51,7 @@ async def test_past_queue_timeout_the_answer_is_429_all_providers_busy(tmp_path:
             assert await wait_until(lambda: len(agent.posts("/v1/chat/completions")) == 1)
             with pytest.raises(openai.RateLimitError) as exc:
                 await ask(hub, key)
+            assert request_id_of(exc.value)
             assert exc.value.code == "all_providers_busy"
             assert exc.value.response.headers["Retry-After"] == "5"
             assert exc.value.response.headers["X-Request-Id"].startswith("req_")
@@ -75,6 +76,7 @@ async def test_the_queue_is_bounded_and_a_client_that_leaves_leaves_it(tmp_path:
             assert await wait_until(lambda: queue.total() == 1)
             with pytest.raises(openai.RateLimitError) as exc:
                 await ask(hub, key)  # the queue is full: refused at once
+            assert request_id_of(exc.value)
             assert exc.value.code == "all_providers_busy"
             waiting.cancel()  # the client gives up
             assert await wait_until(lambda: queue.total() == 0)
