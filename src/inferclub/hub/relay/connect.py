@@ -95,9 +95,11 @@ def hub_overloaded() -> OpenAIError:
 
 def upstream_broke(exc: BaseException) -> OpenAIError:
     """The agent's connection failed while its answer was on its way."""
+    # No exception text or class name: a client reads this inside its stream, and aiohttp's
+    # ("Response payload is not completed: <TransferEncodingError ...>") tells it nothing.
     return OpenAIError(
         502,
-        f"The connection to the provider broke ({type(exc).__name__}).",
+        "The connection to the provider broke before the answer was complete.",
         "server_error",
         "upstream_error",
     )
