@@ -249,3 +249,33 @@ async def test_agent_heartbeat_is_stored_and_answered(
     finally:
         await wire_hub.stop()
         await wire_hub.store.close()
+
+
+def test_load_goodbye_and_down_services_are_optional_and_checked() -> None:
+    """Fields older agents do not send: absent means "cannot tell"; bad ones name the field."""
+    raw = {
+        "name": "rig",
+        "callback_url": UNREACHABLE,
+        "leaving": True,
+        "services": [
+            {"name": "a", "models": ["m"], "max_concurrency": 2, "queue": 0, "loaded": ["m"]},
+        ],
+        "down": [{"name": "b", "models": ["n"], "detail": "cannot connect"}],
+    }
+    hb = wire.Heartbeat.parse(raw)
+    assert hb.leaving and hb.services[0].loaded == ("m",)
+    assert hb.down[0].detail == "cannot connect"
+    assert wire.Heartbeat.parse(hb.to_json()) == hb
+    plain = wire.Heartbeat.parse({"name": "rig", "callback_url": UNREACHABLE})
+    assert "leaving" not in plain.to_json() and not plain.leaving
+    for field_, value, where in [
+        ("max_concurrency", 0, "services[0].max_concurrency"),
+        ("queue", -1, "services[0].queue"),
+        ("queue", True, "services[0].queue"),
+        ("detail", 5, "services[0].detail"),
+        ("loaded", "m", "services[0].loaded"),
+    ]:
+        bad = {**raw, "services": [{"name": "a", field_: value}]}
+        with pytest.raises(wire.PayloadError) as exc:
+            wire.Heartbeat.parse(bad)
+        assert exc.value.field == where

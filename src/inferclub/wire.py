@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +61,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 PROVIDER_HEADER = "X-InferClub-Provider"
 #: hub -> client: ``verbose_json->text`` when a transcription format was downgraded.
 DOWNGRADED_HEADER = "X-InferClub-Downgraded"
+#: hub -> client: how many providers the hub tried for this request (failover).
+ATTEMPTS_HEADER = "X-InferClub-Attempts"
+#: hub -> client: the model that served, when a fallback model stood in for the one asked.
+SERVED_MODEL_HEADER = "X-InferClub-Served-Model"
 #: The prefix of the project's headers (any case). Of those an agent sends, the hub relays
 #: only :data:`DOWNGRADED_HEADER` to the client.
 HEADER_PREFIX = "x-inferclub-"
@@ -109,6 +113,9 @@ MAX_MODELS = 1024
 #: Characters of a model id (here and in the ``model`` of an inference request).
 MAX_MODEL_ID = 256
 MAX_FEATURES = 64
+#: The largest ``max_concurrency`` and ``queue`` a service may report.
+MAX_CONCURRENCY = 100_000
+MAX_DETAIL = 200
 MAX_HEALTH_BYTES = 64 * 1024
 #: Provider and service names, as the agent manifest allows them.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -141,15 +148,38 @@ class AdvertisedService:
     engine: str = "openai"
     features: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    #: Requests the service takes at once (the manifest's ``max_concurrency``); None: no limit.
+    max_concurrency: int | None = None
+    #: Requests waiting inside the engine, where the engine can tell; None: unknown.
+    queue: int | None = None
+    #: The advertised models loaded in memory now ("hot"), where the engine can tell.
+    loaded: tuple[str, ...] | None = None
+    #: In a heartbeat's ``down`` list: why the service is down (``cannot connect to ...``).
+    detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "engine": self.engine,
             "features": list(self.features),
             "models": list(self.models),
         }
+        # Optional fields only when set: a heartbeat without them is what older agents send.
+        if self.max_concurrency is not None:
+            out["max_concurrency"] = self.max_concurrency
+        if self.queue is not None:
+            out["queue"] = self.queue
+        if self.loaded is not None:
+            out["loaded"] = list(self.loaded)
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    def description(self) -> AdvertisedService:
+        """This service without its load (queue, loaded models), which changes all the time:
+        an agent beats at once when the description changes, not when the load does."""
+        return replace(self, queue=None, loaded=None)
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> AdvertisedService:
@@ -168,6 +198,12 @@ class AdvertisedService:
             _text(raw.get("engine", "openai"), f"{where}.engine", 100),
             _text_list(raw.get("features"), f"{where}.features", MAX_FEATURES),
             _text_list(raw.get("models"), f"{where}.models", MAX_MODELS, MAX_MODEL_ID),
+            _count(raw.get("max_concurrency"), f"{where}.max_concurrency", minimum=1),
+            _count(raw.get("queue"), f"{where}.queue", minimum=0),
+            None
+            if raw.get("loaded") is None
+            else _text_list(raw.get("loaded"), f"{where}.loaded", MAX_MODELS, MAX_MODEL_ID),
+            _text(raw.get("detail"), f"{where}.detail", MAX_DETAIL, required=False),
         )
 
 
@@ -181,15 +217,26 @@ class Heartbeat:
     services: tuple[AdvertisedService, ...] = ()
     #: Free-form health snapshot shown in the dashboard (no secrets, at most 64 KiB of JSON).
     health: dict[str, Any] = field(default_factory=dict)
+    #: Services whose engine is down, with their last known models and ``detail``: the hub
+    #: answers a request for those models with 503 ``model_unavailable``, not 404.
+    down: tuple[AdvertisedService, ...] = ()
+    #: The agent's goodbye: it is shutting down, so the hub routes no new request to it (the
+    #: ones in flight finish). Its next ordinary heartbeat, if any, takes it back.
+    leaving: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "callback_url": self.callback_url,
             "version": self.version,
             "services": [s.to_json() for s in self.services],
             "health": self.health,
         }
+        if self.down:
+            out["down"] = [s.to_json() for s in self.down]
+        if self.leaving:
+            out["leaving"] = True
+        return out
 
     @classmethod
     def parse(cls, data: Any) -> Heartbeat:
@@ -202,6 +249,8 @@ class Heartbeat:
             _text(data.get("version"), "version", 100, required=False),
             _services(data.get("services", [])),
             _health(data.get("health", {})),
+            _services(data.get("down") or [], "down"),
+            _flag(data.get("leaving"), "leaving", default=False),
         )
 
 
@@ -308,19 +357,19 @@ def _callback_url(value: Any) -> str:
     return url
 
 
-def _services(value: Any) -> tuple[AdvertisedService, ...]:
+def _services(value: Any, where: str = "services") -> tuple[AdvertisedService, ...]:
     if not isinstance(value, list):
-        raise PayloadError("services", "must be a list")
+        raise PayloadError(where, "must be a list")
     if len(value) > MAX_SERVICES:
-        raise PayloadError("services", f"must have at most {MAX_SERVICES} entries")
+        raise PayloadError(where, f"must have at most {MAX_SERVICES} entries")
     services: list[AdvertisedService] = []
     for i, raw in enumerate(value):
-        service = AdvertisedService.parse(raw, f"services[{i}]")
+        service = AdvertisedService.parse(raw, f"{where}[{i}]")
         if any(s.name == service.name for s in services):
-            raise PayloadError(f"services[{i}].name", f"duplicate service name {service.name!r}")
+            raise PayloadError(f"{where}[{i}].name", f"duplicate service name {service.name!r}")
         services.append(service)
     if sum(len(s.models) for s in services) > MAX_MODELS:
-        raise PayloadError("services", f"must list at most {MAX_MODELS} models in all")
+        raise PayloadError(where, f"must list at most {MAX_MODELS} models in all")
     return tuple(services)
 
 
@@ -331,6 +380,25 @@ def _health(value: Any) -> dict[str, Any]:
         raise PayloadError("health", "must be an object")
     if len(json.dumps(value)) > MAX_HEALTH_BYTES:
         raise PayloadError("health", f"must be at most {MAX_HEALTH_BYTES} bytes of JSON")
+    return value
+
+
+def _count(value: Any, where: str, minimum: int) -> int | None:
+    """An optional whole number from ``minimum`` to :data:`MAX_CONCURRENCY`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(where, "must be a whole number")
+    if not minimum <= value <= MAX_CONCURRENCY:
+        raise PayloadError(where, f"must be from {minimum} to {MAX_CONCURRENCY}")
+    return value
+
+
+def _flag(value: Any, where: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise PayloadError(where, "must be true or false")
     return value
 
 

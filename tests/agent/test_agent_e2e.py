@@ -111,8 +111,12 @@ def test_service_down_and_back_changes_hub_models_within_one_beat(
             wait_models(sdk, everything)
             ollama.stop()
             assert wait_models(sdk, {"Qwen/Qwen3-8B"}) < interval + 0.5
-            with pytest.raises(openai.NotFoundError):
+            # Not a 404 (which reads like a typo, and SDKs do not retry): the model exists,
+            # its engine is down, and the answer says so.
+            with pytest.raises(openai.InternalServerError) as exc:
                 sdk.chat.completions.create(model="qwen3:8b", messages=[])
+            assert (exc.value.status_code, exc.value.code) == (503, "model_unavailable")
+            assert "home-rig: engine down" in exc.value.message
             ollama.start()
             assert wait_models(sdk, everything) < interval + 0.5
             reply = sdk.chat.completions.create(model="qwen3:8b", messages=[])

@@ -59,6 +59,7 @@ def test_first_heartbeat_describes_the_agent(
             "engine": "ollama",
             "features": [],
             "models": ["llama3.2:latest", "qwen3:8b"],
+            "loaded": ["qwen3:8b"],  # Ollama's /api/ps: the hub prefers it for this model
         },
         {
             "name": "asr",

@@ -269,3 +269,21 @@ def test_multipart_field_edits_keep_every_other_byte() -> None:
     assert added.startswith(body[: body.rindex(b"--b1--")])
     assert get_field(added, ctype, "language") == "en"
     assert set_field(b"{}", "application/json", "model", "x") == b"{}"
+
+
+# -- load: what the hub chooses on ---------------------------------------------------------------
+
+
+def test_ollama_and_lmstudio_tell_their_loaded_models_others_cannot_tell() -> None:
+    with FakeOllama(loaded=["qwen3:8b"]) as fake:
+        service = Service("o", "ollama", fake.url)
+        load = run(lambda s: ENGINES["ollama"].load(s, service))
+        assert load is not None and load.loaded == ("qwen3:8b",) and load.queue is None
+    with FakeLmStudio() as fake:
+        service = Service("l", "lmstudio", fake.url)
+        load = run(lambda s: ENGINES["lmstudio"].load(s, service))
+        assert load is not None
+        assert load.loaded == ("qwen/qwen3-4b", "text-embedding-nomic-embed-text-v1.5")
+    with FakeVllm() as fake:
+        service = Service("v", "vllm", fake.url)
+        assert run(lambda s: ENGINES["vllm"].load(s, service)) is None

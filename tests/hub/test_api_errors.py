@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.support.fakes.agent import LLM, FakeAgent
-from tests.support.hubapp import HubApp, running_hub, wait_until
+from tests.support.hubapp import HubApp, request_id_of, running_hub, wait_until
 
 # ---------------------------------------------------------------------------- errors
 
@@ -24,6 +24,7 @@ async def test_missing_and_invalid_keys_are_401(hub_app: HubApp, alice: str) -> 
     for bad in ("sk-nope", alice[:-1] + ("A" if alice[-1] != "A" else "B"), "ic_" + "0" * 36):
         with pytest.raises(openai.AuthenticationError) as exc:
             await hub_app.client(bad).models.list()
+        assert request_id_of(exc.value)
         assert exc.value.code == "invalid_api_key"
         assert bad not in exc.value.message, "a key is never echoed"
     assert alice not in hub_app.log() and alice[12:] not in hub_app.log()
@@ -52,6 +53,7 @@ async def test_malformed_json_and_missing_model_are_400(hub_app: HubApp, alice: 
     assert status == 400
     with pytest.raises(openai.BadRequestError) as exc:
         await hub_app.client(alice).chat.completions.create(model="", messages=[])
+    assert request_id_of(exc.value)
     assert exc.value.param == "model"
 
 
@@ -62,9 +64,11 @@ async def test_unknown_model_and_other_users_model_are_404(
     for key in (alice, bob):
         with pytest.raises(openai.NotFoundError) as exc:
             await hub_app.client(key).chat.completions.create(model="gpt-9", messages=[])
+        assert request_id_of(exc.value)
         assert exc.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as exc:
         await hub_app.client(bob).chat.completions.create(model="m1", messages=[])
+    assert request_id_of(exc.value)
     assert exc.value.code == "model_not_found"
     assert "rig" not in exc.value.message
     assert (await hub_app.client(bob).models.list()).data == []
@@ -78,6 +82,7 @@ async def test_same_model_other_type_says_so(
     await hub_app.heartbeat(alice, "ears", fake_agent.url, svc)
     with pytest.raises(openai.NotFoundError) as exc:
         await hub_app.client(alice).chat.completions.create(model="whisper-x", messages=[])
+    assert request_id_of(exc.value)
     assert "served as stt, not llm" in exc.value.message
 
 
@@ -103,6 +108,7 @@ async def test_body_over_the_limit_is_413_before_the_agent(
             await hub.client(key).chat.completions.create(
                 model="m1", messages=[{"role": "user", "content": "x" * 5000}]
             )
+        assert request_id_of(exc.value)
         assert exc.value.status_code == 413
         assert exc.value.body["type"] == "invalid_request_error"
         assert not fake_agent.posts("/v1/chat/completions")
@@ -125,7 +131,11 @@ async def test_offline_provider_is_503_and_leaves_the_model_list(
         assert (await c.models.list()).data == []
         with pytest.raises(openai.InternalServerError) as exc:
             await c.chat.completions.create(model="m1", messages=[])
-        assert exc.value.status_code == 503 and exc.value.code == "provider_offline"
+        assert request_id_of(exc.value)
+        assert exc.value.status_code == 503 and exc.value.code == "model_unavailable"
+        assert "rig: agent gone" in exc.value.message
+        assert exc.value.response.headers["Retry-After"] == "5"
+        assert exc.value.response.headers["X-Request-Id"].startswith("req_")
         await hub.heartbeat(key, "rig", fake_agent.url, LLM)
         assert (await c.chat.completions.create(model="m1", messages=[])).choices
 
@@ -146,7 +156,9 @@ async def test_unreachable_agent_is_502(hub_app: HubApp, alice: str) -> None:
     await hub_app.heartbeat(alice, "rig", dead, LLM)
     with pytest.raises(openai.InternalServerError) as exc:
         await hub_app.client(alice).chat.completions.create(model="m1", messages=[])
+    assert request_id_of(exc.value)
     assert exc.value.status_code == 502 and exc.value.code == "upstream_unreachable"
+    assert exc.value.response.headers["X-InferClub-Provider"] == "rig"
     row = (await hub_app.wait_for_request_rows(1))[-1]
     assert row["status"] == 502 and row["error_type"] == "server_error"
 
@@ -158,6 +170,7 @@ async def test_agent_timeout_is_504(tmp_path: Path, fake_agent: FakeAgent) -> No
         fake_agent.delay = 5
         with pytest.raises(openai.InternalServerError) as exc:
             await hub.client(key).chat.completions.create(model="m1", messages=[])
+        assert request_id_of(exc.value)
         assert exc.value.status_code == 504
 
 
@@ -175,6 +188,7 @@ async def test_agent_errors_are_relayed_in_openai_shape(
     fake_agent.fail = (400, json.dumps(vllm_error).encode(), "application/json")
     with pytest.raises(openai.BadRequestError) as exc:
         await hub_app.client(alice).chat.completions.create(model="m1", messages=[])
+    assert request_id_of(exc.value)
     assert exc.value.body["message"] == "max_tokens is too large"
     # vLLM's class name and integer status are not OpenAI's: the type for the status, no code.
     assert exc.value.code is None and exc.value.type == "invalid_request_error"

@@ -159,3 +159,28 @@ def test_a_file_that_is_not_a_database_is_a_clear_error_not_a_hang(tmp_path: Pat
         result = inferclub(*args, "--db", str(bad))
         assert result.returncode == 1, result.stderr
         assert f"{bad}: cannot open the database" in result.stderr
+
+
+def test_fallback_models_from_the_command_line(tmp_path: Path) -> None:
+    env = {"INFERCLUB_REGISTRY_REFRESH": "0.2"}
+    with FakeAgent(["small"]) as agent, start_hub(tmp_path, env=env) as hub:
+        key = hub.user_with_key("alice")
+        small = [{"name": "chat", "type": "llm", "engine": "vllm", "models": ["small"]}]
+        hub.heartbeat(key, "laptop", agent.url, small)
+        out = hub.cli("models", "fallback", "alice", "big", "small").stdout
+        assert "big falls back to small" in out
+        assert hub.cli("models", "fallbacks", "alice").stdout.strip() == "big -> small"
+        same = hub.cli("models", "fallback", "alice", "big", "big", check=False)
+        assert same.returncode == 1 and "its own fallback" in same.stderr
+        # The running hub picks it up within registry_refresh.
+        with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
+            for _ in range(100):
+                try:
+                    raw = c.chat.completions.with_raw_response.create(model="big", messages=[])
+                    break
+                except openai.NotFoundError:
+                    threading.Event().wait(0.05)
+            assert raw.headers["X-InferClub-Served-Model"] == "small"
+        assert "removed" in hub.cli("models", "fallback", "alice", "big", "--remove").stdout
+        gone = hub.cli("models", "fallback", "alice", "big", "--remove", check=False)
+        assert gone.returncode == 1 and "no fallback" in gone.stderr

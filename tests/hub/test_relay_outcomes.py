@@ -194,7 +194,11 @@ def test_a_stream_cut_at_the_shutdown_deadline_is_recorded_as_cut_by_the_hub(
             next(it), next(it)
             stopper = threading.Thread(target=lambda: setattr(hub, "code", hub.stop()))
             stopper.start()
-            assert broken(it), "the cut stream ended as if complete"
+            # It ends with an error event saying why, not with a truncated body.
+            with pytest.raises(openai.APIError) as exc:
+                for _ in it:
+                    pass
+            assert "shutting down" in exc.value.message
         stopper.join(30)
         assert hub.code == 0, hub.log()  # type: ignore[attr-defined]
         assert "drain deadline reached with 1 requests in flight" in hub.log()
@@ -223,3 +227,41 @@ def test_a_client_that_leaves_is_still_recorded_as_cancelled(
         next(it), next(it)
     r = row(hub_process, request_id)
     assert (r["cancelled"], r["status"], r["error_code"]) == (1, 200, None)
+
+
+def test_during_the_drain_answers_close_their_connection_and_new_requests_get_503(
+    tmp_path: Path, agent: FakeAgent
+) -> None:
+    with start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "5"}) as hub:
+        key = hub.user_with_key("alice")
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        url = urllib.parse.urlsplit(hub.url)
+        kept = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        body = json.dumps({"model": "m1", "messages": []})
+        kept.request("POST", "/v1/chat/completions", body, headers)
+        first = kept.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("Connection") != "close"
+        agent.chunks, agent.chunk_delay = 20, 0.1  # keeps the hub draining for 2 s
+        with chat_stream(hub, key) as (_, it):
+            next(it)
+            stopper = threading.Thread(target=lambda: setattr(hub, "code", hub.stop()))
+            stopper.start()
+            deadline = time.monotonic() + 10
+            while "shutting down" not in hub.log():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            # The kept-alive connection's next request: refused, and the connection closed.
+            kept.request("POST", "/v1/chat/completions", body, headers)
+            refused = kept.getresponse()
+            error = json.loads(refused.read())["error"]
+            assert refused.status == 503 and error["code"] == "server_shutting_down"
+            assert refused.getheader("Retry-After") == "1"
+            assert refused.getheader("Connection") == "close"
+            assert (refused.getheader("X-Request-Id") or "").startswith("req_")
+            assert not broken(it), "the stream in flight ran to its end"
+        kept.close()
+        stopper.join(30)
+        assert hub.code == 0, hub.log()  # type: ignore[attr-defined]
+        assert "open-files limit:" in hub.log()  # raised to the hard limit at start

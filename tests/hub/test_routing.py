@@ -76,8 +76,8 @@ def test_offline_providers_are_skipped() -> None:
 def test_when_every_candidate_is_offline_the_answer_is_503_not_404() -> None:
     reg = registry(provider(1, svc("a", "llm", "m1"), silent_for=WINDOW + 30))
     status, err = refused(reg, ALICE, "llm", "m1")
-    assert (status, err["type"], err["code"]) == (503, "service_unavailable", "provider_offline")
-    assert "offline" in err["message"] and "Is the agent running?" in err["message"]
+    assert (status, err["type"], err["code"]) == (503, "service_unavailable", "model_unavailable")
+    assert "rig-1: agent gone (last heartbeat 90 s ago)" in err["message"]
     assert reg.models(ALICE) == []
 
 
@@ -131,7 +131,8 @@ def test_a_removed_provider_no_longer_routes() -> None:
     assert refused(reg, ALICE, "llm", "m1") == (
         404,
         {
-            "message": "The model `m1` does not exist or you do not have access to it.",
+            "message": "The model `m1` does not exist or you do not have access to it."
+            " None of your providers serves a llm model now.",
             "type": "invalid_request_error",
             "param": "model",
             "code": "model_not_found",

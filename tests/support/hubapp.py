@@ -216,3 +216,10 @@ async def wait_until(cond: Callable[[], object], timeout: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)
+
+
+def request_id_of(err: openai.APIStatusError) -> str:
+    """The ``X-Request-Id`` of an error answer: every one has it (``req_`` + 24 hex digits)."""
+    rid = err.response.headers.get("X-Request-Id", "")
+    assert len(rid) == 28 and rid.startswith("req_"), f"no X-Request-Id on {err.status_code}"
+    return rid

@@ -103,7 +103,12 @@ def start_stack(
 
 
 def start_agent_process(
-    hub: HubProcess, key: str, path: Path, *services: dict[str, Any], interval: float = 1.0
+    hub: HubProcess,
+    key: str,
+    path: Path,
+    *services: dict[str, Any],
+    interval: float = 1.0,
+    name: str = "home-rig",
 ) -> AgentProcess:
     path.write_text(manifest_text(*services))
     agent = AgentProcess(
@@ -118,7 +123,7 @@ def start_agent_process(
             "--listen",
             "127.0.0.1:0",
             "--name",
-            "home-rig",
+            name,
             "--heartbeat-interval",
             str(interval),
         ]

@@ -32,6 +32,12 @@ DEFAULT_INTERVAL = 30.0
 MAX_PROBE_INTERVAL = 10.0
 PROBES_PER_INTERVAL = 3
 MAX_BACKOFF = 60.0
+#: Seconds a stopping agent gives the hub to take its goodbye.
+GOODBYE_TIMEOUT = 2.0
+
+
+def _described(services: list[wire.AdvertisedService]) -> list[wire.AdvertisedService]:
+    return [s.description() for s in services]
 
 
 class KeyRejected(Exception):
@@ -145,9 +151,9 @@ class Heartbeat:
         backoff = 1.0
         while True:
             await self.table.probe_all(self.session)
-            advertised = self.table.advertised()
+            advertised = self.table.announced()
             now = time.monotonic()
-            changed = last_sent is not None and advertised != last_sent
+            changed = last_sent is not None and _described(advertised) != _described(last_sent)
             if now >= next_beat or (changed and not self._failing):
                 if changed:
                     log.info("advertised services changed; sending a heartbeat now")
@@ -167,7 +173,12 @@ class Heartbeat:
     async def beat(self, advertised: list[wire.AdvertisedService], retry_in: float) -> bool:
         """Send one heartbeat; True when the hub accepted it."""
         payload = wire.Heartbeat(
-            self.name, self.callback_url, __version__, tuple(advertised), await self.health()
+            self.name,
+            self.callback_url,
+            __version__,
+            tuple(advertised),
+            await self.health(),
+            down=tuple(self.table.down()),
         )
         try:
             async with self.session.post(
@@ -196,6 +207,33 @@ class Heartbeat:
         self.hub = reply
         self._accepted(reply, advertised)
         return True
+
+    async def goodbye(self, timeout: float = GOODBYE_TIMEOUT) -> bool:
+        """Tell the hub this agent is shutting down (a heartbeat with ``leaving: true``), so
+        it routes no new request here while the ones in flight finish. True when the hub
+        took it; a hub that cannot be reached in ``timeout`` finds out from failed requests."""
+        if self.hub is None:
+            return False  # never registered: nothing routes here
+        payload = wire.Heartbeat(
+            self.name, self.callback_url, __version__, tuple(self.table.announced()), leaving=True
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.post(
+                    self.url,
+                    json=payload.to_json(),
+                    headers={wire.AUTH_HEADER: wire.bearer(self._key)},
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("could not tell the hub this agent is leaving: %s", describe(exc))
+            return False
+        if ok:
+            log.info("told the hub this agent is leaving")
+        else:
+            log.warning("the hub refused this agent's goodbye (HTTP %d)", resp.status)
+        return ok
 
     def _accepted(
         self, reply: wire.HeartbeatReply, advertised: list[wire.AdvertisedService]

@@ -26,6 +26,7 @@ from inferclub.agent.manifest import Manifest
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Engine
+from inferclub.fdlimit import raise_nofile_limit
 
 log = logging.getLogger("inferclub.agent")
 
@@ -171,6 +172,8 @@ class Agent:
                 log.info("stopping: waiting for %d requests in flight", self.table.total_in_flight)
                 beat_task.cancel()
                 await asyncio.gather(beat_task, return_exceptions=True)
+                # First, so that the hub sends nothing new while the requests in flight end.
+                await self.heartbeat.goodbye()
             server.stop()
             runtime.draining = True
             await self.drain(config.drain_timeout)
@@ -193,6 +196,7 @@ class Agent:
 
 
 async def run_agent(config: RunConfig, engines: Mapping[str, Engine]) -> int:
+    raise_nofile_limit(log)
     agent = Agent(config, engines)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

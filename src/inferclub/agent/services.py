@@ -7,13 +7,13 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from inferclub.engines import Engine, EngineError, Service
-from inferclub.wire import AdvertisedService
+from inferclub.engines import Engine, EngineError, Load, Service
+from inferclub.wire import MAX_DETAIL, AdvertisedService
 
 log = logging.getLogger("inferclub.agent.services")
 
@@ -28,6 +28,8 @@ class ServiceState:
     info: Mapping[str, Any] = field(default_factory=dict)
     in_flight: int = 0
     checked_at: float | None = None
+    #: What the engine told of its load at the last probe (None: it cannot tell).
+    load: Load | None = None
 
     @property
     def name(self) -> str:
@@ -57,6 +59,24 @@ class ServiceState:
             s.name, s.type, s.engine, tuple(s.features), tuple(self.model_names())
         )
 
+    def announcement(self) -> AdvertisedService:
+        """The service as the heartbeat announces it: its load, or why it is down."""
+        ad = self.advertisement()
+        load = self.load if self.up else None
+        loaded = None
+        if load is not None and load.loaded is not None:
+            loaded = tuple(n for n in ad.models if self._is_loaded(n, load.loaded))
+        return replace(
+            ad,
+            max_concurrency=self.service.max_concurrency,
+            queue=None if load is None else load.queue,
+            loaded=loaded,
+        )
+
+    def _is_loaded(self, advertised: str, loaded: tuple[str, ...]) -> bool:
+        engine_name = self.engine_model(advertised)
+        return any(self.engine.model_matches(self.service, engine_name, n) for n in loaded)
+
     def full(self) -> bool:
         limit = self.service.max_concurrency
         return limit is not None and self.in_flight >= limit
@@ -85,6 +105,19 @@ class ServiceTable:
         """What the heartbeat announces: live services that have at least one model."""
         return [st.advertisement() for st in self.states.values() if st.up and st.model_names()]
 
+    def announced(self) -> list[AdvertisedService]:
+        """The heartbeat's ``services``: the live ones, as `advertised`, with their load."""
+        return [st.announcement() for st in self.states.values() if st.up and st.model_names()]
+
+    def down(self) -> list[AdvertisedService]:
+        """The heartbeat's ``down``: services whose engine is down, with their last known
+        models and why, so the hub answers "unavailable" rather than "no such model"."""
+        return [
+            replace(st.advertisement(), detail=st.detail[:MAX_DETAIL] or "down")
+            for st in self.states.values()
+            if not st.up and st.checked_at is not None and st.model_names()
+        ]
+
     def in_flight(self) -> dict[str, int]:
         return {name: st.in_flight for name, st in self.states.items()}
 
@@ -94,6 +127,15 @@ class ServiceTable:
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(probe(session, st) for st in self.states.values()))
+
+
+async def engine_load(session: aiohttp.ClientSession, st: ServiceState) -> Load | None:
+    """The engine's load, or None when it cannot tell: never a reason to call it down."""
+    try:
+        return await st.engine.load(session, st.service)
+    except (TimeoutError, aiohttp.ClientError, EngineError) as exc:
+        log.debug("service %s: no load (%s)", st.name, describe(exc))
+        return None
 
 
 def describe(exc: BaseException) -> str:
@@ -106,6 +148,14 @@ def describe(exc: BaseException) -> str:
         return f"cannot connect to {exc.host}:{exc.port} ({reason})"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
+    # aiohttp's own texts name its internals ("Response payload is not completed:
+    # <TransferEncodingError: 400, ...>"): clients and dashboards get a plain reason.
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the engine's answer was cut off"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the engine closed the connection"
+    if isinstance(exc, aiohttp.ClientError):
+        return f"connection to the engine failed ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
 
 
@@ -119,6 +169,7 @@ async def probe(session: aiohttp.ClientSession, st: ServiceState) -> None:
         if health.ok and not service.models:
             discovered = tuple(await engine.discover_models(session, service))
         st.up, st.detail, st.info, st.discovered = health.ok, health.detail, health.info, discovered
+        st.load = await engine_load(session, st) if health.ok else None
     except (TimeoutError, aiohttp.ClientError, EngineError) as exc:
         st.up, st.detail = False, describe(exc)
     except Exception as exc:  # a plugin bug must not stop the agent's other services

@@ -80,6 +80,19 @@ class Health:
     info: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Load:
+    """What an engine can tell of its load, for the hub's choice between services.
+
+    `loaded` holds engine-side names of the models in memory now (a request for one of them
+    starts at once; another may wait for a load of seconds or minutes); `queue` the requests
+    waiting inside the engine. `None` means the engine cannot tell.
+    """
+
+    loaded: tuple[str, ...] | None = None
+    queue: int | None = None
+
+
 @dataclass
 class EngineRequest:
     """A request on its way to an engine.
@@ -175,6 +188,16 @@ class Engine:
             if 200 <= resp.status < 300:
                 return Health(True)
             return Health(False, f"GET {service.base_url}/models returned HTTP {resp.status}")
+
+    async def load(self, session: aiohttp.ClientSession, service: Service) -> Load | None:
+        """The service's load now: loaded models and queued requests, as far as it can tell.
+
+        Called on every probe of a service that is up, after `health`. Return `None` (the
+        default) when the engine has no way to tell; then the hub routes on its own count of
+        requests in flight and the manifest's `max_concurrency`. May do network I/O through
+        `session`; failures count as "cannot tell", never as "down".
+        """
+        return None
 
     # -- forwarding --------------------------------------------------------------------------
 

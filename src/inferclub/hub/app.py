@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
 
@@ -15,7 +15,9 @@ from inferclub import signing
 from inferclub.hub import background
 from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
+from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import ConfigError, Secrets, Settings
+from inferclub.hub.fallbacks import Fallbacks
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
@@ -31,6 +33,14 @@ from inferclub.hub.routing import Registry
 from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
 
 log = logging.getLogger("inferclub")
+
+
+class Cuttable(Protocol):
+    """A running request the shutdown deadline can end (a proxy handler)."""
+
+    def cut(self) -> None: ...
+
+
 access_log = logging.getLogger("inferclub.access")
 
 
@@ -64,11 +74,22 @@ class Hub:
         )
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        self.fallbacks = Fallbacks(store)
+        #: Load, goodbyes and passive health of providers: the choice between candidates.
+        self.fleet = Fleet(
+            settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
+        )
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         #: Set when the shutdown drain deadline passed: the connections that close from then on
         #: are cut by the hub, and their requests are recorded so, not as cancelled by a client.
         self.cutting = False
+        #: Set when SIGTERM's drain begins: every answer closes its connection, and a new
+        #: request on a kept-alive connection gets a 503 ``server_shutting_down``.
+        self.draining = False
+        #: The proxied requests running now, so the drain deadline can end their streams
+        #: with an error event (see ``cut_streams``).
+        self.active: set[Cuttable] = set()
         self._registry_task: asyncio.Task[None] | None = None
         self._reload_now = asyncio.Event()
         #: provider id -> (callback URL, problem or None, when checked)
@@ -77,6 +98,7 @@ class Hub:
     async def start(self) -> None:
         """Load providers into the routing registry and start the background writers."""
         await self.liveness.load()
+        await self.fallbacks.load()
         await self.keys.start()
         await self.history.start()
         await self.retention.start()
@@ -113,6 +135,7 @@ class Hub:
             self._reload_now.clear()
             try:
                 await (self.liveness.load() if missed else self.liveness.refresh())
+                await self.fallbacks.load()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep routing on the current registry; retry next round
@@ -139,6 +162,13 @@ class Hub:
         problem = await self.relay.probe(callback_url, provider_id)
         self._reachability[provider_id] = (callback_url, problem, now)
         return problem, True
+
+    def cut_streams(self) -> None:
+        """The drain deadline passed: end every running request (a stream with a final
+        error event, one still waiting with a 503), recorded as cut by the server."""
+        self.cutting = True
+        for request in list(self.active):
+            request.cut()
 
 
 def load_signer(settings: Settings) -> signing.HubSigner:

@@ -17,7 +17,8 @@ import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__
-from inferclub.hub import keys, workers
+from inferclub.fdlimit import raise_nofile_limit
+from inferclub.hub import fallbacks, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, load_signer, make_app
 from inferclub.hub.config import (
@@ -114,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     k_rotate.add_argument("key", metavar="PREFIX_OR_ID")
     _common(k_rotate)
 
+    models_p = sub.add_parser("models", help="a user's fallback models").add_subparsers(
+        dest="action", required=True
+    )
+    m_fallback = models_p.add_parser(
+        "fallback",
+        help="serve FALLBACK when MODEL cannot be served now (a running hub sees it within "
+        "registry_refresh seconds)",
+    )
+    m_fallback.add_argument("login")
+    m_fallback.add_argument("model")
+    m_fallback.add_argument("fallback", nargs="?", help="omit with --remove")
+    m_fallback.add_argument("--remove", action="store_true", help="remove MODEL's fallback")
+    _common(m_fallback)
+    m_list = models_p.add_parser("fallbacks", help="list a user's fallback models")
+    m_list.add_argument("login")
+    _common(m_list)
+
     config_p = sub.add_parser("config", help="about the hub's settings").add_subparsers(
         dest="action", required=True
     )
@@ -167,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "list"): _keys_list,
             ("keys", "revoke"): _keys_revoke,
             ("keys", "rotate"): _keys_rotate,
+            ("models", "fallback"): _models_fallback,
+            ("models", "fallbacks"): _models_fallbacks,
         }[(args.command, args.action)]
         return asyncio.run(_with_store(settings, args, command))
     except (AccountError, CliError, ConfigError, StoreError) as exc:
@@ -341,6 +361,32 @@ async def _keys_rotate(accounts: Accounts, settings: Settings, args: argparse.Na
     return 0
 
 
+async def _models_fallback(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    user = await _user(accounts, args.login)
+    if args.remove:
+        if not await accounts.store.delete_fallback(user.id, args.model):
+            raise CliError(f"{user.login} has no fallback for {args.model!r}")
+        print(f"removed the fallback of {args.model} for {user.login}")
+        return 0
+    if not args.fallback:
+        raise CliError("name the FALLBACK model, or pass --remove")
+    try:
+        await fallbacks.set_fallback(accounts.store, user.id, args.model, args.fallback)
+    except fallbacks.FallbackError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{user.login}: {args.model} falls back to {args.fallback}")
+    return 0
+
+
+async def _models_fallbacks(
+    accounts: Accounts, settings: Settings, args: argparse.Namespace
+) -> int:
+    user = await _user(accounts, args.login)
+    for f in await accounts.store.list_fallbacks(user.id):
+        print(f"{f.model} -> {f.fallback}")
+    return 0
+
+
 async def serve(
     settings: Settings,
     quickstart: bool = False,
@@ -348,6 +394,7 @@ async def serve(
     worker: int | None = None,
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
+    raise_nofile_limit(log)
     store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
@@ -403,13 +450,18 @@ async def _run_server(
     await stop.wait()
 
     log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)
+    hub.draining = True
     server.stop()
     deadline = time.monotonic() + settings.drain_timeout
     while hub.inflight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if hub.inflight:
         log.warning("drain deadline reached with %d requests in flight; closing them", hub.inflight)
-        hub.cutting = True
+        hub.cut_streams()
+        # A moment for the cut streams to send their final error event.
+        settle = time.monotonic() + 1
+        while hub.inflight > 0 and time.monotonic() < settle:
+            await asyncio.sleep(0.01)
     await server.close_all_connections()
     # Closing a connection cancels its relay; give the handlers a moment to record the cut
     # before hub.stop() writes the last history rows.

@@ -91,6 +91,45 @@ class Settings:
             "(cold model loads are slow)."
         ),
     )
+    max_attempts: int = field(
+        default=3,
+        metadata=_doc(
+            "Providers a request may try, within `first_byte_timeout`, before it gets an "
+            "error: a provider that cannot be reached, or answers 429, 502 or 503 before any "
+            "byte reached the client, hands the request on to the next candidate."
+        ),
+    )
+    cooldown: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a provider that failed (could not be reached, answered 502 or 503) is "
+            "skipped; doubled on each further failure, up to 60 s. Then one request tries it, "
+            "and a success clears it."
+        ),
+    )
+    queue_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a request may wait when every provider of its model is at its "
+            "`max_concurrency`; it goes to the first that frees up, in arrival order, or gets "
+            "a 429 `all_providers_busy` with `Retry-After` after this."
+        ),
+    )
+    max_queue_per_user: int = field(
+        default=64,
+        metadata=_doc(
+            "Most requests of one user that may wait for a busy provider at once; one more "
+            "gets a 429 `all_providers_busy` at once."
+        ),
+    )
+    stream_keepalive: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a streamed chat or completion may wait for its first byte before the hub "
+            "sends its 200 and `: keepalive` SSE comments (every 5 s at most) while the model "
+            "loads; no failover to another provider after that. 0 turns it off."
+        ),
+    )
     idle_timeout: float = field(
         default=120.0,
         metadata=_doc(

@@ -103,21 +103,26 @@ class Registry:
 
     def route(self, user_id: int, type_: str, model: str) -> Route:
         """The first online candidate, or a 404/503 ``OpenAIError`` that says why there is none."""
+        return self.candidates(user_id, type_, model)[0]
+
+    def candidates(self, user_id: int, type_: str, model: str) -> list[Route]:
+        """Every online service of the user that serves ``model`` as ``type_``, in routing
+        order; a 503 ``model_unavailable`` when only offline ones do, a 404 when none does."""
         idx = self._users.get(user_id)
         if idx is not None:
             candidates = idx.by_type_model.get((type_, model))
             if candidates:
                 now = time.time()
-                for route in candidates:
-                    if now - route.provider.last_heartbeat_at < self.online_window:
-                        return route
-                newest = max(r.provider.last_heartbeat_at for r in candidates)
-                raise OpenAIError(
-                    503,
-                    f"The model `{model}` is served only by providers that are offline"
-                    f" (last heartbeat {now - newest:.0f} s ago). Is the agent running?",
-                    "service_unavailable",
-                    "provider_offline",
+                online = [r for r in candidates if self.is_online(r.provider, now)]
+                if online:
+                    return online
+                raise model_unavailable(
+                    model,
+                    [
+                        f"{r.provider.name}: agent gone (last heartbeat "
+                        f"{now - r.provider.last_heartbeat_at:.0f} s ago)"
+                        for r in candidates
+                    ],
                 )
             other = [t for t in idx.types_of.get(model, ()) if t != type_]
             if other:
@@ -128,7 +133,11 @@ class Registry:
                     "model_not_found",
                     "model",
                 )
-        raise model_not_found(model)
+        raise not_found(model, type_, self.model_ids(user_id, type_))
+
+    def model_ids(self, user_id: int, type_: str) -> list[str]:
+        """The models of ``type_`` that the user's online providers serve, each once."""
+        return list(dict.fromkeys(m for m, t, _ in self.models(user_id) if t == type_))
 
     def models(self, user_id: int) -> list[tuple[str, str, ProviderRecord]]:
         """``(model, type, provider)`` of online providers, each (model, type) once."""
@@ -147,6 +156,39 @@ class Registry:
                         seen.add((m, svc.type))
                         out.append((m, svc.type, p))
         return out
+
+
+#: Models a 404 lists at most.
+LISTED_MODELS = 20
+#: Seconds a client is asked to wait when no provider can serve now and none cools down.
+RETRY_UNAVAILABLE = 5
+
+
+def not_found(model: str, type_: str, available: list[str]) -> OpenAIError:
+    """A 404 ``model_not_found`` that lists (some of) the models of ``type_`` the user has."""
+    base = model_not_found(model)
+    if available:
+        shown = ", ".join(f"`{m}`" for m in available[:LISTED_MODELS])
+        extra = len(available) - LISTED_MODELS
+        listing = f"Your {type_} models: {shown}{f' and {extra} more' if extra > 0 else ''}."
+    else:
+        listing = f"None of your providers serves a {type_} model now."
+    return OpenAIError(404, f"{base.message} {listing}", base.type, base.code, base.param)
+
+
+def model_unavailable(
+    model: str, reasons: list[str], retry_after: int | None = None
+) -> OpenAIError:
+    """A 503 ``model_unavailable``: the model is the user's, but no provider can serve it now.
+    ``reasons`` name each provider and why (``rig: engine down (...)``)."""
+    return OpenAIError(
+        503,
+        f"The model `{model}` cannot be served right now: {'; '.join(reasons)}.",
+        "service_unavailable",
+        "model_unavailable",
+        "model",
+        headers={"Retry-After": str(retry_after or RETRY_UNAVAILABLE)},
+    )
 
 
 def _build(providers: list[ProviderRecord]) -> _UserIndex:

@@ -333,3 +333,25 @@ def test_a_writer_cancelled_mid_transaction_leaves_the_store_usable(backend: Bac
             await store.close()  # or a connection thread keeps the test process alive
 
     run(go())
+
+
+def test_fallback_models(backend: Backend) -> None:
+    async def go() -> None:
+        store = await backend.open()
+        alice, bob = await store.create_user("alice"), await store.create_user("bob")
+        await store.set_fallback(alice.id, "qwen3-32b", "qwen3-8b", 1.0)
+        await store.set_fallback(alice.id, "qwen3-32b", "qwen3-4b", 2.0)  # replaced
+        await store.set_fallback(alice.id, "big", "small", 3.0)
+        await store.set_fallback(bob.id, "big", "tiny", 4.0)
+        mine = [(f.model, f.fallback) for f in await store.list_fallbacks(alice.id)]
+        assert mine == [("big", "small"), ("qwen3-32b", "qwen3-4b")]
+        assert len(await store.list_fallbacks()) == 3
+        assert await store.delete_fallback(alice.id, "big")
+        assert not await store.delete_fallback(alice.id, "big")
+        assert [(f.user_id, f.fallback) for f in await store.list_fallbacks()] == [
+            (alice.id, "qwen3-4b"),
+            (bob.id, "tiny"),
+        ]
+        await store.close()
+
+    run(go())

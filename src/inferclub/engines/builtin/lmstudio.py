@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from inferclub.engines.base import Engine, EngineError, Service, get_json
+from inferclub.engines.base import Engine, EngineError, Load, Service, get_json
 from inferclub.engines.hookspecs import hookimpl
 
 # LM Studio's own model types mapped to inferclub service types.
@@ -39,6 +39,22 @@ class LmStudioEngine(Engine):
             and m.get("state") == "loaded"
             and _TYPES.get(str(m.get("type", "llm"))) == service.type
         ]
+
+    async def load(self, session: aiohttp.ClientSession, service: Service) -> Load | None:
+        # JIT loading serves a not-loaded model too, after a load: only `loaded` ones are hot.
+        data = await get_json(
+            session, f"{service.root_url}/api/v0/models", self.auth_headers(service)
+        )
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise EngineError("/api/v0/models did not return a model list")
+        return Load(
+            loaded=tuple(
+                str(m["id"])
+                for m in items
+                if isinstance(m, dict) and m.get("id") and m.get("state") == "loaded"
+            )
+        )
 
     async def probe(self, session: aiohttp.ClientSession, root_url: str) -> Service | None:
         data = await get_json(session, f"{root_url}/api/v0/models")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from inferclub.engines.base import Engine, EngineError, Health, Service, get_json
+from inferclub.engines.base import Engine, EngineError, Health, Load, Service, get_json
 from inferclub.engines.hookspecs import hookimpl
 
 
@@ -56,6 +56,11 @@ class OllamaEngine(Engine):
         ps = await get_json(session, f"{service.root_url}/api/ps", headers)
         loaded = [str(m["name"]) for m in _models(ps)]
         return Health(True, info={"loaded": loaded})
+
+    async def load(self, session: aiohttp.ClientSession, service: Service) -> Load | None:
+        # /api/ps lists the models in memory; Ollama does not say how many requests wait.
+        ps = await get_json(session, f"{service.root_url}/api/ps", self.auth_headers(service))
+        return Load(loaded=tuple(str(m["name"]) for m in _models(ps)))
 
     def model_matches(self, service: Service, advertised: str, requested: str) -> bool:
         return normalise_name(advertised) == normalise_name(requested)

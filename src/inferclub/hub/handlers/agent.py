@@ -9,7 +9,9 @@ import time
 from inferclub import wire
 from inferclub.hub import keys
 from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
+from inferclub.hub.choose import ProviderState
 from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.liveness import name_taken
 from inferclub.hub.reachability import describe_reachability
 from inferclub.openai_errors import OpenAIError
 
@@ -46,6 +48,9 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         hb = parse_heartbeat(self.json_body())
         hub = self.hub
+        if hb.leaving:
+            self._goodbye(hb)
+            return
         hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
         known = hub.registry.find(self.owner.user_id, hb.name)
         if known is None:
@@ -57,6 +62,7 @@ class HeartbeatHandler(ApiHandler):
         record, before = await hub.liveness.beat(
             self.owner.user_id, hb, time.time(), self.owner.key_id
         )
+        hub.fleet.heard(record.id, ProviderState.of(hb))
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
         if (
             before is None
@@ -89,6 +95,32 @@ class HeartbeatHandler(ApiHandler):
             online_window=hub.settings.online_window,
             callback_reachable=problem is None,
             callback_error=None if problem is None else describe_reachability(problem),
+        )
+        self.write_json(reply.to_json())
+
+    def _goodbye(self, hb: wire.Heartbeat) -> None:
+        """The agent is shutting down: no new request goes to it from now on. Neither paced
+        nor stored (a goodbye follows a beat at once, and changes nothing in the store): it
+        only marks the known provider as leaving, until its next ordinary heartbeat."""
+        hub = self.hub
+        known = hub.registry.find(self.owner.user_id, hb.name)
+        if known is None:
+            raise OpenAIError(
+                404,
+                f"No provider {hb.name!r} is registered.",
+                "invalid_request_error",
+                "provider_not_found",
+                "name",
+            )
+        if known.key_id is not None and known.key_id != self.owner.key_id:
+            raise name_taken(hb.name)  # only the key that owns the name may say goodbye
+        hub.fleet.leaving(known.id)
+        log.info("provider %r of %s is shutting down", known.name, self.owner.login)
+        reply = wire.HeartbeatReply(
+            provider_id=known.id,
+            hub_key=hub.signer.public_key,
+            heartbeat_interval=hub.settings.heartbeat_interval,
+            online_window=hub.settings.online_window,
         )
         self.write_json(reply.to_json())
 

@@ -20,7 +20,9 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from inferclub import openai_errors, wire
 from inferclub.hub import jsonbody, keys
@@ -45,10 +47,22 @@ def finish_json(handler: tornado.web.RequestHandler, data: Any, status: int = 20
     handler.finish(json.dumps(data, separators=(",", ":")))
 
 
+def close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
+    """Close the connection once this answer is sent, and say so (``Connection: close``), so
+    that a kept-alive client does not send its next request to a hub that is going away.
+    Tornado decides this per request from the request's headers only; its connection's flag
+    is the one switch (private, but the same in every Tornado 6 release)."""
+    connection = request.connection
+    if isinstance(connection, HTTP1Connection):
+        connection._disconnect_on_finish = True  # noqa: SLF001
+
+
 class HubHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Tornado's default names its version: a free hint for anyone matching CVEs.
         self.set_header("Server", "inferclub")
+        if self.hub.draining:
+            close_after_answer(self.request)
         if is_secure(self.hub.settings):
             self.set_header("Strict-Transport-Security", "max-age=31536000")
 
@@ -77,6 +91,9 @@ class ApiHandler(HubHandler):
 
     #: The id in ``X-Request-Id``; a proxied request replaces it with its history row's id.
     request_id: str = ""
+    #: The provider last tried and how many were (``X-InferClub-Provider``, ``-Attempts``).
+    provider_name: str = ""
+    attempts: int = 0
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -85,6 +102,10 @@ class ApiHandler(HubHandler):
         if not self.request_id:
             self.request_id = "req_" + secrets.token_hex(12)
         self.set_header(wire.REQUEST_ID_HEADER, self.request_id)
+        # An error answer (send_error clears the headers) still says which provider failed.
+        if self.provider_name:
+            self.set_header(wire.PROVIDER_HEADER, self.provider_name)
+            self.set_header(wire.ATTEMPTS_HEADER, str(self.attempts))
 
     def check_xsrf_cookie(self) -> None:
         """Bearer-authenticated API: no cookies, so no XSRF."""
@@ -101,6 +122,14 @@ class ApiHandler(HubHandler):
         self._size = 0
         self._too_large = False
         self._limit = self.body_limit()
+        if self.hub.draining:
+            raise OpenAIError(
+                503,
+                "The hub is shutting down; retry on a new connection.",
+                "service_unavailable",
+                "server_shutting_down",
+                headers={"Retry-After": "1"},
+            )
         self.owner = await self.authenticate()
         self.check_scope()
         length = self.request.headers.get("Content-Length")

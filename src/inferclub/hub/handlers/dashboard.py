@@ -15,6 +15,8 @@ from typing import Any
 import tornado.web
 
 from inferclub.hub import keys
+from inferclub.hub.choose import Fleet
+from inferclub.hub.fallbacks import FallbackError
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
@@ -33,7 +35,9 @@ RANGES = {
 _NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
 
-def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str, Any]:
+def provider_json(
+    p: ProviderRecord, registry: Registry, now: float, fleet: Fleet | None = None
+) -> dict[str, Any]:
     by_type: dict[str, list[dict[str, Any]]] = {}
     for s in p.services:
         by_type.setdefault(s.type, []).append(
@@ -61,6 +65,9 @@ def provider_json(p: ProviderRecord, registry: Registry, now: float) -> dict[str
             )
         ],
         "health": p.health,
+        # Passive health and goodbyes (choose.Fleet): seconds of cooldown left, or None.
+        "cooling_down": None if fleet is None else fleet.cooling_down(p.id),
+        "leaving": fleet is not None and fleet.state(p.id).leaving,
     }
 
 
@@ -71,7 +78,9 @@ def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
         "now": now,
         "online_window": hub.registry.online_window,
         "poll_ms": PROVIDERS_POLL_MS,
-        "providers": [provider_json(p, hub.registry, now) for p in hub.registry.providers(user_id)],
+        "providers": [
+            provider_json(p, hub.registry, now, hub.fleet) for p in hub.registry.providers(user_id)
+        ],
     }
 
 
@@ -139,7 +148,12 @@ class ProvidersHandler(DashboardHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         has_key = any(k.active for k in await self.hub.store.list_keys(self.user_id))
-        self.render("providers.html", data=providers_payload(self, self.user_id), has_key=has_key)
+        self.render(
+            "providers.html",
+            data=providers_payload(self, self.user_id),
+            has_key=has_key,
+            fallbacks=self.hub.fallbacks.listed(self.user_id),
+        )
 
 
 class ProvidersApiHandler(DashboardApiHandler):
@@ -152,7 +166,7 @@ class ProviderApiHandler(DashboardApiHandler):
         provider = await self.hub.store.get_provider(self.user_id, int(provider_id))
         if provider is None:
             raise tornado.web.HTTPError(404, "No such provider.")
-        self.write_json(provider_json(provider, self.hub.registry, time.time()))
+        self.write_json(provider_json(provider, self.hub.registry, time.time(), self.hub.fleet))
 
 
 class ProviderDeleteHandler(DashboardHandler):
@@ -163,6 +177,24 @@ class ProviderDeleteHandler(DashboardHandler):
             raise tornado.web.HTTPError(404, "No such provider.")
         self.hub.registry.remove(self.user_id, pid)
         self.redirect("/dashboard/providers")
+
+
+class FallbackHandler(DashboardHandler):
+    """Set (``POST`` model and fallback) or remove (``remove`` set) a fallback model."""
+
+    @tornado.web.authenticated
+    async def submit(self) -> None:
+        model = self.get_body_argument("model", "")
+        fallbacks = self.hub.fallbacks
+        if self.get_body_argument("remove", ""):
+            if not await fallbacks.delete(self.user_id, model):
+                raise tornado.web.HTTPError(404, "No fallback for this model.")
+        else:
+            try:
+                await fallbacks.set(self.user_id, model, self.get_body_argument("fallback", ""))
+            except FallbackError as exc:
+                raise tornado.web.HTTPError(400, "Fallback refused: %s.", str(exc)) from None
+        self.redirect("/dashboard/providers#fallbacks")
 
 
 def _day(value: str) -> float | None:
@@ -298,6 +330,7 @@ routes: list[tuple[str, Any]] = [
     (r"/dashboard/keys/(\d+)/(revoke|rotate)", KeyActionHandler),
     (r"/dashboard/providers", ProvidersHandler),
     (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
+    (r"/dashboard/fallbacks", FallbackHandler),
     (r"/dashboard/requests", RequestsHandler),
     (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
     (r"/dashboard/api/providers", ProvidersApiHandler),

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
-from tornado.iostream import StreamClosedError
 
 from inferclub import multipart, openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
-from inferclub.hub.relay import RequestMeter, Transform, Upstream
+from inferclub.hub.handlers.proxy import Forward, ProxyHandler, checked_model
 from inferclub.hub.routing import Route
 from inferclub.hub.store import ProviderRecord
-from inferclub.openai_errors import OpenAIError
+
+__all__ = ["Forward", "ProxyHandler", "checked_model"]
 
 
 def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
@@ -30,8 +29,21 @@ def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, 
 
 class ModelsHandler(ApiHandler):
     async def get(self) -> None:
-        data = [_model_entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
+        data = [self._entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
         self.write_json({"object": "list", "data": data})
+
+    def _entry(self, model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
+        """The model, with the providers of it that cool down after failing, if any."""
+        entry = _model_entry(model, type_, provider)
+        fleet, uid = self.hub.fleet, self.owner.user_id
+        cooling = [
+            r.provider.name
+            for r in self.hub.registry.candidates(uid, type_, model)
+            if fleet.cooling_down(r.provider.id) is not None
+        ]
+        if cooling:
+            entry["cooling_down"] = cooling
+        return entry
 
 
 class ModelHandler(ApiHandler):
@@ -43,149 +55,6 @@ class ModelHandler(ApiHandler):
         raise openai_errors.model_not_found(model)
 
 
-def checked_model(model: object) -> str:
-    """The request's ``model``, or a 400 naming it: a huge id would be stored in every
-    history row and compared on every route."""
-    if not isinstance(model, str) or not model:
-        raise openai_errors.bad_request(
-            "You must provide a model parameter.", "model", "missing_model"
-        )
-    if len(model) > wire.MAX_MODEL_ID:
-        raise openai_errors.bad_request(
-            f"The model id is longer than {wire.MAX_MODEL_ID} characters.",
-            "model",
-            "model_too_long",
-        )
-    return model
-
-
-@dataclass
-class Forward:
-    """What goes to the agent, and how its answer comes back."""
-
-    body: bytes
-    #: The hub asked for stream usage the client did not ask for: strip it again.
-    strip_usage: bool = False
-    #: Rewrites a whole (non-streamed) success body: ``(content type, body) -> same``.
-    transform: Transform | None = None
-    #: Extra response headers for the client.
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class ProxyHandler(ApiHandler):
-    """Routes a request to one of the caller's online providers and relays the answer."""
-
-    #: The endpoint (relative to ``/v1``) this handler serves: a key of ``wire.ENDPOINT_TYPES``.
-    endpoint: ClassVar[str] = "/chat/completions"
-
-    _relay_task: asyncio.Task[None] | None = None
-
-    @property
-    def service_type(self) -> str:
-        return wire.ENDPOINT_TYPES[self.endpoint]
-
-    @property
-    def api_path(self) -> str:
-        """The ``/v1/...`` path this request stands for (the dashboard serves them elsewhere)."""
-        return self.request.path
-
-    def parse(self) -> tuple[str, Forward]:
-        """The model to route on and what to forward; JSON bodies by default."""
-        payload = self.json_body()
-        model = checked_model(payload.get("model"))
-        return model, Forward(self.body)
-
-    def adapt(self, route: Route, fwd: Forward) -> Forward:
-        """A last change of the request once the service is known (see transcriptions)."""
-        return fwd
-
-    async def post(self) -> None:
-        hub = self.hub
-        meter = RequestMeter(
-            user_id=self.owner.user_id,
-            key_id=self.owner.key_id,
-            endpoint=self.api_path,
-            type=self.service_type,
-            bytes_in=self._size,
-        )
-        self.request_id = meter.id
-        self.set_header(wire.REQUEST_ID_HEADER, meter.id)
-        hub.inflight += 1
-        try:
-            with hub.concurrency.slot(self.owner.user_id):
-                await self._serve(meter)
-        except OpenAIError as err:
-            meter.failed(err.status, err.type, err.code)
-            raise
-        finally:
-            hub.inflight -= 1
-            hub.history.add(meter.finished())
-
-    async def _serve(self, meter: RequestMeter) -> None:
-        model, fwd = self.parse()
-        meter.asked_for(model)
-        route = self.hub.registry.route(self.owner.user_id, self.service_type, model)
-        meter.routed(route.provider.id, route.service.name)
-        fwd = self.adapt(route, fwd)
-        self.set_header(wire.PROVIDER_HEADER, route.provider.name)
-        for name, value in fwd.headers.items():
-            self.set_header(name, value)
-        await self._relay(route, fwd, meter)
-
-    async def _relay(self, route: Route, fwd: Forward, meter: RequestMeter) -> None:
-        upstream = Upstream.for_route(
-            route,
-            self.api_path,
-            self.request.headers.get("Content-Type", "application/json"),
-            meter.id,
-            self.hub.signer,
-            fwd.body,
-        )
-        task = asyncio.ensure_future(
-            self.hub.relay.forward(self, upstream, fwd.body, meter, fwd.strip_usage, fwd.transform)
-        )
-        self._relay_task = task
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
-            # on_connection_close cancelled the relay: the connection is gone.
-            self._connection_lost(meter)
-            return
-        except StreamClosedError:
-            # A write found the connection closed before on_connection_close ran.
-            self._connection_lost(meter)
-            return
-        finally:
-            self._relay_task = None
-        if not self._finished:
-            self.finish()
-
-    def _connection_lost(self, meter: RequestMeter) -> None:
-        # Past the shutdown deadline the hub closes connections itself; otherwise the
-        # client left.
-        if self.hub.cutting:
-            meter.cut_by_server()
-        else:
-            meter.cancelled_by_client()
-
-    def start_stream(self) -> None:
-        # Tornado leaves Nagle's algorithm on until finish(); a stream of small chunks would
-        # then wait for the client's delayed ACKs (up to 40 ms each on a real network).
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            stream.set_nodelay(True)
-
-    def on_connection_close(self) -> None:
-        # Frees an abandoned upload's chunks (see ApiHandler); without it they stayed in
-        # memory until the hub exited.
-        super().on_connection_close()
-        task = self._relay_task
-        if task is not None and not task.done():
-            task.cancel()
-
-
 class ChatCompletionsHandler(ProxyHandler):
     endpoint = "/chat/completions"
 
@@ -194,6 +63,7 @@ class ChatCompletionsHandler(ProxyHandler):
         model = checked_model(payload.get("model"))
         fwd = Forward(self.body)
         if payload.get("stream") is True:
+            fwd.stream = True
             opts = payload.get("stream_options")
             if not isinstance(opts, dict) or not opts.get("include_usage"):
                 # Ask for usage so history has token counts; the usage-only chunk is
@@ -202,7 +72,7 @@ class ChatCompletionsHandler(ProxyHandler):
                     **(opts if isinstance(opts, dict) else {}),
                     "include_usage": True,
                 }
-                fwd = Forward(json.dumps(payload).encode(), strip_usage=True)
+                fwd = Forward(json.dumps(payload).encode(), strip_usage=True, stream=True)
         return model, fwd
 
 
@@ -249,6 +119,10 @@ class MultipartHandler(ProxyHandler):
                 "missing_file",
             )
         return model, Forward(body)
+
+    def with_model(self, fwd: Forward, model: str) -> Forward:
+        ctype = self.request.headers["Content-Type"]
+        return dataclasses.replace(fwd, body=multipart.set_field(fwd.body, ctype, "model", model))
 
     def field(self, name: str) -> str | None:
         values = self.fields.get(name)

@@ -12,6 +12,7 @@ cancelling closes the agent connection at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 
 import aiohttp
@@ -103,8 +104,30 @@ class Relay:
         Raises :class:`~inferclub.openai_errors.OpenAIError` while nothing has been sent (the
         caller answers with it); later failures end the stream with an error event instead.
         """
+        resp = await self.open(upstream, body)
+        await self.answer(sink, resp, meter, strip_usage, transform)
+
+    async def open(
+        self, upstream: Upstream, body: bytes, first_byte: float | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send ``body`` upstream and wait for the response headers, at most ``first_byte``
+        seconds (default: the ``first_byte`` timeout). Raises
+        :class:`~inferclub.openai_errors.OpenAIError` (502, 504) when that fails."""
         assert self._session is not None, "relay not started"
-        resp = await open_upstream(self._session, self.timeouts, upstream, body)
+        timeouts = self.timeouts
+        if first_byte is not None:
+            timeouts = dataclasses.replace(timeouts, first_byte=first_byte)
+        return await open_upstream(self._session, timeouts, upstream, body)
+
+    async def answer(
+        self,
+        sink: Sink,
+        resp: aiohttp.ClientResponse,
+        meter: RequestMeter,
+        strip_usage: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
+        """Relay an opened answer into ``sink``, and close it."""
         try:
             meter.first_byte()
             if is_whole(resp):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from inferclub import signing, wire
+from inferclub.fdlimit import out_of_descriptors
 from inferclub.hub.routing import Route
 from inferclub.openai_errors import OpenAIError
 
@@ -79,6 +80,8 @@ async def open_upstream(
             "upstream_timeout",
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
+        if out_of_descriptors(exc):
+            raise hub_overloaded() from None
         raise OpenAIError(
             502,
             f"The provider's agent is unreachable ({type(exc).__name__}).",
@@ -87,11 +90,24 @@ async def open_upstream(
         ) from None
 
 
+def hub_overloaded() -> OpenAIError:
+    """The hub itself ran out of file descriptors: its fault, never the agent's."""
+    return OpenAIError(
+        503,
+        "The hub is overloaded (out of file descriptors); retry shortly.",
+        "service_unavailable",
+        "hub_overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
 def upstream_broke(exc: BaseException) -> OpenAIError:
     """The agent's connection failed while its answer was on its way."""
+    # No exception text or class name: a client reads this inside its stream, and aiohttp's
+    # ("Response payload is not completed: <TransferEncodingError ...>") tells it nothing.
     return OpenAIError(
         502,
-        f"The connection to the provider broke ({type(exc).__name__}).",
+        "The connection to the provider broke before the answer was complete.",
         "server_error",
         "upstream_error",
     )

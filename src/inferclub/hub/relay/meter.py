@@ -99,6 +99,15 @@ class RequestMeter:
         self._row.provider_id = None if is_provisional(provider_id) else provider_id
         self._row.service = service
 
+    def served_as(self, model: str) -> None:
+        """The model that serves: ``model`` asked for, or its fallback."""
+        self._row.served_model = model
+
+    def attempted(self, attempts: int) -> None:
+        """The request goes to its ``attempts``-th provider (failover); the row keeps the
+        last one routed to, which is the one that served."""
+        self._row.attempts = attempts
+
     # -- what the relay sees -----------------------------------------------------------
 
     def first_byte(self) -> None:

@@ -61,6 +61,9 @@
       el("header", {class: "provider-head"},
         el("h2", {}, p.name),
         el("span", {class: `badge status ${online ? "ok" : "off"}`}, online ? "online" : "offline"),
+        p.cooling_down !== null && p.cooling_down !== undefined
+          ? el("span", {class: "badge status off", dataset: {health: "cooling-down"}}, "cooling down") : "",
+        p.leaving ? el("span", {class: "badge status off", dataset: {health: "leaving"}}, "shutting down") : "",
         el("span", {class: "age muted"}, `last heartbeat ${ago(age(p))}`),
         el("span", {class: "spacer"}),
         deleteForm),
@@ -72,6 +75,10 @@
     if (!online) {
       card.append(el("p", {class: "offline-note"},
         `Offline: no heartbeat for ${ago(age(p)).replace(" ago", "")}. Requests to its models get a 503 until its agent is back.`));
+    }
+    if (online && p.cooling_down !== null && p.cooling_down !== undefined) {
+      card.append(el("p", {class: "offline-note"},
+        `Cooling down: the hub could not reach this agent or it answered 502/503. New requests skip it for ${Math.ceil(p.cooling_down)} s more, then one request tries it again.`));
     }
     const services = el("div", {class: "services"});
     if (!p.services_by_type.length) services.append(el("p", {class: "muted"}, "No services advertised (all down?)."));

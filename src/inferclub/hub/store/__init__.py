@@ -19,6 +19,7 @@ from inferclub.hub.store.base import (
 from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
+    Fallback,
     KeyOwner,
     ProviderChanges,
     ProviderRecord,
@@ -80,6 +81,7 @@ __all__ = [
     "AlreadyExists",
     "ApiKey",
     "AuthToken",
+    "Fallback",
     "ChangeCallback",
     "KeyOwner",
     "PostgresStore",

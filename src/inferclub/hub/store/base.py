@@ -14,6 +14,7 @@ from typing import Any
 from inferclub.hub.store.models import (
     ApiKey,
     AuthToken,
+    Fallback,
     KeyOwner,
     ProviderChanges,
     ProviderRecord,
@@ -221,6 +222,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_provider(self, user_id: int, provider_id: int) -> bool: ...
+
+    # fallback models
+    @abc.abstractmethod
+    async def set_fallback(self, user_id: int, model: str, fallback: str, now: float) -> None:
+        """Set (or replace) the user's fallback for ``model``."""
+
+    @abc.abstractmethod
+    async def delete_fallback(self, user_id: int, model: str) -> bool:
+        """Remove the user's fallback for ``model``; False when there was none."""
+
+    @abc.abstractmethod
+    async def list_fallbacks(self, user_id: int | None = None) -> list[Fallback]:
+        """Fallbacks of one user (or all), by user and model."""
 
     # request history
     @abc.abstractmethod

@@ -127,6 +127,19 @@ class RequestRecord:
     cancelled: bool = False
     #: The error's code, e.g. ``upstream_error`` or ``server_shutting_down``.
     error_code: str | None = None
+    #: Providers tried (failover); None for rows from before failover, or never routed.
+    attempts: int | None = None
+    #: The model that served, when a fallback model stood in for ``model``.
+    served_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A user's fallback model: ``fallback`` serves when ``model`` cannot be served now."""
+
+    user_id: int
+    model: str
+    fallback: str
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,8 @@ REQUEST_COLUMNS = (
     "bytes_out",
     "cancelled",
     "error_code",
+    "attempts",
+    "served_model",
 )
 
 

@@ -35,6 +35,7 @@ from inferclub.hub.store.models import (
     UPSERT_PROVIDER,
     ApiKey,
     AuthToken,
+    Fallback,
     KeyOwner,
     ProviderChanges,
     ProviderRecord,
@@ -357,6 +358,36 @@ class PostgresStore(Store):
                 "SELECT pg_notify($1, $2)", PROVIDERS_CHANNEL, f"{user_id}:{provider_id}"
             )
             return True
+
+    # -------------------------------------------------------- fallback models
+    async def set_fallback(self, user_id: int, model: str, fallback: str, now: float) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO model_fallbacks (user_id, model, fallback, created_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, model)"
+                " DO UPDATE SET fallback = excluded.fallback",
+                user_id,
+                model,
+                fallback,
+                now,
+            )
+
+    async def delete_fallback(self, user_id: int, model: str) -> bool:
+        async with self._write() as db:
+            deleted = await db.fetchval(
+                "DELETE FROM model_fallbacks WHERE user_id = $1 AND model = $2 RETURNING model",
+                user_id,
+                model,
+            )
+            return deleted is not None
+
+    async def list_fallbacks(self, user_id: int | None = None) -> list[Fallback]:
+        sql = "SELECT user_id, model, fallback FROM model_fallbacks"
+        args: tuple[Any, ...] = ()
+        if user_id is not None:
+            sql, args = sql + " WHERE user_id = $1", (user_id,)
+        rows = await self.pool.fetch(sql + " ORDER BY user_id, model", *args)
+        return [Fallback(r[0], r[1], r[2]) for r in rows]
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:

@@ -34,6 +34,7 @@ from inferclub.hub.store.models import (
     UPSERT_PROVIDER,
     ApiKey,
     AuthToken,
+    Fallback,
     KeyOwner,
     ProviderChanges,
     ProviderRecord,
@@ -497,6 +498,32 @@ class SQLiteStore(Store):
             if cur.rowcount:
                 await db.execute(BUMP_PROVIDERS_VERSION)
             return bool(cur.rowcount)
+
+    # -------------------------------------------------------- fallback models
+    async def set_fallback(self, user_id: int, model: str, fallback: str, now: float) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO model_fallbacks (user_id, model, fallback, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, model)"
+                " DO UPDATE SET fallback = excluded.fallback",
+                (user_id, model, fallback, now),
+            )
+
+    async def delete_fallback(self, user_id: int, model: str) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM model_fallbacks WHERE user_id = ? AND model = ?", (user_id, model)
+            )
+            return bool(cur.rowcount)
+
+    async def list_fallbacks(self, user_id: int | None = None) -> list[Fallback]:
+        sql = "SELECT user_id, model, fallback FROM model_fallbacks"
+        args: tuple[Any, ...] = ()
+        if user_id is not None:
+            sql, args = sql + " WHERE user_id = ?", (user_id,)
+        async with self._read() as db:
+            rows = await (await db.execute(sql + " ORDER BY user_id, model", args)).fetchall()
+        return [Fallback(r[0], r[1], r[2]) for r in rows]
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:

@@ -1,0 +1,34 @@
+"""What the providers page is told of a provider's passive health and goodbye."""
+
+from __future__ import annotations
+
+import time
+
+from inferclub.hub.choose import Fleet
+from inferclub.hub.handlers.dashboard import provider_json
+from inferclub.hub.routing import Registry
+from inferclub.hub.store import ProviderRecord, ServiceInfo
+
+
+def test_the_providers_page_data_shows_cooling_down_and_leaving() -> None:
+    now = time.time()
+    rig = ProviderRecord(
+        id=7,
+        user_id=1,
+        name="rig",
+        callback_url="http://10.0.0.7:8000/v1",
+        agent_version="test",
+        health={},
+        created_at=now,
+        last_heartbeat_at=now,
+        services=(ServiceInfo("chat", "llm", "vllm", (), ("m1",)),),
+    )
+    registry, fleet = Registry(60), Fleet(10)
+    registry.update(rig)
+    healthy = provider_json(rig, registry, now, fleet)
+    assert healthy["cooling_down"] is None and healthy["leaving"] is False
+    fleet.failed(rig.id)
+    cooling = provider_json(rig, registry, now, fleet)["cooling_down"]
+    assert cooling is not None and 9 < cooling <= 10
+    fleet.leaving(rig.id)
+    assert provider_json(rig, registry, now, fleet)["leaving"] is True
