@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import tornado.httpserver
 import tornado.netutil
@@ -19,7 +20,6 @@ import tornado.netutil
 from inferclub import __version__
 from inferclub.hub import workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
-from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import (
     ConfigError,
     Settings,
@@ -29,6 +29,9 @@ from inferclub.hub.config import (
     setting_names,
 )
 from inferclub.hub.store import StoreError, User, describe_db, is_postgres_url, open_store
+
+if TYPE_CHECKING:
+    from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub")
 
@@ -334,6 +337,10 @@ async def serve(
     worker: int | None = None,
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
+    # Imported here, not at the top: the web application (every handler, aiohttp) is about
+    # half of the command's start-up time, and `users`, `keys` and `config` never need it.
+    from inferclub.hub.app import Hub
+
     store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
@@ -357,6 +364,8 @@ async def _run_server(
     sockets: list[socket.socket] | None,
     worker: int | None,
 ) -> int:
+    from inferclub.hub.app import make_app  # see serve()
+
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
         xheaders=False,
