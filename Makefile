@@ -20,8 +20,12 @@ run: $(STAMP)
 ## Set everything up (virtualenv, real engines in ~/.cache/inferclub), run the style gates, then
 ## the whole test suite. PostgreSQL tests skip with a reason where no server answers
 ## ($$INFERCLUB_TEST_PG_DSN); INFERCLUB_REQUIRE_POSTGRES=1 (set by CI) makes that a failure.
+## The suite runs in TEST_WORKERS pytest-xdist processes (TEST_WORKERS=0: serially, in one),
+## each module on one worker (pyproject.toml's --dist loadscope). Most tests wait on sockets
+## and child processes rather than the CPU, so there are more workers than CI's 2 cores.
+TEST_WORKERS ?= 3
 test: $(STAMP) lint engines browser
-	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest $(PYTEST_ARGS)
+	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## Debian's chromium for the dashboard's browser tests (Playwright drives it; nothing is downloaded).
 browser:

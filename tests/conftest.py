@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hubproc import HubProcess, start_hub
+from tests.support.postgres import drop_own_database
 from tests.support.processguard import ProcessGuard
 
 # The fake hub and agent runner fixtures plugin authors use (`fake_hub`, `start_agent`).
@@ -16,6 +17,11 @@ GUARD = pytest.StashKey[ProcessGuard]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[GUARD] = ProcessGuard().install()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Each pytest-xdist worker finishes its own session, and drops its own database.
+    drop_own_database()
 
 
 @pytest.fixture(autouse=True)

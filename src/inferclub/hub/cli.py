@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import tornado.httpserver
 import tornado.netutil
@@ -20,7 +21,6 @@ from inferclub import __version__
 from inferclub.fdlimit import raise_nofile_limit
 from inferclub.hub import fallbacks, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
-from inferclub.hub.app import Hub, load_signer, make_app
 from inferclub.hub.config import (
     ConfigError,
     Settings,
@@ -30,6 +30,9 @@ from inferclub.hub.config import (
     setting_names,
 )
 from inferclub.hub.store import StoreError, User, describe_db, is_postgres_url, open_store
+
+if TYPE_CHECKING:
+    from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub")
 
@@ -206,6 +209,8 @@ def _serve(settings: Settings, quickstart: bool) -> int:
             return runner.run(serve(settings, quickstart=quickstart))
     sockets = _bind(settings)
     load_or_create_secrets(settings.secrets_path)  # once, before the workers race for it
+    from inferclub.hub.app import load_signer  # see serve()
+
     load_signer(settings)  # likewise the signing key: every worker signs with this one
     print(f"listening on {_url(settings.host, sockets)}", flush=True)
     if not is_postgres_url(settings.db_url):
@@ -395,6 +400,10 @@ async def serve(
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
     raise_nofile_limit(log)
+    # Imported here, not at the top: the web application (every handler, aiohttp) is about
+    # half of the command's start-up time, and `users`, `keys` and `config` never need it.
+    from inferclub.hub.app import Hub
+
     store = open_store(settings.db_url)
     await store.open()
     # Whatever fails from here on (a port in use, a bad secrets file), the store's thread and
@@ -418,6 +427,8 @@ async def _run_server(
     sockets: list[socket.socket] | None,
     worker: int | None,
 ) -> int:
+    from inferclub.hub.app import make_app  # see serve()
+
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
         xheaders=False,
