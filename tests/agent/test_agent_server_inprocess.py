@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from inferclub import signing, wire
 from inferclub.agent.heartbeat import HubAuth
+from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
@@ -45,7 +46,7 @@ def runtime(
     )
     auth = HubAuth(signing.KnownHubs(tmp_path / "known_hubs"))
     auth.accept("http://hub.test", wire.HeartbeatReply(PROVIDER, HUB.public_key))
-    rt = Runtime(table, auth, io_loop.run_sync(session), failed.append)
+    rt = Runtime(table, auth, io_loop.run_sync(session), failed.append, AgentMetrics(table))
     yield rt
     io_loop.run_sync(rt.session.close)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import tornado.web
 
-from inferclub import signing
+from inferclub import metrics, signing
 from inferclub.hub import background
 from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
@@ -26,6 +26,7 @@ from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer
 from inferclub.hub.liveness import Liveness
+from inferclub.hub.metrics import HubMetrics
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
@@ -64,6 +65,8 @@ class Hub:
         )
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        #: Prometheus metrics; served at /metrics only when configured (docs/operations.md).
+        self.metrics = HubMetrics(self)
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         #: Set when the shutdown drain deadline passed: the connections that close from then on
@@ -170,6 +173,9 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         *dashboard_handlers.routes,
         *playground_handlers.routes,
     ]
+    if hub.settings.metrics_token:
+        # Without a token /metrics stays a 404 here; `metrics_listen` serves it elsewhere.
+        routes.append(metrics.metrics_route(hub.metrics.registry, hub.settings.metrics_token))
     here = Path(__file__).resolve().parent
     secure = is_secure(hub.settings)
     settings: dict[str, Any] = {

@@ -16,7 +16,7 @@ from datetime import datetime
 import tornado.httpserver
 import tornado.netutil
 
-from inferclub import __version__
+from inferclub import __version__, metrics
 from inferclub.hub import keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, load_signer, make_app
@@ -185,6 +185,8 @@ def _serve(settings: Settings, quickstart: bool) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(settings, quickstart=quickstart))
     sockets = _bind(settings)
+    # Shared like the main port: each scrape reaches one worker (docs/operations.md).
+    metrics_sockets = _bind_metrics(settings)
     load_or_create_secrets(settings.secrets_path)  # once, before the workers race for it
     load_signer(settings)  # likewise the signing key: every worker signs with this one
     print(f"listening on {_url(settings.host, sockets)}", flush=True)
@@ -197,10 +199,14 @@ def _serve(settings: Settings, quickstart: bool) -> int:
 
     def worker(index: int, shared: list[socket.socket]) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            run = serve(settings, quickstart and index == 0, shared, index)
+            run = serve(settings, quickstart and index == 0, shared, index, metrics_sockets)
             return runner.run(run)
 
-    return workers.run(count, sockets, worker)
+    try:
+        return workers.run(count, sockets, worker)
+    finally:
+        for sock in metrics_sockets:
+            sock.close()
 
 
 def _bind(settings: Settings) -> list[socket.socket]:
@@ -210,6 +216,19 @@ def _bind(settings: Settings) -> list[socket.socket]:
         raise CliError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
         ) from None
+
+
+def _bind_metrics(settings: Settings) -> list[socket.socket]:
+    """The sockets of the separate ``/metrics`` listener (none unless ``metrics_listen``)."""
+    address = settings.metrics_address
+    if address is None:
+        return []
+    try:
+        sockets = tornado.netutil.bind_sockets(address[1], address[0])
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.metrics_listen}: {exc.strerror}") from None
+    print(f"metrics on {_url(address[0], sockets)}/metrics", flush=True)
+    return sockets
 
 
 def _url(host: str, sockets: list[socket.socket]) -> str:
@@ -346,6 +365,7 @@ async def serve(
     quickstart: bool = False,
     sockets: list[socket.socket] | None = None,
     worker: int | None = None,
+    metrics_sockets: list[socket.socket] | None = None,
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
     store = open_store(settings.db_url)
@@ -357,7 +377,7 @@ async def serve(
         hub = Hub(settings, store, secrets)
         await hub.start()
         try:
-            return await _run_server(hub, settings, quickstart, sockets, worker)
+            return await _run_server(hub, settings, quickstart, sockets, worker, metrics_sockets)
         finally:
             await hub.stop()
     finally:
@@ -370,6 +390,7 @@ async def _run_server(
     quickstart: bool,
     sockets: list[socket.socket] | None,
     worker: int | None,
+    metrics_sockets: list[socket.socket] | None = None,
 ) -> int:
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
@@ -387,6 +408,12 @@ async def _run_server(
         loop.add_signal_handler(sig, stop.set)
     if sockets is None:
         sockets = _bind(settings)
+    if metrics_sockets is None:
+        metrics_sockets = _bind_metrics(settings)
+    metrics_server = tornado.httpserver.HTTPServer(
+        metrics.metrics_app(hub.metrics.registry, settings.metrics_token)
+    )
+    metrics_server.add_sockets(metrics_sockets)
     server.add_sockets(sockets)
     url = _url(settings.host, sockets)
     if worker in (None, 0):
@@ -402,6 +429,7 @@ async def _run_server(
 
     log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)
     server.stop()
+    metrics_server.stop()
     deadline = time.monotonic() + settings.drain_timeout
     while hub.inflight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

@@ -58,6 +58,7 @@ class HeartbeatHandler(ApiHandler):
             self.owner.user_id, hb, time.time(), self.owner.key_id
         )
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
+        hub.metrics.heartbeats.inc()
         if (
             before is None
             or not hub.registry.is_online(before)

@@ -79,6 +79,8 @@ class ProxyHandler(ApiHandler):
     endpoint: ClassVar[str] = "/chat/completions"
 
     _relay_task: asyncio.Task[None] | None = None
+    #: The provider that served the request, for metrics ("" before routing).
+    _provider_name: str = ""
 
     @property
     def service_type(self) -> str:
@@ -119,7 +121,9 @@ class ProxyHandler(ApiHandler):
             raise
         finally:
             hub.inflight -= 1
-            hub.history.add(meter.finished())
+            row = meter.finished()
+            hub.history.add(row)
+            hub.metrics.request_done(row, self._provider_name)
 
     async def _serve(self, meter: RequestMeter) -> None:
         model, fwd = self.parse()
@@ -128,6 +132,7 @@ class ProxyHandler(ApiHandler):
         meter.routed(route.provider.id, route.service.name)
         fwd = self.adapt(route, fwd)
         self.set_header(wire.PROVIDER_HEADER, route.provider.name)
+        self._provider_name = route.provider.name
         for name, value in fwd.headers.items():
             self.set_header(name, value)
         await self._relay(route, fwd, meter)
