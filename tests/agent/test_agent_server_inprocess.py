@@ -89,9 +89,9 @@ async def test_paths_map_to_service_types_by_the_shared_table(http_server_client
         status, error = await call(http_server_client, "POST", path, {"model": "nope"})
         assert (status, error["code"]) == (404, "model_not_found"), path
         assert error["message"].endswith(f"not served by this agent as {service_type}")
-    status, error = await call(http_server_client, "POST", "/responses", {"model": "qwen3"})
+    status, error = await call(http_server_client, "POST", "/images/variations", {"model": "qwen3"})
     assert (status, error["code"]) == (404, "not_found")
-    assert "/v1/responses" in error["message"]
+    assert "/v1/images/variations" in error["message"]
 
 
 async def test_only_get_and_post(http_server_client: Any) -> None:
