@@ -17,7 +17,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from inferclub import __version__, metrics
-from inferclub.hub import keys, workers
+from inferclub.hub import export, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.app import Hub, load_signer, make_app
 from inferclub.hub.config import (
@@ -28,7 +28,14 @@ from inferclub.hub.config import (
     load_settings,
     setting_names,
 )
-from inferclub.hub.store import StoreError, User, describe_db, is_postgres_url, open_store
+from inferclub.hub.store import (
+    RequestFilter,
+    StoreError,
+    User,
+    describe_db,
+    is_postgres_url,
+    open_store,
+)
 
 log = logging.getLogger("inferclub")
 
@@ -114,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     k_rotate.add_argument("key", metavar="PREFIX_OR_ID")
     _common(k_rotate)
 
+    history = sub.add_parser("history", help="request history").add_subparsers(
+        dest="action", required=True
+    )
+    h_export = history.add_parser(
+        "export", help="print request history as CSV or JSON Lines, newest first"
+    )
+    h_export.add_argument(
+        "--user", metavar="LOGIN", help="only this user's requests (default: all)"
+    )
+    h_export.add_argument(
+        "--since", metavar="DATE", help="only requests from this date or ISO time (UTC) on"
+    )
+    h_export.add_argument("--format", choices=export.FORMATS, required=True)
+    _common(h_export)
+
     config_p = sub.add_parser("config", help="about the hub's settings").add_subparsers(
         dest="action", required=True
     )
@@ -167,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "list"): _keys_list,
             ("keys", "revoke"): _keys_revoke,
             ("keys", "rotate"): _keys_rotate,
+            ("history", "export"): _history_export,
         }[(args.command, args.action)]
         return asyncio.run(_with_store(settings, args, command))
     except (AccountError, CliError, ConfigError, StoreError) as exc:
@@ -357,6 +380,16 @@ async def _keys_rotate(accounts: Accounts, settings: Settings, args: argparse.Na
         f"(id {new.record.id}) is shown only once:"
     )
     print(new.secret)
+    return 0
+
+
+async def _history_export(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        since = export.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    users = [await _user(accounts, args.user)] if args.user else await accounts.store.list_users()
+    await export.write(accounts.store, users, RequestFilter(since=since), args.format, sys.stdout)
     return 0
 
 

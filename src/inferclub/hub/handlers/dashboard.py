@@ -14,7 +14,7 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub import keys
+from inferclub.hub import export, keys
 from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
@@ -202,9 +202,7 @@ class RequestsHandler(DashboardHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         arg = self.get_query_argument
-        model = arg("model", "").strip()
-        type_ = arg("type", "")
-        status_raw = arg("status", "").strip()
+        model, status_raw = arg("model", "").strip(), arg("status", "").strip()
         date_from, date_to = arg("from", ""), arg("to", "")
         range_name = arg("range", "24h")
         if range_name not in RANGES:
@@ -213,16 +211,8 @@ class RequestsHandler(DashboardHandler):
             page = max(1, int(arg("page", "1")))
         except ValueError:
             page = 1
-        since, until = _day(date_from), _day(date_to)
-        if until is not None:
-            until += 86400  # "to" is inclusive: the whole day
-        flt = RequestFilter(
-            model=model or None,
-            type=type_ if type_ in SERVICE_TYPES else None,
-            status=int(status_raw) if status_raw.isdigit() else None,
-            since=since,
-            until=until,
-        )
+        flt = request_filter(self)
+        since, until = flt.since, flt.until
         store = self.hub.store
         total = await store.count_requests(self.user_id, flt)
         pages = max(1, -(-total // PAGE_SIZE))
@@ -275,6 +265,43 @@ class RequestsHandler(DashboardHandler):
         )
 
 
+def request_filter(handler: tornado.web.RequestHandler) -> RequestFilter:
+    """The requests page's filters from its query (the page, and its CSV download)."""
+    arg = handler.get_query_argument
+    type_, status_raw = arg("type", ""), arg("status", "").strip()
+    since, until = _day(arg("from", "")), _day(arg("to", ""))
+    if until is not None:
+        until += 86400  # "to" is inclusive: the whole day
+    return RequestFilter(
+        model=arg("model", "").strip() or None,
+        type=type_ if type_ in SERVICE_TYPES else None,
+        status=int(status_raw) if status_raw.isdigit() and len(status_raw) <= 3 else None,
+        since=since,
+        until=until,
+    )
+
+
+class RequestsCsvHandler(DashboardHandler):
+    """``/dashboard/requests.csv``: every row the requests page's filters select, streamed a
+    page at a time."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        user = self.current_user
+        assert user is not None
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", 'attachment; filename="inferclub-requests.csv"')
+        self.write(export.csv_header())
+        page: list[dict[str, Any]] = []
+        async for rec in export.records(self.hub.store, user, request_filter(self)):
+            page.append(rec)
+            if len(page) >= export.PAGE:
+                self.write(export.csv_rows(page))
+                page.clear()
+                await self.flush()
+        self.finish(export.csv_rows(page))
+
+
 class RequestDetailHandler(DashboardHandler):
     section = "requests"
 
@@ -299,6 +326,7 @@ routes: list[tuple[str, Any]] = [
     (r"/dashboard/providers", ProvidersHandler),
     (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
     (r"/dashboard/requests", RequestsHandler),
+    (r"/dashboard/requests\.csv", RequestsCsvHandler),
     (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
     (r"/dashboard/api/providers", ProvidersApiHandler),
     (r"/dashboard/api/providers/(\d+)", ProviderApiHandler),
