@@ -174,9 +174,13 @@ def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
 
     with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client:
         assert client.models.list().data == []
-        # The list shows when the key was last used, once the hub has written it.
+        # The list shows when the key was last used, once the hub has written it. The page
+        # came from a redirect after the POST: reloading it creates no second key and no
+        # longer shows this one.
         page.reload()
-        assert page.locator("#keys-table").count() == 1
+        assert page.locator("#keys-table tbody tr").count() == 1
+        assert page.locator("#new-key").count() == 0 and key not in page.content()
+        assert len(hub.query("SELECT id FROM api_keys")) == 1
 
         # Reloading never shows the key again.
         page.goto(hub.url + "/dashboard/keys")
@@ -226,6 +230,7 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         ):
             assert expected in text, expected
         assert "last heartbeat" in text
+        assert card.locator('tr[data-service="chat"] .badge').inner_text() == "up"
         page.click("details.health summary")
         health = card.locator("details.health").inner_text()
         assert "RTX 4090" in health and "1 h 2 min" in health and "20.0 of 32.0 GiB free" in health
@@ -236,6 +241,9 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         offline.wait_for(timeout=10_000)
         assert "offline" in offline.locator(".badge.status").inner_text()
         assert "Offline: no heartbeat for" in offline.inner_text()
+        # Its services' last reports say nothing about now: no green "up" left.
+        assert offline.locator('tr[data-service="chat"] .badge').inner_text() == "unknown"
+        assert offline.locator(".services-table .badge.ok").count() == 0
         assert page.evaluate("window.__sameDocument") is True, "the page was not reloaded"
         assert page.locator("details.health[open]").count() == 1, "open details survive updates"
         screenshot(page, "providers-offline")

@@ -177,6 +177,8 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         # Without a token /metrics stays a 404 here; `metrics_listen` serves it elsewhere.
         routes.append(metrics.metrics_route(hub.metrics.registry, hub.settings.metrics_token))
     here = Path(__file__).resolve().parent
+    # Browsers ask for /favicon.ico on every site, signed in or not.
+    routes.append((r"/(favicon\.ico)", tornado.web.StaticFileHandler, {"path": here / "static"}))
     secure = is_secure(hub.settings)
     settings: dict[str, Any] = {
         "hub": hub,
