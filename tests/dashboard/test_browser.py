@@ -307,6 +307,48 @@ def test_playground_streams_a_chat(
     assert "dashboard playground" in page.inner_text("main")
 
 
+def test_playground_chat_settings_speed_and_the_responses_api(
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
+) -> None:
+    hub = browser_hub
+    painting_agent.chunks, painting_agent.chunk_delay = 12, 0.05
+    sign_in(page, hub, "/dashboard/providers")
+    register(hub, hub.create_key("@octocat"), painting_agent)
+    page.goto(hub.url + "/dashboard/playground")
+    page.click("#chat-settings summary")
+    page.fill("#chat-system", "Answer in haiku.")
+    page.fill("#chat-temperature", "0.3")
+    page.fill("#chat-max-tokens", "50")
+    page.fill("#chat-input", "Hello there")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done]")
+
+    sent = painting_agent.posts("/v1/chat/completions")[-1].json()
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer in haiku."},
+        {"role": "user", "content": "Hello there"},
+    ]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.3, 50)
+    # Tokens per second from the engine's own count (12 tokens, streamed ~50 ms apart).
+    meta = page.locator("#chat-meta")
+    assert "12 tokens" in meta.inner_text() and "tokens/s" in meta.inner_text()
+    rate = float(meta.get_attribute("data-tokens-per-second") or "0")
+    assert 0 < rate < 1000
+    screenshot(page, "playground-chat-settings")
+
+    # The same conversation through OpenAI's Responses API.
+    page.select_option("#chat-api", "responses")
+    page.fill("#chat-input", "Again")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done] >> nth=1")
+    reply = page.locator(".msg.assistant .text").nth(1).inner_text()
+    assert reply.strip() == "".join(f"tok{i} " for i in range(12)).strip()
+    body = painting_agent.posts("/v1/responses")[-1].json()
+    assert body["instructions"] == "Answer in haiku." and body["max_output_tokens"] == 50
+    assert [m["role"] for m in body["input"]] == ["user", "assistant", "user"]
+    assert "5 tokens" in page.inner_text("#chat-meta")  # the fake's response.usage
+
+
 def test_playground_transcript_seeks_where_a_word_is_clicked(
     page: Any, browser_hub: HubProcess, painting_agent: FakeAgent, tmp_path: Path
 ) -> None:
