@@ -101,6 +101,7 @@ def test_hub_and_agent_metrics_after_real_requests(tmp_path: Path) -> None:
             assert m[("inferclub_history_backlog_rows", ())] == 0
             assert m[("inferclub_history_dropped_rows_total", ())] == 0
             assert m[("inferclub_store_errors_total", (("what", "request history"),))] == 0
+            assert m[("process_resident_memory_bytes", ())] > 0
 
             assert status_of(agent.url + "/metrics") == 401
             a = scrape(agent.url + "/metrics", AGENT_TOKEN)
@@ -110,6 +111,7 @@ def test_hub_and_agent_metrics_after_real_requests(tmp_path: Path) -> None:
             assert a[("inferclub_agent_requests_in_flight", chat)] == 0
             up = (("engine", "vllm"), ("service", "chat"), ("type", "llm"))
             assert a[("inferclub_agent_service_up", up)] == 1
+            assert a[("process_resident_memory_bytes", ())] > 0
 
             # The Grafana dashboard in docs/ queries only metrics the programs expose.
             exposed = {name for name, _ in [*m, *a]}

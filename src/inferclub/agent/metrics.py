@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,8 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.registry.register(_TableCollector(table))
+        # The usual process_* series (CPU, memory, open files), from /proc where there is one.
+        ProcessCollector(registry=self.registry)
 
     def request_done(self, service: str, seconds: float, outcome: str) -> None:
         self.latency.labels(service).observe(seconds)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -58,6 +58,8 @@ class HubMetrics:
             "inferclub_heartbeats", "Heartbeats accepted from agents.", registry=r
         )
         r.register(_StateCollector(hub))
+        # The usual process_* series (CPU, memory, open files), from /proc where there is one.
+        ProcessCollector(registry=r)
 
     def request_done(self, row: RequestRecord, provider: str) -> None:
         """Count one finished request (its history row is complete)."""
