@@ -27,6 +27,9 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.registry = registry
         self.token = token
 
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "inferclub")  # not Tornado's, which names its version
+
     def check_xsrf_cookie(self) -> None:
         """GET only, and no cookies are read."""
 

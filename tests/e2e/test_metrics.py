@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferclub.testing import AgentProcess
 from tests.support.fakes import FakeVllm
-from tests.support.hubproc import start_hub
+from tests.support.hubproc import TEST_ENV, start_hub
 from tests.support.stack import manifest_text, wait_models
 
 pytestmark = pytest.mark.subprocess
@@ -132,3 +135,17 @@ def test_metrics_listen_serves_only_metrics_on_its_own_port(tmp_path: Path) -> N
         # Not on the main port: no token is configured there.
         assert status_of(hub.url + "/metrics") == 404
         assert status_of(url.removesuffix("/metrics") + "/v1/models") == 404
+
+
+def test_a_malformed_metrics_listen_stops_serve_before_it_starts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inferclub", "serve", "--db", str(tmp_path / "h.db")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TEST_ENV, "INFERCLUB_METRICS_LISTEN": "nonsense"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "metrics_listen: expected HOST:PORT, not 'nonsense'" in result.stderr
+    assert not (tmp_path / "h.db").exists()

@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = load_settings(flags)
+        settings.metrics_address  # noqa: B018 - checked now, before anything starts
     except ConfigError as exc:
         print(f"inferclub: {exc}", file=sys.stderr)
         return 2
