@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,25 @@ def processes_need_the_subprocess_marker(request: pytest.FixtureRequest) -> Iter
         yield
     finally:
         guard.allowed = True
+
+
+@pytest.fixture(autouse=True)
+def leftover_event_loop_closed() -> Iterator[None]:
+    """Tornado's ``IOLoop()`` (pytest-tornasync's ``io_loop``) has asyncio create a default
+    loop that nobody closes. A later ``asyncio.run()`` drops it, and the garbage collector's
+    ResourceWarning (an error here) then fails whichever test happens to be running. Closed
+    after each test instead, once the test's own loops are done with."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:  # none set, and none may be created here
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+        policy.set_event_loop(None)
 
 
 @pytest.fixture

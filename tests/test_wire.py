@@ -169,8 +169,8 @@ def test_hub_serves_exactly_the_endpoints_of_the_table() -> None:
     }
     assert sorted(proxied.values()) == sorted(wire.ENDPOINT_TYPES)
     assert all(pattern == "/v1" + endpoint for pattern, endpoint in proxied.items())
-    # Only what the hub routes: no /responses, no /images/variations.
-    assert "/responses" not in wire.ENDPOINT_TYPES
+    # Only what the hub routes: /responses (llm), but no /images/variations.
+    assert wire.ENDPOINT_TYPES["/responses"] == "llm"
     assert "/images/variations" not in wire.ENDPOINT_TYPES
     assert set(wire.ENDPOINT_TYPES.values()) == set(wire.SERVICE_TYPES)
 

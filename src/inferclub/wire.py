@@ -35,6 +35,7 @@ ENDPOINT_TYPES: Mapping[str, str] = MappingProxyType(
     {
         "/chat/completions": "llm",
         "/completions": "llm",
+        "/responses": "llm",
         "/embeddings": "embedding",
         "/audio/transcriptions": "stt",
         "/audio/translations": "stt",
@@ -43,6 +44,12 @@ ENDPOINT_TYPES: Mapping[str, str] = MappingProxyType(
         "/images/edits": "image",
     }
 )
+
+
+def endpoints_for(service_type: str) -> list[str]:
+    """The ``/v1`` paths a model served as ``service_type`` can be used with."""
+    return ["/v1" + path for path, kind in ENDPOINT_TYPES.items() if kind == service_type]
+
 
 #: Where agents send heartbeats (on the hub).
 HEARTBEAT_PATH = "/v1/agent/heartbeat"

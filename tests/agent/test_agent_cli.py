@@ -126,3 +126,21 @@ def test_engines_lists_builtins_and_plugins() -> None:
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names == ["example", "llamacpp", "lmstudio", "ollama", "openai", "vllm", "whisper"]
+
+
+def test_run_on_a_taken_address_names_it_and_the_option(tmp_path: Path, vllm: FakeVllm) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest_text({"name": "chat", "engine": "vllm", "url": vllm.url}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for option in ("--listen", "--metrics-listen"):
+            args = ["--listen", "127.0.0.1:0", option, f"127.0.0.1:{port}"]
+            result = run_cli(
+                "run", "--manifest", str(path), "--hub", "http://127.0.0.1:9", "--key", "k", *args
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+            assert f"another address with {option}" in result.stderr
+            assert "Errno" not in result.stderr

@@ -91,6 +91,52 @@ def test_chat_through_hub_and_agent_to_llama_server(
         agent.kill()
 
 
+def test_responses_through_hub_and_agent_to_llama_server(
+    llama_engine: RunningEngine, hub_process: HubProcess, tmp_path: Path
+) -> None:
+    """llama-server serves OpenAI's Responses API: whole, and streamed as named events whose
+    last, ``response.completed``, carries the usage the hub records."""
+    key = hub_process.user_with_key("dave")
+    agent = start_agent_process(
+        hub_process,
+        key,
+        tmp_path / "m.yaml",
+        {"name": "llama", "engine": "llamacpp", "url": llama_engine.base_url},
+    )
+    try:
+        with openai.OpenAI(
+            base_url=hub_process.api_base, api_key=key, max_retries=0, timeout=60
+        ) as sdk:
+            wait_models(sdk, {llama_engine.model})
+            whole = sdk.responses.create(
+                model=llama_engine.model, input="Say hi", max_output_tokens=8, temperature=0
+            )
+            assert whole.output_text and whole.usage is not None
+            events = list(
+                sdk.responses.create(
+                    model=llama_engine.model,
+                    input="Say hi",
+                    max_output_tokens=8,
+                    temperature=0,
+                    stream=True,
+                )
+            )
+        assert events[-1].type == "response.completed"
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        assert len(deltas) > 1 and "".join(deltas) == whole.output_text
+        usage = events[-1].response.usage
+        assert usage is not None
+        rows = hub_process.wait_for_request_rows(2)
+        assert [(r["endpoint"], r["status"]) for r in rows] == [("/v1/responses", 200)] * 2
+        assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (
+            whole.usage.input_tokens,
+            whole.usage.output_tokens,
+        )
+        assert rows[1]["completion_tokens"] == usage.output_tokens
+    finally:
+        agent.kill()
+
+
 def silent_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """A second of silence: decoded in seconds. A tone made whisper write "beep beep ..." up
     to its token limit, more than a minute of CPU (two under load), for the same proof."""

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from inferclub import signing, wire
 from inferclub.agent.heartbeat import HubAuth
+from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
@@ -45,7 +46,7 @@ def runtime(
     )
     auth = HubAuth(signing.KnownHubs(tmp_path / "known_hubs"))
     auth.accept("http://hub.test", wire.HeartbeatReply(PROVIDER, HUB.public_key))
-    rt = Runtime(table, auth, io_loop.run_sync(session), failed.append)
+    rt = Runtime(table, auth, io_loop.run_sync(session), failed.append, AgentMetrics(table))
     yield rt
     io_loop.run_sync(rt.session.close)
 
@@ -88,9 +89,9 @@ async def test_paths_map_to_service_types_by_the_shared_table(http_server_client
         status, error = await call(http_server_client, "POST", path, {"model": "nope"})
         assert (status, error["code"]) == (404, "model_not_found"), path
         assert error["message"].endswith(f"not served by this agent as {service_type}")
-    status, error = await call(http_server_client, "POST", "/responses", {"model": "qwen3"})
+    status, error = await call(http_server_client, "POST", "/images/variations", {"model": "qwen3"})
     assert (status, error["code"]) == (404, "not_found")
-    assert "/v1/responses" in error["message"]
+    assert "/v1/images/variations" in error["message"]
 
 
 async def test_only_get_and_post(http_server_client: Any) -> None:

@@ -174,9 +174,13 @@ def test_sign_in_create_copy_use_rotate_and_revoke_a_key(
 
     with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as client:
         assert client.models.list().data == []
-        # The list shows when the key was last used, once the hub has written it.
+        # The list shows when the key was last used, once the hub has written it. The page
+        # came from a redirect after the POST: reloading it creates no second key and no
+        # longer shows this one.
         page.reload()
-        assert page.locator("#keys-table").count() == 1
+        assert page.locator("#keys-table tbody tr").count() == 1
+        assert page.locator("#new-key").count() == 0 and key not in page.content()
+        assert len(hub.query("SELECT id FROM api_keys")) == 1
 
         # Reloading never shows the key again.
         page.goto(hub.url + "/dashboard/keys")
@@ -226,6 +230,7 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         ):
             assert expected in text, expected
         assert "last heartbeat" in text
+        assert card.locator('tr[data-service="chat"] .badge').inner_text() == "up"
         page.click("details.health summary")
         health = card.locator("details.health").inner_text()
         assert "RTX 4090" in health and "1 h 2 min" in health and "20.0 of 32.0 GiB free" in health
@@ -236,6 +241,9 @@ def test_a_provider_goes_online_then_offline_without_a_reload(
         offline.wait_for(timeout=10_000)
         assert "offline" in offline.locator(".badge.status").inner_text()
         assert "Offline: no heartbeat for" in offline.inner_text()
+        # Its services' last reports say nothing about now: no green "up" left.
+        assert offline.locator('tr[data-service="chat"] .badge').inner_text() == "unknown"
+        assert offline.locator(".services-table .badge.ok").count() == 0
         assert page.evaluate("window.__sameDocument") is True, "the page was not reloaded"
         assert page.locator("details.health[open]").count() == 1, "open details survive updates"
         screenshot(page, "providers-offline")
@@ -297,6 +305,48 @@ def test_playground_streams_a_chat(
     page.click("#chat-meta a.request-link")
     page.wait_for_url(f"**/dashboard/requests/{row['id']}")
     assert "dashboard playground" in page.inner_text("main")
+
+
+def test_playground_chat_settings_speed_and_the_responses_api(
+    page: Any, browser_hub: HubProcess, painting_agent: FakeAgent
+) -> None:
+    hub = browser_hub
+    painting_agent.chunks, painting_agent.chunk_delay = 12, 0.05
+    sign_in(page, hub, "/dashboard/providers")
+    register(hub, hub.create_key("@octocat"), painting_agent)
+    page.goto(hub.url + "/dashboard/playground")
+    page.click("#chat-settings summary")
+    page.fill("#chat-system", "Answer in haiku.")
+    page.fill("#chat-temperature", "0.3")
+    page.fill("#chat-max-tokens", "50")
+    page.fill("#chat-input", "Hello there")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done]")
+
+    sent = painting_agent.posts("/v1/chat/completions")[-1].json()
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer in haiku."},
+        {"role": "user", "content": "Hello there"},
+    ]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.3, 50)
+    # Tokens per second from the engine's own count (12 tokens, streamed ~50 ms apart).
+    meta = page.locator("#chat-meta")
+    assert "12 tokens" in meta.inner_text() and "tokens/s" in meta.inner_text()
+    rate = float(meta.get_attribute("data-tokens-per-second") or "0")
+    assert 0 < rate < 1000
+    screenshot(page, "playground-chat-settings")
+
+    # The same conversation through OpenAI's Responses API.
+    page.select_option("#chat-api", "responses")
+    page.fill("#chat-input", "Again")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done] >> nth=1")
+    reply = page.locator(".msg.assistant .text").nth(1).inner_text()
+    assert reply.strip() == "".join(f"tok{i} " for i in range(12)).strip()
+    body = painting_agent.posts("/v1/responses")[-1].json()
+    assert body["instructions"] == "Answer in haiku." and body["max_output_tokens"] == 50
+    assert [m["role"] for m in body["input"]] == ["user", "assistant", "user"]
+    assert "5 tokens" in page.inner_text("#chat-meta")  # the fake's response.usage
 
 
 def test_playground_transcript_seeks_where_a_word_is_clicked(

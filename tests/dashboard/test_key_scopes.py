@@ -26,8 +26,8 @@ def test_create_a_key_with_a_scope_and_see_it_in_the_table(
     assert all(f'<option value="{s}"' in form for s in ("all", "inference", "agent"))
 
     resp = web.post("/dashboard/keys", {"name": "phone app", "scope": "inference"})
-    assert resp.status == 201
-    match = re.search(r'id="new-key"[^>]*>(ic_\w+)<', resp.text)
+    assert resp.status == 303
+    match = re.search(r'id="new-key"[^>]*>(ic_\w+)<', web.get(resp.location).text)
     assert match
     key = match.group(1)
     (row,) = dashboard_hub.query("SELECT id, scope FROM api_keys")
@@ -41,7 +41,7 @@ def test_create_a_key_with_a_scope_and_see_it_in_the_table(
 
     # Rotation keeps the scope; a key created without one gets `all`.
     rotated = web.post(f"/dashboard/keys/{row['id']}/rotate")
-    assert rotated.status == 200
+    assert rotated.status == 303
     web.post("/dashboard/keys", {"name": "laptop"})
     scopes = [r["scope"] for r in dashboard_hub.query("SELECT scope FROM api_keys ORDER BY id")]
     assert scopes == ["inference", "inference", "all"]

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from inferclub.hub.store import RequestRecord
 from inferclub.testing import LoopThread
 from tests.support.hubapp import HubApp, running_hub
 
@@ -49,6 +50,10 @@ class HubThread:
         self, key: str, name: str, callback_url: str, services: list[dict[str, Any]], **extra: Any
     ) -> tuple[int, dict[str, Any]]:
         return self._run(self.app.heartbeat(key, name, callback_url, services, **extra))
+
+    def add_requests(self, rows: list[RequestRecord]) -> None:
+        """History rows, written through the hub's own store (as its history writer does)."""
+        self._run(self.app.hub.store.add_requests(rows))
 
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         return self.app.query(sql, *args)

@@ -26,6 +26,7 @@ from inferclub.signing import SigningError, canonical_key, default_known_hubs_pa
 EXIT_USAGE = 2
 DEFAULT_LISTEN = "0.0.0.0:8002"
 KEY_ENV = "INFERCLUB_API_KEY"
+METRICS_TOKEN_ENV = "INFERCLUB_AGENT_METRICS_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--known-hubs",
         metavar="FILE",
         help=f"where first-seen hub keys are pinned (default {default_known_hubs_path()})",
+    )
+    run.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help=f"serve /metrics on the callback server to this bearer token (or ${METRICS_TOKEN_ENV},"
+        " or agent.metrics_token; default: no /metrics there)",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve only /metrics on this separate address (or agent.metrics_listen)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log debug details")
 
@@ -136,6 +148,11 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
             hub_key = canonical_key(hub_key)
         except SigningError as exc:
             raise usage_error(f"--hub-key: {exc}") from None
+    metrics_listen = args.metrics_listen or section.metrics_listen
+    try:
+        metrics_address = parse_listen(metrics_listen) if metrics_listen else None
+    except ValueError as exc:
+        raise usage_error(f"--metrics-listen: {exc}") from None
     config = RunConfig(
         manifest=manifest,
         hub=hub,
@@ -147,6 +164,11 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
         heartbeat_interval=interval,
         hub_key=hub_key or None,
         known_hubs=Path(args.known_hubs) if args.known_hubs else None,
+        metrics_token=args.metrics_token
+        or os.environ.get(METRICS_TOKEN_ENV)
+        or section.metrics_token
+        or "",
+        metrics_listen=metrics_address,
     )
     return main_run(config, engines)
 

@@ -22,7 +22,17 @@ from inferclub.signing import SigningError, canonical_key
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-AGENT_FIELDS = ("name", "hub", "key", "listen", "callback_url", "heartbeat_interval", "hub_key")
+AGENT_FIELDS = (
+    "name",
+    "hub",
+    "key",
+    "listen",
+    "callback_url",
+    "heartbeat_interval",
+    "hub_key",
+    "metrics_token",
+    "metrics_listen",
+)
 HOST_FIELDS = ("id", "services")
 SERVICE_FIELDS = (
     "name",
@@ -75,6 +85,10 @@ class AgentSection:
     heartbeat_interval: float | None = None
     #: The hub's signing key (``ed25519:...``), trusted instead of pinning the first one seen.
     hub_key: str | None = None
+    #: Bearer token for /metrics on the callback server.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: ``HOST:PORT`` of a listener serving only /metrics.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,12 +235,8 @@ class _Checker:
         if section is None:
             return AgentSection()
         self.unknown_keys(section, AGENT_FIELDS, "agent")
-        listen = self.string(section, "listen", "agent")
-        if listen is not None and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", listen):
-            self.add(
-                section.key_lines["listen"], "agent.listen", f"expected HOST:PORT, got {listen!r}"
-            )
-            listen = None
+        listen = self.address(section, "listen")
+        metrics_listen = self.address(section, "metrics_listen")
         interval = self.number(section, "heartbeat_interval", "agent")
         hub_key = self.string(section, "hub_key", "agent")
         if hub_key is not None:
@@ -247,7 +257,17 @@ class _Checker:
             callback_url=self.url(section, "callback_url", "agent"),
             heartbeat_interval=float(interval) if interval is not None else None,
             hub_key=hub_key,
+            metrics_token=self.string(section, "metrics_token", "agent"),
+            metrics_listen=metrics_listen,
         )
+
+    def address(self, section: MarkedDict, key: str) -> str | None:
+        """A ``HOST:PORT`` field of the agent section."""
+        value = self.string(section, key, "agent")
+        if value is not None and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", value):
+            self.add(section.key_lines[key], f"agent.{key}", f"expected HOST:PORT, got {value!r}")
+            return None
+        return value
 
     def hosts(self, data: MarkedDict) -> tuple[Host, ...]:
         if "hosts" not in data or data["hosts"] is None:

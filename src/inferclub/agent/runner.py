@@ -23,10 +23,12 @@ from inferclub import signing, wire
 from inferclub.agent import health
 from inferclub.agent.heartbeat import Heartbeat, KeyRejected, hub_auth
 from inferclub.agent.manifest import Manifest
+from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Engine
 from inferclub.fdlimit import raise_nofile_limit
+from inferclub.metrics import metrics_app
 
 log = logging.getLogger("inferclub.agent")
 
@@ -55,6 +57,22 @@ class RunConfig:
     #: The hub's signing key, set explicitly; else the one pinned in ``known_hubs``.
     hub_key: str | None = None
     known_hubs: Path | None = None
+    #: Bearer token for /metrics on the callback server (empty: none there).
+    metrics_token: str = field(default="", repr=False)
+    #: ``(host, port)`` of a separate listener serving only /metrics.
+    metrics_listen: tuple[str, int] | None = None
+
+
+def bind(host: str, port: int, option: str) -> list[socket.socket]:
+    """Listening sockets on ``host:port``; an error that names the address and the option."""
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {format_host(host)}:{port} ({exc.strerror}); choose "
+            f"another address with {option}",
+        ) from None
 
 
 def format_host(host: str) -> str:
@@ -105,6 +123,7 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
         self.heartbeat: Heartbeat | None = None
+        self.metrics = AgentMetrics(self.table)
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -124,12 +143,28 @@ class Agent:
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
         )
         probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
-        runtime = Runtime(self.table, self.auth, forward_session, self.service_failed)
+        runtime = Runtime(
+            self.table,
+            self.auth,
+            forward_session,
+            self.service_failed,
+            self.metrics,
+            config.metrics_token,
+        )
         server = tornado.httpserver.HTTPServer(make_app(runtime), max_body_size=MAX_BODY_SIZE)
+        metrics_server = tornado.httpserver.HTTPServer(
+            metrics_app(self.metrics.registry, config.metrics_token)
+        )
         beat_task: asyncio.Task[None] | None = None
         try:
-            sockets = tornado.netutil.bind_sockets(config.listen_port, config.listen_host)
+            sockets = bind(config.listen_host, config.listen_port, "--listen")
             server.add_sockets(sockets)
+            if config.metrics_listen is not None:
+                mhost, mport = config.metrics_listen
+                msockets = bind(mhost, mport, "--metrics-listen")
+                metrics_server.add_sockets(msockets)
+                mport = msockets[0].getsockname()[1]
+                print(f"metrics on http://{format_host(mhost)}:{mport}/metrics", flush=True)
             port = sockets[0].getsockname()[1]
             print(f"listening on http://{format_host(config.listen_host)}:{port}", flush=True)
             callback_url = config.callback_url or default_callback_url(
@@ -182,6 +217,7 @@ class Agent:
                 beat_task.cancel()
                 await asyncio.gather(beat_task, return_exceptions=True)
             server.stop()
+            metrics_server.stop()
             await server.close_all_connections()
             await forward_session.close()
             await probe_session.close()
@@ -212,5 +248,5 @@ def main_run(config: RunConfig, engines: Mapping[str, Engine]) -> int:
     try:
         return asyncio.run(run_agent(config, engines))
     except OSError as exc:  # e.g. the listen address is taken
-        print(f"inference-club-agent: {exc}", file=sys.stderr)
+        print(f"inference-club-agent: {exc.strerror or exc}", file=sys.stderr)
         return 1

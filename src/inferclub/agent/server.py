@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,9 @@ import tornado.web
 from inferclub import wire
 from inferclub.agent.forward import engine_request, forward, requested_model
 from inferclub.agent.heartbeat import HubAuth
+from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.services import ServiceState, ServiceTable
+from inferclub.metrics import metrics_route
 from inferclub.openai_errors import OpenAIError
 from inferclub.signing import SignatureRejected
 
@@ -47,6 +50,9 @@ class Runtime:
     session: aiohttp.ClientSession
     #: Called when a service failed a request, so it is probed (and maybe withdrawn) now.
     service_failed: Callable[[ServiceState], None]
+    metrics: AgentMetrics
+    #: Bearer token for /metrics on this server; empty: no /metrics here.
+    metrics_token: str = ""
     draining: bool = False
 
 
@@ -188,6 +194,8 @@ class CallbackHandler(BaseHandler):
             model,
         )
         state.in_flight += 1
+        started = time.perf_counter()
+        outcome = "error"
         try:
             if self._hub_gone:
                 return
@@ -197,12 +205,15 @@ class CallbackHandler(BaseHandler):
             )
             try:
                 await self._task
+                outcome = "ok" if self.get_status() < 400 else "error"
             except asyncio.CancelledError:
                 if not self._hub_gone:
                     raise
+                outcome = "cancelled"
                 log.info("hub disconnected; cancelled the request to service %s", state.name)
         finally:
             state.in_flight -= 1
+            self.runtime.metrics.request_done(state.name, time.perf_counter() - started, outcome)
 
 
 @contextlib.contextmanager
@@ -223,9 +234,10 @@ class LiveHandler(BaseHandler):
 
 def make_app(runtime: Runtime) -> tornado.web.Application:
     """The callback server's application; opens no sockets."""
-    return tornado.web.Application(
-        [
-            (r"/v1/(.*)", CallbackHandler, {"runtime": runtime}),
-            (r"/health", LiveHandler),
-        ],
-    )
+    routes: list[Any] = [
+        (r"/v1/(.*)", CallbackHandler, {"runtime": runtime}),
+        (r"/health", LiveHandler),
+    ]
+    if runtime.metrics_token:
+        routes.append(metrics_route(runtime.metrics.registry, runtime.metrics_token))
+    return tornado.web.Application(routes)

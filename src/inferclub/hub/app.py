@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import tornado.web
 
-from inferclub import signing
+from inferclub import metrics, signing
 from inferclub.hub import background
 from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
@@ -28,6 +28,7 @@ from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer
 from inferclub.hub.liveness import Liveness
+from inferclub.hub.metrics import HubMetrics
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
@@ -79,6 +80,8 @@ class Hub:
         self.fleet = Fleet(
             settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
         )
+        #: Prometheus metrics; served at /metrics only when configured (docs/operations.md).
+        self.metrics = HubMetrics(self)
         #: Requests being proxied right now (drained on shutdown).
         self.inflight = 0
         #: Set when the shutdown drain deadline passed: the connections that close from then on
@@ -204,7 +207,12 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         *dashboard_handlers.routes,
         *playground_handlers.routes,
     ]
+    if hub.settings.metrics_token:
+        # Without a token /metrics stays a 404 here; `metrics_listen` serves it elsewhere.
+        routes.append(metrics.metrics_route(hub.metrics.registry, hub.settings.metrics_token))
     here = Path(__file__).resolve().parent
+    # Browsers ask for /favicon.ico on every site, signed in or not.
+    routes.append((r"/(favicon\.ico)", tornado.web.StaticFileHandler, {"path": here / "static"}))
     secure = is_secure(hub.settings)
     settings: dict[str, Any] = {
         "hub": hub,

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import tornado.httpserver
 import tornado.netutil
 
-from inferclub import __version__
+from inferclub import __version__, metrics
 from inferclub.fdlimit import raise_nofile_limit
-from inferclub.hub import fallbacks, keys, workers
+from inferclub.hub import export, fallbacks, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.config import (
     ConfigError,
@@ -29,7 +29,14 @@ from inferclub.hub.config import (
     load_settings,
     setting_names,
 )
-from inferclub.hub.store import StoreError, User, describe_db, is_postgres_url, open_store
+from inferclub.hub.store import (
+    RequestFilter,
+    StoreError,
+    User,
+    describe_db,
+    is_postgres_url,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from inferclub.hub.app import Hub
@@ -134,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     m_list = models_p.add_parser("fallbacks", help="list a user's fallback models")
     m_list.add_argument("login")
     _common(m_list)
+    history = sub.add_parser("history", help="request history").add_subparsers(
+        dest="action", required=True
+    )
+    h_export = history.add_parser(
+        "export", help="print request history as CSV or JSON Lines, newest first"
+    )
+    h_export.add_argument(
+        "--user", metavar="LOGIN", help="only this user's requests (default: all)"
+    )
+    h_export.add_argument(
+        "--since", metavar="DATE", help="only requests from this date or ISO time (UTC) on"
+    )
+    h_export.add_argument("--format", choices=export.FORMATS, required=True)
+    _common(h_export)
 
     config_p = sub.add_parser("config", help="about the hub's settings").add_subparsers(
         dest="action", required=True
@@ -169,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = load_settings(flags)
+        settings.metrics_address  # noqa: B018 - checked now, before anything starts
     except ConfigError as exc:
         print(f"inferclub: {exc}", file=sys.stderr)
         return 2
@@ -190,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             ("keys", "rotate"): _keys_rotate,
             ("models", "fallback"): _models_fallback,
             ("models", "fallbacks"): _models_fallbacks,
+            ("history", "export"): _history_export,
         }[(args.command, args.action)]
         return asyncio.run(_with_store(settings, args, command))
     except (AccountError, CliError, ConfigError, StoreError) as exc:
@@ -208,6 +231,8 @@ def _serve(settings: Settings, quickstart: bool) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(settings, quickstart=quickstart))
     sockets = _bind(settings)
+    # Shared like the main port: each scrape reaches one worker (docs/operations.md).
+    metrics_sockets = _bind_metrics(settings)
     load_or_create_secrets(settings.secrets_path)  # once, before the workers race for it
     from inferclub.hub.app import load_signer  # see serve()
 
@@ -222,10 +247,14 @@ def _serve(settings: Settings, quickstart: bool) -> int:
 
     def worker(index: int, shared: list[socket.socket]) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            run = serve(settings, quickstart and index == 0, shared, index)
+            run = serve(settings, quickstart and index == 0, shared, index, metrics_sockets)
             return runner.run(run)
 
-    return workers.run(count, sockets, worker)
+    try:
+        return workers.run(count, sockets, worker)
+    finally:
+        for sock in metrics_sockets:
+            sock.close()
 
 
 def _bind(settings: Settings) -> list[socket.socket]:
@@ -235,6 +264,19 @@ def _bind(settings: Settings) -> list[socket.socket]:
         raise CliError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
         ) from None
+
+
+def _bind_metrics(settings: Settings) -> list[socket.socket]:
+    """The sockets of the separate ``/metrics`` listener (none unless ``metrics_listen``)."""
+    address = settings.metrics_address
+    if address is None:
+        return []
+    try:
+        sockets = tornado.netutil.bind_sockets(address[1], address[0])
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.metrics_listen}: {exc.strerror}") from None
+    print(f"metrics on {_url(address[0], sockets)}/metrics", flush=True)
+    return sockets
 
 
 def _url(host: str, sockets: list[socket.socket]) -> str:
@@ -392,11 +434,22 @@ async def _models_fallbacks(
     return 0
 
 
+async def _history_export(accounts: Accounts, settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        since = export.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    users = [await _user(accounts, args.user)] if args.user else await accounts.store.list_users()
+    await export.write(accounts.store, users, RequestFilter(since=since), args.format, sys.stdout)
+    return 0
+
+
 async def serve(
     settings: Settings,
     quickstart: bool = False,
     sockets: list[socket.socket] | None = None,
     worker: int | None = None,
+    metrics_sockets: list[socket.socket] | None = None,
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
     raise_nofile_limit(log)
@@ -413,7 +466,7 @@ async def serve(
         hub = Hub(settings, store, secrets)
         await hub.start()
         try:
-            return await _run_server(hub, settings, quickstart, sockets, worker)
+            return await _run_server(hub, settings, quickstart, sockets, worker, metrics_sockets)
         finally:
             await hub.stop()
     finally:
@@ -426,6 +479,7 @@ async def _run_server(
     quickstart: bool,
     sockets: list[socket.socket] | None,
     worker: int | None,
+    metrics_sockets: list[socket.socket] | None = None,
 ) -> int:
     from inferclub.hub.app import make_app  # see serve()
 
@@ -447,6 +501,12 @@ async def _run_server(
         loop.add_signal_handler(sig, stop.set)
     if sockets is None:
         sockets = _bind(settings)
+    if metrics_sockets is None:
+        metrics_sockets = _bind_metrics(settings)
+    metrics_server = tornado.httpserver.HTTPServer(
+        metrics.metrics_app(hub.metrics.registry, settings.metrics_token)
+    )
+    metrics_server.add_sockets(metrics_sockets)
     server.add_sockets(sockets)
     url = _url(settings.host, sockets)
     if worker in (None, 0):
@@ -463,7 +523,16 @@ async def _run_server(
     log.info("shutting down: no new connections; draining %d in-flight requests", hub.inflight)
     hub.draining = True
     server.stop()
-    deadline = time.monotonic() + settings.drain_timeout
+    metrics_server.stop()
+    await _drain(hub, server, settings.drain_timeout)
+    log.info("stopped")
+    return 0
+
+
+async def _drain(hub: Hub, server: tornado.httpserver.HTTPServer, timeout: float) -> None:
+    """Let in-flight requests finish for ``timeout`` seconds, then cut the rest (their
+    streams end with an error event) and close every connection."""
+    deadline = time.monotonic() + timeout
     while hub.inflight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if hub.inflight:
@@ -479,8 +548,6 @@ async def _run_server(
     settle = time.monotonic() + 2
     while hub.inflight > 0 and time.monotonic() < settle:
         await asyncio.sleep(0.01)
-    log.info("stopped")
-    return 0
 
 
 async def _announce(hub: Hub, settings: Settings, quickstart: bool, url: str, port: int) -> None:

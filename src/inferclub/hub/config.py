@@ -308,6 +308,24 @@ class Settings:
         default=900.0,
         metadata=_doc("Seconds a one-time dashboard sign-in link stays valid."),
     )
+    metrics_token: str = field(
+        default="",
+        metadata=_doc(
+            "Bearer token that Prometheus presents to read `/metrics` on the hub's own port. "
+            "Without it (and without `metrics_listen`), `/metrics` answers 404. Prefer the "
+            "environment variable.",
+            "empty (no `/metrics` on the main port)",
+        ),
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata=_doc(
+            "`HOST:PORT` of a separate listener that serves only `/metrics` (needing "
+            "`metrics_token` only if that is set too), e.g. `127.0.0.1:9321` for a local "
+            "scraper. Port 0 picks a free one, printed as `metrics on http://HOST:PORT/metrics`.",
+            "empty (no separate listener)",
+        ),
+    )
     #: Where the settings file was read from (informational; the file itself is not a setting).
     config: str = field(default="", metadata={"internal": True})
 
@@ -331,6 +349,16 @@ class Settings:
         limit. The HTTP server's ``max_body_size`` is ``max_web_body``; the ``/v1`` handlers
         raise it to this for their request only, after the headers are checked."""
         return wire.body_ceiling(self.max_json_body, self.max_audio_body, self.max_image_body)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as ``(host, port)``, None when unset; ConfigError if malformed."""
+        if not self.metrics_listen:
+            return None
+        host, sep, port = self.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"metrics_listen: expected HOST:PORT, not {self.metrics_listen!r}")
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     @property
     def github_enabled(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,11 @@ class Registry:
     def providers(self, user_id: int) -> list[ProviderRecord]:
         idx = self._users.get(user_id)
         return list(idx.providers) if idx else []
+
+    def all_providers(self) -> Iterator[ProviderRecord]:
+        """Every user's providers (for metrics at scrape time, never on a request path)."""
+        for idx in self._users.values():
+            yield from idx.providers
 
     def is_online(self, provider: ProviderRecord, now: float | None = None) -> bool:
         return ((now or time.time()) - provider.last_heartbeat_at) < self.online_window

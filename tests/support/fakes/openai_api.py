@@ -70,8 +70,12 @@ class OpenAIFake(FakeServer):
         return model in self.models
 
     def openai_routes(self) -> list[Any]:
+        # Imported here: the Responses fake builds on this module's handler base.
+        from tests.support.fakes.responses import ResponsesHandler
+
         args = {"fake": self}
         return [
+            (r"/v1/responses", ResponsesHandler, args),
             (r"/v1/models", ModelsHandler, args),
             (r"/v1/chat/completions", ChatHandler, args),
             (r"/v1/completions", CompletionsHandler, args),

@@ -64,6 +64,7 @@ class HeartbeatHandler(ApiHandler):
         )
         hub.fleet.heard(record.id, ProviderState.of(hb))
         hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
+        hub.metrics.heartbeats.inc()
         if (
             before is None
             or not hub.registry.is_online(before)

@@ -14,10 +14,15 @@ from typing import Any
 
 import tornado.web
 
-from inferclub.hub import keys
+from inferclub.hub import export, flash, keys
 from inferclub.hub.choose import Fleet
 from inferclub.hub.fallbacks import FallbackError
-from inferclub.hub.handlers.base import DashboardApiHandler, DashboardHandler, WebHandler
+from inferclub.hub.handlers.base import (
+    DashboardApiHandler,
+    DashboardHandler,
+    WebHandler,
+    session_token,
+)
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
 from inferclub.wire import SERVICE_TYPES
@@ -35,9 +40,22 @@ RANGES = {
 _NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
 
+def service_state(p: ProviderRecord, name: str, online: bool) -> str | None:
+    """``up`` or ``down`` as the agent last reported it; ``unknown`` once the provider is
+    offline (its last report says nothing about now); None when it never reported one."""
+    services = p.health.get("services") if isinstance(p.health, dict) else None
+    report = services.get(name) if isinstance(services, dict) else None
+    if not isinstance(report, dict) or "up" not in report:
+        return None
+    if not online:
+        return "unknown"
+    return "up" if report["up"] else "down"
+
+
 def provider_json(
     p: ProviderRecord, registry: Registry, now: float, fleet: Fleet | None = None
 ) -> dict[str, Any]:
+    online = registry.is_online(p, now)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for s in p.services:
         by_type.setdefault(s.type, []).append(
@@ -46,6 +64,7 @@ def provider_json(
                 "engine": s.engine,
                 "features": list(s.features),
                 "models": list(s.models),
+                "state": service_state(p, s.name, online),
             }
         )
     return {
@@ -53,7 +72,7 @@ def provider_json(
         "name": p.name,
         "callback_url": p.callback_url,
         "agent_version": p.agent_version,
-        "online": registry.is_online(p, now),
+        "online": online,
         "last_heartbeat_at": p.last_heartbeat_at,
         "heartbeat_age": max(0.0, now - p.last_heartbeat_at),
         "created_at": p.created_at,
@@ -92,20 +111,29 @@ class HomeHandler(WebHandler):
         self.redirect("/dashboard/providers" if self.current_user else "/login")
 
 
-class _KeysPage(DashboardHandler):
+class KeysHandler(DashboardHandler):
+    """The keys page. Every form on it posts, then redirects here (POST/redirect/GET): a new
+    key comes back once, as a one-time message (:mod:`inferclub.hub.flash`), so reloading the
+    page shows the list again instead of creating another key."""
+
     section = "keys"
 
-    async def show(self, new_key: str = "", new_id: int = 0, notice: str = "") -> None:
-        """The keys page; a new key appears in it this once (the page is never cached)."""
-        rows = await self.hub.store.list_keys(self.user_id)
-        rows.sort(key=lambda k: (not k.active, -k.id))
-        self.render("keys.html", keys=rows, new_key=new_key, new_id=new_id, notice=notice)
-
-
-class KeysHandler(_KeysPage):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self.show()
+        message: dict[str, Any] = {}
+        token = session_token(self, self.hub.settings)
+        flash_id = self.get_query_argument("flash", "")
+        if token and flash_id:
+            message = await flash.take(self.hub.store, token, flash_id) or {}
+        rows = await self.hub.store.list_keys(self.user_id)
+        rows.sort(key=lambda k: (not k.active, -k.id))
+        self.render(
+            "keys.html",
+            keys=rows,
+            new_key=str(message.get("key", "")),
+            new_id=int(message.get("id", 0)),
+            notice=str(message.get("notice", "")),
+        )
 
     @tornado.web.authenticated
     async def submit(self) -> None:
@@ -114,11 +142,10 @@ class KeysHandler(_KeysPage):
         if scope not in keys.SCOPES:
             raise tornado.web.HTTPError(400, "Choose a scope: %s.", ", ".join(keys.SCOPES))
         new = await self.hub.accounts.issue_key(self.user_id, label, scope)
-        self.set_status(201)
-        await self.show(new_key=new.secret, new_id=new.record.id, notice="Key created.")
+        await see_keys(self, key=new.secret, id=new.record.id, notice="Key created.")
 
 
-class KeyActionHandler(_KeysPage):
+class KeyActionHandler(DashboardHandler):
     @tornado.web.authenticated
     async def submit(self, key_id: str, action: str) -> None:
         accounts = self.hub.accounts
@@ -130,16 +157,25 @@ class KeyActionHandler(_KeysPage):
         if action == "revoke":
             if not await accounts.revoke_key(self.user_id, mine.id):
                 raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
-            await self.show(notice=f"Key {mine.prefix}… revoked.")
+            await see_keys(self, notice=f"Key {mine.prefix}… revoked.")
             return
         new = await accounts.rotate_key(self.user_id, mine.id)
         if new is None:
             raise tornado.web.HTTPError(409, "Key %s… was revoked meanwhile.", mine.prefix)
-        await self.show(
-            new_key=new.secret,
-            new_id=new.record.id,
+        await see_keys(
+            self,
+            key=new.secret,
+            id=new.record.id,
             notice=f"Key {mine.prefix}… revoked; here is its replacement.",
         )
+
+
+async def see_keys(handler: DashboardHandler, **message: Any) -> None:
+    """Redirect (303) to the keys page, which shows ``message`` once."""
+    token = session_token(handler, handler.hub.settings)
+    assert token is not None  # @authenticated: the session cookie is there
+    flash_id = await flash.put(handler.hub.store, token, handler.user_id, message)
+    handler.redirect(f"/dashboard/keys?flash={flash_id}", status=303)
 
 
 class ProvidersHandler(DashboardHandler):
@@ -176,7 +212,7 @@ class ProviderDeleteHandler(DashboardHandler):
         if not await self.hub.store.delete_provider(self.user_id, pid):
             raise tornado.web.HTTPError(404, "No such provider.")
         self.hub.registry.remove(self.user_id, pid)
-        self.redirect("/dashboard/providers")
+        self.redirect("/dashboard/providers", status=303)
 
 
 class FallbackHandler(DashboardHandler):
@@ -234,9 +270,7 @@ class RequestsHandler(DashboardHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         arg = self.get_query_argument
-        model = arg("model", "").strip()
-        type_ = arg("type", "")
-        status_raw = arg("status", "").strip()
+        model, status_raw = arg("model", "").strip(), arg("status", "").strip()
         date_from, date_to = arg("from", ""), arg("to", "")
         range_name = arg("range", "24h")
         if range_name not in RANGES:
@@ -245,16 +279,8 @@ class RequestsHandler(DashboardHandler):
             page = max(1, int(arg("page", "1")))
         except ValueError:
             page = 1
-        since, until = _day(date_from), _day(date_to)
-        if until is not None:
-            until += 86400  # "to" is inclusive: the whole day
-        flt = RequestFilter(
-            model=model or None,
-            type=type_ if type_ in SERVICE_TYPES else None,
-            status=int(status_raw) if status_raw.isdigit() else None,
-            since=since,
-            until=until,
-        )
+        flt = request_filter(self)
+        since, until = flt.since, flt.until
         store = self.hub.store
         total = await store.count_requests(self.user_id, flt)
         pages = max(1, -(-total // PAGE_SIZE))
@@ -307,6 +333,43 @@ class RequestsHandler(DashboardHandler):
         )
 
 
+def request_filter(handler: tornado.web.RequestHandler) -> RequestFilter:
+    """The requests page's filters from its query (the page, and its CSV download)."""
+    arg = handler.get_query_argument
+    type_, status_raw = arg("type", ""), arg("status", "").strip()
+    since, until = _day(arg("from", "")), _day(arg("to", ""))
+    if until is not None:
+        until += 86400  # "to" is inclusive: the whole day
+    return RequestFilter(
+        model=arg("model", "").strip() or None,
+        type=type_ if type_ in SERVICE_TYPES else None,
+        status=int(status_raw) if status_raw.isdigit() and len(status_raw) <= 3 else None,
+        since=since,
+        until=until,
+    )
+
+
+class RequestsCsvHandler(DashboardHandler):
+    """``/dashboard/requests.csv``: every row the requests page's filters select, streamed a
+    page at a time."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        user = self.current_user
+        assert user is not None
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", 'attachment; filename="inferclub-requests.csv"')
+        self.write(export.csv_header())
+        page: list[dict[str, Any]] = []
+        async for rec in export.records(self.hub.store, user, request_filter(self)):
+            page.append(rec)
+            if len(page) >= export.PAGE:
+                self.write(export.csv_rows(page))
+                page.clear()
+                await self.flush()
+        self.finish(export.csv_rows(page))
+
+
 class RequestDetailHandler(DashboardHandler):
     section = "requests"
 
@@ -332,6 +395,7 @@ routes: list[tuple[str, Any]] = [
     (r"/dashboard/providers/(\d+)/delete", ProviderDeleteHandler),
     (r"/dashboard/fallbacks", FallbackHandler),
     (r"/dashboard/requests", RequestsHandler),
+    (r"/dashboard/requests\.csv", RequestsCsvHandler),
     (r"/dashboard/requests/([A-Za-z0-9_]+)", RequestDetailHandler),
     (r"/dashboard/api/providers", ProvidersApiHandler),
     (r"/dashboard/api/providers/(\d+)", ProviderApiHandler),

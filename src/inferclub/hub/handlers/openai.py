@@ -24,6 +24,7 @@ def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, 
         "created": int(provider.created_at),
         "owned_by": provider.name,
         "type": type_,
+        "endpoints": wire.endpoints_for(type_),
     }
 
 
@@ -78,6 +79,14 @@ class ChatCompletionsHandler(ProxyHandler):
 
 class CompletionsHandler(ChatCompletionsHandler):
     endpoint = "/completions"
+
+
+class ResponsesHandler(ProxyHandler):
+    """OpenAI's Responses API. Streams are relayed event by event like chat; their usage
+    comes in the final ``response.completed`` event (``response.usage``), so nothing needs
+    to be asked for."""
+
+    endpoint = "/responses"
 
 
 class EmbeddingsHandler(ProxyHandler):
@@ -197,6 +206,7 @@ def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
 PROXY_HANDLERS: tuple[type[ProxyHandler], ...] = (
     ChatCompletionsHandler,
     CompletionsHandler,
+    ResponsesHandler,
     EmbeddingsHandler,
     TranscriptionsHandler,
     TranslationsHandler,

@@ -94,6 +94,10 @@ class PlaygroundCompletionsHandler(PlaygroundProxyMixin, openai.CompletionsHandl
     pass
 
 
+class PlaygroundResponsesHandler(PlaygroundProxyMixin, openai.ResponsesHandler):
+    pass
+
+
 class PlaygroundEmbeddingsHandler(PlaygroundProxyMixin, openai.EmbeddingsHandler):
     pass
 
@@ -123,6 +127,7 @@ routes: list[tuple[str, Any]] = [
     (PREFIX + r"/models", ModelsApiHandler),
     (PREFIX + r"/v1/chat/completions", PlaygroundChatCompletionsHandler),
     (PREFIX + r"/v1/completions", PlaygroundCompletionsHandler),
+    (PREFIX + r"/v1/responses", PlaygroundResponsesHandler),
     (PREFIX + r"/v1/embeddings", PlaygroundEmbeddingsHandler),
     (PREFIX + r"/v1/audio/transcriptions", PlaygroundTranscriptionsHandler),
     (PREFIX + r"/v1/audio/translations", PlaygroundTranslationsHandler),

@@ -110,7 +110,9 @@ class ProxyHandler(ApiHandler):
         finally:
             hub.active.discard(self)
             hub.inflight -= 1
-            hub.history.add(meter.finished())
+            row = meter.finished()
+            hub.history.add(row)
+            hub.metrics.request_done(row, self.provider_name)
 
     async def _serve(self, meter: RequestMeter) -> None:
         model, fwd = self.parse()

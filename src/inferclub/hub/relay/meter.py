@@ -138,6 +138,9 @@ class RequestMeter:
             with suppress(TypeError, ValueError):
                 row.audio_seconds = float(duration)  # vLLM sends it as a string
         usage = obj.get("usage")
+        response = obj.get("response")
+        if usage is None and isinstance(response, dict):
+            usage = response.get("usage")  # a Responses stream's response.completed event
         if not isinstance(usage, dict):
             return False
         for field, attr in _TOKEN_FIELDS:

@@ -97,6 +97,53 @@
   });
   chatStop.addEventListener("click", () => abort && abort.abort());
 
+  // The request for the chosen API, with the settings, and how to read its stream: the text
+  // piece and the output token count (from the final usage) of each event.
+  const chatRequest = (model) => {
+    const system = document.getElementById("chat-system").value.trim();
+    const temperature = document.getElementById("chat-temperature").value;
+    const maxTokens = document.getElementById("chat-max-tokens").value;
+    const settings = {};
+    if (temperature !== "") settings.temperature = Number(temperature);
+    if (document.getElementById("chat-api").value === "responses") {
+      if (maxTokens !== "") settings.max_output_tokens = Number(maxTokens);
+      if (system) settings.instructions = system;
+      return {
+        path: "/responses",
+        body: {model, input: messages, stream: true, ...settings},
+        read: (data) => ({
+          piece: data.type === "response.output_text.delta" ? data.delta || "" : "",
+          usage: data.type === "response.completed" && data.response && data.response.usage
+            ? data.response.usage.output_tokens : null,
+        }),
+      };
+    }
+    if (maxTokens !== "") settings.max_tokens = Number(maxTokens);
+    const all = system ? [{role: "system", content: system}, ...messages] : messages;
+    return {
+      path: "/chat/completions",
+      // Usage comes in a last chunk: its token count makes the speed shown below exact.
+      body: {model, messages: all, stream: true, stream_options: {include_usage: true}, ...settings},
+      read: (data) => {
+        const delta = data.choices && data.choices[0] && data.choices[0].delta;
+        return {piece: (delta && delta.content) || "", usage: data.usage ? data.usage.completion_tokens : null};
+      },
+    };
+  };
+
+  // Output tokens per second, from the first token to the last; without a usage report the
+  // engine's token count is unknown and nothing is claimed.
+  const showSpeed = (tokens, tFirst, tLast) => {
+    delete chatMeta.dataset.tokensPerSecond;
+    if (tokens === null || tFirst === null || tLast === null || tLast - tFirst < 1) {
+      if (tokens !== null) chatMeta.append(` · ${tokens} tokens`);
+      return;
+    }
+    const rate = (tokens - 1) / ((tLast - tFirst) / 1000);
+    chatMeta.dataset.tokensPerSecond = rate.toFixed(1);
+    chatMeta.append(` · ${tokens} tokens, ${rate.toFixed(1)} tokens/s`);
+  };
+
   document.getElementById("chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const content = chatInput.value.trim();
@@ -115,11 +162,14 @@
     let ttft = null;
     let chunks = 0;
     let reply = "";
+    let tokens = null;
+    let tLast = null;
+    const {path, body, read} = chatRequest(model);
     try {
-      const resp = await fetch(`${API}/chat/completions`, {
+      const resp = await fetch(`${API}${path}`, {
         method: "POST", signal: abort.signal,
         headers: {"Content-Type": "application/json", "X-XSRFToken": xsrf()},
-        body: JSON.stringify({model, messages, stream: true}),
+        body: JSON.stringify(body),
       });
       if (!resp.ok) throw new Error(await errorMessage(resp));
       const reader = resp.body.getReader();
@@ -139,10 +189,11 @@
           if (payload === "[DONE]") { done = true; break; }
           const data = JSON.parse(payload);
           if (data.error) throw new Error(data.error.message || "the provider failed mid-stream");
-          const delta = data.choices && data.choices[0] && data.choices[0].delta;
-          const piece = delta && (delta.content || "");
+          const {piece, usage} = read(data);
+          if (usage !== null) tokens = usage;
           if (piece) {
             if (ttft === null) ttft = performance.now() - t0;
+            tLast = performance.now();
             chunks += 1;
             reply += piece;
             text.textContent = reply;
@@ -152,6 +203,7 @@
       }
       messages.push({role: "assistant", content: reply});
       showMeta(chatMeta, resp, t0, `first token after ${Math.round(ttft || 0)} ms, ${chunks} chunks`);
+      showSpeed(tokens, ttft === null ? null : t0 + ttft, tLast);
     } catch (err) {
       if (err.name === "AbortError") {
         answer.classList.add("stopped");

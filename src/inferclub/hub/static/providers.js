@@ -50,6 +50,15 @@
     return s;
   };
 
+  // The hub's verdict (up, down, or unknown once the provider is offline: its last report
+  // says nothing about now), with the agent's detail as the tooltip.
+  const serviceBadge = (state, st) => {
+    if (!state) return el("span", {class: "muted"}, "–");
+    const title = state === "unknown" ? "the provider is offline" : (st && st.detail) || "";
+    const cls = state === "up" ? "ok" : state === "down" ? "off" : "unknown";
+    return el("span", {class: `badge ${cls}`, title, dataset: {state}}, state);
+  };
+
   const renderProvider = (p, openDetails, openRaw) => {
     const online = isOnline(p);
     const deleteForm = deleteTemplate.content.firstElementChild.cloneNode(true);
@@ -90,8 +99,7 @@
           el("td", {}, s.engine),
           el("td", {}, s.features.length ? s.features.map((f) => el("span", {class: "chip feature"}, f)) : el("span", {class: "muted"}, "–")),
           el("td", {}, s.models.map((m) => el("span", {class: "chip model"}, m))),
-          el("td", {}, st === null ? el("span", {class: "muted"}, "–")
-            : el("span", {class: `badge ${st.up ? "ok" : "off"}`, title: st.detail || ""}, st.up ? "up" : "down")));
+          el("td", {}, serviceBadge(online ? s.state : (s.state && "unknown"), st)));
       });
       services.append(
         el("h3", {dataset: {type: group.type}}, TYPE_NAMES[group.type] || group.type, el("span", {class: "type-tag"}, group.type)),

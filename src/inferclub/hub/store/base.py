@@ -44,6 +44,9 @@ class RequestFilter:
     status: int | None = None
     since: float | None = None
     until: float | None = None
+    #: Keyset paging: only rows listed after this ``(started_at, id)`` (newest first), so a
+    #: long export reads page after page without an ever larger OFFSET.
+    before: tuple[float, str] | None = None
 
     def terms(self) -> list[tuple[str, str, Any]]:
         """``(column, operator, value)`` of each condition set, for a backend to render with

@@ -65,4 +65,10 @@ def request_where(user_id: int, flt: RequestFilter | None, first: int = 1) -> tu
     terms = flt.terms() if flt is not None else []
     clauses = [f"user_id = ${first}"]
     clauses += [f"{column} {op} ${first + i}" for i, (column, op, _) in enumerate(terms, 1)]
-    return "WHERE " + " AND ".join(clauses), [user_id, *(value for _, _, value in terms)]
+    args: list[Any] = [user_id, *(value for _, _, value in terms)]
+    if flt is not None and flt.before is not None:
+        n = first + len(args)
+        # COLLATE "C": the same order as list_requests' ORDER BY.
+        clauses.append(f'(started_at, id COLLATE "C") < (${n}, ${n + 1})')
+        args += [float(flt.before[0]), str(flt.before[1])]
+    return "WHERE " + " AND ".join(clauses), args

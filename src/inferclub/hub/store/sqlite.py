@@ -712,4 +712,8 @@ def _request(row: sqlite3.Row) -> RequestRecord:
 def _request_where(user_id: int, flt: RequestFilter | None) -> tuple[str, tuple[Any, ...]]:
     terms = flt.terms() if flt is not None else []
     clauses = ["user_id = ?", *(f"{column} {op} ?" for column, op, _ in terms)]
-    return "WHERE " + " AND ".join(clauses), (user_id, *(value for _, _, value in terms))
+    args: tuple[Any, ...] = (user_id, *(value for _, _, value in terms))
+    if flt is not None and flt.before is not None:
+        clauses.append("(started_at, id) < (?, ?)")
+        args += (float(flt.before[0]), str(flt.before[1]))
+    return "WHERE " + " AND ".join(clauses), args
