@@ -133,7 +133,7 @@ async def test_a_chunked_web_body_is_cut_at_the_limit(
     # is closed (Tornado's bare 400 may precede the close).
     assert status in answers
     assert keys_of(hub_app) == 0
-    assert (await asyncio.to_thread(create_key, browser)).status == 303  # the form works (POST, then redirect)
+    assert (await asyncio.to_thread(create_key, browser)).status == 303  # the form works
 
 
 # -- Origin -----------------------------------------------------------------------------------
