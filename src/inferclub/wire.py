@@ -268,7 +268,7 @@ def _text(value: Any, where: str, max_len: int, required: bool = True) -> str:
         raise PayloadError(where, "must not be empty")
     if len(text) > max_len:
         raise PayloadError(where, f"must be at most {max_len} characters")
-    if _BAD_CHAR.search(text):
+    if _has_bad_char(text):
         if any(ord(c) < 32 for c in text):
             raise PayloadError(where, "must not contain control characters")
         raise PayloadError(where, "must not contain lone surrogates")
@@ -290,10 +290,36 @@ def _text_list(value: Any, where: str, max_items: int, max_len: int = 512) -> tu
         raise PayloadError(where, "must be a list of strings")
     if len(value) > max_items:
         raise PayloadError(where, f"must have at most {max_items} entries")
+    fast = _clean_texts(value, max_len)
+    if fast is not None:
+        return fast
     out: dict[str, None] = {}
     for i, item in enumerate(value):
         out[_text(item, f"{where}[{i}]", max_len)] = None
     return tuple(out)
+
+
+def _clean_texts(value: list[Any], max_len: int) -> tuple[str, ...] | None:
+    """What :func:`_text_list` returns for a list every item of which is fine, checked in bulk
+    (C loops: a provider lists up to 1,024 models at every heartbeat); None when some item is
+    not, and the loop over the items names the first bad one."""
+    try:
+        texts = list(map(str.strip, value))
+    except TypeError:  # an item is not a string
+        return None
+    if not texts:
+        return ()
+    if "" in texts or max(map(len, texts)) > max_len or _has_bad_char(" ".join(texts)):
+        return None
+    return tuple(dict.fromkeys(texts))
+
+
+def _has_bad_char(text: str) -> bool:
+    """Whether ``text`` holds a character :data:`_BAD_CHAR` refuses. Printable ASCII (model ids,
+    nearly always) is told in one C pass, several times faster than the regular expression."""
+    if text.isascii() and text.isprintable():
+        return False
+    return _BAD_CHAR.search(text) is not None
 
 
 def _callback_url(value: Any) -> str:
