@@ -44,9 +44,13 @@ class HeartbeatHandler(ApiHandler):
     required_scope = keys.AGENT
 
     async def post(self) -> None:
-        hb = parse_heartbeat(self.json_body())
+        data = self.json_body()
         hub = self.hub
-        hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
+        name = data.get("name")
+        if isinstance(name, str):
+            # Before the rest is validated: a beat over the rate costs its JSON decoding only.
+            hub.heartbeat_pacer.check(self.owner.user_id, name.strip())
+        hb = parse_heartbeat(data)
         known = hub.registry.find(self.owner.user_id, hb.name)
         if known is None:
             self._check_provider_limit()
