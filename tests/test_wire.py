@@ -275,3 +275,15 @@ async def test_agent_heartbeat_is_stored_and_answered(
     finally:
         await wire_hub.stop()
         await wire_hub.store.close()
+
+
+def test_known_services_are_reused_only_for_an_equal_list() -> None:
+    first = with_services({"name": "a", "models": ["m1", "m2"]})
+    hb = wire.Heartbeat.parse(first)
+    known = (first["services"], hb.services)
+    again = wire.Heartbeat.parse(json.loads(json.dumps(first)), known)
+    assert again.services is hb.services
+    changed = with_services({"name": "a", "models": ["m1", 2]})
+    with pytest.raises(wire.PayloadError) as info:
+        wire.Heartbeat.parse(changed, known)
+    assert info.value.field == "services[0].models[1]"

@@ -192,17 +192,28 @@ class Heartbeat:
         }
 
     @classmethod
-    def parse(cls, data: Any) -> Heartbeat:
-        """Validate a whole heartbeat; raises :class:`PayloadError` naming the first bad field."""
+    def parse(cls, data: Any, known: KnownServices | None = None) -> Heartbeat:
+        """Validate a whole heartbeat; raises :class:`PayloadError` naming the first bad field.
+
+        ``known`` is a ``services`` list as received before and what it validated to: when
+        this beat's list equals it, that result is reused instead of checking up to 1,024
+        model ids again (a steady agent sends the same list every beat)."""
         if not isinstance(data, dict):
             raise PayloadError("heartbeat", "must be a JSON object")
+        raw = data.get("services", [])
         return cls(
             _name(data.get("name"), "name"),
             _callback_url(data.get("callback_url")),
             _text(data.get("version"), "version", 100, required=False),
-            _services(data.get("services", [])),
+            known[1] if known is not None and raw == known[0] else _services(raw),
             _health(data.get("health", {})),
         )
+
+
+#: A heartbeat's ``services`` as received (JSON values) and as validated. Equal JSON values
+#: validate alike: every field checked is a string or a list of strings, and a string equals
+#: only a string, so an equal list cannot hold anything the first one did not pass.
+KnownServices = tuple[Any, tuple[AdvertisedService, ...]]
 
 
 @dataclass(frozen=True)

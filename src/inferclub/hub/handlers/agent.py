@@ -16,10 +16,10 @@ from inferclub.openai_errors import OpenAIError
 log = logging.getLogger("inferclub.agent")
 
 
-def parse_heartbeat(data: object) -> wire.Heartbeat:
+def parse_heartbeat(data: object, known: wire.KnownServices | None = None) -> wire.Heartbeat:
     """The heartbeat in ``data``, or a 400 naming the bad field in ``param``."""
     try:
-        return wire.Heartbeat.parse(data)
+        return wire.Heartbeat.parse(data, known)
     except wire.PayloadError as exc:
         raise OpenAIError(
             400,
@@ -46,22 +46,24 @@ class HeartbeatHandler(ApiHandler):
     async def post(self) -> None:
         data = self.json_body()
         hub = self.hub
+        user_id = self.owner.user_id
         name = data.get("name")
+        known = None
         if isinstance(name, str):
             # Before the rest is validated: a beat over the rate costs its JSON decoding only.
-            hub.heartbeat_pacer.check(self.owner.user_id, name.strip())
-        hb = parse_heartbeat(data)
-        known = hub.registry.find(self.owner.user_id, hb.name)
-        if known is None:
+            hub.heartbeat_pacer.check(user_id, name.strip())
+            known = hub.liveness.known_services(user_id, name.strip())
+        hb = parse_heartbeat(data, known)
+        hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
+        found = hub.registry.find(user_id, hb.name)
+        if found is None:
             self._check_provider_limit()
         # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
         # relay checks every address again when it connects, so a stale check is harmless.
-        if known is None or known.callback_url != hb.callback_url:
+        if found is None or found.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
-        record, before = await hub.liveness.beat(
-            self.owner.user_id, hb, time.time(), self.owner.key_id
-        )
-        hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
+        record, before = await hub.liveness.beat(user_id, hb, time.time(), self.owner.key_id)
+        hub.heartbeat_pacer.accepted(user_id, hb.name)
         if (
             before is None
             or not hub.registry.is_online(before)
