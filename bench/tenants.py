@@ -210,9 +210,12 @@ async def victim_for(url: str, key: str, seconds: float) -> list[float]:
 # -- the flood, in its own process -----------------------------------------------------------
 
 
-async def flood(url: str, key: str, callback: str, seconds: float) -> dict[str, int]:
+async def flood(
+    url: str, key: str, callback: str, seconds: float, parts: str = "both"
+) -> dict[str, int]:
     """The tenant at its limits: each provider heartbeats once a second with all its models,
-    and 64 slow streams are kept open. Counts of what the hub answered."""
+    and 64 slow streams are kept open (``parts``: ``heartbeats`` or ``streams`` for one of
+    the two alone). Counts of what the hub answered."""
     counts: dict[str, int] = {}
     deadline = time.monotonic() + seconds
     headers = {"Authorization": f"Bearer {key}"}
@@ -240,18 +243,21 @@ async def flood(url: str, key: str, callback: str, seconds: float) -> dict[str, 
                     await r.read()
                 count(f"stream {r.status}")
 
-        tasks = [beats(b, i / PROVIDERS) for i, b in enumerate(bodies)]
-        tasks += [streams() for _ in range(PROVIDERS)]
+        tasks = []
+        if parts != "streams":
+            tasks += [beats(b, i / PROVIDERS) for i, b in enumerate(bodies)]
+        if parts != "heartbeats":
+            tasks += [streams() for _ in range(PROVIDERS)]
         await asyncio.gather(*tasks)
     return counts
 
 
 @contextlib.contextmanager
-def flooding(hub: Hub, callback: str, seconds: float) -> Iterator[Path]:
+def flooding(hub: Hub, callback: str, seconds: float, parts: str) -> Iterator[Path]:
     """The flood in a child process for ``seconds``; yields where its counts will be."""
     out = hub.workdir / "flood.json"
     argv = [sys.executable, str(Path(__file__).resolve()), "--flood-worker"]
-    argv += [hub.url, hub.keys["tenant"], callback, str(seconds), str(out)]
+    argv += [hub.url, hub.keys["tenant"], callback, str(seconds), str(out), parts]
     child = subprocess.Popen(argv, env=os.environ.copy())
     try:
         yield out
@@ -295,7 +301,7 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
     key = hub.keys["victim"]
     await victim_for(hub.url, key, 1.0)  # warm-up
     quiet = await victim_for(hub.url, key, args.quiet)
-    with flooding(hub, callback, args.flood + 3.0) as counts_file:
+    with flooding(hub, callback, args.flood + 3.0, args.flood_parts) as counts_file:
         await asyncio.sleep(3.0)  # the flood's streams and heartbeats are under way
         cpu0, wall0 = hub.cpu(), time.monotonic()
         loud = await victim_for(hub.url, key, args.flood)
@@ -304,7 +310,7 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
     return Noise(quiet, loud, counts, busy)
 
 
-def print_tables(per: dict[str, list[float]], noise: dict[str, Noise]) -> None:
+def print_cpu(per: dict[str, list[float]]) -> None:
     names = list(per)
     print("\nHub CPU per victim request (median of rounds; non-streaming + 20-chunk streams)\n")
     print("| tree | ms CPU/request (median) | rounds |")
@@ -315,7 +321,12 @@ def print_tables(per: dict[str, list[float]], noise: dict[str, Noise]) -> None:
     if len(names) == 2:
         ratio = statistics.median(per[names[1]]) / statistics.median(per[names[0]])
         print(f"\ncurrent/baseline CPU per request: {ratio:.2f}")
-    print("\nVictim chat latency, concurrency 1, quiet vs one tenant flooding at its limits\n")
+
+
+def print_tables(per: dict[str, list[float]], noise: dict[str, Noise], parts: str) -> None:
+    if per:
+        print_cpu(per)
+    print(f"\nVictim chat latency, concurrency 1, quiet vs one tenant flooding ({parts})\n")
     print(
         "| tree | quiet n | quiet p50 ms | quiet p99 ms | flood n | flood p50 ms "
         "| flood p99 ms | p99 ratio | hub CPU in flood | tenant's answers |"
@@ -354,7 +365,7 @@ async def run(args: argparse.Namespace) -> int:
                 hub.start()
                 await register(hub, callback)
                 log(f"{hub.name}: {hub.url}")
-            per = await cpu_per_request(hubs, args)
+            per = {} if args.skip_cpu else await cpu_per_request(hubs, args)
             noise = {h.name: await noisy(h, callback, args) for h in hubs}
         finally:
             for hub in hubs:
@@ -362,15 +373,15 @@ async def run(args: argparse.Namespace) -> int:
             upstream.stop()
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print_tables(per, noise)
+    print_tables(per, noise, args.flood_parts)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--flood-worker"]:
-        url, key, callback, seconds, out = argv[1:6]
-        counts = asyncio.run(flood(url, key, callback, float(seconds)))
+        url, key, callback, seconds, out, parts = argv[1:7]
+        counts = asyncio.run(flood(url, key, callback, float(seconds), parts))
         Path(out).write_text(json.dumps(counts))
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -380,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of quiet victim load")
     parser.add_argument("--flood", type=float, default=15.0, help="seconds of flooded load")
+    parser.add_argument(
+        "--flood-parts",
+        choices=["both", "heartbeats", "streams"],
+        default="both",
+        help="what the tenant floods with (to tell which part costs the victim)",
+    )
+    parser.add_argument("--skip-cpu", action="store_true", help="the noisy neighbour only")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile-hub", metavar="FILE.prof", help="cProfile the current hub")
     args = parser.parse_args(argv)

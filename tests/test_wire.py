@@ -95,7 +95,15 @@ def test_third_party_heartbeat_defaults() -> None:
     assert again.services[0].models == ("m",)
 
 
+def test_model_lists_are_stripped_and_deduplicated_in_order() -> None:
+    """What the bulk check of a model list returns is what checking each id returns."""
+    models = [" b ", "a", "b", "caf\u00e9", "del\x7f", "a "]
+    hb = wire.Heartbeat.parse(with_services({"name": "s", "models": models}))
+    assert hb.services[0].models == ("b", "a", "caf\u00e9", "del\x7f")
+
+
 OK = {"name": "r", "callback_url": "http://x/v1"}
+MANY = [f"model-{i}" for i in range(9)]
 
 
 def with_services(*services: Any) -> dict[str, Any]:
@@ -124,6 +132,24 @@ def with_services(*services: Any) -> dict[str, Any]:
         (with_services({"name": "a", "engine": None}), "services[0].engine", "must be a string"),
         (with_services({"name": "a", "features": "x"}), "services[0].features", "list of strings"),
         (with_services({"name": "a", "models": ["ok", 3]}), "services[0].models[1]", "string"),
+        # A long model list is checked in bulk; the first bad item is still the one named.
+        (
+            with_services({"name": "a", "models": [*MANY, "x\ty"]}),
+            "services[0].models[9]",
+            "control",
+        ),
+        (
+            with_services({"name": "a", "models": [*MANY, "\ud800"]}),
+            "services[0].models[9]",
+            "surrogate",
+        ),
+        (with_services({"name": "a", "models": [*MANY, " "]}), "services[0].models[9]", "empty"),
+        (with_services({"name": "a", "models": [*MANY, None]}), "services[0].models[9]", "string"),
+        (
+            with_services({"name": "a", "models": [*MANY, "é" * 257]}),
+            "services[0].models[9]",
+            "at most 256 characters",
+        ),
         (
             with_services({"name": "a", "models": ["m"] * 1025}),
             "services[0].models",
@@ -279,3 +305,15 @@ def test_load_goodbye_and_down_services_are_optional_and_checked() -> None:
         with pytest.raises(wire.PayloadError) as exc:
             wire.Heartbeat.parse(bad)
         assert exc.value.field == where
+
+
+def test_known_services_are_reused_only_for_an_equal_list() -> None:
+    first = with_services({"name": "a", "models": ["m1", "m2"]})
+    hb = wire.Heartbeat.parse(first)
+    known = (first["services"], hb.services)
+    again = wire.Heartbeat.parse(json.loads(json.dumps(first)), known)
+    assert again.services is hb.services
+    changed = with_services({"name": "a", "models": ["m1", 2]})
+    with pytest.raises(wire.PayloadError) as info:
+        wire.Heartbeat.parse(changed, known)
+    assert info.value.field == "services[0].models[1]"

@@ -246,19 +246,30 @@ class Heartbeat:
         return out
 
     @classmethod
-    def parse(cls, data: Any) -> Heartbeat:
-        """Validate a whole heartbeat; raises :class:`PayloadError` naming the first bad field."""
+    def parse(cls, data: Any, known: KnownServices | None = None) -> Heartbeat:
+        """Validate a whole heartbeat; raises :class:`PayloadError` naming the first bad field.
+
+        ``known`` is a ``services`` list as received before and what it validated to: when
+        this beat's list equals it, that result is reused instead of checking up to 1,024
+        model ids again (a steady agent sends the same list every beat)."""
         if not isinstance(data, dict):
             raise PayloadError("heartbeat", "must be a JSON object")
+        raw = data.get("services", [])
         return cls(
             _name(data.get("name"), "name"),
             _callback_url(data.get("callback_url")),
             _text(data.get("version"), "version", 100, required=False),
-            _services(data.get("services", [])),
+            known[1] if known is not None and raw == known[0] else _services(raw),
             _health(data.get("health", {})),
             _services(data.get("down") or [], "down"),
             _flag(data.get("leaving"), "leaving", default=False),
         )
+
+
+#: A heartbeat's ``services`` as received (JSON values) and as validated. Equal JSON values
+#: validate alike: every field checked is a string or a list of strings, and a string equals
+#: only a string, so an equal list cannot hold anything the first one did not pass.
+KnownServices = tuple[Any, tuple[AdvertisedService, ...]]
 
 
 @dataclass(frozen=True)
@@ -324,7 +335,7 @@ def _text(value: Any, where: str, max_len: int, required: bool = True) -> str:
         raise PayloadError(where, "must not be empty")
     if len(text) > max_len:
         raise PayloadError(where, f"must be at most {max_len} characters")
-    if _BAD_CHAR.search(text):
+    if _has_bad_char(text):
         if any(ord(c) < 32 for c in text):
             raise PayloadError(where, "must not contain control characters")
         raise PayloadError(where, "must not contain lone surrogates")
@@ -346,10 +357,36 @@ def _text_list(value: Any, where: str, max_items: int, max_len: int = 512) -> tu
         raise PayloadError(where, "must be a list of strings")
     if len(value) > max_items:
         raise PayloadError(where, f"must have at most {max_items} entries")
+    fast = _clean_texts(value, max_len)
+    if fast is not None:
+        return fast
     out: dict[str, None] = {}
     for i, item in enumerate(value):
         out[_text(item, f"{where}[{i}]", max_len)] = None
     return tuple(out)
+
+
+def _clean_texts(value: list[Any], max_len: int) -> tuple[str, ...] | None:
+    """What :func:`_text_list` returns for a list every item of which is fine, checked in bulk
+    (C loops: a provider lists up to 1,024 models at every heartbeat); None when some item is
+    not, and the loop over the items names the first bad one."""
+    try:
+        texts = list(map(str.strip, value))
+    except TypeError:  # an item is not a string
+        return None
+    if not texts:
+        return ()
+    if "" in texts or max(map(len, texts)) > max_len or _has_bad_char(" ".join(texts)):
+        return None
+    return tuple(dict.fromkeys(texts))
+
+
+def _has_bad_char(text: str) -> bool:
+    """Whether ``text`` holds a character :data:`_BAD_CHAR` refuses. Printable ASCII (model ids,
+    nearly always) is told in one C pass, several times faster than the regular expression."""
+    if text.isascii() and text.isprintable():
+        return False
+    return _BAD_CHAR.search(text) is not None
 
 
 def _callback_url(value: Any) -> str:

@@ -71,6 +71,27 @@ async def test_bad_heartbeat_never_partly_overwrites(
     ]
 
 
+async def test_a_services_list_is_reused_only_while_it_is_the_same(
+    hub_app: HubApp, alice: str, fake_agent: FakeAgent
+) -> None:
+    """A steady beat reuses its provider's last validated services; any change to the list is
+    checked in full (the hub keeps the raw list of the last valid beat to compare with)."""
+    for _ in range(2):
+        status, _ = await hub_app.heartbeat(alice, "rig", fake_agent.url, LLM)
+        assert status == 200
+    bad = [{**LLM[0], "models": [*LLM[0]["models"], "m\n2"]}]
+    status, body = await hub_app.heartbeat(alice, "rig", fake_agent.url, bad)
+    assert status == 400 and body["error"]["param"] == "services[0].models[1]"
+    bad = [{**LLM[0], "type": 1}]
+    status, body = await hub_app.heartbeat(alice, "rig", fake_agent.url, bad)
+    assert status == 400 and body["error"]["param"] == "services[0].type"
+    assert [m.id for m in (await hub_app.client(alice).models.list()).data] == ["m1"]
+    more = [{**LLM[0], "models": [*LLM[0]["models"], "m2"]}]
+    status, _ = await hub_app.heartbeat(alice, "rig", fake_agent.url, more)
+    assert status == 200
+    assert [m.id for m in (await hub_app.client(alice).models.list()).data] == ["m1", "m2"]
+
+
 async def test_heartbeat_tells_an_agent_the_hub_cannot_reach_it(
     hub_app: HubApp, alice: str
 ) -> None:

@@ -225,6 +225,23 @@ async def test_heartbeats_faster_than_one_a_second_get_429_retry_after(
     ] == [""]
 
 
+async def test_an_over_rate_beat_gets_its_429_before_its_description_is_checked(
+    strict_hub: HubApp,
+) -> None:
+    """The rate is checked on the name alone, so a flood of beats costs their JSON only: one
+    with a description the hub would refuse still gets the 429, and the provider is as its
+    accepted beat left it."""
+    key = await strict_hub.user_with_key("mallory")
+    status, _ = await post(strict_hub, "/v1/agent/heartbeat", beat(), key)
+    assert status == 200
+    bad = [{"name": "s", "models": ["m"] * 1025}]
+    status, data = await post(strict_hub, "/v1/agent/heartbeat", beat(" rig ", bad), key)
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    status, data = await post(strict_hub, "/v1/agent/heartbeat", beat("other", bad), key)
+    assert status == 400 and error(data)["param"] == "services[0].models"
+    assert providers(strict_hub) == ["rig"]
+
+
 async def test_concurrent_requests_stop_at_the_per_user_limit(
     strict_hub: HubApp, fake_agent: FakeAgent
 ) -> None:

@@ -32,6 +32,12 @@ from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.liveness")
 
+#: Providers whose last ``services`` are kept to skip validating them again (see
+#: :meth:`Liveness.remember_services`). The kept lists share their strings with the validated
+#: copy the registry holds anyway: what is extra is the lists and objects, ~0.5 KB for a
+#: provider with a few models, ~10 KB for one with 1,024.
+MAX_KNOWN = 100_000
+
 
 def name_taken(name: str) -> OpenAIError:
     return OpenAIError(
@@ -69,6 +75,8 @@ class Liveness:
         self._margin = interval + 1.0
         #: the last provisional id handed out (negative: the store's ids are positive)
         self._provisional = 0
+        #: (user id, provider name) -> its last valid ``services``, raw and validated
+        self._known: dict[tuple[int, str], wire.KnownServices] = {}
 
     async def load(self) -> None:
         """Load every provider into the registry: at start, and when changes were missed."""
@@ -155,6 +163,20 @@ class Liveness:
                     self._registry.remove(user_id, provider_id)
                 elif mine is None or found.last_heartbeat_at >= mine.last_heartbeat_at:
                     self._registry.update(found)
+
+    def known_services(self, user_id: int, name: str) -> wire.KnownServices | None:
+        """What the provider's last valid ``services`` were, for :meth:`wire.Heartbeat.parse`."""
+        return self._known.get((user_id, name))
+
+    def remember_services(
+        self, user_id: int, name: str, raw: Any, services: tuple[wire.AdvertisedService, ...]
+    ) -> None:
+        """Keep a validated ``services`` list for the provider's next beat. The table holds
+        one entry per provider name heard from; past :data:`MAX_KNOWN` (names of deleted
+        providers, or a fleet larger than any expected) it starts again from empty."""
+        if len(self._known) >= MAX_KNOWN:
+            self._known.clear()
+        self._known[(user_id, name)] = (raw, services)
 
     async def beat(
         self, user_id: int, hb: wire.Heartbeat, now: float, key_id: int | None = None

@@ -17,10 +17,24 @@ from inferclub.hub.store import ProviderRecord, ServiceInfo
 from inferclub.openai_errors import OpenAIError, model_not_found
 
 
+class Current:
+    """The newest record of one provider, shared by all its routes: a steady heartbeat swaps
+    it once instead of rebuilding a route per model (a provider may list 1,024)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: ProviderRecord) -> None:
+        self.record = record
+
+
 @dataclass(frozen=True)
 class Route:
-    provider: ProviderRecord
+    current: Current
     service: ServiceInfo
+
+    @property
+    def provider(self) -> ProviderRecord:
+        return self.current.record
 
 
 @dataclass
@@ -33,6 +47,8 @@ class _UserIndex:
     by_type_model: dict[tuple[str, str], list[Route]] = field(default_factory=dict)
     #: model -> types it is served as (any provider, online or not)
     types_of: dict[str, list[str]] = field(default_factory=dict)
+    #: provider id -> the record its routes read
+    current: dict[int, Current] = field(default_factory=dict)
 
 
 class Registry:
@@ -201,7 +217,8 @@ def _build(providers: list[ProviderRecord]) -> _UserIndex:
     for p in providers:
         idx.by_id[p.id] = p
         idx.by_name[p.name] = p
-        for key, routes in _routes_of(p).items():
+        idx.current[p.id] = Current(p)
+        for key, routes in _routes_of(idx.current[p.id]).items():
             idx.by_type_model.setdefault(key, []).extend(routes)
             types = idx.types_of.setdefault(key[1], [])
             if key[0] not in types:
@@ -209,13 +226,18 @@ def _build(providers: list[ProviderRecord]) -> _UserIndex:
     return idx
 
 
-def _routes_of(p: ProviderRecord) -> dict[tuple[str, str], list[Route]]:
+def _routes_of(current: Current) -> dict[tuple[str, str], list[Route]]:
     """The provider's candidates per (type, model), in manifest order."""
     out: dict[tuple[str, str], list[Route]] = {}
-    for svc in p.services:
+    for svc in current.record.services:
         for m in svc.models:
-            out.setdefault((svc.type, m), []).append(Route(p, svc))
+            out.setdefault((svc.type, m), []).append(Route(current, svc))
     return out
+
+
+def _keys_of(p: ProviderRecord) -> dict[tuple[str, str], None]:
+    """The (type, model) keys the provider is indexed under, in manifest order."""
+    return {(svc.type, m): None for svc in p.services for m in svc.models}
 
 
 def _by_id(item: ProviderRecord | Route) -> int:
@@ -233,9 +255,10 @@ def _unindex(idx: _UserIndex, p: ProviderRecord, keep_order: bool) -> None:
     emptied keys are kept, so ``types_of`` keeps its order for the re-index that follows."""
     del idx.providers[_span(idx.providers, p.id)]
     del idx.by_id[p.id]
+    del idx.current[p.id]
     if idx.by_name.get(p.name) is p:
         del idx.by_name[p.name]
-    for key in _routes_of(p):
+    for key in _keys_of(p):
         routes = idx.by_type_model[key]
         del routes[_span(routes, p.id)]
         if routes or keep_order:
@@ -249,14 +272,12 @@ def _unindex(idx: _UserIndex, p: ProviderRecord, keep_order: bool) -> None:
 
 
 def _replace(idx: _UserIndex, p: ProviderRecord) -> None:
-    """Swap in ``p`` where its previous record (same name and services) is indexed."""
+    """Swap in ``p`` where its previous record (same name and services) is indexed: its
+    routes read it through their shared :class:`Current`, so none is touched."""
     idx.providers[bisect.bisect_left(idx.providers, p.id, key=_by_id)] = p
     idx.by_id[p.id] = p
     idx.by_name[p.name] = p
-    for key in _routes_of(p):
-        routes = idx.by_type_model[key]
-        at = _span(routes, p.id)
-        routes[at] = [Route(p, r.service) for r in routes[at]]
+    idx.current[p.id].record = p
 
 
 def _index(idx: _UserIndex, p: ProviderRecord) -> None:
@@ -264,7 +285,8 @@ def _index(idx: _UserIndex, p: ProviderRecord) -> None:
     idx.providers[at] = [p]
     idx.by_id[p.id] = p
     idx.by_name[p.name] = p
-    for key, new in _routes_of(p).items():
+    idx.current[p.id] = current = Current(p)
+    for key, new in _routes_of(current).items():
         routes = idx.by_type_model.setdefault(key, [])
         routes[_span(routes, p.id)] = new
         types = idx.types_of.setdefault(key[1], [])

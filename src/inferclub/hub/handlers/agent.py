@@ -18,10 +18,10 @@ from inferclub.openai_errors import OpenAIError
 log = logging.getLogger("inferclub.agent")
 
 
-def parse_heartbeat(data: object) -> wire.Heartbeat:
+def parse_heartbeat(data: object, known: wire.KnownServices | None = None) -> wire.Heartbeat:
     """The heartbeat in ``data``, or a 400 naming the bad field in ``param``."""
     try:
-        return wire.Heartbeat.parse(data)
+        return wire.Heartbeat.parse(data, known)
     except wire.PayloadError as exc:
         raise OpenAIError(
             400,
@@ -46,24 +46,32 @@ class HeartbeatHandler(ApiHandler):
     required_scope = keys.AGENT
 
     async def post(self) -> None:
-        hb = parse_heartbeat(self.json_body())
+        data = self.json_body()
         hub = self.hub
+        user_id = self.owner.user_id
+        name = data.get("name")
+        # A goodbye is neither paced nor remembered (see _goodbye).
+        leaving = data.get("leaving") is True
+        known = None
+        if isinstance(name, str) and not leaving:
+            # Before the rest is validated: a beat over the rate costs its JSON decoding only.
+            hub.heartbeat_pacer.check(user_id, name.strip())
+            known = hub.liveness.known_services(user_id, name.strip())
+        hb = parse_heartbeat(data, known)
         if hb.leaving:
             self._goodbye(hb)
             return
-        hub.heartbeat_pacer.check(self.owner.user_id, hb.name)
-        known = hub.registry.find(self.owner.user_id, hb.name)
-        if known is None:
+        hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
+        found = hub.registry.find(user_id, hb.name)
+        if found is None:
             self._check_provider_limit()
         # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
         # relay checks every address again when it connects, so a stale check is harmless.
-        if known is None or known.callback_url != hb.callback_url:
+        if found is None or found.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
-        record, before = await hub.liveness.beat(
-            self.owner.user_id, hb, time.time(), self.owner.key_id
-        )
+        record, before = await hub.liveness.beat(user_id, hb, time.time(), self.owner.key_id)
         hub.fleet.heard(record.id, ProviderState.of(hb))
-        hub.heartbeat_pacer.accepted(self.owner.user_id, hb.name)
+        hub.heartbeat_pacer.accepted(user_id, hb.name)
         hub.metrics.heartbeats.inc()
         if (
             before is None
