@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import signal
@@ -207,6 +208,22 @@ async def run_agent(config: RunConfig, engines: Mapping[str, Engine]) -> int:
 def main_run(config: RunConfig, engines: Mapping[str, Engine]) -> int:
     try:
         return asyncio.run(run_agent(config, engines))
-    except OSError as exc:  # e.g. the listen address is taken
-        print(f"inference-club-agent: {exc}", file=sys.stderr)
+    except OSError as exc:
+        address = f"{format_host(config.listen_host)}:{config.listen_port}"
+        if exc.errno == errno.EADDRINUSE:
+            # The usual case: a second agent on one machine. Say what to change.
+            print(
+                f"inference-club-agent: cannot listen on {address}: the address is already in "
+                "use (another agent?); pick a free one with --listen HOST:PORT "
+                "(or agent.listen in the manifest)",
+                file=sys.stderr,
+            )
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            print(
+                f"inference-club-agent: cannot listen on {address}: {exc.strerror}; "
+                "pass another --listen HOST:PORT",
+                file=sys.stderr,
+            )
+        else:
+            print(f"inference-club-agent: {exc}", file=sys.stderr)
         return 1
