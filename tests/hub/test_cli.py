@@ -135,6 +135,13 @@ def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path)
         out = "\n".join(hub.stdout_lines)
         key = next(ln.strip() for ln in hub.stdout_lines if ln.strip().startswith("ic_"))
         assert "inference-club-agent run" in out and f'api_key="{key}"' in out
+        # The agent command runs as printed, from where the hub was started, venv or not.
+        command = next(ln.split() for ln in hub.stdout_lines if "inference-club-agent" in ln)
+        agent = command[command.index("run") - 1]
+        printed = subprocess.run(
+            [agent, "--version"], cwd=hub.workdir, capture_output=True, text=True, check=False
+        )
+        assert printed.returncode == 0 and "inference-club-agent" in printed.stdout
         with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as c:
             assert c.models.list().data == []
     finally:

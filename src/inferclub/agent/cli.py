@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 
 from inferclub.agent import __version__
-from inferclub.agent.detect import default_urls, detect, render_manifest
+from inferclub.agent.deep import deep_check
+from inferclub.agent.detect import default_urls, detect, probe_url, render_manifest
 from inferclub.agent.manifest import Manifest, ManifestError, load_manifest
 from inferclub.agent.runner import PROBE_TIMEOUT, RunConfig, main_run, parse_listen
 from inferclub.agent.services import ServiceTable
@@ -84,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--manifest", required=True, metavar="FILE")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument(
+        "--deep",
+        action="store_true",
+        help="also send one tiny real request to each service that is up",
+    )
 
     det = sub.add_parser("detect", help="find local engines and print a manifest for them")
     det.add_argument(
@@ -91,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="URL",
         help="probe this server root instead of the default local ports (repeatable)",
+    )
+    det.add_argument(
+        "--probe",
+        action="append",
+        metavar="HOST:PORT",
+        help="probe this address instead of the default local ports (repeatable)",
     )
 
     sub.add_parser("engines", help="list the installed engines")
@@ -173,18 +185,26 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
     return main_run(config, engines)
 
 
-async def _probe_manifest(manifest: Manifest, engines: Mapping[str, Engine]) -> ServiceTable:
+async def _probe_manifest(
+    manifest: Manifest, engines: Mapping[str, Engine], deep: bool
+) -> tuple[ServiceTable, dict[str, str]]:
+    """Probe every service; with ``deep``, then send each one that is up a tiny request."""
     table = ServiceTable(manifest.services, engines)
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await table.probe_all(session)
-    return table
+        if not deep:
+            return table, {}
+        states = [st for st in table.states.values() if st.up]
+        # One at a time: several models on one small machine would fight for it.
+        results = {st.name: await deep_check(session, st) for st in states}
+    return table, results
 
 
 def cmd_check(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     manifest = load_or_exit(args.manifest, engines)
-    table = asyncio.run(_probe_manifest(manifest, engines))
+    table, deep = asyncio.run(_probe_manifest(manifest, engines, args.deep))
     rows: list[dict[str, Any]] = []
     for st in table.states.values():
         s = st.service
@@ -202,13 +222,17 @@ def cmd_check(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
                 "aliases": {m.alias: m.id for m in s.models if m.alias},
             }
         )
+        if args.deep:
+            rows[-1]["deep"] = deep.get(s.name, "skipped: service is down")
     down = [r for r in rows if not r["up"]]
+    failed = [r for r in rows if r.get("deep", "").startswith("FAILED")]
     if args.json:
         print(json.dumps({"manifest": manifest.path, "services": rows}, indent=2))
-        return 1 if down else 0
+        return 1 if down or failed else 0
+    tried = f"; {len(failed)} failed a request" if args.deep else ""
     print(
         f"{manifest.path}: valid, {len(manifest.hosts)} host(s), {len(rows)} service(s); "
-        f"{len(rows) - len(down)} up, {len(down)} down"
+        f"{len(rows) - len(down)} up, {len(down)} down{tried}"
     )
     for host in manifest.hosts:
         print(f"\nhost {host.id}")
@@ -217,15 +241,21 @@ def cmd_check(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
             features = f" [{', '.join(row['features'])}]" if row["features"] else ""
             print(f"  {row['name']}: {row['type']} via {row['engine']} at {row['url']}{features}")
             print(f"    status: {state}")
+            if "deep" in row:
+                print(f"    request: {row['deep']}")
             models = [
                 f"{m} -> {row['aliases'][m]}" if m in row["aliases"] else m for m in row["models"]
             ]
             print(f"    models: {', '.join(models) if models else '(none)'}")
-    return 1 if down else 0
+    return 1 if down or failed else 0
 
 
 def cmd_detect(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
-    urls = args.url or default_urls(engines.values())
+    try:
+        probes = [probe_url(p) for p in args.probe or ()]
+    except ValueError as exc:
+        raise usage_error(f"--probe: {exc}") from None
+    urls = [*(args.url or ()), *probes] or default_urls(engines.values())
     found = asyncio.run(detect(engines, urls))
     if not found:
         print(f"no engine found at {', '.join(urls)}", file=sys.stderr)

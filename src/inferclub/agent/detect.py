@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,9 +24,47 @@ class Found:
     models: tuple[str, ...]
 
 
+#: Suffixes dropped from a file-path model id before an alias is made from it.
+MODEL_FILE_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors", ".onnx")
+#: A parameter count in a model name (`135M`, `8B`, `1.5b`): what comes before it is the family.
+SIZE_TOKEN = re.compile(r"^\d+(\.\d+)?[mbk]$")
+
+
 def default_urls(engines: Iterable[Engine], host: str = "127.0.0.1") -> list[str]:
     ports = sorted({p for e in engines for p in e.default_ports})
     return [f"http://{host}:{port}" for port in ports]
+
+
+def probe_url(value: str) -> str:
+    """`HOST:PORT` (or a whole `http://HOST:PORT` root) -> the root URL to probe."""
+    if "://" in value:
+        return value.rstrip("/")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return f"http://{host}:{port}"
+
+
+def propose_alias(model_id: str) -> str | None:
+    """A short name for a file-path, repo-style or sized model id, or None.
+
+    `/models/SmolLM2-135M-Instruct.Q4_1.gguf` and `smollm2-135m` become `smollm2`,
+    `Qwen/Qwen3-8B` becomes `qwen3`; Ollama's `name:tag` ids are already short.
+    """
+    name = model_id.rstrip("/").rsplit("/", 1)[-1]
+    if ":" in name or not name:
+        return None
+    lowered = name.lower()
+    for suffix in MODEL_FILE_SUFFIXES:
+        if lowered.endswith(suffix):
+            lowered = lowered[: -len(suffix)].split(".")[0]  # the quantisation (`.Q4_1`) too
+            break
+    tokens = lowered.split("-")
+    for i, token in enumerate(tokens):
+        if i and SIZE_TOKEN.match(token):
+            lowered = "-".join(tokens[:i])
+            break
+    return lowered if lowered and lowered != model_id else None
 
 
 async def _probe_url(
@@ -57,10 +96,28 @@ async def detect(engines: Mapping[str, Engine], urls: list[str]) -> list[Found]:
     return [r for r in results if r is not None]
 
 
+def model_entries(item: Found, taken: set[str]) -> list[dict[str, str]]:
+    """The `models:` list of a detected service: pinned ones as probed, and when a found
+    model gets a short alias, every found model (aliases need the list)."""
+    ids = [m.id for m in item.service.models] or list(item.models)
+    entries: list[dict[str, str]] = []
+    for model_id in ids:
+        entry = {"id": model_id}
+        alias = propose_alias(model_id)
+        if alias and alias not in taken and alias not in ids:
+            entry["alias"] = alias
+            taken.add(alias)
+        entries.append(entry)
+    if item.service.models or any("alias" in e for e in entries):
+        return entries
+    return []
+
+
 def render_manifest(found: list[Found]) -> str:
     """A ready-to-use manifest for what `detect` found."""
     services: list[dict[str, Any]] = []
     names: set[str] = set()
+    aliases: set[str] = set()
     comments = []
     for item in found:
         s = item.service
@@ -68,13 +125,10 @@ def render_manifest(found: list[Found]) -> str:
         if name in names:
             name = f"{name}-{urlsplit(s.url).port}"
         names.add(name)
-        entry: dict[str, Any] = {"name": name}
-        if s.type != "llm":
-            entry["type"] = s.type
-        entry["engine"] = s.engine
-        entry["url"] = s.url
-        if s.models:
-            entry["models"] = [{"id": m.id} for m in s.models]
+        entry: dict[str, Any] = {"name": name, "type": s.type, "engine": s.engine, "url": s.url}
+        models = model_entries(item, aliases)
+        if models:
+            entry["models"] = models
         if s.options:
             entry["options"] = dict(s.options)
         services.append(entry)

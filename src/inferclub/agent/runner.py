@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import signal
@@ -68,10 +69,15 @@ def bind(host: str, port: int, option: str) -> list[socket.socket]:
     try:
         return tornado.netutil.bind_sockets(port, host)
     except OSError as exc:
+        address = f"{format_host(host)}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            # The usual case: a second agent on one machine. Say what to change.
+            why = "the address is already in use (another agent?)"
+        else:
+            why = exc.strerror or str(exc)
         raise OSError(
             exc.errno,
-            f"cannot listen on {format_host(host)}:{port} ({exc.strerror}); choose "
-            f"another address with {option}",
+            f"cannot listen on {address}: {why}; choose another address with {option} HOST:PORT",
         ) from None
 
 

@@ -32,6 +32,7 @@ from inferclub.openai_errors import OpenAIError
 from inferclub.signing import SignatureRejected
 
 log = logging.getLogger("inferclub.agent.server")
+access_log = logging.getLogger("tornado.access")
 
 #: Everything the hub sends an agent: ``POST`` to an endpoint it routes, and ``GET /models``.
 #: Matched against the raw request path, so ``..``, ``%2e%2e``, ``%2f`` and ``//`` never
@@ -87,6 +88,7 @@ class CallbackHandler(BaseHandler):
     """
 
     SUPPORTED_METHODS = ("GET", "POST")
+    expected_refusal = False
 
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -100,6 +102,9 @@ class CallbackHandler(BaseHandler):
     def prepare(self) -> None:
         auth = self.runtime.auth
         if not auth.ready:
+            # The hub checks it can reach a new agent while that agent's first heartbeat is
+            # still in flight: this answer is expected then, not worth an ERROR line.
+            self.expected_refusal = True
             raise OpenAIError(
                 503, "this agent has not registered with the hub yet", "service_unavailable"
             )
@@ -232,6 +237,24 @@ class LiveHandler(BaseHandler):
         self.finish({"status": "ok"})
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, except that the 503 answered before the first heartbeat
+    reply (see :meth:`CallbackHandler.prepare`) is INFO: a healthy start logs no ERROR."""
+    status = handler.get_status()
+    if getattr(handler, "expected_refusal", False) or status < 400:
+        level = logging.INFO
+    else:
+        level = logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(
+        level,
+        "%d %s %.2fms",
+        status,
+        handler._request_summary(),
+        1000.0 * request.request_time(),
+    )
+
+
 def make_app(runtime: Runtime) -> tornado.web.Application:
     """The callback server's application; opens no sockets."""
     routes: list[Any] = [
@@ -240,4 +263,4 @@ def make_app(runtime: Runtime) -> tornado.web.Application:
     ]
     if runtime.metrics_token:
         routes.append(metrics_route(runtime.metrics.registry, runtime.metrics_token))
-    return tornado.web.Application(routes)
+    return tornado.web.Application(routes, log_function=log_request)

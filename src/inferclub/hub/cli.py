@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tornado.httpserver
@@ -566,6 +568,23 @@ async def _announce(hub: Hub, settings: Settings, quickstart: bool, url: str, po
         )
 
 
+def agent_command() -> str:
+    """How to run the agent from here: its bare name when that is on PATH, else its path
+    in this hub's virtualenv (relative when inside the current directory), so the printed
+    command runs as printed without activating the venv."""
+    bin_dir = Path(sys.executable).parent
+    agent = bin_dir / "inference-club-agent"
+    found = shutil.which("inference-club-agent")
+    if found and Path(found).resolve() == agent.resolve():
+        return "inference-club-agent"
+    if not agent.exists():
+        return "inference-club-agent"
+    try:
+        return str(agent.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(agent.absolute())
+
+
 async def _print_quickstart(accounts: Accounts, url: str) -> None:
     lines = ["", f"inferclub hub is up at {url}"]
     user = None
@@ -584,7 +603,7 @@ async def _print_quickstart(accounts: Accounts, url: str) -> None:
     lines += [
         "Next steps:",
         "  1. Run an agent next to your inference server (see manifests/ for examples):",
-        f"       INFERCLUB_API_KEY={key} inference-club-agent run"
+        f"       INFERCLUB_API_KEY={key} {agent_command()} run"
         f" --manifest manifests/llamacpp.yaml --hub {url}",
         "  2. Use the hub from any OpenAI client:",
         f'       OpenAI(base_url="{url}/v1", api_key="{key}")',

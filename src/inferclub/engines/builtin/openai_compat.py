@@ -27,6 +27,8 @@ class OpenAICompatEngine(Engine):
     service_types = frozenset(SERVICE_TYPES)
     features = frozenset({"timestamps"})
     probe_order = 1000
+    # Kokoro-FastAPI, Piper's local-tts, the embeddings server of manifests/openai.yaml.
+    default_ports = (7878, 8103, 8880)
 
     async def health(self, session: aiohttp.ClientSession, service: Service) -> Health:
         # Some servers (TTS, image) have no model list; any HTTP answer below 500 means up.
@@ -51,7 +53,42 @@ class OpenAICompatEngine(Engine):
     async def probe(self, session: aiohttp.ClientSession, root_url: str) -> Service | None:
         if not openai_model_ids(await get_json(session, f"{root_url}/v1/models")):
             return None
-        return Service(name="openai", engine=self.name, url=f"{root_url}/v1")
+        url = f"{root_url}/v1"
+        kind = await served_type(session, url)
+        return Service(name=PROBE_NAMES[kind], engine=self.name, type=kind, url=url)
+
+
+#: The routes that tell a server's type, most telling first: a server with a chat route is
+#: an LLM server even if it also embeds.
+TYPE_ROUTES = (
+    ("llm", "/chat/completions"),
+    ("tts", "/audio/speech"),
+    ("stt", "/audio/transcriptions"),
+    ("image", "/images/generations"),
+    ("embedding", "/embeddings"),
+)
+PROBE_NAMES = {
+    "llm": "openai",
+    "tts": "tts",
+    "stt": "stt",
+    "image": "images",
+    "embedding": "embeddings",
+}
+
+
+async def served_type(session: aiohttp.ClientSession, url: str) -> str:
+    """The service type of an OpenAI-compatible server at ``url`` (``.../v1``), from which
+    routes exist. A POST without a body is refused by every real route (400, 422, 500)
+    without any inference, while a missing route answers 404, 405 or 501. (No body at all:
+    some small servers leave an unread body on the connection after a 404.)"""
+    for kind, path in TYPE_ROUTES:
+        async with session.post(
+            url + path, data=b"", headers={"Content-Type": "application/json"}
+        ) as resp:
+            await resp.read()
+            if resp.status not in (404, 405, 501):
+                return kind
+    return "llm"
 
 
 @hookimpl(trylast=True)

@@ -127,6 +127,10 @@ class WhisperEngine(Engine):
             return Service(name="whisper", engine=self.name, type="stt", url=f"{root_url}/v1")
         if health.get("status") != "ok":
             return None
+        if await _openai_paths(session, root_url):
+            # faster-whisper-server answers /health like whisper.cpp, but it is a FastAPI app
+            # that describes its OpenAI routes; whisper.cpp has no /openapi.json.
+            return await _openai_style(session, root_url)
         async with session.get(f"{root_url}/v1/models") as resp:
             if resp.status != 404:  # llama-server has /health too, but also a model list
                 return None
@@ -139,6 +143,27 @@ class WhisperEngine(Engine):
             models=(Model("whisper-1"),),
             options={"api": "whispercpp"},
         )
+
+
+async def _openai_paths(session: aiohttp.ClientSession, root_url: str) -> bool:
+    """Whether the server's OpenAPI document (FastAPI servers have one) lists the OpenAI
+    transcription route."""
+    try:
+        doc = await get_json(session, f"{root_url}/openapi.json")
+    except EngineError:
+        return False
+    paths = doc.get("paths") if isinstance(doc, dict) else None
+    return isinstance(paths, dict) and "/v1/audio/transcriptions" in paths
+
+
+async def _openai_style(session: aiohttp.ClientSession, root_url: str) -> Service:
+    url = f"{root_url}/v1"
+    async with session.get(f"{url}/models") as resp:
+        listed = resp.status == 200
+    # Without a model list (faster-whisper-server 0.0.3) the server serves the one model it
+    # was started with and ignores the `model` field, so any name reaches it.
+    models = () if listed else (Model("whisper-1"),)
+    return Service(name="whisper", engine="whisper", type="stt", url=url, models=models)
 
 
 @hookimpl(trylast=True)

@@ -1,0 +1,357 @@
+"""`make demo`: a real model answering through the hub, with no other step.
+
+Starts the small real engines that scripts/install-engines.sh installed (llama.cpp's
+llama-server as `smollm2`, faster-whisper-server, Piper's local-tts) on free loopback ports,
+writes their manifest with `inference-club-agent detect`, checks it with `check --deep`, runs an
+agent against the hub that `make run` started (or a hub of its own when none answers), then
+sends a streamed chat, a speech request and a transcription through the hub and prints the
+OpenAI SDK lines that now work. It keeps everything running until Ctrl-C (`--once`: stop after
+the requests, as the test does).
+
+The key: `--key` or $INFERCLUB_API_KEY; else a new key for the hub's first local user, made with
+`inferclub keys create` on the database `make run` uses (the quickstart prints its key only
+once, and keeps no copy).
+
+Standard library only: it runs with the hub's virtualenv, which has no openai SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+BIN = Path(sys.executable).parent
+DEFAULT_HUB = "http://127.0.0.1:8321"
+LLM_ALIAS = "smollm2"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+READY_TIMEOUT = 120.0
+
+
+class DemoError(RuntimeError):
+    """Something the user must fix; printed without a traceback."""
+
+
+def engines_dir() -> Path:
+    env = os.environ.get("INFERCLUB_ENGINES_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "inferclub" / "engines"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+class Processes:
+    """The processes this demo started, stopped (by process group) in reverse order."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log: IO[bytes] = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - child keeps it
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **OFFLINE, **(env or {})},
+            start_new_session=True,
+        )
+        log.close()
+        self.started.append((name, proc))
+
+    def check_alive(self) -> None:
+        for name, proc in self.started:
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise DemoError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.started):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(self.started):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for(
+    what: str, url: str, procs: Processes, ok: Callable[[int], bool] = lambda s: s == 200
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        if ok(http(url, timeout=2)[0]):
+            return
+        time.sleep(0.2)
+    raise DemoError(f"{what} did not answer at {url} within {READY_TIMEOUT:.0f} s")
+
+
+def start_engines(procs: Processes, state: Path) -> list[int]:
+    """llama-server, faster-whisper-server and local-tts on free ports; their ports."""
+    path = engines_dir() / "engines.json"
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        llama, stt, tts = info["llama"], info["stt"], info["tts"]
+    except (OSError, ValueError, KeyError):
+        raise DemoError(f"no engines in {path}: run `bash scripts/install-engines.sh`") from None
+    ports = [free_port(), free_port(), free_port()]
+    procs.start(
+        "llama-server",
+        [llama["server"], "-m", llama["gguf"], "--alias", LLM_ALIAS, "--host", "127.0.0.1",
+         "--port", str(ports[0]), "-c", "2048", "-t", "2", "--jinja", "--no-webui"],
+    )  # fmt: skip
+    procs.start(
+        "faster-whisper-server",
+        [stt["server"], stt["model"], "--host", "127.0.0.1", "--port", str(ports[1])],
+    )
+    data = state / "tts-data"
+    data.mkdir(exist_ok=True)
+    settings = json.loads(Path(tts["settings"]).read_text())
+    settings["voices_dir"] = tts["voices_dir"]
+    (data / "settings.json").write_text(json.dumps(settings))
+    procs.start(
+        "local-tts",
+        [tts["server"], "--host", "127.0.0.1", "--port", str(ports[2])],
+        {"LOCAL_TTS_DATA_DIR": str(data)},
+    )
+    wait_for("llama-server", f"http://127.0.0.1:{ports[0]}/health", procs)
+    wait_for("faster-whisper-server", f"http://127.0.0.1:{ports[1]}/health", procs)
+    wait_for("local-tts", f"http://127.0.0.1:{ports[2]}/v1/models", procs)
+    return ports
+
+
+def run(*cmd: str) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DemoError(f"`{' '.join(cmd)}` failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def hub_answers(hub: str) -> bool:
+    # Without a key a hub answers 401 with its OpenAI error object: it is there.
+    return http(f"{hub}/v1/models")[0] in (200, 401)
+
+
+def new_key(db: list[str], create_user: bool) -> str:
+    if create_user:
+        run(str(BIN / "inferclub"), "users", "create", "demo", *db)
+    users = run(str(BIN / "inferclub"), "users", "list", *db).split()
+    if not users:
+        raise DemoError("the hub has no user yet: start it with `make run` first")
+    out = run(str(BIN / "inferclub"), "keys", "create", users[0], "--name", "demo", *db)
+    return out.strip().splitlines()[-1]
+
+
+def hub_and_key(args: argparse.Namespace, procs: Processes, state: Path) -> tuple[str, str]:
+    hub = args.hub.rstrip("/")
+    key = args.key or os.environ.get("INFERCLUB_API_KEY")
+    db = ["--db", args.db] if args.db else []
+    if not hub_answers(hub):
+        print(f"no hub answers at {hub}: starting one (its database: {state / 'hub.db'})")
+        port = hub.rsplit(":", 1)[-1]
+        db = ["--db", str(state / "hub.db")]
+        procs.start("hub", [str(BIN / "inferclub"), "serve", "--port", port, *db])
+        wait_for("the hub", f"{hub}/v1/models", procs, ok=lambda s: s == 401)
+        return hub, key or new_key(db, create_user=True)
+    key = key or new_key(db, create_user=False)
+    if http(f"{hub}/v1/models", headers={"Authorization": f"Bearer {key}"})[0] != 200:
+        raise DemoError(
+            f"the hub at {hub} refuses the key: pass --key KEY (or $INFERCLUB_API_KEY), "
+            "or --db with the hub's database"
+        )
+    return hub, key
+
+
+def write_manifest(ports: list[int], state: Path) -> Path:
+    probes = [arg for port in ports for arg in ("--probe", f"127.0.0.1:{port}")]
+    manifest = state / "manifest.yaml"
+    manifest.write_text(run(str(BIN / "inference-club-agent"), "detect", *probes))
+    print(f"\n{manifest} (written by `inference-club-agent detect`):\n{manifest.read_text()}")
+    print(run(str(BIN / "inference-club-agent"), "check", "--deep", "--manifest", str(manifest)))
+    return manifest
+
+
+def wait_models(hub: str, key: str, wanted: set[str], procs: Processes) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        status, body = http(f"{hub}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        if status == 200 and wanted <= {m["id"] for m in json.loads(body)["data"]}:
+            return
+        time.sleep(0.3)
+    raise DemoError(f"the hub did not list {sorted(wanted)} within {READY_TIMEOUT:.0f} s")
+
+
+def stream_chat(hub: str, key: str) -> str:
+    body = {
+        "model": LLM_ALIAS,
+        "messages": [{"role": "user", "content": "Say hello in five words."}],
+        "max_tokens": 24,
+        "stream": True,
+    }
+    request = urllib.request.Request(
+        f"{hub}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    text = []
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices", []):
+                piece = choice.get("delta", {}).get("content") or ""
+                print(piece, end="", flush=True)
+                text.append(piece)
+    print()
+    return "".join(text)
+
+
+def speech_and_transcript(hub: str, key: str, state: Path) -> str:
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "tts-1", "voice": "alloy", "input": "Hello world", "response_format": "wav"}
+    status, audio = http(
+        f"{hub}/v1/audio/speech",
+        json.dumps(body).encode(),
+        {**auth, "Content-Type": "application/json"},
+        timeout=120,
+    )
+    if status != 200:
+        raise DemoError(f"speech: HTTP {status}: {audio[:300]!r}")
+    wav = state / "speech.wav"
+    wav.write_bytes(audio)
+    print(f"speech: {len(audio)} bytes of WAV in {wav}")
+    boundary = "inferclubdemo"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            'name="file"; filename="speech.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + audio
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, answer = http(
+        f"{hub}/v1/audio/transcriptions",
+        form,
+        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=120,
+    )
+    if status != 200:
+        raise DemoError(f"transcription: HTTP {status}: {answer[:300]!r}")
+    text = str(json.loads(answer)["text"]).strip()
+    print(f"transcription of it: {text}")
+    return text
+
+
+def print_sdk_lines(hub: str, key: str) -> None:
+    print(
+        f"""
+Now working, from any machine that reaches the hub (pip install openai):
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{hub}/v1", api_key="{key}")
+    for chunk in client.chat.completions.create(
+        model="{LLM_ALIAS}", messages=[{{"role": "user", "content": "Hi"}}], stream=True
+    ):
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+    client.audio.speech.create(model="tts-1", voice="alloy", input="Hello",
+                               response_format="wav").write_to_file("hello.wav")
+    client.audio.transcriptions.create(model="whisper-1", file=open("hello.wav", "rb")).text
+"""
+    )
+
+
+def demo(args: argparse.Namespace, procs: Processes, state: Path) -> None:
+    made = not (args.key or os.environ.get("INFERCLUB_API_KEY"))
+    hub, key = hub_and_key(args, procs, state)
+    print(f"hub: {hub}")
+    ports = start_engines(procs, state)
+    manifest = write_manifest(ports, state)
+    procs.start(
+        "agent",
+        [str(BIN / "inference-club-agent"), "run", "--manifest", str(manifest), "--hub", hub,
+         "--listen", "127.0.0.1:0", "--name", "demo", "--heartbeat-interval", "2",
+         "--known-hubs", str(state / "known_hubs")],
+        {"INFERCLUB_API_KEY": key},
+    )  # fmt: skip
+    wait_models(hub, key, {LLM_ALIAS, "whisper-1", "tts-1"}, procs)
+    print(f'model="{LLM_ALIAS}", streamed through the hub: ', end="")
+    if not stream_chat(hub, key).strip():
+        raise DemoError("the chat answer was empty")
+    speech_and_transcript(hub, key, state)
+    # A key the demo made is shown (like the quickstart's); one the user gave is not echoed.
+    print_sdk_lines(hub, key if made else "<your key>")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hub", default=DEFAULT_HUB, help=f"the hub (default {DEFAULT_HUB})")
+    parser.add_argument("--key", help="an API key of that hub (or $INFERCLUB_API_KEY)")
+    parser.add_argument("--db", help="the hub's database, to make a key (default: make run's)")
+    parser.add_argument("--state-dir", help="where logs, the manifest and speech.wav go")
+    parser.add_argument("--once", action="store_true", help="stop after the requests")
+    args = parser.parse_args()
+    state = Path(args.state_dir or tempfile.mkdtemp(prefix="inferclub-demo-"))
+    state.mkdir(parents=True, exist_ok=True)
+    procs = Processes(state)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        demo(args, procs, state)
+        if not args.once:
+            print(f"Engines and agent keep running (logs in {state}); Ctrl-C stops them.")
+            while True:
+                procs.check_alive()
+                time.sleep(1)
+    except DemoError as exc:
+        print(f"make demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print()
+    finally:
+        procs.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""`make demo`'s script (scripts/demo.py) run as a newcomer runs it: real engines, detect,
+check --deep, an agent, and a streamed answer, a speech file and its transcription through a
+real hub -- the one already running, or one it starts itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.hubproc import HubProcess
+from tests.support.real_engines import REQUIRE_ENV, free_port, installed
+
+pytestmark = [pytest.mark.real_engine, pytest.mark.subprocess, pytest.mark.timeout(400)]
+
+DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+
+
+@pytest.fixture
+def demo_engines() -> None:
+    missing = [kind for kind in ("llama", "stt", "tts") if installed(kind) is None]
+    if missing and os.environ.get(REQUIRE_ENV) != "1":
+        pytest.skip(f"real engines {missing} not installed: run scripts/install-engines.sh")
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "INFERCLUB_API_KEY"}
+    return subprocess.run(
+        [sys.executable, str(DEMO), "--once", *args],
+        capture_output=True,
+        text=True,
+        timeout=360,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("demo_engines")
+def test_demo_against_the_running_hub(hub_process: HubProcess, tmp_path: Path) -> None:
+    hub_process.user_with_key("newcomer")  # what `make run`'s quickstart leaves behind
+    result = run_demo(
+        "--hub", hub_process.url, "--db", str(hub_process.db), "--state-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "3 up, 0 down; 0 failed a request" in out
+    assert 'model="smollm2", streamed through the hub: ' in out
+    # whisper tiny.en hears Piper's "Hello world" back (punctuation and case may vary).
+    assert "transcription of it: hello world" in out.lower()
+    assert (tmp_path / "speech.wav").read_bytes()[:4] == b"RIFF"
+    key = next(
+        ln.split('api_key="')[1].split('"')[0] for ln in out.splitlines() if "api_key=" in ln
+    )
+    assert key.startswith("ic_")
+    assert f'OpenAI(base_url="{hub_process.url}/v1", api_key="{key}")' in out
+    assert 'model="smollm2", messages=' in out
+
+
+@pytest.mark.usefixtures("demo_engines")
+def test_demo_starts_its_own_hub_when_none_answers(tmp_path: Path) -> None:
+    hub = f"http://127.0.0.1:{free_port()}"
+    result = run_demo("--hub", hub, "--state-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"no hub answers at {hub}: starting one" in result.stdout
+    assert "transcription of it: hello world" in result.stdout.lower()
