@@ -312,7 +312,7 @@ def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
     if ctype.startswith("application/json"):
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ctype, body
         if isinstance(data, dict) and isinstance(data.get("text"), str):
             return "text/plain; charset=utf-8", data["text"].encode()

@@ -178,7 +178,7 @@ def _take_event(event: bytes, meter: RequestMeter, strip_usage: bool) -> bool:
             continue
         try:
             obj = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):  # an agent's bytes: anything may come
             continue
         if not isinstance(obj, dict):
             continue
