@@ -3,13 +3,14 @@ the history every row of which it can write, or make the store refuse the row.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.support.fakes.agent import FakeAgent
-from tests.support.hubapp import HubApp
+from tests.support.hubapp import HubApp, wait_until
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE = "9" * 4000  # parses (under the 4,300-digit limit), but fits no 64-bit column
@@ -90,3 +91,51 @@ async def test_impossible_token_counts_leave_the_row_written(
     (row,) = await hub_app.wait_for_request_rows(1)
     assert row["status"] == 200
     assert row["prompt_tokens"] is None and row["completion_tokens"] == 3
+
+
+async def test_an_event_that_never_ends_is_relayed_not_held(hub_app: HubApp) -> None:
+    """An agent's SSE event with no blank line after it was held (and re-copied with every
+    chunk) until the agent stopped: a GiB of hub memory and a busy core for one request."""
+    key = await hub_app.user_with_key("mallory")
+    release = asyncio.Event()
+    chunk = b"x" * 65536
+
+    async def endless_event(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: ")
+        for _ in range(128):  # 8 MiB, all one event
+            writer.write(chunk)
+            await writer.drain()
+        await release.wait()
+        writer.write(b"\n\n")
+        writer.close()
+
+    server = await asyncio.start_server(endless_event, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    services = [{"name": "chat", "type": "llm", "models": ["m1"]}]
+    status, reply = await hub_app.heartbeat(key, "rig", f"http://127.0.0.1:{port}/v1", services)
+    assert status == 200, reply
+    received = 0
+
+    def count(data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+
+    request = AsyncHTTPClient().fetch(
+        hub_app.url + "/v1/chat/completions",
+        method="POST",
+        body=json.dumps({"model": "m1", "stream": True, "messages": []}),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        streaming_callback=count,
+        request_timeout=60,
+    )
+    try:
+        relayed_while_open = await wait_until(lambda: received >= 4 * 1024 * 1024, timeout=20)
+    finally:
+        release.set()
+        resp = await request
+        server.close()
+    assert relayed_while_open, received
+    assert resp.code == 200 and received > 8 * 1024 * 1024
