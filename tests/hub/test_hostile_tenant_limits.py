@@ -333,3 +333,11 @@ async def test_hsts_is_sent_when_the_public_url_is_https(tmp_path: Path) -> None
             _, headers, _ = await asyncio.to_thread(_get, hub.url, path)
             assert headers["Strict-Transport-Security"] == "max-age=31536000"
             assert headers["Server"] == "inferclub"
+
+
+async def test_a_model_id_over_the_limit_in_the_url_is_a_400(hub_app: HubApp) -> None:
+    key = await hub_app.user_with_key("mallory")
+    status, data = await hub_app.get_json("/v1/models/" + "m" * 60_000, key)
+    assert status == 400
+    assert error(data)["code"] == "model_too_long" and error(data)["param"] == "model"
+    assert len(error(data)["message"]) < 100

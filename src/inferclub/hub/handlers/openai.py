@@ -36,6 +36,7 @@ class ModelsHandler(ApiHandler):
 
 class ModelHandler(ApiHandler):
     async def get(self, model: str) -> None:
+        checked_model(model)  # a 60 KB id in the URL was echoed whole in the 404
         for m, type_, provider in self.hub.registry.models(self.owner.user_id):
             if m == model:
                 self.write_json(_model_entry(m, type_, provider))
