@@ -37,6 +37,10 @@ OPENAI_ERROR_TYPES = frozenset(
 #: Longest message taken from an engine's error body: an HTML error page or a stack trace
 #: must not blow up a client's log line.
 MAX_MESSAGE = 2000
+#: An engine's ``code`` or ``param`` longer than this is dropped: they are identifiers, and a
+#: code is kept in every history row.
+MAX_CODE = 100
+MAX_PARAM = 256
 
 
 def error_body(
@@ -138,7 +142,7 @@ def normalise_error_body(status: int, body: bytes, content_type: str = "") -> di
         return _from_message(status, _reason(status))
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
         return _from_message(status, text)
     if isinstance(data, dict):
         return _from_object(status, data, text)
@@ -170,7 +174,7 @@ def _from_fields(status: int, fields: dict[str, Any]) -> dict[str, Any]:
         etype if etype in OPENAI_ERROR_TYPES else type_for_status(status),
         _param(fields.get("param")),
         # Integer codes (vLLM's HTTP status) are not OpenAI codes: derive one or leave null.
-        code if isinstance(code, str) and code else _code_for(status, message),
+        code if isinstance(code, str) and 0 < len(code) <= MAX_CODE else _code_for(status, message),
     )
 
 
@@ -218,9 +222,13 @@ def _dotted(loc: Any) -> str:
 
 
 def _param(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
+        text = str(value)  # a huge int would not even convert (Python's digit limit)
+    else:
         return None
-    return str(value)
+    return text if 0 < len(text) <= MAX_PARAM else None
 
 
 def _code_for(status: int, message: str) -> str | None:

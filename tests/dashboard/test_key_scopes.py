@@ -4,10 +4,11 @@ then does only what its scope allows."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.fakes.github import FakeGitHub
-from tests.support.hubthread import HubThread
+from tests.support.hubthread import HubThread, hub_in_thread
 from tests.support.web import WebClient
 
 
@@ -54,3 +55,20 @@ def test_an_unknown_scope_is_refused_and_nothing_is_stored(
     resp = web.post("/dashboard/keys", {"name": "x", "scope": "admin"})
     assert resp.status == 400 and "Choose a scope" in resp.text
     assert dashboard_hub.query("SELECT id FROM api_keys") == []
+
+
+def test_a_user_cannot_create_keys_without_end(tmp_path: Path, github: FakeGitHub) -> None:
+    """Each key is a row, and each new one empties every user's key cache: a tenant creating
+    keys in a loop is stopped at `max_keys_per_user` active keys; a revoked one makes room."""
+    with hub_in_thread(tmp_path, env=github.hub_env(), max_keys_per_user=2) as hub:
+        web = WebClient(hub.url)
+        web.github_sign_in(github)
+        assert web.post("/dashboard/keys", {"name": "a"}).status == 303
+        assert web.post("/dashboard/keys", {"name": "b"}).status == 303
+        refused = web.post("/dashboard/keys", {"name": "c"})
+        assert refused.status == 429 and "revoke one first" in refused.text
+        assert [r["name"] for r in hub.query("SELECT name FROM api_keys")] == ["a", "b"]
+
+        (first, _) = [r["id"] for r in hub.query("SELECT id FROM api_keys ORDER BY id")]
+        assert web.post(f"/dashboard/keys/{first}/revoke").status == 303
+        assert web.post("/dashboard/keys", {"name": "c"}).status == 303

@@ -96,6 +96,8 @@ def test_defaults_follow_public_url() -> None:
         "http://8.8.8.8\t/v1",
         "http://127.0.0.1\\@8.8.8.8/v1",
         "http://[fe80::1%25lo]:8000/v1",
+        "http://%31%32%37.0.0.1:8000/v1",
+        "http://ex%61mple.com/v1",
         "http://8.8.8.8/" + "a" * 3000,
     ],
 )

@@ -338,3 +338,44 @@ async def test_agent_sent_inferclub_headers_are_dropped_except_downgraded(
     assert resp.headers["X-InferClub-Provider"] == "rig"
     assert "X-InferClub-Service" not in resp.headers
     assert resp.headers["X-InferClub-Downgraded"] == "verbose_json->text"
+
+
+#: Where the endless agent below stops on its own, so a hub that reads everything cannot take
+#: the test machine down with it.
+ENDLESS_CAP = 128 * 1024 * 1024
+
+
+async def test_a_probe_answered_with_an_endless_body_reads_none_of_it(hub_app: HubApp) -> None:
+    """The reachability probe needs a status line, not a body: before, the hub read whatever
+    the tenant's agent sent for the whole 3 s (400 MiB of memory for one heartbeat) and then
+    called the agent unreachable."""
+    key = await hub_app.user_with_key("mallory")
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+        try:
+            while sent < ENDLESS_CAP:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+            await reader.read()  # hold the connection open, as a stuck agent would
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        resp, body = await post(
+            hub_app, "/v1/agent/heartbeat", heartbeat(f"http://127.0.0.1:{port}/v1"), key
+        )
+    finally:
+        server.close()
+    assert resp.code == 200, body
+    assert body["callback_reachable"] is True, body
+    assert sent < ENDLESS_CAP // 2

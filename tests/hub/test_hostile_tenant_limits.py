@@ -125,6 +125,17 @@ async def test_oversize_or_odd_heartbeats_are_a_400_naming_the_field(
     assert providers(hub_app) == []
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+async def test_numbers_json_does_not_have_are_a_400(hub_app: HubApp, number: bytes) -> None:
+    # Stored as health, NaN came back on the dashboard as `NaN`, which no browser parses.
+    key = await hub_app.user_with_key("mallory")
+    body = beat()[:-1] + b', "health": {"load_avg": [' + number + b"]}}"
+    status, data = await post(hub_app, "/v1/agent/heartbeat", body, key)
+    assert status == 400, data
+    assert error(data)["type"] == "invalid_request_error" and "JSON" in error(data)["message"]
+    assert providers(hub_app) == []
+
+
 @pytest.mark.parametrize("name", ["my rig", "x" * 65, "-rig", "rig\ud800"])
 async def test_provider_names_follow_the_manifest_rules(hub_app: HubApp, name: str) -> None:
     key = await hub_app.user_with_key("mallory")
@@ -146,8 +157,18 @@ async def test_provider_names_follow_the_manifest_rules(hub_app: HubApp, name: s
         (b'{"model": "a\\ud800b", "messages": []}', None),
         (b'{"model": "m1", "messages": [{"role": "user", "content": "\\udfff"}]}', None),
         (b'{"model": "m1", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}', None),
+        (b'{"model": "m1", "messages": [], "temperature": NaN}', None),
     ],
-    ids=["9MiB-model", "257-model", "nested", "unbalanced", "lone-model", "lone-content", "utf8"],
+    ids=[
+        "9MiB-model",
+        "257-model",
+        "nested",
+        "unbalanced",
+        "lone-model",
+        "lone-content",
+        "utf8",
+        "nan",
+    ],
 )
 async def test_hostile_inference_bodies_are_a_400_and_never_reach_the_agent(
     hub_app: HubApp, alice: str, fake_agent: FakeAgent, body: bytes, param: str | None
@@ -288,6 +309,8 @@ def _get(url: str, path: str, cookie: str = "") -> tuple[int, dict[str, str], by
         "/x%0d%0aSet-Cookie:%20a=b",
         "https://evil.example",
         "/%E3%80%80/x",
+        # Not off-site, but kept with every GitHub sign-in started (no key needed to start one).
+        "/" + "a" * 3000,
     ],
 )
 async def test_sign_in_redirects_stay_on_the_site(hub_app: HubApp, target: str) -> None:
@@ -327,3 +350,11 @@ async def test_hsts_is_sent_when_the_public_url_is_https(tmp_path: Path) -> None
             _, headers, _ = await asyncio.to_thread(_get, hub.url, path)
             assert headers["Strict-Transport-Security"] == "max-age=31536000"
             assert headers["Server"] == "inferclub"
+
+
+async def test_a_model_id_over_the_limit_in_the_url_is_a_400(hub_app: HubApp) -> None:
+    key = await hub_app.user_with_key("mallory")
+    status, data = await hub_app.get_json("/v1/models/" + "m" * 60_000, key)
+    assert status == 400
+    assert error(data)["code"] == "model_too_long" and error(data)["param"] == "model"
+    assert len(error(data)["message"]) < 100

@@ -251,8 +251,9 @@ def parse_callback_url(url: str) -> CallbackTarget:
     if not host:
         raise refuse("has no host")
     if "%" in host:
-        # An IPv6 zone names one of the agent's interfaces, which means nothing to the hub.
-        raise refuse("must not name an IPv6 zone (%)")
+        # An IPv6 zone names one of the agent's interfaces, which means nothing to the hub;
+        # a percent-encoded name (%31%32%37.0.0.1) reads differently to different parsers.
+        raise refuse("must not have a % in its host (a percent-encoded name or an IPv6 zone)")
     return CallbackTarget(url, host, port or (443 if parts.scheme.lower() == "https" else 80))
 
 

@@ -173,6 +173,14 @@ class Settings:
             "429 `provider_limit_reached`. 0 means no limit."
         ),
     )
+    max_keys_per_user: int = field(
+        default=100,
+        metadata=_doc(
+            "Most active API keys a user may hold; creating another on the dashboard gets a "
+            "429 until one is revoked (`inferclub keys create` is not limited). 0 means no "
+            "limit."
+        ),
+    )
     heartbeat_min_interval: float = field(
         default=1.0,
         metadata=_doc(

@@ -3,12 +3,16 @@
 ``json.loads`` alone turns two hostile inputs into a 500: nesting deep enough to exhaust the
 recursion limit, and lone surrogates (``"\\ud800"``), which decode fine but then fail
 wherever the text is encoded again (the history writer, the database). Both are refused
-here, as a 400, before any handler sees the data. The checks cost nothing for ordinary
-bodies: each runs only when a cheap count says it could matter."""
+here, as a 400, before any handler sees the data. So are ``NaN``, ``Infinity`` and numbers
+too large for a float (``1e999``): Python reads them, but they are not JSON, and written back
+out (a provider's health on the dashboard) they break every strict parser, browsers' included.
+The depth and surrogate checks cost nothing for ordinary bodies: each runs only when a cheap
+count says it could matter."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -34,12 +38,23 @@ def loads(raw: bytes) -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         _check_depth(raw)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise JSONBodyError(str(exc)) from None
     if _SURROGATE_ESCAPE.search(raw):
         _check_surrogates(data)
     return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise JSONBodyError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONBodyError(f"the number {text[:20]} is too large")
+    return value
 
 
 def _check_depth(raw: bytes) -> None:

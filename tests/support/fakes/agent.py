@@ -29,6 +29,8 @@ class FakeAgent(OpenAIFake):
         #: ``Content-Length`` or, with ``chunked_answer``, in 1 MiB chunks without one.
         self.answer_size = 0
         self.chunked_answer = False
+        #: Chat: answer with exactly this ``(status, body)`` as JSON, as a hostile agent may.
+        self.raw_answer: tuple[int, bytes] | None = None
 
         #: Transcriptions: answer ``response_format=text`` with JSON, as vLLM does.
         self.text_as_json = False
@@ -75,6 +77,11 @@ class AgentChatHandler(ChatHandler):
         body = self.json_body()
         if fake.delay:
             await asyncio.sleep(fake.delay)
+        if fake.raw_answer is not None:
+            self.set_status(fake.raw_answer[0])
+            self.set_header("Content-Type", "application/json")
+            self.finish(fake.raw_answer[1])
+            return
         if fake.answer_size and not body.get("stream"):
             await self.large_answer(str(body.get("model")))
             return

@@ -34,6 +34,8 @@ log = logging.getLogger("inferclub.auth")
 
 STATE_COOKIE = "inferclub_oauth_state"
 CALLBACK_PATH = "/auth/github/callback"
+#: The longest ``next=`` path kept; a longer one is replaced by the dashboard.
+MAX_NEXT = 1024
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -45,9 +47,11 @@ def pkce_challenge(verifier: str) -> str:
 def _safe_next(value: str | None) -> str:
     """Only same-site paths. Browsers drop tabs and newlines from a URL and read ``\\`` as
     ``/``, so ``/\t/evil`` and ``/\\evil`` would leave the site like ``//evil``; anything but
-    printable ASCII is refused (a CR/LF in a header was a 500)."""
+    printable ASCII is refused (a CR/LF in a header was a 500). At most :data:`MAX_NEXT`
+    characters: ``/auth/github`` stores it, and anyone may start a sign-in."""
     if (
         value
+        and len(value) <= MAX_NEXT
         and value.startswith("/")
         and not value.startswith("//")
         and "\\" not in value

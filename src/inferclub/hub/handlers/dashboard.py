@@ -141,8 +141,21 @@ class KeysHandler(DashboardHandler):
         scope = self.get_body_argument("scope", keys.ALL)
         if scope not in keys.SCOPES:
             raise tornado.web.HTTPError(400, "Choose a scope: %s.", ", ".join(keys.SCOPES))
+        await self._check_key_limit()
         new = await self.hub.accounts.issue_key(self.user_id, label, scope)
         await see_keys(self, key=new.secret, id=new.record.id, notice="Key created.")
+
+    async def _check_key_limit(self) -> None:
+        # Every new key also empties every user's key cache (see keycache.py): without a
+        # limit, one tenant creating keys in a loop sent all tenants' requests to the store.
+        limit = self.hub.settings.max_keys_per_user
+        if limit <= 0:
+            return
+        active = sum(k.active for k in await self.hub.store.list_keys(self.user_id))
+        if active >= limit:
+            raise tornado.web.HTTPError(
+                429, "You have %d active keys, the most this hub allows; revoke one first.", active
+            )
 
 
 class KeyActionHandler(DashboardHandler):

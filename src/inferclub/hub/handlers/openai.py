@@ -49,6 +49,7 @@ class ModelsHandler(ApiHandler):
 
 class ModelHandler(ApiHandler):
     async def get(self, model: str) -> None:
+        checked_model(model)  # a 60 KB id in the URL was echoed whole in the 404
         for m, type_, provider in self.hub.registry.models(self.owner.user_id):
             if m == model:
                 self.write_json(_model_entry(m, type_, provider))
@@ -195,7 +196,7 @@ def _json_text_to_plain(ctype: str, body: bytes) -> tuple[str, bytes]:
     if ctype.startswith("application/json"):
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ctype, body
         if isinstance(data, dict) and isinstance(data.get("text"), str):
             return "text/plain; charset=utf-8", data["text"].encode()

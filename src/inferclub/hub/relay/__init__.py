@@ -85,7 +85,10 @@ class Relay:
                     headers=headers,
                     allow_redirects=False,
                 ) as resp:
-                    await resp.read()
+                    # The status line is the answer. The body is not read: an agent that
+                    # streamed an endless one filled the hub's memory for the whole timeout
+                    # (+400 MiB per heartbeat). Closing drops the connection unread.
+                    resp.close()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return reachability_kind(exc)
         return None

@@ -16,9 +16,9 @@ here:
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 import time
-from contextlib import suppress
 from typing import Any
 
 from inferclub.hub.liveness import is_provisional
@@ -29,6 +29,12 @@ CLIENT_CLOSED = 499
 #: How a request cut by the hub's shutdown deadline is recorded.
 SERVER_CUT_STATUS = 503
 SERVER_CUT_CODE = "server_shutting_down"
+
+#: Error types and codes come from the agent; a history row keeps at most this much of each.
+MAX_ERROR_FIELD = 100
+#: The largest count a history row takes (the store's columns are 64-bit; a larger number
+#: from an agent made the store refuse the whole row).
+MAX_COUNT = 2**53
 
 _TOKEN_FIELDS = (
     ("prompt_tokens", "prompt_tokens"),
@@ -135,8 +141,8 @@ class RequestMeter:
             row.images = len(obj["data"])
         duration = obj.get("duration")
         if row.type == "stt" and duration is not None:
-            with suppress(TypeError, ValueError):
-                row.audio_seconds = float(duration)  # vLLM sends it as a string
+            # vLLM sends it as a string.
+            row.audio_seconds = _seconds(duration, row.audio_seconds)
         usage = obj.get("usage")
         response = obj.get("response")
         if usage is None and isinstance(response, dict):
@@ -145,11 +151,11 @@ class RequestMeter:
             return False
         for field, attr in _TOKEN_FIELDS:
             value = usage.get(field)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
                 setattr(row, attr, value)
         seconds = usage.get("seconds")
         if usage.get("type") == "duration" and isinstance(seconds, (int, float)):
-            row.audio_seconds = float(seconds)
+            row.audio_seconds = _seconds(seconds, row.audio_seconds)
         return True
 
     # -- endings: the first one wins ---------------------------------------------------
@@ -158,7 +164,9 @@ class RequestMeter:
         """The request failed: before the first byte, or as a stream the upstream broke."""
         if self._end(Outcome.FAILED):
             row = self._row
-            row.status, row.error_type, row.error_code = status, error_type, code
+            row.status = status
+            row.error_type = error_type[:MAX_ERROR_FIELD]
+            row.error_code = None if code is None else code[:MAX_ERROR_FIELD]
 
     def cancelled_by_client(self) -> None:
         """The client disconnected. A stream that had begun keeps its status."""
@@ -190,3 +198,13 @@ class RequestMeter:
             return False
         self._outcome = outcome
         return True
+
+
+def _seconds(value: Any, default: float | None) -> float | None:
+    """``value`` as a number of seconds, or ``default`` when it is none (an agent's ``NaN``,
+    ``1e999`` or a 5,000-digit integer must not reach the store, or the row is refused)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return seconds if math.isfinite(seconds) and seconds >= 0 else default

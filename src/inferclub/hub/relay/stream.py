@@ -31,6 +31,11 @@ RELAYED_HEADERS = ("Content-Type", "Content-Disposition")
 BROKEN_STREAM = 502
 
 #: One SSE event with the blank line that ends it (a lazy match finds the first blank line).
+#: The most of one unfinished SSE event held back to be scanned whole. An agent that never
+#: ends its event (no blank line) made the hub hold, and re-copy, everything it sent: a GiB
+#: and a busy core for one request. Past this the bytes go out unscanned.
+MAX_PENDING_EVENT = 1024 * 1024
+
 _EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)", re.DOTALL)
 
 
@@ -104,6 +109,8 @@ async def relay_sse(
             out, pending = cut_events(pending + chunk if pending else chunk)
             if b'"usage"' in out or b'"error"' in out:
                 out = scan_events(out, meter, strip_usage)
+            if len(pending) > MAX_PENDING_EVENT:
+                out, pending = out + pending, b""
             if out:
                 meter.sent(len(out))
                 sink.write(out)
@@ -178,7 +185,7 @@ def _take_event(event: bytes, meter: RequestMeter, strip_usage: bool) -> bool:
             continue
         try:
             obj = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):  # an agent's bytes: anything may come
             continue
         if not isinstance(obj, dict):
             continue

@@ -62,7 +62,8 @@ async def relay_whole(
     else:
         ctype = resp.headers.get("Content-Type", "application/json")
         if ctype.startswith("application/json") and has_metrics(body, meter.type):
-            with suppress(ValueError):  # not JSON after all: relayed as it is, no usage
+            # Not JSON after all, or nested too deep to decode: relayed as it is, no usage.
+            with suppress(ValueError, RecursionError):
                 meter.usage(json.loads(body))
         if transform is not None:
             ctype, body = transform(ctype, body)
