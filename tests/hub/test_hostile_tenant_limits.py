@@ -358,3 +358,21 @@ async def test_a_model_id_over_the_limit_in_the_url_is_a_400(hub_app: HubApp) ->
     assert status == 400
     assert error(data)["code"] == "model_too_long" and error(data)["param"] == "model"
     assert len(error(data)["message"]) < 100
+
+
+async def test_remembered_reachability_checks_are_bounded(
+    hub_app: HubApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Provider ids are never reused: a tenant registering (and deleting) provider after
+    provider must not grow what the hub remembers of their callbacks without end."""
+    from inferclub.hub import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_REACHABILITY_ENTRIES", 3)
+    key = await hub_app.user_with_key("mallory")
+    for n in range(6):
+        status, body = await hub_app.heartbeat(key, f"rig{n}", CALLBACK, LLM)
+        assert status == 200, body
+        assert body["callback_reachable"] is False  # nothing listens on port 9: checked
+    remembered = hub_app.hub._reachability
+    assert len(remembered) == 3
+    assert sorted(remembered) == sorted(p.id for p in hub_app.hub.registry.all_providers())[-3:]

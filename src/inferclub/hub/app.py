@@ -45,6 +45,11 @@ class Cuttable(Protocol):
 access_log = logging.getLogger("inferclub.access")
 
 
+#: Providers whose last reachability check is remembered (an evicted one is checked again
+#: at its next heartbeat, which costs one probe).
+MAX_REACHABILITY_ENTRIES = 100_000
+
+
 class Hub:
     """Everything a handler needs, reached through ``Application.settings["hub"]``."""
 
@@ -163,7 +168,12 @@ class Hub:
         ):
             return known[1], False
         problem = await self.relay.probe(callback_url, provider_id)
+        # Newest last, and bounded: provider ids are never reused, so a tenant creating and
+        # deleting providers would otherwise grow this without end.
+        self._reachability.pop(provider_id, None)
         self._reachability[provider_id] = (callback_url, problem, now)
+        if len(self._reachability) > MAX_REACHABILITY_ENTRIES:
+            del self._reachability[next(iter(self._reachability))]
         return problem, True
 
     def cut_streams(self) -> None:
