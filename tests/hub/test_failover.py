@@ -52,6 +52,8 @@ async def test_a_dead_provider_hands_the_request_on_then_cools_down(tmp_path: Pa
             # straight to the live one.
             (listed,) = (await hub.client(key).models.list()).data
             assert (listed.model_extra or {})["cooling_down"] == ["first"]
+            one = await hub.client(key).models.retrieve("m1")
+            assert (one.model_extra or {})["cooling_down"] == ["first"]
             status, headers, _ = await chat(hub, key)
             assert (status, headers["x-inferclub-attempts"]) == (200, "1")
             assert len(alive.posts("/v1/chat/completions")) == 2
@@ -124,6 +126,10 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
                     "1",
                 )
             assert not first.posts("/v1/chat/completions")
+            # The model list names a provider that still serves it, never the leaving one.
+            (listed,) = (await hub.client(key).models.list()).data
+            assert listed.owned_by == "second"
+            assert (await hub.client(key).models.retrieve("m1")).owned_by == "second"
             status, body = await hub.heartbeat(key, "nobody", first.url, LLM, leaving=True)
             assert (status, body["error"]["code"]) == (404, "provider_not_found")
     async with running_hub(tmp_path / "again") as hub:
@@ -136,5 +142,11 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
             assert request_id_of(exc.value)
             assert exc.value.code == "model_unavailable"
             assert "only: agent shutting down" in exc.value.message
+            # Like a provider gone offline, a leaving one's models leave the list.
+            assert not (await hub.client(key).models.list()).data
+            with pytest.raises(openai.NotFoundError) as missing:
+                await hub.client(key).models.retrieve("m1")
+            assert request_id_of(missing.value)
             await hub.heartbeat(key, "only", only.url, LLM)
             assert (await chat(hub, key))[0] == 200
+            assert [m.id for m in (await hub.client(key).models.list()).data] == ["m1"]

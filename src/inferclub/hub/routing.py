@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +144,11 @@ class Registry:
         """The models of ``type_`` that the user's online providers serve, each once."""
         return list(dict.fromkeys(m for m, t, _ in self.models(user_id) if t == type_))
 
-    def models(self, user_id: int) -> list[tuple[str, str, ProviderRecord]]:
-        """``(model, type, provider)`` of online providers, each (model, type) once."""
+    def models(
+        self, user_id: int, skip: Callable[[ProviderRecord], bool] | None = None
+    ) -> list[tuple[str, str, ProviderRecord]]:
+        """``(model, type, provider)`` of online providers, each (model, type) once, with
+        the first provider that is neither offline nor ``skip``ped."""
         idx = self._users.get(user_id)
         if idx is None:
             return []
@@ -153,7 +156,7 @@ class Registry:
         seen: set[tuple[str, str]] = set()
         out = []
         for p in idx.providers:
-            if not self.is_online(p, now):
+            if not self.is_online(p, now) or (skip is not None and skip(p)):
                 continue
             for svc in p.services:
                 for m in svc.models:
