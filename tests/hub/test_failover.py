@@ -93,6 +93,10 @@ async def test_when_every_attempt_fails_the_error_names_the_last_provider(
         assert request_id_of(exc.value)
         err = exc.value
         assert (err.status_code, err.code) == (502, "upstream_unreachable")
+        # In words, naming the provider; no client library's class name.
+        assert err.message.endswith(
+            "The agent of provider `b` is unreachable (connection refused)."
+        )
         headers = err.response.headers
         assert headers["X-Request-Id"].startswith("req_")
         assert (headers["X-InferClub-Provider"], headers["X-InferClub-Attempts"]) == ("b", "2")
