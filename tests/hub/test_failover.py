@@ -154,3 +154,25 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
             await hub.heartbeat(key, "only", only.url, LLM)
             assert (await chat(hub, key))[0] == 200
             assert [m.id for m in (await hub.client(key).models.list()).data] == ["m1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "sent", "relayed"),
+    [(429, "7", "7"), (429, None, "1"), (503, "soon", "1"), (503, "86400", "300")],
+)
+async def test_the_last_busy_answer_tells_the_client_when_to_retry(
+    tmp_path: Path, status: int, sent: str | None, relayed: str
+) -> None:
+    refusal = json.dumps({"error": {"message": "busy", "type": "x", "code": None}}).encode()
+    async with running_hub(tmp_path) as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as only:
+            await hub.heartbeat(key, "only", only.url, LLM)
+            only.fail = (status, refusal, "application/json")
+            only.fail_headers = {} if sent is None else {"Retry-After": sent}
+            with pytest.raises(openai.APIStatusError) as exc:
+                await chat(hub, key)
+            assert request_id_of(exc.value)
+            headers = exc.value.response.headers
+            assert exc.value.status_code == status
+            assert (headers["Retry-After"], headers["X-InferClub-Provider"]) == (relayed, "only")
