@@ -180,7 +180,7 @@ def not_found(model: str, type_: str, available: list[str]) -> OpenAIError:
         extra = len(available) - LISTED_MODELS
         listing = f"Your {type_} models: {shown}{f' and {extra} more' if extra > 0 else ''}."
     else:
-        listing = f"None of your providers serves a {type_} model now."
+        listing = f"None of your providers serves a model of type {type_} now."
     return OpenAIError(404, f"{base.message} {listing}", base.type, base.code, base.param)
 
 
