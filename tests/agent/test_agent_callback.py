@@ -352,7 +352,7 @@ def test_down_engine_gives_502_naming_the_service(
 def test_max_concurrency_gives_429(
     start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
 ) -> None:
-    vllm.chunks, vllm.chunk_delay = 20, 0.1
+    vllm.chunks, vllm.chunk_delay = 60, 0.1  # far longer than the agent waits for a slot
     agent = start_agent(vllm_service(vllm, max_concurrency=1))
     registered(agent, fake_hub)
     slow = open_chat_stream(fake_hub, agent.url, "vllm-qwen")
@@ -537,3 +537,27 @@ def test_multipart_alias_rewrites_only_the_model_field(
     assert json.loads(out)["text"] == vllm.transcript
     sent = vllm.posts("/v1/audio/transcriptions")[-1].body
     assert sent == body.replace(b"\r\n\r\nasr-small\r\n", b"\r\n\r\nQwen/Qwen3-8B\r\n")
+
+
+def test_a_request_at_max_concurrency_waits_for_a_slot_that_frees_at_once(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
+    # The hub counts a request done when it has the last byte, the agent a moment later: a
+    # request sent in between is served once the slot frees, not refused.
+    vllm.chunks, vllm.chunk_delay = 3, 0.05
+    agent = start_agent(vllm_service(vllm, max_concurrency=1))
+    registered(agent, fake_hub)
+    ending = open_chat_stream(fake_hub, agent.url, "vllm-qwen")
+    resp = ending.getresponse()
+    resp.readline()  # the stream is under way, nearly over
+    status, _, body = signed(
+        fake_hub,
+        agent.callback_url,
+        "POST",
+        "/chat/completions",
+        {"model": "Qwen/Qwen3-8B", "messages": []},
+        service="vllm-qwen",
+    )
+    assert status == 200, body
+    resp.read()
+    ending.close()

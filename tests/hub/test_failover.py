@@ -52,6 +52,8 @@ async def test_a_dead_provider_hands_the_request_on_then_cools_down(tmp_path: Pa
             # straight to the live one.
             (listed,) = (await hub.client(key).models.list()).data
             assert (listed.model_extra or {})["cooling_down"] == ["first"]
+            one = await hub.client(key).models.retrieve("m1")
+            assert (one.model_extra or {})["cooling_down"] == ["first"]
             status, headers, _ = await chat(hub, key)
             assert (status, headers["x-inferclub-attempts"]) == (200, "1")
             assert len(alive.posts("/v1/chat/completions")) == 2
@@ -91,6 +93,10 @@ async def test_when_every_attempt_fails_the_error_names_the_last_provider(
         assert request_id_of(exc.value)
         err = exc.value
         assert (err.status_code, err.code) == (502, "upstream_unreachable")
+        # In words, naming the provider; no client library's class name.
+        assert err.message.endswith(
+            "The agent of provider `b` is unreachable (connection refused)."
+        )
         headers = err.response.headers
         assert headers["X-Request-Id"].startswith("req_")
         assert (headers["X-InferClub-Provider"], headers["X-InferClub-Attempts"]) == ("b", "2")
@@ -124,6 +130,10 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
                     "1",
                 )
             assert not first.posts("/v1/chat/completions")
+            # The model list names a provider that still serves it, never the leaving one.
+            (listed,) = (await hub.client(key).models.list()).data
+            assert listed.owned_by == "second"
+            assert (await hub.client(key).models.retrieve("m1")).owned_by == "second"
             status, body = await hub.heartbeat(key, "nobody", first.url, LLM, leaving=True)
             assert (status, body["error"]["code"]) == (404, "provider_not_found")
     async with running_hub(tmp_path / "again") as hub:
@@ -136,5 +146,33 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
             assert request_id_of(exc.value)
             assert exc.value.code == "model_unavailable"
             assert "only: agent shutting down" in exc.value.message
+            # Like a provider gone offline, a leaving one's models leave the list.
+            assert not (await hub.client(key).models.list()).data
+            with pytest.raises(openai.NotFoundError) as missing:
+                await hub.client(key).models.retrieve("m1")
+            assert request_id_of(missing.value)
             await hub.heartbeat(key, "only", only.url, LLM)
             assert (await chat(hub, key))[0] == 200
+            assert [m.id for m in (await hub.client(key).models.list()).data] == ["m1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "sent", "relayed"),
+    [(429, "7", "7"), (429, None, "1"), (503, "soon", "1"), (503, "86400", "300")],
+)
+async def test_the_last_busy_answer_tells_the_client_when_to_retry(
+    tmp_path: Path, status: int, sent: str | None, relayed: str
+) -> None:
+    refusal = json.dumps({"error": {"message": "busy", "type": "x", "code": None}}).encode()
+    async with running_hub(tmp_path) as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as only:
+            await hub.heartbeat(key, "only", only.url, LLM)
+            only.fail = (status, refusal, "application/json")
+            only.fail_headers = {} if sent is None else {"Retry-After": sent}
+            with pytest.raises(openai.APIStatusError) as exc:
+                await chat(hub, key)
+            assert request_id_of(exc.value)
+            headers = exc.value.response.headers
+            assert exc.value.status_code == status
+            assert (headers["Retry-After"], headers["X-InferClub-Provider"]) == (relayed, "only")

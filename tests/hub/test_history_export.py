@@ -25,7 +25,8 @@ DAY = 86400.0
 
 def seed(db: Path) -> None:
     """alice: 1,100 requests, one a minute back from June 1st (more than two export pages);
-    bob: one, with a model name a spreadsheet would run as a formula."""
+    bob: one, with a model name a spreadsheet would run as a formula, served by a fallback
+    model on the second provider tried."""
 
     async def go() -> None:
         store = SQLiteStore(db)
@@ -58,6 +59,8 @@ def seed(db: Path) -> None:
                         status=404,
                         model="=HYPERLINK(1)",
                         error_type="invalid_request_error",
+                        attempts=2,
+                        served_model="@small",
                     )
                 ]
             )
@@ -105,9 +108,13 @@ def test_history_export_csv_and_jsonl(tmp_path: Path) -> None:
     ]
     # JSON Lines keep values as they are; CSV defuses a would-be formula.
     assert lines[1]["model"] == "=HYPERLINK(1)" and lines[1]["status"] == 404
+    # Failover and fallback are on the record: how many providers were tried, which model served.
+    assert (lines[1]["attempts"], lines[1]["served_model"]) == (2, "@small")
+    assert (lines[0]["attempts"], lines[0]["served_model"]) == (None, None)
     out = run(db, "--user", "bob", "--format", "csv")
     (bob,) = list(csv.DictReader(io.StringIO(out.stdout)))
     assert bob["model"] == "'=HYPERLINK(1)"
+    assert (bob["attempts"], bob["served_model"]) == ("2", "'@small")
 
 
 def test_history_export_refuses_bad_input(tmp_path: Path) -> None:

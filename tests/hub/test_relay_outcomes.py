@@ -265,3 +265,29 @@ def test_during_the_drain_answers_close_their_connection_and_new_requests_get_50
         stopper.join(30)
         assert hub.code == 0, hub.log()  # type: ignore[attr-defined]
         assert "open-files limit:" in hub.log()  # raised to the hard limit at start
+
+
+def test_an_answer_on_its_way_when_the_drain_begins_closes_its_connection(
+    tmp_path: Path, agent: FakeAgent
+) -> None:
+    with start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "20"}) as hub:
+        key = hub.user_with_key("alice")
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        agent.delay = 3.0  # the answer is still on its way when the drain begins
+        url = urllib.parse.urlsplit(hub.url)
+        kept = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        kept.request("POST", "/v1/chat/completions", json.dumps({"model": "m1"}), headers)
+        deadline = time.monotonic() + 10
+        while not agent.posts("/v1/chat/completions"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stopper = threading.Thread(target=lambda: setattr(hub, "code", hub.stop()))
+        stopper.start()
+        answer = kept.getresponse()
+        answer.read()
+        assert "shutting down" in hub.log(), "the answer came before the drain began"
+        assert answer.status == 200 and answer.getheader("Connection") == "close"
+        kept.close()
+        stopper.join(30)
+        assert hub.code == 0, hub.log()  # type: ignore[attr-defined]

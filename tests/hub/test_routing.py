@@ -132,7 +132,7 @@ def test_a_removed_provider_no_longer_routes() -> None:
         404,
         {
             "message": "The model `m1` does not exist or you do not have access to it."
-            " None of your providers serves a llm model now.",
+            " None of your providers serves a model of type llm now.",
             "type": "invalid_request_error",
             "param": "model",
             "code": "model_not_found",

@@ -34,6 +34,11 @@ from inferclub.signing import SignatureRejected
 log = logging.getLogger("inferclub.agent.server")
 access_log = logging.getLogger("tornado.access")
 
+#: Seconds a request may wait for a slot of a service at its ``max_concurrency`` before a 429:
+#: long enough to cover the moment between the hub counting a request done and this agent
+#: doing so, short enough that a truly busy service hands the request on quickly.
+SLOT_GRACE = 1.0
+
 #: Everything the hub sends an agent: ``POST`` to an endpoint it routes, and ``GET /models``.
 #: Matched against the raw request path, so ``..``, ``%2e%2e``, ``%2f`` and ``//`` never
 #: reach an engine: they are simply not on the list.
@@ -182,7 +187,7 @@ class CallbackHandler(BaseHandler):
         path = "/" + path
         model = requested_model(body, self.request.headers.get("Content-Type", ""))
         state = self.select(path, model)
-        if state.full():
+        if not await state.wait_free(SLOT_GRACE):
             raise OpenAIError(
                 429,
                 f"service {state.name!r} is at its max_concurrency "
@@ -217,7 +222,7 @@ class CallbackHandler(BaseHandler):
                 outcome = "cancelled"
                 log.info("hub disconnected; cancelled the request to service %s", state.name)
         finally:
-            state.in_flight -= 1
+            state.release()
             self.runtime.metrics.request_done(state.name, time.perf_counter() - started, outcome)
 
 

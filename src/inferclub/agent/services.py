@@ -30,6 +30,8 @@ class ServiceState:
     checked_at: float | None = None
     #: What the engine told of its load at the last probe (None: it cannot tell).
     load: Load | None = None
+    #: Set (and replaced) each time a request ends, for requests waiting for a slot.
+    _freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,26 @@ class ServiceState:
     def full(self) -> bool:
         limit = self.service.max_concurrency
         return limit is not None and self.in_flight >= limit
+
+    async def wait_free(self, grace: float) -> bool:
+        """Whether a slot is free, waiting at most ``grace`` seconds for one. The hub counts
+        a request done once it has the last byte, this agent a moment later (when its handler
+        returns): a request the hub sends in between waits for the slot, not a 429."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.full():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._freed.wait()
+            except TimeoutError:
+                return not self.full()
+        return True
+
+    def release(self) -> None:
+        """A request to the service ended: wake the requests waiting for a slot."""
+        self.in_flight -= 1
+        self._freed.set()
+        self._freed = asyncio.Event()
 
 
 class ServiceTable:

@@ -41,12 +41,15 @@ COLUMNS = (
     "bytes_in",
     "bytes_out",
     "cancelled",
+    # Last, so that scripts reading the columns by position before failover keep working.
+    "attempts",
+    "served_model",
 )
 #: A spreadsheet runs a cell that starts with one of these as a formula. The columns whose
 #: text a client or an engine chooses get such a cell prefixed with a quote in CSV (never in
 #: JSON Lines); logins (``@octocat``) and provider names are the hub's own format.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_FREE_TEXT = frozenset({"model", "error_type", "error_code"})
+_FREE_TEXT = frozenset({"model", "served_model", "error_type", "error_code"})
 
 
 async def records(

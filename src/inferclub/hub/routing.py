@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,8 +160,11 @@ class Registry:
         """The models of ``type_`` that the user's online providers serve, each once."""
         return list(dict.fromkeys(m for m, t, _ in self.models(user_id) if t == type_))
 
-    def models(self, user_id: int) -> list[tuple[str, str, ProviderRecord]]:
-        """``(model, type, provider)`` of online providers, each (model, type) once."""
+    def models(
+        self, user_id: int, skip: Callable[[ProviderRecord], bool] | None = None
+    ) -> list[tuple[str, str, ProviderRecord]]:
+        """``(model, type, provider)`` of online providers, each (model, type) once, with
+        the first provider that is neither offline nor ``skip``ped."""
         idx = self._users.get(user_id)
         if idx is None:
             return []
@@ -169,7 +172,7 @@ class Registry:
         seen: set[tuple[str, str]] = set()
         out = []
         for p in idx.providers:
-            if not self.is_online(p, now):
+            if not self.is_online(p, now) or (skip is not None and skip(p)):
                 continue
             for svc in p.services:
                 for m in svc.models:
@@ -193,7 +196,7 @@ def not_found(model: str, type_: str, available: list[str]) -> OpenAIError:
         extra = len(available) - LISTED_MODELS
         listing = f"Your {type_} models: {shown}{f' and {extra} more' if extra > 0 else ''}."
     else:
-        listing = f"None of your providers serves a {type_} model now."
+        listing = f"None of your providers serves a model of type {type_} now."
     return OpenAIError(404, f"{base.message} {listing}", base.type, base.code, base.param)
 
 

@@ -31,6 +31,8 @@ class OpenAIFake(FakeServer):
         self.first_delay = 0.0
         #: When set, every POST answers with (status, body bytes, content type).
         self.fail: tuple[int, bytes, str] | None = None
+        #: Headers sent with ``fail`` (a busy engine's ``Retry-After``).
+        self.fail_headers: dict[str, str] = {}
 
     # Engine-specific shapes --------------------------------------------------------------
 
@@ -101,6 +103,8 @@ class OpenAIHandler(FakeHandler):
             status, raw, ctype = fake.fail
             self.set_status(status)
             self.set_header("Content-Type", ctype)
+            for name, value in fake.fail_headers.items():
+                self.set_header(name, value)
             self.finish(raw)
 
     def check_model(self, body: dict[str, Any]) -> str | None:

@@ -35,6 +35,8 @@ from inferclub.hub.store import KeyOwner, User
 from inferclub.openai_errors import OpenAIError
 
 if TYPE_CHECKING:
+    from asyncio import Future
+
     from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub.api")
@@ -61,14 +63,19 @@ class HubHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Tornado's default names its version: a free hint for anyone matching CVEs.
         self.set_header("Server", "inferclub")
-        if self.hub.draining:
-            close_after_answer(self.request)
         if is_secure(self.hub.settings):
             self.set_header("Strict-Transport-Security", "max-age=31536000")
 
     @property
     def hub(self) -> Hub:
         return self.application.settings["hub"]  # type: ignore[no-any-return]
+
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        # Checked at every flush, not when the request came in: an answer that was on its
+        # way when the drain began must close its kept-alive connection too.
+        if self.hub.draining:
+            close_after_answer(self.request)
+        return super().flush(include_footers)
 
 
 # -- the API ----------------------------------------------------------------------------------

@@ -28,12 +28,16 @@ def _model_entry(model: str, type_: str, provider: ProviderRecord) -> dict[str, 
     }
 
 
-class ModelsHandler(ApiHandler):
-    async def get(self) -> None:
-        data = [self._entry(*m) for m in self.hub.registry.models(self.owner.user_id)]
-        self.write_json({"object": "list", "data": data})
+class _ModelsBase(ApiHandler):
+    def listed(self) -> list[tuple[str, str, ProviderRecord]]:
+        """The user's models; a provider whose agent said goodbye no longer counts, as one
+        gone offline does not: the hub routes nothing new to it, so it must not own a model."""
+        fleet = self.hub.fleet
+        return self.hub.registry.models(
+            self.owner.user_id, skip=lambda p: fleet.state(p.id).leaving
+        )
 
-    def _entry(self, model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
+    def entry(self, model: str, type_: str, provider: ProviderRecord) -> dict[str, Any]:
         """The model, with the providers of it that cool down after failing, if any."""
         entry = _model_entry(model, type_, provider)
         fleet, uid = self.hub.fleet, self.owner.user_id
@@ -47,12 +51,17 @@ class ModelsHandler(ApiHandler):
         return entry
 
 
-class ModelHandler(ApiHandler):
+class ModelsHandler(_ModelsBase):
+    async def get(self) -> None:
+        self.write_json({"object": "list", "data": [self.entry(*m) for m in self.listed()]})
+
+
+class ModelHandler(_ModelsBase):
     async def get(self, model: str) -> None:
         checked_model(model)  # a 60 KB id in the URL was echoed whole in the 404
-        for m, type_, provider in self.hub.registry.models(self.owner.user_id):
+        for m, type_, provider in self.listed():
             if m == model:
-                self.write_json(_model_entry(m, type_, provider))
+                self.write_json(self.entry(m, type_, provider))
                 return
         raise openai_errors.model_not_found(model)
 

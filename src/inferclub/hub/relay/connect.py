@@ -4,6 +4,7 @@ client (OpenAI-shaped errors with a 502 or 504 status)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +30,12 @@ class Upstream:
 
     url: str
     headers: dict[str, str]
+    #: The provider's name, for error messages (the client sees it in X-InferClub-Provider).
+    provider: str = ""
+
+    @property
+    def who(self) -> str:
+        return f"provider `{self.provider}`" if self.provider else "the provider"
 
     @classmethod
     def for_route(
@@ -53,6 +60,7 @@ class Upstream:
                 wire.SERVICE_HEADER: route.service.name,
                 **signed,
             },
+            provider=route.provider.name,
         )
 
 
@@ -68,14 +76,14 @@ async def open_upstream(
     except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError):
         raise OpenAIError(
             504,
-            f"Could not connect to the provider within {timeouts.connect:g} s.",
+            f"Could not connect to {upstream.who} within {timeouts.connect:g} s.",
             "server_error",
             "upstream_timeout",
         ) from None
     except TimeoutError:
         raise OpenAIError(
             504,
-            f"The provider did not answer within {timeouts.first_byte:g} s.",
+            f"No answer from {upstream.who} within {timeouts.first_byte:g} s.",
             "server_error",
             "upstream_timeout",
         ) from None
@@ -84,10 +92,22 @@ async def open_upstream(
             raise hub_overloaded() from None
         raise OpenAIError(
             502,
-            f"The provider's agent is unreachable ({type(exc).__name__}).",
+            f"The agent of {upstream.who} is unreachable ({_reason(exc)}).",
             "server_error",
             "upstream_unreachable",
         ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection to an agent failed, in words: aiohttp's class names
+    (``ClientConnectorError``) tell a client nothing."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    errno = getattr(os_error, "errno", None)
+    if isinstance(errno, int) and errno:
+        return os.strerror(errno).lower()
+    return "connection failed"
 
 
 def hub_overloaded() -> OpenAIError:

@@ -22,6 +22,9 @@ from inferclub.openai_errors import OpenAIError, normalise_error_body
 #: answer to rewrite (``transform``) past it is a 502: neither is that large when healthy.
 MAX_WHOLE_BODY = 32 * 1024 * 1024
 
+#: The longest ``Retry-After`` relayed from an agent, in seconds.
+MAX_RETRY_AFTER = 300
+
 #: Rewrites a whole success body: ``(content type, body) -> (content type, body)``.
 Transform = Callable[[str, bytes], tuple[str, bytes]]
 
@@ -59,6 +62,8 @@ async def relay_whole(
         meter.failed(resp.status, shaped["error"]["type"], shaped["error"]["code"])
         body = json.dumps(shaped).encode()
         sink.set_header("Content-Type", "application/json")
+        if resp.status in (429, 503):
+            sink.set_header("Retry-After", retry_after(resp.headers.get("Retry-After")))
     else:
         ctype = resp.headers.get("Content-Type", "application/json")
         if ctype.startswith("application/json") and has_metrics(body, meter.type):
@@ -73,6 +78,15 @@ async def relay_whole(
     meter.answered(resp.status)
     meter.sent(len(body))
     sink.write(body)
+
+
+def retry_after(value: str | None) -> str:
+    """The ``Retry-After`` of a relayed 429 or 503: the engine's delay in seconds when it sent
+    one (capped: an agent must not park clients for a day), else 1. An HTTP date is not
+    relayed: the engine's clock is not the client's."""
+    if value is not None and value.strip().isdigit():
+        return str(min(int(value), MAX_RETRY_AFTER))
+    return "1"
 
 
 async def read_body(resp: aiohttp.ClientResponse, idle: float) -> tuple[list[bytes], bool]:

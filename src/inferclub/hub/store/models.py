@@ -129,7 +129,7 @@ class RequestRecord:
     error_code: str | None = None
     #: Providers tried (failover); None for rows from before failover, or never routed.
     attempts: int | None = None
-    #: The model that served, when a fallback model stood in for ``model``.
+    #: The model that served once a provider was tried: ``model``, or the fallback for it.
     served_model: str | None = None
 
 
