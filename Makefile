@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
 
-.PHONY: run test demo engines browser bench lint clean
+.PHONY: run test demo engines browser nginx bench lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ run: $(RUN_STAMP)
 ## each module on one worker (pyproject.toml's --dist loadscope). Most tests wait on sockets
 ## and child processes rather than the CPU, so there are more workers than CI's 2 cores.
 TEST_WORKERS ?= 3
-test: $(STAMP) lint engines browser
+test: $(STAMP) lint engines browser nginx
 	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## Debian's chromium for the dashboard's browser tests (Playwright drives it; nothing is downloaded).
@@ -41,6 +41,14 @@ browser:
 	@test -x /usr/bin/chromium || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+## Debian's nginx for the TLS-front test (tests/hub/test_tls_front.py runs its own process on a
+## free port with contrib/nginx/inferclub.conf). Where systemd runs, Debian's package also enables
+## its own service on port 80: `systemctl disable --now nginx` if you do not want it.
+nginx:
+	@test -x /usr/sbin/nginx || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q nginx-light; }
 
 ## After `make run` (in another terminal): the small real engines, an agent for them, and a
 ## streamed answer from `smollm2`, a speech file and its transcription through the hub.

@@ -1,12 +1,14 @@
 """How much does the hub cost per request? Same fake upstream, called directly and through the hub.
 
-Three processes, so none shares a core or a GIL with another: the fake upstream
+Four processes, so none shares a GIL with another: the fake upstream
 (``bench/fake_upstream.py``), the real hub (``python -m inferclub serve``, started through its
-CLI with a throw-away database), and this script, the load generator (one asyncio loop, one
-aiohttp ``ClientSession`` per measurement, keep-alive, connection limit = concurrency).
+CLI with a throw-away database), a real agent (``python -m inferclub.agent run``) whose manifest
+serves the same upstream to a second user, and this script, the load generator (one asyncio
+loop, one aiohttp ``ClientSession`` per measurement, keep-alive, connection limit = concurrency).
 
-Every measurement runs twice, back to back: DIRECT (load generator -> upstream) and HUB (load
-generator -> hub -> upstream), and is reported as hub/direct ratios:
+Every measurement runs three times, back to back: DIRECT (load generator -> upstream), HUB (load
+generator -> hub -> upstream) and AGENT (load generator -> hub -> agent -> upstream, the full
+path), and is reported as hub/direct ratios, then the full path next to the hub alone:
 
 1. non-streaming latency p50/p99 at concurrency 1;
 2. the same at concurrency C (default 50), plus requests/second;
@@ -47,6 +49,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,6 +69,7 @@ HERE = Path(__file__).resolve().parent
 LISTENING = re.compile(r"^listening on (http://\S+)$")
 MODEL = "bench-model"
 LOGIN = "bench"
+AGENT_LOGIN = "bench-agent"
 HEARTBEAT_EVERY = 20.0
 PHASE_LIMIT = 240.0  # seconds; no single measurement may run longer than this
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -167,6 +171,10 @@ class Cluster:
         self.procs: list[Proc] = []
         self.upstream: Proc | None = None
         self.hub: Proc | None = None
+        self.agent: Proc | None = None
+        #: The key of a second user whose only provider is a real agent in front of the
+        #: same upstream: requests with it take the full path (hub -> agent -> upstream).
+        self.agent_key = ""
         self.profiler: Proc | None = None
         self.upstream_url = ""
         self.hub_url = ""
@@ -223,8 +231,48 @@ class Cluster:
         self.procs.append(self.hub)
         self.upstream_url = self.upstream.wait_url()
         self.hub_url = self.hub.wait_url()
+        self._start_agent()
         if self.profile and not self.profile.endswith(".prof"):
             self._start_py_spy(self.profile)
+
+    def _start_agent(self) -> None:
+        """The real agent (its CLI) with a manifest serving MODEL from the same upstream."""
+        self._cli("users", "create", AGENT_LOGIN)
+        out = self._cli("keys", "create", AGENT_LOGIN, "--name", "bench-agent")
+        self.agent_key = out.strip().splitlines()[-1]
+        manifest = self.workdir / "manifest.yaml"
+        service = {
+            "name": "s",
+            "type": "llm",
+            "engine": "openai",
+            "url": self.upstream_url + "/v1",
+            "models": [{"id": MODEL}],
+        }
+        manifest.write_text(json.dumps({"hosts": [{"id": "bench", "services": [service]}]}))
+        with socket.socket() as s:  # a free port for the agent's callback server
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        argv = [sys.executable, "-m", "inferclub.agent", "run", "--manifest", str(manifest)]
+        argv += ["--hub", self.hub_url, "--name", "bench-agent", "--listen", f"127.0.0.1:{port}"]
+        argv += ["--known-hubs", str(self.workdir / "known_hubs")]
+        env = {**self.env, "INFERCLUB_API_KEY": self.agent_key}
+        self.agent = Proc("agent", argv, self.workdir, env)
+        self.procs.append(self.agent)
+
+    async def wait_agent(self, session: aiohttp.ClientSession, timeout: float = 60) -> None:
+        """Until the hub lists MODEL for the agent's user: its first heartbeat arrived."""
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.agent_key}"}
+        while time.monotonic() < deadline:
+            async with session.get(self.hub_url + "/v1/models", headers=headers) as resp:
+                if resp.status == 200 and MODEL in await resp.text():
+                    return
+            assert self.agent is not None
+            if self.agent.popen.poll() is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert self.agent is not None
+        raise RuntimeError(f"the agent did not register; its log:\n{self.agent.tail()}")
 
     def _start_py_spy(self, out: str) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -262,12 +310,15 @@ class Cluster:
             "loadgen": time.process_time(),
             "hub": self.hub.cpu_seconds() if self.hub else math.nan,
             "upstream": self.upstream.cpu_seconds() if self.upstream else math.nan,
+            "agent": self.agent.cpu_seconds() if self.agent else math.nan,
         }
 
     def stop(self) -> None:
         # The profiler first (SIGINT makes py-spy write its output), then hub, then upstream.
         if self.profiler is not None:
             self.profiler.stop(signal.SIGINT, timeout=30)
+        if self.agent is not None:
+            self.agent.stop()
         if self.hub is not None:
             self.hub.stop()
         if self.upstream is not None:
@@ -430,9 +481,9 @@ async def drive(
     await asyncio.gather(*(worker(i) for i in range(min(concurrency, total))))
 
 
-async def measure(cluster: Cluster, sc: Scenario, base: str) -> Sample:
+async def measure(cluster: Cluster, sc: Scenario, base: str, key: str) -> Sample:
     url = base + "/v1/chat/completions"
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {cluster.key}"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     body = sc.body()
     out = Sample()
     warm = Sample()
@@ -693,9 +744,8 @@ def selected(args: argparse.Namespace) -> list[Scenario]:
     return [sc for sc in scenarios(args) if any(w in sc.key for w in words)]
 
 
-def table_rows(
-    res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
-) -> list[dict[str, Any]]:
+def table_spec(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """(scenario, row title, summary field, unit) of every table row."""
     c, k = args.concurrency, args.chunks
     slow = f"{c} slow streams ({k}×{args.delay * 1000:g} ms)"
     gap = "inter-arrival jitter p99"  # |gap between two chunks - delay|
@@ -720,9 +770,15 @@ def table_rows(
             (key, f"{slow}, {how}: duration p50", "latency_p50_ms", "ms"),
             (key, f"{slow}, {how}: duration p99", "latency_p99_ms", "ms"),
         ]
+    return spec
+
+
+def table_rows(
+    res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     return [
         row(title, res[key]["direct"][field_], res[key]["hub"][field_], unit)
-        for key, title, field_, unit in spec
+        for key, title, field_, unit in table_spec(args)
         if key in res
     ]
 
@@ -819,13 +875,19 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
         await heartbeat(control, cluster)
+        await cluster.wait_agent(control)
         beat = asyncio.create_task(keep_heartbeating(control, cluster))
         try:
             for sc in selected(args):
                 results[sc.key] = {}
-                for mode, base in (("direct", cluster.upstream_url), ("hub", cluster.hub_url)):
+                paths = (
+                    ("direct", cluster.upstream_url, cluster.key),
+                    ("hub", cluster.hub_url, cluster.key),
+                    ("agent", cluster.hub_url, cluster.agent_key),
+                )
+                for mode, base, key in paths:
                     t = time.perf_counter()
-                    sample = await measure(cluster, sc, base)
+                    sample = await measure(cluster, sc, base, key)
                     results[sc.key][mode] = summ = summarise(sc, sample)
                     log(
                         f"  {sc.title:<52} {mode:<6} {sample.count:>6} in "
@@ -845,6 +907,22 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
     return results
+
+
+def full_path_rows(
+    res: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[list[str]]:
+    """The same rows for the three paths; the agent's share is full path minus hub alone."""
+    rows = []
+    for key, title, field_, unit in table_spec(args):
+        direct, hub, full = (res[key][mode][field_] for mode in ("direct", "hub", "agent"))
+        both = row(title, direct, full, unit)
+        agent = row(title, hub, full, unit)
+        rows.append(
+            [title, fmt_num(direct, unit), fmt_num(hub, unit), fmt_num(full, unit)]
+            + [both["cells"][3], agent["cells"][4]]
+        )
+    return rows
 
 
 def report(
@@ -884,6 +962,15 @@ def report(
         )
     )
     print()
+    print("The full path: the same upstream through the hub and a real agent (its CLI):")
+    print()
+    print(
+        markdown(
+            ["metric", "direct", "hub alone", "hub + agent", "ratio (full/direct)", "agent adds"],
+            full_path_rows(results, args),
+        )
+    )
+    print()
     print(
         "CPU used per process during each measurement (CPU% of one core; µs of CPU per "
         "request or stream):"
@@ -900,9 +987,11 @@ def report(
                     f"{s['wall_s']:.2f} s",
                     str(s["errors"]),
                     f"{pc['loadgen']:.0f}%",
-                    f"{pc['hub']:.0f}%" if mode == "hub" else "-",
+                    f"{pc['hub']:.0f}%" if mode != "direct" else "-",
+                    f"{pc['agent']:.0f}%" if mode == "agent" else "-",
                     f"{pc['upstream']:.0f}%",
-                    f"{us['hub']:,.0f} µs" if mode == "hub" else "-",
+                    f"{us['hub']:,.0f} µs" if mode != "direct" else "-",
+                    f"{us['agent']:,.0f} µs" if mode == "agent" else "-",
                     f"{s['reads_per_stream']:.1f}" if "reads_per_stream" in s else "-",
                 ]
             )
@@ -915,12 +1004,14 @@ def report(
                 "errors",
                 "load gen CPU",
                 "hub CPU",
+                "agent CPU",
                 "upstream CPU",
                 "hub CPU/req",
+                "agent CPU/req",
                 "client reads/stream",
             ],
             cpu_rows,
-            right=set(range(2, 9)),
+            right=set(range(2, 11)),
         )
     )
     print()
