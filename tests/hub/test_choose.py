@@ -4,7 +4,6 @@ serve. Every order here is deterministic: the clock is passed in."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -12,39 +11,10 @@ import pytest
 from inferclub import wire
 from inferclub.hub.choose import Fleet, ProviderState
 from inferclub.hub.routing import Registry, Route
-from inferclub.hub.store import ProviderRecord, ServiceInfo
 from inferclub.openai_errors import OpenAIError
+from tests.support.registry import ALICE, WINDOW, provider, registry, svc
 
 NOW = 1000.0
-WINDOW = 60.0
-ALICE = 1
-
-
-def svc(name: str, type_: str, *models: str) -> ServiceInfo:
-    return ServiceInfo(name=name, type=type_, engine="vllm", models=models)
-
-
-def provider(pid: int, *services: ServiceInfo, silent_for: float = 0.0) -> ProviderRecord:
-    """Provider ``pid`` of alice (ids grow with registration), heard ``silent_for`` s ago."""
-    now = time.time()
-    return ProviderRecord(
-        id=pid,
-        user_id=ALICE,
-        name=f"rig-{pid}",
-        callback_url=f"http://10.0.0.{pid}:8000/v1",
-        agent_version="test",
-        health={},
-        created_at=now - 3600,
-        last_heartbeat_at=now - silent_for,
-        services=services,
-    )
-
-
-def registry(*providers: ProviderRecord) -> Registry:
-    reg = Registry(WINDOW)
-    for p in providers:
-        reg.update(p)
-    return reg
 
 
 def beat(

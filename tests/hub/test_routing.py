@@ -3,46 +3,13 @@ store). Errors are checked as the OpenAI error body a client would get."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from inferclub.hub.routing import Registry
-from inferclub.hub.store import ProviderRecord, ServiceInfo
 from inferclub.openai_errors import OpenAIError
-
-WINDOW = 60.0
-ALICE, BOB = 1, 2
-
-
-def svc(name: str, type_: str, *models: str) -> ServiceInfo:
-    return ServiceInfo(name=name, type=type_, engine="vllm", models=models)
-
-
-def provider(
-    pid: int, *services: ServiceInfo, user: int = ALICE, silent_for: float = 0.0
-) -> ProviderRecord:
-    """Provider ``pid`` (ids grow with registration), last heard from ``silent_for`` s ago."""
-    now = time.time()
-    return ProviderRecord(
-        id=pid,
-        user_id=user,
-        name=f"rig-{pid}",
-        callback_url=f"http://10.0.0.{pid}:8000/v1",
-        agent_version="test",
-        health={},
-        created_at=now - 3600,
-        last_heartbeat_at=now - silent_for,
-        services=services,
-    )
-
-
-def registry(*providers: ProviderRecord) -> Registry:
-    reg = Registry(WINDOW)
-    for p in providers:
-        reg.update(p)  # as heartbeats arrive, in this order
-    return reg
+from tests.support.registry import ALICE, BOB, WINDOW, provider, registry, svc
 
 
 def refused(reg: Registry, user: int, type_: str, model: str) -> tuple[int, dict[str, Any]]:
