@@ -31,4 +31,7 @@ def test_the_providers_page_data_shows_cooling_down_and_leaving() -> None:
     cooling = provider_json(rig, registry, now, fleet)["cooling_down"]
     assert cooling is not None and 9 < cooling <= 10
     fleet.leaving(rig.id)
-    assert provider_json(rig, registry, now, fleet)["leaving"] is True
+    leaving = provider_json(rig, registry, now, fleet)
+    assert leaving["leaving"] is True
+    # Shown as it routes: not online, its services' state unknown, until its next heartbeat.
+    assert leaving["online"] is False

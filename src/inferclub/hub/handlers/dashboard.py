@@ -55,7 +55,10 @@ def service_state(p: ProviderRecord, name: str, online: bool) -> str | None:
 def provider_json(
     p: ProviderRecord, registry: Registry, now: float, fleet: Fleet | None = None
 ) -> dict[str, Any]:
-    online = registry.is_online(p, now)
+    leaving = fleet is not None and fleet.state(p.id).leaving
+    # An agent that said goodbye takes no new requests: it is not shown as online (nor its
+    # services as up) while its last heartbeat ages out.
+    online = registry.is_online(p, now) and not leaving
     by_type: dict[str, list[dict[str, Any]]] = {}
     for s in p.services:
         by_type.setdefault(s.type, []).append(
@@ -86,7 +89,7 @@ def provider_json(
         "health": p.health,
         # Passive health and goodbyes (choose.Fleet): seconds of cooldown left, or None.
         "cooling_down": None if fleet is None else fleet.cooling_down(p.id),
-        "leaving": fleet is not None and fleet.state(p.id).leaving,
+        "leaving": leaving,
     }
 
 
