@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.support.fakes.agent import FakeAgent
-from tests.support.hubproc import HubProcess, post_json, request_json
+from tests.support.hubproc import HubProcess, post_json, request_json, two_hubs_on_postgres
 from tests.support.postgres import pg_schema
 
 pytestmark = [pytest.mark.postgres, pytest.mark.subprocess]
@@ -86,50 +86,34 @@ def _within(seconds: float, cond: Callable[[], bool]) -> bool:
 
 
 def test_two_hubs_on_postgresql_route_and_revoke_alike(tmp_path: Path) -> None:
-    with pg_schema() as dsn:
-        # Hubs on two machines: their own directories, the same database and secrets. The
-        # polling timers are far longer than the 1 s promised, so only the pushed changes
-        # (LISTEN/NOTIFY) can keep it.
-        env = {
-            "INFERCLUB_REGISTRY_REFRESH": "30",
-            "INFERCLUB_KEY_CACHE_REFRESH": "30",
-            "INFERCLUB_SECRETS_FILE": str(tmp_path / "secrets.json"),
-        }
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        first = HubProcess(tmp_path / "a", env=env, db=dsn).start()
-        second = HubProcess(tmp_path / "b", env=env, db=dsn).start()
-        try:
-            key = first.user_with_key("alice")
-            busy = first.user_with_key("bob")
-            with (
-                FakeAgent(["m1"]) as agent,
-                openai.OpenAI(base_url=first.api_base, api_key=key, max_retries=0) as via_a,
-                openai.OpenAI(base_url=second.api_base, api_key=key, max_retries=0) as via_b,
-            ):
-                # Bob's provider beat to the second hub, and his requests keep both busy.
-                assert second.heartbeat(busy, "bobs-rig", agent.url, LLM)[0] == 200
-                assert _within(1.0, lambda: bool(_models(first, busy)))
-                with Load([first, second], busy) as load:
-                    status, beat = first.heartbeat(key, "rig", agent.url, LLM)
-                    assert status == 200, beat
-                    assert _within(1.0, lambda: bool(via_b.models.list().data))
-                    assert [m.id for m in via_b.models.list().data] == ["m1"]
-                    assert via_b.chat.completions.create(model="m1", messages=[]).choices
+    with pg_schema() as dsn, two_hubs_on_postgres(tmp_path, dsn) as (first, second):
+        key = first.user_with_key("alice")
+        busy = first.user_with_key("bob")
+        with (
+            FakeAgent(["m1"]) as agent,
+            openai.OpenAI(base_url=first.api_base, api_key=key, max_retries=0) as via_a,
+            openai.OpenAI(base_url=second.api_base, api_key=key, max_retries=0) as via_b,
+        ):
+            # Bob's provider beat to the second hub, and his requests keep both busy.
+            assert second.heartbeat(busy, "bobs-rig", agent.url, LLM)[0] == 200
+            assert _within(1.0, lambda: bool(_models(first, busy)))
+            with Load([first, second], busy) as load:
+                status, beat = first.heartbeat(key, "rig", agent.url, LLM)
+                assert status == 200, beat
+                assert _within(1.0, lambda: bool(via_b.models.list().data))
+                assert [m.id for m in via_b.models.list().data] == ["m1"]
+                assert via_b.chat.completions.create(model="m1", messages=[]).choices
 
-                    first.cli("keys", "revoke", "1")
-                    served = len(load.statuses)
-                    assert _within(1.0, lambda: _refused(via_a) and _refused(via_b))
-                    assert _within(5.0, lambda: len(load.statuses) > served + 20)
-                assert load.statuses and set(load.statuses) == {200}, "bob's key still works"
+                first.cli("keys", "revoke", "1")
+                served = len(load.statuses)
+                assert _within(1.0, lambda: _refused(via_a) and _refused(via_b))
+                assert _within(5.0, lambda: len(load.statuses) > served + 20)
+            assert load.statuses and set(load.statuses) == {200}, "bob's key still works"
 
-                deadline = time.monotonic() + 10
-                while not (rows := _history(dsn, "alice")) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert [(r["endpoint"], r["status"], r["model"]) for r in rows] == [
-                    ("/v1/chat/completions", 200, "m1")
-                ]
-                assert rows[0]["provider_id"] is not None
-        finally:
-            assert second.stop() == 0
-            assert first.stop() == 0
+            deadline = time.monotonic() + 10
+            while not (rows := _history(dsn, "alice")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [(r["endpoint"], r["status"], r["model"]) for r in rows] == [
+                ("/v1/chat/completions", 200, "m1")
+            ]
+            assert rows[0]["provider_id"] is not None

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.support.fakes.agent import FakeAgent
-from tests.support.hubproc import HubProcess
+from tests.support.hubproc import HubProcess, two_hubs_on_postgres
 from tests.support.postgres import pg_schema
 
 pytestmark = [pytest.mark.postgres, pytest.mark.subprocess]
@@ -42,53 +42,40 @@ def _chat(hub: HubProcess, key: str) -> None:
 
 
 def test_a_provider_name_stays_with_its_key_on_every_hub(tmp_path: Path) -> None:
-    with pg_schema() as dsn:
-        env = {
-            "INFERCLUB_REGISTRY_REFRESH": "30",
-            "INFERCLUB_KEY_CACHE_REFRESH": "30",
-            "INFERCLUB_SECRETS_FILE": str(tmp_path / "secrets.json"),
-        }
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        first = HubProcess(tmp_path / "a", env=env, db=dsn).start()
-        second = HubProcess(tmp_path / "b", env=env, db=dsn).start()
-        try:
-            rig_key = first.user_with_key("alice")
-            other_key = first.create_key("alice")
-            app_key = first.cli("keys", "create", "alice", "--scope", "inference").stdout
-            app_key = app_key.strip().splitlines()[-1]
-            with (
-                FakeAgent(["m1"]) as rig,
-                FakeAgent(["m1"]) as attacker,
-                openai.OpenAI(base_url=second.api_base, api_key=rig_key, max_retries=0) as via_b,
-            ):
-                assert first.heartbeat(rig_key, "rig", rig.url, LLM)[0] == 200
-                _within(2, lambda: [m.id for m in via_b.models.list().data] == ["m1"])
-                status, body = second.heartbeat(other_key, "rig", attacker.url, LLM)
-                assert status == 409 and body["error"]["code"] == "provider_name_taken"
-                status, body = second.heartbeat(app_key, "rig", attacker.url, LLM)
-                assert status == 403 and body["error"]["code"] == "insufficient_scope"
-                _chat(first, app_key)
-                _chat(second, app_key)
-                assert len(rig.posts("/v1/chat/completions")) == 2
-                assert attacker.posts("/v1/chat/completions") == []
+    with pg_schema() as dsn, two_hubs_on_postgres(tmp_path, dsn) as (first, second):
+        rig_key = first.user_with_key("alice")
+        other_key = first.create_key("alice")
+        app_key = first.cli("keys", "create", "alice", "--scope", "inference").stdout
+        app_key = app_key.strip().splitlines()[-1]
+        with (
+            FakeAgent(["m1"]) as rig,
+            FakeAgent(["m1"]) as attacker,
+            openai.OpenAI(base_url=second.api_base, api_key=rig_key, max_retries=0) as via_b,
+        ):
+            assert first.heartbeat(rig_key, "rig", rig.url, LLM)[0] == 200
+            _within(2, lambda: [m.id for m in via_b.models.list().data] == ["m1"])
+            status, body = second.heartbeat(other_key, "rig", attacker.url, LLM)
+            assert status == 409 and body["error"]["code"] == "provider_name_taken"
+            status, body = second.heartbeat(app_key, "rig", attacker.url, LLM)
+            assert status == 403 and body["error"]["code"] == "insufficient_scope"
+            _chat(first, app_key)
+            _chat(second, app_key)
+            assert len(rig.posts("/v1/chat/completions")) == 2
+            assert attacker.posts("/v1/chat/completions") == []
 
-                # Rotated on the CLI: the old key is refused by the other hub within a
-                # few seconds (NOTIFY, not its 30 s timer), and the new key keeps the name there.
-                rotated = first.cli("keys", "rotate", rig_key[:11]).stdout
-                new_key = rotated.strip().splitlines()[-1]
-                _within(3, lambda: _refused(via_b))
-                assert second.heartbeat(new_key, "rig", rig.url, LLM)[0] == 200
-                assert second.heartbeat(other_key, "rig", attacker.url, LLM)[0] == 409
+            # Rotated on the CLI: the old key is refused by the other hub within a
+            # few seconds (NOTIFY, not its 30 s timer), and the new key keeps the name there.
+            rotated = first.cli("keys", "rotate", rig_key[:11]).stdout
+            new_key = rotated.strip().splitlines()[-1]
+            _within(3, lambda: _refused(via_b))
+            assert second.heartbeat(new_key, "rig", rig.url, LLM)[0] == 200
+            assert second.heartbeat(other_key, "rig", attacker.url, LLM)[0] == 409
 
-                # Revoked: any other key of alice's may take the name, on any hub.
-                first.cli("keys", "revoke", new_key[:11])
-                status, body = second.heartbeat(other_key, "rig", attacker.url, LLM)
-                assert status == 200, body
-                _within(2, lambda: _routes_to(first, app_key, attacker))
-        finally:
-            first.stop()
-            second.stop()
+            # Revoked: any other key of alice's may take the name, on any hub.
+            first.cli("keys", "revoke", new_key[:11])
+            status, body = second.heartbeat(other_key, "rig", attacker.url, LLM)
+            assert status == 200, body
+            _within(2, lambda: _routes_to(first, app_key, attacker))
 
 
 def _routes_to(hub: HubProcess, key: str, agent: FakeAgent) -> bool:

@@ -213,3 +213,26 @@ def start_hub(
         yield hub
     finally:
         hub.stop()
+
+
+@contextmanager
+def two_hubs_on_postgres(tmp_path: Path, dsn: str) -> Iterator[tuple[HubProcess, HubProcess]]:
+    """Hubs as on two machines: their own directories, one database and secrets file. The
+    polling timers are far longer than the 1 s the docs promise, so only the changes pushed
+    with LISTEN/NOTIFY can keep it. Both must exit 0 on SIGTERM."""
+    env = {
+        "INFERCLUB_REGISTRY_REFRESH": "30",
+        "INFERCLUB_KEY_CACHE_REFRESH": "30",
+        "INFERCLUB_SECRETS_FILE": str(tmp_path / "secrets.json"),
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = HubProcess(tmp_path / "a", env=env, db=dsn).start()
+    try:
+        second = HubProcess(tmp_path / "b", env=env, db=dsn).start()
+        try:
+            yield first, second
+        finally:
+            assert second.stop() == 0
+    finally:
+        assert first.stop() == 0
