@@ -182,3 +182,28 @@ def test_an_agent_with_an_inference_key_stops_with_the_reason(
     assert "HTTP 403" in agent.stderr and "scope `inference`" in agent.stderr
     assert key not in agent.stderr + agent.stdout
     assert hub_process.query("SELECT id FROM providers") == []
+
+
+def test_an_agent_whose_name_another_key_owns_stops_and_says_what_to_change(
+    hub_process: HubProcess, tmp_path: Path, vllm: FakeVllm
+) -> None:
+    first = hub_process.user_with_key("alice")
+    second = hub_process.create_key("alice")
+    service = {"name": "v", "engine": "vllm", "url": vllm.url}
+    owner = start_agent_process(hub_process, first, tmp_path / "a.yaml", service, name="rig")
+    (tmp_path / "b.yaml").write_text(manifest_text(service))
+    late = AgentProcess(
+        ["run", "--manifest", str(tmp_path / "b.yaml"), "--hub", hub_process.url]
+        + ["--key", second, "--listen", "127.0.0.1:0", "--name", "rig"]
+    )
+    try:
+        assert late.wait(30) == 5, "restarting would not help: not a transient failure"
+    finally:
+        late.kill()
+        owner.kill()
+    errors = [ln for ln in late.err if " ERROR " in ln]
+    assert len(errors) == 1, late.stderr
+    assert "provider name 'rig'" in errors[0] and "provider_name_taken" in errors[0]
+    assert "--name NAME" in errors[0] and "inferclub keys revoke" in errors[0]
+    assert not any("retrying" in ln for ln in late.err), "it gave up at once"
+    assert second not in late.stderr + late.stdout

@@ -40,13 +40,24 @@ def _described(services: list[wire.AdvertisedService]) -> list[wire.AdvertisedSe
     return [s.description() for s in services]
 
 
-class KeyRejected(Exception):
-    """The hub refused the API key for good: wrong or revoked (401), or of a scope that cannot
-    heartbeat (403 ``insufficient_scope``). Retrying will not help."""
+#: The hub's answers to a heartbeat that no retry can change, by status: any 401 (the key is
+#: wrong or revoked), and these error codes. The user must change the key or the name.
+FINAL_CODES = {403: {"insufficient_scope"}, 409: {"provider_name_taken"}}
 
-    def __init__(self, status: int = 401, message: str = "") -> None:
+
+def is_final(status: int, code: object) -> bool:
+    return status == 401 or code in FINAL_CODES.get(status, ())
+
+
+class Refused(Exception):
+    """The hub refused the heartbeat for good (:func:`is_final`): a wrong or revoked key
+    (401), a key whose scope cannot heartbeat (403 ``insufficient_scope``), or a provider name
+    that another active key of the user registered (409 ``provider_name_taken``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
         self.message = message
 
 
@@ -144,7 +155,7 @@ class Heartbeat:
         self.wake.set()
 
     async def run(self) -> None:
-        """Beat until cancelled. Raises `KeyRejected` on a 401 or a 403 for the key's scope, and
+        """Beat until cancelled. Raises :class:`Refused` on a final refusal (:func:`is_final`), and
         :class:`~inferclub.signing.SigningError` when the hub's key is not the trusted one."""
         last_sent: list[wire.AdvertisedService] | None = None
         next_beat = 0.0
@@ -186,13 +197,11 @@ class Heartbeat:
                 json=payload.to_json(),
                 headers={wire.AUTH_HEADER: wire.bearer(self._key)},
             ) as resp:
-                if resp.status == 401:
-                    raise KeyRejected()
                 body = await resp.read()
                 if resp.status != 200:
                     error = normalise_error_body(resp.status, body)["error"]
-                    if resp.status == 403 and error["code"] == "insufficient_scope":
-                        raise KeyRejected(403, str(error["message"])[:200])
+                    if is_final(resp.status, error["code"]):
+                        raise Refused(resp.status, str(error["code"]), str(error["message"])[:200])
                     return self._failed(f"HTTP {resp.status}: {error['message'][:200]}", retry_in)
                 data = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError) as exc:

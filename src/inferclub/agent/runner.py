@@ -22,7 +22,7 @@ import tornado.netutil
 
 from inferclub import signing, wire
 from inferclub.agent import health
-from inferclub.agent.heartbeat import Heartbeat, KeyRejected, hub_auth
+from inferclub.agent.heartbeat import Heartbeat, Refused, hub_auth
 from inferclub.agent.manifest import Manifest
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
@@ -37,6 +37,8 @@ log = logging.getLogger("inferclub.agent")
 EXIT_KEY_REJECTED = 3
 #: Exit status when the hub presents a signing key this agent does not trust.
 EXIT_HUB_KEY_REFUSED = 4
+#: Exit status when another active key of the user registered this provider name.
+EXIT_NAME_TAKEN = 5
 #: Seconds SIGTERM waits for in-flight requests before closing them.
 DRAIN_TIMEOUT = 30.0
 #: Largest request body accepted from the hub: what a hub with default limits forwards.
@@ -194,14 +196,8 @@ class Agent:
             stop_task.cancel()
             if beat_task.done():
                 exc = beat_task.exception()
-                if isinstance(exc, KeyRejected):
-                    log.error(
-                        "API key rejected by the hub (HTTP %d from %s%s); stopping",
-                        exc.status,
-                        self.heartbeat.url,
-                        f": {exc.message}" if exc.message else "",
-                    )
-                    self.exit_code = EXIT_KEY_REJECTED
+                if isinstance(exc, Refused):
+                    self.exit_code = self.refused(exc, self.heartbeat.url)
                 elif isinstance(exc, signing.SigningError):
                     # Loud on purpose: whoever holds another key could feed this agent
                     # requests as the hub. Nothing is served from here on.
@@ -228,6 +224,22 @@ class Agent:
             await forward_session.close()
             await probe_session.close()
         return self.exit_code
+
+    def refused(self, exc: Refused, url: str) -> int:
+        """Log one ERROR saying what to change; the exit status for ``exc``."""
+        said = f"HTTP {exc.status} {exc.code} from {url}: {exc.message}"
+        if exc.code == "provider_name_taken":
+            log.error(
+                "the hub refuses the provider name %r (%s); another active key of this user "
+                "registered it. Give this agent another name (--name NAME, or name: in the "
+                "manifest's agent section), or revoke the other key (dashboard, or `inferclub "
+                "keys revoke`); stopping",
+                self.config.name,
+                said,
+            )
+            return EXIT_NAME_TAKEN
+        log.error("API key rejected by the hub (%s); stopping", said)
+        return EXIT_KEY_REJECTED
 
     async def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
