@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import openai
@@ -125,16 +126,10 @@ def test_sigterm_lets_an_in_flight_stream_finish(tmp_path: Path) -> None:
 def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path) -> None:
     hub = HubProcess(tmp_path, "--quickstart").start()
     try:
-        import time
-
-        deadline = time.monotonic() + 10
-        while (
-            not any("Next steps" in ln for ln in hub.stdout_lines) and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        out = "\n".join(hub.stdout_lines)
+        out = "\n".join(quickstart_output(hub, "Next steps"))
         key = next(ln.strip() for ln in hub.stdout_lines if ln.strip().startswith("ic_"))
         assert "inference-club-agent run" in out and f'api_key="{key}"' in out
+        assert "`make demo`" in out and "docs/run-your-first-model.md" in out
         # The agent command runs as printed, from where the hub was started, venv or not.
         command = next(ln.split() for ln in hub.stdout_lines if "inference-club-agent" in ln)
         agent = command[command.index("run") - 1]
@@ -146,6 +141,40 @@ def test_quickstart_creates_a_user_and_key_and_prints_next_steps(tmp_path: Path)
             assert c.models.list().data == []
     finally:
         assert hub.stop() == 0
+
+
+def quickstart_output(hub: HubProcess, last: str) -> list[str]:
+    """The hub's stdout once a line containing ``last`` was printed."""
+    deadline = time.monotonic() + 10
+    while not any(last in ln for ln in hub.stdout_lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return list(hub.stdout_lines)
+
+
+def test_a_restarted_quickstart_says_how_to_get_a_new_key(tmp_path: Path) -> None:
+    first = HubProcess(tmp_path, "--quickstart").start()
+    try:
+        created = next(ln for ln in quickstart_output(first, "Next steps") if "Created" in ln)
+    finally:
+        assert first.stop() == 0
+    login = created.split("'")[1]
+    again = HubProcess(tmp_path, "--quickstart").start()
+    try:
+        out = quickstart_output(again, "Dashboard: sign in")
+        assert not any(ln.strip().startswith("ic_") for ln in out), "no new key by itself"
+        command = next(ln.split() for ln in out if " keys create " in ln)
+        assert command[1:] == ["keys", "create", login, "--db", again.db]
+        assert any(f"Dashboard: sign in as {login}" in ln for ln in out)
+        # The command runs as printed, from where the hub was started, and its key works.
+        made = subprocess.run(
+            command, cwd=again.workdir, capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        with openai.OpenAI(base_url=again.api_base, api_key=key, max_retries=0) as c:
+            assert c.models.list().data == []
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_port_in_use_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import shlex
 import shutil
 import signal
 import socket
@@ -556,7 +557,7 @@ async def _announce(hub: Hub, settings: Settings, quickstart: bool, url: str, po
     """The quickstart and the sign-in link, printed once per hub (by its first worker)."""
     try:
         if quickstart:
-            await _print_quickstart(hub.accounts, url)
+            await _print_quickstart(hub.accounts, settings, url)
         if not settings.github_enabled:
             await _print_login_link(hub.accounts, settings, settings.host, port)
     except Exception as exc:  # noqa: BLE001 - a full disk must not stop a serving hub
@@ -568,30 +569,26 @@ async def _announce(hub: Hub, settings: Settings, quickstart: bool, url: str, po
         )
 
 
-def agent_command() -> str:
-    """How to run the agent from here: its bare name when that is on PATH, else its path
-    in this hub's virtualenv (relative when inside the current directory), so the printed
-    command runs as printed without activating the venv."""
-    bin_dir = Path(sys.executable).parent
-    agent = bin_dir / "inference-club-agent"
-    found = shutil.which("inference-club-agent")
-    if found and Path(found).resolve() == agent.resolve():
-        return "inference-club-agent"
-    if not agent.exists():
-        return "inference-club-agent"
+def console_command(name: str) -> str:
+    """How to run this distribution's console script ``name`` from here: its bare name when
+    that is on PATH, else its path in this hub's virtualenv (relative when inside the current
+    directory), so the printed command runs as printed without activating the venv."""
+    script = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return name
     try:
-        return str(agent.absolute().relative_to(Path.cwd()))
+        return str(script.absolute().relative_to(Path.cwd()))
     except ValueError:
-        return str(agent.absolute())
+        return str(script.absolute())
 
 
-async def _print_quickstart(accounts: Accounts, url: str) -> None:
+async def _print_quickstart(accounts: Accounts, settings: Settings, url: str) -> None:
     lines = ["", f"inferclub hub is up at {url}"]
-    user = None
     if await accounts.store.count_users() == 0:
         # The same user the printed sign-in link then signs in as.
         user = await accounts.local_admin(create=True)
-    if user is not None:
+        assert user is not None
         key = (await accounts.issue_key(user.id, "quickstart")).secret
         lines += [
             f"Created local user '{user.login}' and an API key (shown only this once):",
@@ -599,14 +596,34 @@ async def _print_quickstart(accounts: Accounts, url: str) -> None:
         ]
     else:
         key = "<your key>"
-        lines += ["Create a key with:  inferclub keys create <login>"]
+        lines += await _lost_key_lines(accounts, settings, url)
     lines += [
         "Next steps:",
-        "  1. Run an agent next to your inference server (see manifests/ for examples):",
-        f"       INFERCLUB_API_KEY={key} {agent_command()} run"
+        "  1. A real model in one command: `make demo` in this repository (another terminal)",
+        "     starts small real engines and an agent for them; for your own inference server",
+        "     see docs/run-your-first-model.md.",
+        "  2. Run an agent next to your inference server (see manifests/ for examples):",
+        f"       INFERCLUB_API_KEY={key} {console_command('inference-club-agent')} run"
         f" --manifest manifests/llamacpp.yaml --hub {url}",
-        "  2. Use the hub from any OpenAI client:",
+        "  3. Use the hub from any OpenAI client:",
         f'       OpenAI(base_url="{url}/v1", api_key="{key}")',
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+async def _lost_key_lines(accounts: Accounts, settings: Settings, url: str) -> list[str]:
+    """A restarted hub: the key printed on the first start is stored only as a hash, so say
+    how to get a new one, for the user the sign-in link signs in as."""
+    user = await accounts.local_admin() or next(iter(await accounts.store.list_users()), None)
+    login = user.login if user else "LOGIN"
+    db = f" --db {shlex.quote(settings.db)}" if settings.db else ""
+    if is_postgres_url(settings.db):
+        db = " --db <the hub's --db>"  # the URL may hold a password: not printed
+    where = "with the sign-in link below" if not settings.github_enabled else f"at {url}/"
+    return [
+        "This database already has users; their keys were shown once, when created, and the",
+        f"hub keeps only their hashes. A new key for '{login}':",
+        f"    {console_command('inferclub')} keys create {login}{db}",
+        f"or in the dashboard (API keys), signed in {where}.",
+    ]
