@@ -3,10 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Two stamps: `make run` installs only what the hub needs; `make test` adds the test and dev
-# extras and the example plugin. Either order works: each stamp records its own install.
+# Three stamps: `make run` installs only what the hub needs; `make demo` adds the openai SDK
+# (the `demo` extra); `make test` adds the test and dev extras and the example plugin. Any
+# order works: each stamp records its own install.
 STAMP := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
 
 .PHONY: run test demo engines browser nginx bench lint clean
 
@@ -16,6 +18,10 @@ $(VENV)/bin/python:
 
 $(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[demo]'
 	@touch $@
 
 $(STAMP): pyproject.toml tests/plugins/example_engine/pyproject.toml | $(VENV)/bin/python
@@ -51,8 +57,9 @@ nginx:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q nginx-light; }
 
 ## After `make run` (in another terminal): the small real engines, an agent for them, and a
-## streamed answer from `smollm2`, a speech file and its transcription through the hub.
-demo: $(RUN_STAMP)
+## streamed answer from `smollm2`, a speech file and its transcription through the hub, sent
+## with the openai SDK.
+demo: $(DEMO_STAMP)
 	bash scripts/install-engines.sh llama stt tts
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 

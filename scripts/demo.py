@@ -1,24 +1,26 @@
 """`make demo`: a real model answering through the hub, with no other step.
 
 Starts the small real engines that scripts/install-engines.sh installed (llama.cpp's
-llama-server as `smollm2`, faster-whisper-server, Piper's local-tts) on free loopback ports,
-writes their manifest with `inference-club-agent detect`, checks it with `check --deep`, runs an
-agent against the hub that `make run` started (or a hub of its own when none answers), then
-sends a streamed chat, a speech request and a transcription through the hub and prints the
-OpenAI SDK lines that now work. It keeps everything running until Ctrl-C (`--once`: stop after
-the requests, as the test does).
+llama-server as `smollm2`, faster-whisper-server, Piper's local-tts) on loopback, on their
+default ports when free (so a later plain `inference-club-agent detect` finds them) or else on
+free ones, writes their manifest with `inference-club-agent detect`, checks it with `check
+--deep`, runs an agent against the hub that `make run` started (or a hub of its own when none
+answers), then prints the OpenAI SDK lines of a streamed chat, a speech request and a
+transcription through the hub, and runs exactly those lines. It keeps everything running until
+Ctrl-C (`--once`: stop after the requests, as the test does).
 
 The key: `--key` or $INFERCLUB_API_KEY; else a new key for the hub's first local user, made with
 `inferclub keys create` on the database `make run` uses (the quickstart prints its key only
 once, and keeps no copy).
 
-Standard library only: it runs with the hub's virtualenv, which has no openai SDK.
+It needs the openai SDK, which `make demo` installs into the hub's virtualenv (the `demo` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -33,11 +36,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import openai
+except ImportError:  # run by hand, not by `make demo`
+    sys.exit("make demo: the openai SDK is missing: run `make demo` (or pip install -e '.[demo]')")
+
 BIN = Path(sys.executable).parent
 DEFAULT_HUB = "http://127.0.0.1:8321"
 LLM_ALIAS = "smollm2"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 READY_TIMEOUT = 120.0
+#: The engines' default ports (docs/agent.md's `detect` table): used when free.
+DEFAULT_PORTS = {"llama-server": 8080, "faster-whisper-server": 8000, "local-tts": 7878}
+
+#: What the demo prints and then runs, as printed (`{auth}`: the key, or where it comes from).
+SDK_LINES = """\
+{auth}
+client = OpenAI(base_url="{hub}/v1", api_key={key})
+stream = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "Say hello in five words."}}],
+    max_tokens=24,
+    stream=True,
+)
+for chunk in stream:
+    if chunk.choices:
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()
+speech = client.audio.speech.create(
+    model="tts-1", voice="alloy", input="Hello world", response_format="wav"
+)
+speech.write_to_file("speech.wav")
+with open("speech.wav", "rb") as audio:
+    print("transcription:", client.audio.transcriptions.create(model="whisper-1", file=audio).text)
+"""
 
 
 class DemoError(RuntimeError):
@@ -53,6 +85,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_for(engine: str) -> int:
+    """The engine's default port when nothing listens there, else a free one."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", DEFAULT_PORTS[engine]))
+        except OSError:
+            return free_port()
+    return DEFAULT_PORTS[engine]
 
 
 def http(
@@ -125,14 +167,15 @@ def wait_for(
 
 
 def start_engines(procs: Processes, state: Path) -> list[int]:
-    """llama-server, faster-whisper-server and local-tts on free ports; their ports."""
+    """llama-server, faster-whisper-server and local-tts (default ports when free); their
+    ports."""
     path = engines_dir() / "engines.json"
     try:
         info: dict[str, Any] = json.loads(path.read_text())
         llama, stt, tts = info["llama"], info["stt"], info["tts"]
     except (OSError, ValueError, KeyError):
         raise DemoError(f"no engines in {path}: run `bash scripts/install-engines.sh`") from None
-    ports = [free_port(), free_port(), free_port()]
+    ports = [port_for(name) for name in DEFAULT_PORTS]
     procs.start(
         "llama-server",
         [llama["server"], "-m", llama["gguf"], "--alias", LLM_ALIAS, "--host", "127.0.0.1",
@@ -206,7 +249,21 @@ def write_manifest(ports: list[int], state: Path) -> Path:
     manifest.write_text(run(str(BIN / "inference-club-agent"), "detect", *probes))
     print(f"\n{manifest} (written by `inference-club-agent detect`):\n{manifest.read_text()}")
     print(run(str(BIN / "inference-club-agent"), "check", "--deep", "--manifest", str(manifest)))
+    print(detect_hint(ports))
     return manifest
+
+
+def detect_hint(ports: list[int]) -> str:
+    """How a later `detect` (in another terminal, while the demo runs) finds these engines."""
+    agent = BIN / "inference-club-agent"
+    moved = [p for p, default in zip(ports, DEFAULT_PORTS.values(), strict=True) if p != default]
+    if not moved:
+        return f"`{agent} detect` finds these engines: they are on their default ports."
+    probes = " ".join(f"--probe 127.0.0.1:{p}" for p in moved)
+    return (
+        f"Some default ports were taken; `{agent} detect {probes}` finds these engines "
+        "(the others are on their default ports)."
+    )
 
 
 def wait_models(hub: str, key: str, wanted: set[str], procs: Processes) -> None:
@@ -220,86 +277,52 @@ def wait_models(hub: str, key: str, wanted: set[str], procs: Processes) -> None:
     raise DemoError(f"the hub did not list {sorted(wanted)} within {READY_TIMEOUT:.0f} s")
 
 
-def stream_chat(hub: str, key: str) -> str:
-    body = {
-        "model": LLM_ALIAS,
-        "messages": [{"role": "user", "content": "Say hello in five words."}],
-        "max_tokens": 24,
-        "stream": True,
-    }
-    request = urllib.request.Request(
-        f"{hub}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    text = []
-    with urllib.request.urlopen(request, timeout=120) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            for choice in json.loads(line[6:]).get("choices", []):
-                piece = choice.get("delta", {}).get("content") or ""
-                print(piece, end="", flush=True)
-                text.append(piece)
-    print()
-    return "".join(text)
+def sdk_lines(hub: str, key: str | None) -> str:
+    """The SDK lines with this hub and ``key`` (None: the key is in $INFERCLUB_API_KEY)."""
+    if key is None:
+        auth, shown = "import os\n\nfrom openai import OpenAI\n", 'os.environ["INFERCLUB_API_KEY"]'
+    else:
+        auth, shown = "from openai import OpenAI\n", f'"{key}"'
+    return SDK_LINES.format(auth=auth, hub=hub, key=shown, model=LLM_ALIAS)
 
 
-def speech_and_transcript(hub: str, key: str, state: Path) -> str:
-    auth = {"Authorization": f"Bearer {key}"}
-    body = {"model": "tts-1", "voice": "alloy", "input": "Hello world", "response_format": "wav"}
-    status, audio = http(
-        f"{hub}/v1/audio/speech",
-        json.dumps(body).encode(),
-        {**auth, "Content-Type": "application/json"},
-        timeout=120,
-    )
-    if status != 200:
-        raise DemoError(f"speech: HTTP {status}: {audio[:300]!r}")
+def run_sdk_lines(lines: str, state: Path) -> list[str]:
+    """Run ``lines`` as printed (in ``state``, where speech.wav goes); what they printed."""
+    printed = Tee(sys.stdout)
+    try:
+        with contextlib.chdir(state), contextlib.redirect_stdout(printed):
+            # The lines just printed for the user, run as they are: what they show is what ran.
+            exec(compile(lines, "<sdk lines>", "exec"), {"__name__": "sdk_lines"})
+    except openai.OpenAIError as exc:
+        raise DemoError(f"the SDK lines failed: {type(exc).__name__}: {exc}") from None
+    return printed.getvalue().splitlines()
+
+
+class Tee(io.StringIO):
+    """Prints through and remembers."""
+
+    def __init__(self, out: IO[str]) -> None:
+        super().__init__()
+        self.out = out
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def check_answers(printed: list[str], state: Path) -> None:
+    """What a user looks at: an answer, a WAV file, and its transcription."""
+    # The streamed answer, then the transcription's line.
+    if not "".join(printed[:-1]).strip():
+        raise DemoError("the chat answer was empty")
     wav = state / "speech.wav"
-    wav.write_bytes(audio)
+    audio = wav.read_bytes() if wav.exists() else b""
+    if audio[:4] != b"RIFF":
+        raise DemoError(f"speech: {wav} is not a WAV file ({len(audio)} bytes)")
     print(f"speech: {len(audio)} bytes of WAV in {wav}")
-    boundary = "inferclubdemo"
-    form = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-            f"--{boundary}\r\nContent-Disposition: form-data; "
-            'name="file"; filename="speech.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n"
-        ).encode()
-        + audio
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    status, answer = http(
-        f"{hub}/v1/audio/transcriptions",
-        form,
-        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
-        timeout=120,
-    )
-    if status != 200:
-        raise DemoError(f"transcription: HTTP {status}: {answer[:300]!r}")
-    text = str(json.loads(answer)["text"]).strip()
-    print(f"transcription of it: {text}")
-    return text
-
-
-def print_sdk_lines(hub: str, key: str) -> None:
-    print(
-        f"""
-Now working, from any machine that reaches the hub (pip install openai):
-
-    from openai import OpenAI
-    client = OpenAI(base_url="{hub}/v1", api_key="{key}")
-    for chunk in client.chat.completions.create(
-        model="{LLM_ALIAS}", messages=[{{"role": "user", "content": "Hi"}}], stream=True
-    ):
-        print(chunk.choices[0].delta.content or "", end="", flush=True)
-    client.audio.speech.create(model="tts-1", voice="alloy", input="Hello",
-                               response_format="wav").write_to_file("hello.wav")
-    client.audio.transcriptions.create(model="whisper-1", file=open("hello.wav", "rb")).text
-"""
-    )
 
 
 def demo(args: argparse.Namespace, procs: Processes, state: Path) -> None:
@@ -316,12 +339,13 @@ def demo(args: argparse.Namespace, procs: Processes, state: Path) -> None:
         {"INFERCLUB_API_KEY": key},
     )  # fmt: skip
     wait_models(hub, key, {LLM_ALIAS, "whisper-1", "tts-1"}, procs)
-    print(f'model="{LLM_ALIAS}", streamed through the hub: ', end="")
-    if not stream_chat(hub, key).strip():
-        raise DemoError("the chat answer was empty")
-    speech_and_transcript(hub, key, state)
     # A key the demo made is shown (like the quickstart's); one the user gave is not echoed.
-    print_sdk_lines(hub, key if made else "<your key>")
+    os.environ["INFERCLUB_API_KEY"] = key
+    lines = sdk_lines(hub, key if made else None)
+    print("\nThese OpenAI SDK lines work now, from any machine that reaches the hub")
+    print("(pip install openai); the demo runs them as they are:\n")
+    print(textwrap.indent(lines, "    "))
+    check_answers(run_sdk_lines(lines, state), state)
 
 
 def main() -> int:

@@ -38,8 +38,9 @@ def test_make_test_installs_the_extras_and_the_plugin(tmp_path: Path) -> None:
     assert "-e '.[test,dev]' -e tests/plugins/example_engine" in out
 
 
-def test_make_demo_needs_only_the_hub_and_installs_the_engines(tmp_path: Path) -> None:
+def test_make_demo_installs_the_sdk_and_the_engines_not_the_test_tools(tmp_path: Path) -> None:
     out = dry_run("demo", tmp_path / "venv")
     assert "[test,dev]" not in out
+    assert f"{tmp_path / 'venv'}/bin/python -m pip install -q -e '.[demo]'" in out
     assert "bash scripts/install-engines.sh llama stt tts" in out
     assert f"{tmp_path / 'venv'}/bin/python scripts/demo.py" in out

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inferclub.agent.detect import default_urls, nothing_found
+from inferclub.engines import get_engines, get_plugin_manager
 from inferclub.testing import manifest_text, run_cli
 from tests.support.fakes import (
     FakeLlamaServer,
@@ -114,11 +116,19 @@ def test_detect_prints_a_manifest_that_check_accepts(tmp_path: Path) -> None:
             fake.close()
 
 
-def test_detect_with_nothing_running_exits_1() -> None:
-    result = run_cli("detect", "--url", f"http://127.0.0.1:{closed_port()}")
+def test_detect_with_nothing_running_exits_1_naming_where_it_looked() -> None:
+    port = closed_port()
+    result = run_cli("detect", "--probe", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    assert "no engine found" in result.stderr
+    assert f"no engine found at 127.0.0.1:{port}." in result.stderr
+    assert "inference-club-agent detect --probe HOST:PORT" in result.stderr
     assert result.stdout == ""
+
+
+def test_detect_names_every_default_port_it_probes() -> None:
+    message = nothing_found(default_urls(get_engines(get_plugin_manager()).values()))
+    for port in (1234, 7878, 8000, 8080, 8103, 8880, 11434):
+        assert f"127.0.0.1:{port}" in message
 
 
 def test_engines_lists_builtins_and_plugins() -> None:

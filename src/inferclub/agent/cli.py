@@ -17,7 +17,13 @@ import aiohttp
 
 from inferclub.agent import __version__
 from inferclub.agent.deep import deep_check
-from inferclub.agent.detect import default_urls, detect, probe_url, render_manifest
+from inferclub.agent.detect import (
+    default_urls,
+    detect,
+    nothing_found,
+    probe_url,
+    render_manifest,
+)
 from inferclub.agent.manifest import Manifest, ManifestError, load_manifest
 from inferclub.agent.runner import PROBE_TIMEOUT, RunConfig, main_run, parse_listen
 from inferclub.agent.services import ServiceTable
@@ -258,7 +264,7 @@ def cmd_detect(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
     urls = [*(args.url or ()), *probes] or default_urls(engines.values())
     found = asyncio.run(detect(engines, urls))
     if not found:
-        print(f"no engine found at {', '.join(urls)}", file=sys.stderr)
+        print(nothing_found(urls), file=sys.stderr)
         return 1
     sys.stdout.write(render_manifest(found))
     return 0

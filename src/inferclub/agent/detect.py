@@ -35,6 +35,15 @@ def default_urls(engines: Iterable[Engine], host: str = "127.0.0.1") -> list[str
     return [f"http://{host}:{port}" for port in ports]
 
 
+def nothing_found(urls: Iterable[str]) -> str:
+    """What `detect` says when nothing answered: where it looked and how to look elsewhere."""
+    where = ", ".join(urlsplit(url).netloc or url for url in urls)
+    return (
+        f"no engine found at {where}. Start one (docs/run-your-first-model.md), or say where "
+        "yours listens: inference-club-agent detect --probe HOST:PORT (repeatable)"
+    )
+
+
 def probe_url(value: str) -> str:
     """`HOST:PORT` (or a whole `http://HOST:PORT` root) -> the root URL to probe."""
     if "://" in value:
