@@ -36,6 +36,8 @@ ENDPOINT_TYPES: Mapping[str, str] = MappingProxyType(
         "/chat/completions": "llm",
         "/completions": "llm",
         "/responses": "llm",
+        # Rerankers are served by the LLM servers (llama-server --reranking, vLLM).
+        "/rerank": "llm",
         "/embeddings": "embedding",
         "/audio/transcriptions": "stt",
         "/audio/translations": "stt",

@@ -1,10 +1,12 @@
 """``/v1/responses`` through the real hub and agent (subprocesses) to a fake engine that
-answers in OpenAI's Responses shape, driven by the openai SDK's ``client.responses``."""
+answers in OpenAI's Responses shape, driven by the openai SDK's ``client.responses``; and
+``/v1/rerank``, which llama-server and vLLM serve beside chat."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +78,26 @@ def test_models_name_the_endpoints_a_model_serves(responses_stack: tuple[Stack, 
         (model,) = sdk.models.list().data
     assert "/v1/responses" in (model.model_extra or {})["endpoints"]
     assert "/v1/chat/completions" in (model.model_extra or {})["endpoints"]
+
+
+def test_rerank_reaches_the_llm_service_and_answers_its_results(
+    responses_stack: tuple[Stack, FakeVllm],
+) -> None:
+    stack, engine = responses_stack
+    documents = ["a cat sat", "stock prices fell", "the cat purred on the mat"]
+    with stack.client() as sdk:
+        # OpenAI has no rerank endpoint: the SDK's generic post() reaches it.
+        answer: Any = sdk.post(
+            "/rerank",
+            body={"model": "qwen", "query": "cat on mat", "documents": documents, "top_n": 2},
+            cast_to=object,
+        )
+    assert [r["index"] for r in answer["results"]] == [2, 0]
+    assert answer["results"][0]["relevance_score"] == 1.0
+    # Forwarded to the engine's /v1/rerank under the engine's model name.
+    assert engine.posts("/v1/rerank")[-1].json()["model"] == "Qwen/Qwen3-8B"
+    row = stack.first_row("endpoint", "/v1/rerank")
+    assert (row["type"], row["status"], row["prompt_tokens"]) == ("llm", 200, len(documents))
+    with stack.client() as sdk:
+        (model,) = sdk.models.list().data
+    assert "/v1/rerank" in (model.model_extra or {})["endpoints"]

@@ -52,13 +52,17 @@ class Stack:
 
     def row(self, request_id: str, timeout: float = 10) -> sqlite3.Row:
         """The history row of one request (rows are written in batches)."""
+        return self.first_row("id", request_id, timeout)
+
+    def first_row(self, column: str, value: str, timeout: float = 10) -> sqlite3.Row:
+        """The first history row whose ``column`` is ``value``, once written."""
         deadline = time.monotonic() + timeout
         while True:
-            rows = self.hub.query("SELECT * FROM requests WHERE id = ?", request_id)
+            rows = self.hub.query(f"SELECT * FROM requests WHERE {column} = ?", value)
             if rows:
                 return rows[0]
             if time.monotonic() > deadline:
-                raise AssertionError(f"no history row for {request_id}")
+                raise AssertionError(f"no history row with {column} {value!r}")
             time.sleep(0.05)
 
 

@@ -82,6 +82,7 @@ class OpenAIFake(FakeServer):
             (r"/v1/chat/completions", ChatHandler, args),
             (r"/v1/completions", CompletionsHandler, args),
             (r"/v1/embeddings", EmbeddingsHandler, args),
+            (r"/v1/rerank", RerankHandler, args),
         ]
 
 
@@ -175,6 +176,30 @@ class EmbeddingsHandler(OpenAIHandler):
                 ],
                 "model": model,
                 "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+            }
+        )
+
+
+class RerankHandler(OpenAIHandler):
+    """llama-server's and vLLM's `/v1/rerank`: documents by the share of the query's words they
+    contain, best first, ``top_n`` of them."""
+
+    def post(self) -> None:
+        body = self.json_body()
+        model = self.check_model(body)
+        if model is None:
+            return
+        query = set(str(body.get("query", "")).lower().split())
+        documents = [str(d) for d in body.get("documents", [])]
+        scores = [len(query & set(d.lower().split())) / max(len(query), 1) for d in documents]
+        ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
+        top_n = body.get("top_n") or len(documents)
+        self.send_json(
+            {
+                "model": model,
+                "object": "list",
+                "usage": {"prompt_tokens": len(documents), "total_tokens": len(documents)},
+                "results": [{"index": i, "relevance_score": s} for i, s in ranked[:top_n]],
             }
         )
 

@@ -103,6 +103,14 @@ class EmbeddingsHandler(ProxyHandler):
     endpoint = "/embeddings"
 
 
+class RerankHandler(ProxyHandler):
+    """``{"model", "query", "documents", "top_n"}`` -> ``{"results": [{"index",
+    "relevance_score"}]}``, as llama-server (``--reranking``) and vLLM serve it; OpenAI has
+    no such endpoint, so the SDK reaches it with ``client.post("/rerank", ...)``."""
+
+    endpoint = "/rerank"
+
+
 class SpeechHandler(ProxyHandler):
     """Audio bytes (or ``stream_format: sse`` events) stream back as they arrive."""
 
@@ -218,6 +226,7 @@ PROXY_HANDLERS: tuple[type[ProxyHandler], ...] = (
     CompletionsHandler,
     ResponsesHandler,
     EmbeddingsHandler,
+    RerankHandler,
     TranscriptionsHandler,
     TranslationsHandler,
     SpeechHandler,
