@@ -68,7 +68,8 @@ speech = client.audio.speech.create(
 )
 speech.write_to_file("speech.wav")
 with open("speech.wav", "rb") as audio:
-    print("transcription:", client.audio.transcriptions.create(model="whisper-1", file=audio).text)
+    transcript = client.audio.transcriptions.create(model="whisper-1", file=audio)
+print("transcription:", transcript.text.strip())
 """
 
 

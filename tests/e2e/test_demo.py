@@ -62,7 +62,7 @@ def test_demo_against_the_running_hub(hub_process: HubProcess, tmp_path: Path) -
     assert 'model="smollm2",' in printed and "transcription:" in printed
     compile(printed, "<printed>", "exec")
     # The engines were on their default ports, or `detect` is told where they are.
-    assert "`detect` finds these engines" in out or "detect --probe 127.0.0.1:" in out
+    assert "detect` finds these engines" in out or "detect --probe 127.0.0.1:" in out
 
 
 def sdk_lines_in(out: str) -> str:
