@@ -87,6 +87,9 @@ class Hub:
         self.fleet = Fleet(
             settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
         )
+        # A heartbeat (here or, through the store, at another hub) that brings the user
+        # another candidate lets a waiting request go at once, not when a request ends.
+        self.registry.on_grown = self.fleet.queue.wake
         #: Prometheus metrics; served at /metrics only when configured (docs/operations.md).
         self.metrics = HubMetrics(self)
         #: Requests being proxied right now (drained on shutdown).

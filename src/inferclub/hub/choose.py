@@ -84,6 +84,24 @@ NO_LOAD = ServiceLoad()
 NO_STATE = ProviderState()
 
 
+def _room(load: ServiceLoad) -> int:
+    limit = UNBOUNDED if load.max_concurrency is None else load.max_concurrency
+    return limit - load.queue
+
+
+def more_room(old: ProviderState | None, new: ProviderState) -> bool:
+    """Whether a heartbeat may let a waiting request go: a provider heard from for the first
+    time, back from leaving, or a service that is new (its engine back) or has more room
+    than before (a higher ``max_concurrency``, a shorter queue)."""
+    if old is None or (old.leaving and not new.leaving):
+        return True
+    for name, load in new.loads.items():
+        was = old.loads.get(name)
+        if was is None or _room(load) > _room(was):
+            return True
+    return False
+
+
 @dataclass
 class _Cooling:
     failures: int
@@ -108,7 +126,8 @@ def all_busy(message: str) -> OpenAIError:
 
 class WaitQueue:
     """Requests waiting until a service of their user frees up: per user, bounded, in
-    arrival order. A freed service wakes the user's waiters in that order; each checks
+    arrival order. A freed service (a request of this hub ended, or a heartbeat brought more
+    capacity or another candidate) wakes the user's waiters in that order; each checks
     whether it can go now, and the first that can takes the service before the next one
     looks (no await between its check and counting its request in flight)."""
 
@@ -178,12 +197,15 @@ class Fleet:
 
     # -- what heartbeats say -------------------------------------------------------------
 
-    def heard(self, provider_id: int, state: ProviderState) -> None:
+    def heard(self, provider_id: int, state: ProviderState, *, user_id: int) -> None:
+        """Provider ``provider_id`` of user ``user_id`` sent a heartbeat saying ``state``."""
         old = self._states.get(provider_id)
         if old is not None and old.down and not state.down:
             # Its engines are back (the agent says so): whatever failed may work again.
             self._cooling.pop(provider_id, None)
         self._states[provider_id] = state
+        if more_room(old, state):
+            self.queue.wake(user_id)
 
     def leaving(self, provider_id: int) -> None:
         """The provider's agent said goodbye: no new request until its next heartbeat."""

@@ -70,7 +70,7 @@ class HeartbeatHandler(ApiHandler):
         if found is None or found.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(user_id, hb, time.time(), self.owner.key_id)
-        hub.fleet.heard(record.id, ProviderState.of(hb))
+        hub.fleet.heard(record.id, ProviderState.of(hb), user_id=user_id)
         hub.heartbeat_pacer.accepted(user_id, hb.name)
         hub.metrics.heartbeats.inc()
         if (
