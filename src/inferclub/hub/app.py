@@ -17,6 +17,7 @@ from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
 from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import ConfigError, Secrets, Settings
+from inferclub.hub.fairness import Turns
 from inferclub.hub.fallbacks import Fallbacks
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -82,6 +83,8 @@ class Hub:
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.probe_budget = ProbeBudget(settings.max_probe_targets_per_user)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        #: Request starts of different users in turns on the event loop.
+        self.turns = Turns()
         self.fallbacks = Fallbacks(store)
         #: Load, goodbyes and passive health of providers: the choice between candidates.
         self.fleet = Fleet(

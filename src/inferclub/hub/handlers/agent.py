@@ -46,9 +46,11 @@ class HeartbeatHandler(ApiHandler):
     required_scope = keys.AGENT
 
     async def post(self) -> None:
-        data = self.json_body()
         hub = self.hub
         user_id = self.owner.user_id
+        # A tenant's many heartbeats take turns with other users' requests (hub/fairness.py).
+        await hub.turns.turn(user_id)
+        data = self.json_body()
         name = data.get("name")
         # A goodbye is neither paced nor remembered (see _goodbye).
         leaving = data.get("leaving") is True

@@ -115,6 +115,8 @@ class ProxyHandler(ApiHandler):
             hub.metrics.request_done(row, self.provider_name)
 
     async def _serve(self, meter: RequestMeter) -> None:
+        # One user's burst of starts must not delay another user's (hub/fairness.py).
+        await self.hub.turns.turn(self.owner.user_id)
         model, fwd = self.parse()
         meter.asked_for(model)
         task = asyncio.ensure_future(self._attempts(model, fwd, meter))
