@@ -35,8 +35,9 @@ PUBLIC = "ed25519:A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
 NOW = 1767225600
 REQUEST_ID = "req_0123456789abcdef01234567"
 BODY = b'{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
-SIGNATURE = "VrofDpAjTx57UYELj3JcplxQrn2Y5XJSIsOlfauJq9TgT0kupCGyaYIy4mU-kFUkhNBwSAqWNq83kSnVE50dBg"
+SIGNATURE = "1DKYcVwYRWWxiVh0WeAFlwep0uXRnRWeyDxXAUggddu53QsvDUrKWQBGqbP-UpJTUJhMa5q7ZWFUyRGN9ebIBA"
 PATH = "/v1/chat/completions"
+SERVICE = "llama"
 
 
 class Clock:
@@ -58,7 +59,8 @@ def agent(clock: Clock | None = None, **kwargs: int) -> RequestVerifier:
 def signed(
     request_id: str = REQUEST_ID, body: bytes = BODY, provider: str = "42", at: float = NOW
 ) -> dict[str, str]:
-    return hub(Clock(at)).sign("POST", PATH, request_id, provider, body)
+    headers = hub(Clock(at)).sign("POST", PATH, request_id, provider, body, service=SERVICE)
+    return {"X-InferClub-Service": SERVICE, **headers}
 
 
 def rejection(verifier: RequestVerifier, headers: dict[str, str], **changes: object) -> str:
@@ -104,8 +106,27 @@ def test_a_changed_request_or_another_provider_is_refused(change: dict[str, obje
 
 
 def test_another_key_is_refused() -> None:
-    forged = hub(seed=bytes(32)).sign("POST", PATH, REQUEST_ID, "42", BODY)
-    assert rejection(agent(), forged) == "signature_invalid"
+    forged = hub(seed=bytes(32)).sign("POST", PATH, REQUEST_ID, "42", BODY, service=SERVICE)
+    assert rejection(agent(), {**signed(), **forged}) == "signature_invalid"
+
+
+def test_another_service_than_signed_is_refused() -> None:
+    """The service header picks which of the agent's services serves: changed, dropped or
+    added on the way, the request is refused."""
+    assert rejection(agent(), {**signed(), "X-InferClub-Service": "other"}) == "signature_invalid"
+    dropped = {k: v for k, v in signed().items() if k != "X-InferClub-Service"}
+    assert rejection(agent(), dropped) == "signature_invalid"
+    unnamed = hub().sign("POST", PATH, REQUEST_ID, "42", BODY, service="")
+    agent().verify("POST", PATH, unnamed, BODY, "42")
+    added = {**unnamed, "X-InferClub-Service": SERVICE}
+    assert rejection(agent(), added) == "signature_invalid"
+
+
+@pytest.mark.parametrize("service", ["a\nb", "x" * 65, "-lead", "é"])
+def test_a_service_that_could_not_be_signed_is_refused(service: str) -> None:
+    with pytest.raises(SigningError):
+        hub().sign("POST", PATH, REQUEST_ID, "42", BODY, service=service)
+    assert rejection(agent(), {**signed(), "X-InferClub-Service": service}) == "signature_invalid"
 
 
 def test_a_changed_timestamp_or_request_id_is_refused() -> None:
@@ -184,7 +205,7 @@ def test_forged_requests_are_not_remembered() -> None:
     verifier = agent()
     forged = hub(seed=bytes(32))
     for n in range(100):
-        headers = forged.sign("POST", PATH, f"req_{n}", "42", BODY)
+        headers = forged.sign("POST", PATH, f"req_{n}", "42", BODY, service="")
         assert rejection(verifier, headers) == "signature_invalid"
     assert len(verifier.replays) == 0
 
@@ -224,12 +245,13 @@ def test_the_replay_memory_stays_bounded_and_never_lets_a_replay_through() -> No
 
 def independent_message(method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
     fields = [
-        "inferclub-request-v1",
+        "inferclub-request-v2",
         method,
         target,
         headers["X-InferClub-Timestamp"],
         headers["X-Request-Id"],
         "42",
+        headers.get("X-InferClub-Service", ""),
         hashlib.sha256(body).hexdigest(),
     ]
     return "\n".join(fields).encode("ascii")
@@ -250,7 +272,8 @@ def independent_verify(
 
 def test_an_independent_verifier_accepts_the_hubs_signature() -> None:
     signer = hub()
-    headers = signer.sign("POST", PATH, REQUEST_ID, "42", BODY)
+    headers = {"X-InferClub-Service": SERVICE}
+    headers.update(signer.sign("POST", PATH, REQUEST_ID, "42", BODY, service=SERVICE))
     assert signer.public_key == PUBLIC
     independent_verify(signer.public_key, "POST", PATH, headers, BODY)
     with pytest.raises(InvalidSignature):
@@ -267,6 +290,7 @@ def test_the_agent_accepts_an_independent_signature() -> None:
 
 def test_the_documented_example_is_exact() -> None:
     assert signed() == {
+        "X-InferClub-Service": SERVICE,
         "X-InferClub-Timestamp": str(NOW),
         "X-InferClub-Signature": SIGNATURE,
         "X-Request-Id": REQUEST_ID,
@@ -300,7 +324,7 @@ async def test_a_signature_survives_a_real_http_hop() -> None:
     url = f"http://127.0.0.1:{port}/agent base/v1/audio/transcriptions"
     body = b"\x00\xffbinary body"
     try:
-        headers = hub().sign("POST", request_target(url), REQUEST_ID, "42", body)
+        headers = hub().sign("POST", request_target(url), REQUEST_ID, "42", body, service="")
         async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as resp:
             assert resp.status == 204
     finally:

@@ -171,6 +171,10 @@ def test_heartbeat_reply_round_trip() -> None:
     assert wire.HeartbeatReply.parse(json.loads(json.dumps(reply.to_json()))) == reply
     reachable = wire.HeartbeatReply(7, HUB_KEY, 30.0, 60.0).to_json()
     assert "callback_error" not in reachable and reachable["callback_reachable"] is True
+    # Not checked this time (the hub's probe budget): null, which is not "unreachable".
+    unchecked = wire.HeartbeatReply(7, HUB_KEY, 30.0, 60.0, None, "not checked yet")
+    assert unchecked.to_json()["callback_reachable"] is None
+    assert wire.HeartbeatReply.parse(json.loads(json.dumps(unchecked.to_json()))) == unchecked
     # An agent reads what it understands and ignores what it does not.
     lenient = wire.HeartbeatReply.parse(
         {"provider_id": 3, "hub_key": "k", "heartbeat_interval": -1, "online_window": "60", "x": 1}

@@ -5,10 +5,13 @@ unsigned, signed for another provider, older than a minute, or seen before. The 
 specified in ``docs/signing.md`` so that other agents can implement it; this module is the
 reference. In short: the signed message is::
 
-    inferclub-request-v1 LF METHOD LF TARGET LF TIMESTAMP LF REQUEST_ID LF PROVIDER_ID LF SHA256_HEX
+    inferclub-request-v2 LF METHOD LF TARGET LF TIMESTAMP LF REQUEST_ID LF PROVIDER_ID LF SERVICE
+    LF SHA256_HEX
 
 sent as ``X-InferClub-Timestamp`` (Unix seconds), ``X-InferClub-Signature`` (base64url, no
-padding) and ``X-Request-Id``. Keys are written ``ed25519:<base64url of the 32 raw bytes>``.
+padding) and ``X-Request-Id``; SERVICE is the ``X-InferClub-Service`` header (empty without
+one), so the service that serves a request cannot be changed on the way either. Keys are
+written ``ed25519:<base64url of the 32 raw bytes>``.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from inferclub.wire import SERVICE_HEADER
+
 log = logging.getLogger(__name__)
 
-VERSION = "inferclub-request-v1"
+VERSION = "inferclub-request-v2"
 TIMESTAMP_HEADER = "X-InferClub-Timestamp"
 SIGNATURE_HEADER = "X-InferClub-Signature"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -49,6 +54,8 @@ REPLAY_CACHE_SIZE = 65536
 _TOKEN = re.compile(r"[A-Z]{1,16}")
 _TARGET = re.compile(r"/[\x21-\x7e]{0,8191}")
 _FIELD = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: A service name as the manifest allows it (``wire.NAME``), or empty: no service header.
+_SERVICE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?")
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,15}")
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{86}")
 _KEY = re.compile(r"ed25519:[A-Za-z0-9_-]{43}")
@@ -88,7 +95,13 @@ def body_digest(body: bytes) -> str:
 
 
 def canonical_message(
-    method: str, target: str, timestamp: int, request_id: str, provider_id: str, digest: str
+    method: str,
+    target: str,
+    timestamp: int,
+    request_id: str,
+    provider_id: str,
+    service: str,
+    digest: str,
 ) -> bytes:
     """The exact bytes that are signed. Raises :class:`SigningError` for a field that could
     make the encoding ambiguous (a line feed, non-ASCII, an empty value)."""
@@ -97,6 +110,7 @@ def canonical_message(
         ("target", target, _TARGET),
         ("request id", request_id, _FIELD),
         ("provider id", provider_id, _FIELD),
+        ("service", service, _SERVICE),
         ("body digest", digest, _DIGEST),
     )
     for name, value, pattern in checks:
@@ -104,7 +118,7 @@ def canonical_message(
             raise SigningError(f"cannot sign: the {name} {value[:80]!r} is not allowed")
     if not 0 <= timestamp < 10**16:
         raise SigningError(f"cannot sign: timestamp {timestamp} out of range")
-    fields = (VERSION, method, target, str(timestamp), request_id, provider_id, digest)
+    fields = (VERSION, method, target, str(timestamp), request_id, provider_id, service, digest)
     return "\n".join(fields).encode("ascii")
 
 
@@ -144,16 +158,24 @@ class HubSigner:
         self.public_key = public_key_text(private_key.public_key())
 
     def sign(
-        self, method: str, target: str, request_id: str, provider_id: str, body: bytes
+        self,
+        method: str,
+        target: str,
+        request_id: str,
+        provider_id: str,
+        body: bytes,
+        *,
+        service: str,
     ) -> dict[str, str]:
         """The headers to add to a request: timestamp, signature and request id.
 
         ``target`` is the request target exactly as it goes on the request line (path and
-        any query, percent-encoded as sent): :func:`request_target` of the URL.
+        any query, percent-encoded as sent): :func:`request_target` of the URL. ``service``
+        is the value sent in ``X-InferClub-Service``, ``""`` for a request without it.
         """
         timestamp = int(self._clock())
         message = canonical_message(
-            method, target, timestamp, request_id, provider_id, body_digest(body)
+            method, target, timestamp, request_id, provider_id, service, body_digest(body)
         )
         return {
             TIMESTAMP_HEADER: str(timestamp),
@@ -304,9 +326,10 @@ class RequestVerifier:
         (Tornado's ``request.uri``); ``provider_id`` is this agent's own provider id.
         """
         timestamp, signature, request_id = self.check_headers(headers)
+        service = headers.get(SERVICE_HEADER, "")
         try:
             message = canonical_message(
-                method, target, timestamp, request_id, provider_id, body_digest(body)
+                method, target, timestamp, request_id, provider_id, service, body_digest(body)
             )
             self._key.verify(_unb64(signature), message)
         except (SigningError, InvalidSignature, binascii.Error):

@@ -284,8 +284,9 @@ class HeartbeatReply:
     #: Seconds between beats the hub expects, and after which it sees the agent as offline.
     heartbeat_interval: float | None = None
     online_window: float | None = None
-    #: False, with the reason in ``callback_error``, when the hub cannot reach ``callback_url``.
-    callback_reachable: bool = True
+    #: False, with the reason in ``callback_error``, when the hub cannot reach ``callback_url``;
+    #: None when it did not check this time (its probe budget), the reason in ``callback_error``.
+    callback_reachable: bool | None = True
     callback_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -314,12 +315,13 @@ class HeartbeatReply:
         if isinstance(provider_id, bool) or not isinstance(provider_id, int):
             raise PayloadError("provider_id", "is missing")
         error = data.get("callback_error")
+        reachable = data.get("callback_reachable", True)
         return cls(
             provider_id,
             hub_key,
             _positive(data.get("heartbeat_interval")),
             _positive(data.get("online_window")),
-            data.get("callback_reachable") is not False,
+            None if reachable is None else reachable is not False,
             str(error) if error else None,
         )
 

@@ -56,7 +56,8 @@ def test_only_requests_signed_by_the_hub_for_this_provider_are_served(
     target = "/v1/chat/completions"
 
     def headers(signer: HubSigner, provider: int = fake_hub.provider_id) -> dict[str, str]:
-        return signer.sign("POST", target, f"req_{uuid.uuid4().hex[:24]}", str(provider), body)
+        request_id = f"req_{uuid.uuid4().hex[:24]}"
+        return signer.sign("POST", target, request_id, str(provider), body, service="vllm-qwen")
 
     def send(extra: dict[str, str], sent: bytes = body) -> tuple[int, dict[str, Any]]:
         status, _, answer = send_to_agent(
@@ -100,6 +101,33 @@ def test_only_requests_signed_by_the_hub_for_this_provider_are_served(
     forwarded = vllm.posts("/v1/chat/completions")[0].headers
     assert not [name for name in forwarded if name.lower().startswith("x-inferclub-")]
     assert "Authorization" not in forwarded
+
+
+def test_a_request_sent_to_another_service_than_signed_is_refused(
+    start_agent: StartAgent, fake_hub: FakeHub, vllm: FakeVllm
+) -> None:
+    """The service header is signed: someone on the path who changes only which of the
+    agent's services serves a captured request gets 401, and no engine sees it."""
+    agent = start_agent(vllm_service(vllm), vllm_service(vllm, name="vllm-other"))
+    registered(agent, fake_hub, "vllm-other")
+    chat = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
+    raw = json.dumps(chat).encode()
+    target = "/v1/chat/completions"
+    sign = fake_hub.signer.sign
+    headers = sign(
+        "POST", target, "req_service1", str(fake_hub.provider_id), raw, service="vllm-qwen"
+    )
+    for service in ("vllm-other", None):
+        status, _, body = send_to_agent(
+            agent.callback_url, "POST", "/chat/completions", raw, service=service, headers=headers
+        )
+        assert (status, assert_openai_error(body)["code"]) == (401, "signature_invalid"), service
+    assert vllm.posts("/v1/chat/completions") == []
+    status, _, _ = send_to_agent(
+        agent.callback_url, "POST", "/chat/completions", raw, service="vllm-qwen", headers=headers
+    )
+    assert status == 200
+    assert len(vllm.posts("/v1/chat/completions")) == 1
 
 
 def test_503_until_a_heartbeat_succeeds(

@@ -69,7 +69,9 @@ async def call(
     raw = None if body is None else json.dumps(body).encode()
     if signer is not None:
         headers.update(
-            signer.sign(method, "/v1" + path, f"req_{next(IDS)}", str(provider), raw or b"")
+            signer.sign(
+                method, "/v1" + path, f"req_{next(IDS)}", str(provider), raw or b"", service=""
+            )
         )
     resp = await client.fetch(
         "/v1" + path,

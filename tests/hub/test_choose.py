@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from inferclub import wire
-from inferclub.hub.choose import Fleet, ProviderState
+from inferclub.hub.affinity import conversation_key
+from inferclub.hub.choose import Fleet, ProviderState, more_room
 from inferclub.hub.routing import Registry, Route
 from inferclub.openai_errors import OpenAIError
 from tests.support.registry import ALICE, WINDOW, provider, registry, svc
@@ -34,7 +35,7 @@ def beat(
             "leaving": leaving,
         }
     )
-    fleet.heard(pid, ProviderState.of(hb))
+    fleet.heard(pid, ProviderState.of(hb), user_id=ALICE)
 
 
 def three() -> Registry:
@@ -158,3 +159,53 @@ def test_an_offline_provider_is_named_as_gone() -> None:
     err = refused(Fleet(10), reg)
     assert (err.status, err.code) == (503, "model_unavailable")
     assert "rig-1: agent gone" in err.message
+
+
+def test_a_heartbeat_wakes_waiters_only_when_it_brings_room() -> None:
+    """What makes a heartbeat wake the user's waiting requests (its registry changes wake
+    them too, see test_routing): first word of a provider, a service new or with more room,
+    a provider back from leaving. A steady beat does not (waking costs each waiter a choice)."""
+
+    def state(*services: dict[str, Any], leaving: bool = False) -> ProviderState:
+        hb = wire.Heartbeat.parse(
+            {
+                "name": "rig",
+                "callback_url": "http://10.0.0.1:8000/v1",
+                "services": list(services),
+                "leaving": leaving,
+            }
+        )
+        return ProviderState.of(hb)
+
+    one = {"name": "a", "type": "llm", "models": ["m1"], "max_concurrency": 1}
+    steady = state(one)
+    assert more_room(None, steady)
+    assert not more_room(steady, state(one))
+    assert more_room(steady, state({**one, "max_concurrency": 2}))
+    assert more_room(steady, state({**one, "max_concurrency": None}))
+    queued = state({**one, "max_concurrency": 4, "queue": 3})
+    assert more_room(queued, state({**one, "max_concurrency": 4, "queue": 1}))
+    assert not more_room(queued, state({**one, "max_concurrency": 4, "queue": 3}))
+    assert more_room(steady, state(one, {**one, "name": "b"}))
+    assert not more_room(state(one, {**one, "name": "b"}), steady)
+    assert more_room(state(one, leaving=True), steady)
+
+
+def test_a_conversation_goes_back_to_its_service_unless_another_has_more_room() -> None:
+    """Affinity sits after load and before hot models and registration order."""
+    fleet = Fleet(10)
+    reg = registry(*(provider(pid, svc(f"s{pid}", "llm", "m1")) for pid in (1, 2, 3)))
+    chat = conversation_key(ALICE, [{"role": "user", "content": "hi"}])
+    other = conversation_key(ALICE, [{"role": "user", "content": "hello"}])
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-1", "rig-2", "rig-3"]
+    fleet.affinity.served(chat, 2, "s2")  # rig-2 answered the first turn
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-2", "rig-1", "rig-3"]
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", other)) == ["rig-1", "rig-2", "rig-3"]
+    # Preferred over a hot model elsewhere...
+    beat(fleet, 1, {"name": "s1", "models": ["m1"], "loaded": ["m1"]})
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", chat))[0] == "rig-2"
+    # ...but not once it is busier than another candidate.
+    second = reg.candidates(ALICE, "llm", "m1")[1]
+    with fleet.busy(second):
+        assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-1", "rig-3", "rig-2"]
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", chat))[0] == "rig-2"

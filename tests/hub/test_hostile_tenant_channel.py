@@ -225,7 +225,10 @@ def raw_request(agent_url: str, method: str, path: str, hub: FakeHub | None) -> 
     headers = {"Content-Type": "application/json", "X-InferClub-Service": "vllm-qwen"}
     if hub is not None:
         request_id = f"req_{time.monotonic_ns()}"
-        headers.update(hub.signer.sign(method, path, request_id, str(hub.provider_id), body))
+        signed = hub.signer.sign(
+            method, path, request_id, str(hub.provider_id), body, service="vllm-qwen"
+        )
+        headers.update(signed)
     try:
         conn.request(method, path, body=body, headers=headers)
         return conn.getresponse().status

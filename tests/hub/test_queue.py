@@ -82,3 +82,42 @@ async def test_the_queue_is_bounded_and_a_client_that_leaves_leaves_it(tmp_path:
             assert await wait_until(lambda: queue.total() == 0)
             await first
             assert len(agent.posts("/v1/chat/completions")) == 1
+
+
+async def hold_stream(hub: HubApp, key: str) -> None:
+    """A streamed chat that the agent never finishes (its ``stall_after``): in flight until
+    cancelled."""
+    stream = await hub.client(key).chat.completions.create(model="m1", messages=[], stream=True)
+    async for _ in stream:
+        pass
+
+
+@pytest.mark.parametrize("news", ["more capacity", "another provider"])
+async def test_a_heartbeat_that_brings_room_serves_the_waiting_request_at_once(
+    tmp_path: Path, news: str
+) -> None:
+    """Issue 12's "goes to the first service that frees up": room reported by a heartbeat
+    counts, not only a request of this hub ending. The request in flight never ends here,
+    so the waiting one can only be served because of the heartbeat."""
+    async with running_hub(tmp_path, queue_timeout=8, heartbeat_min_interval=0) as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as busy, FakeAgent(["m1"]) as spare:
+            busy.stall_after = 1
+            await hub.heartbeat(key, "rig", busy.url, ONE_AT_A_TIME)
+            first = asyncio.ensure_future(hold_stream(hub, key))
+            try:
+                assert await wait_until(lambda: len(busy.posts("/v1/chat/completions")) == 1)
+                second = asyncio.ensure_future(ask(hub, key))
+                assert await wait_until(lambda: hub.hub.fleet.queue.total() == 1)
+                if news == "more capacity":
+                    twice = [{**LLM[0], "max_concurrency": 2}]
+                    assert (await hub.heartbeat(key, "rig", busy.url, twice))[0] == 200
+                else:
+                    assert (await hub.heartbeat(key, "rig2", spare.url, ONE_AT_A_TIME))[0] == 200
+                await second  # served, not a 429 at queue_timeout
+                assert not first.done(), "the request in flight is still running"
+            finally:
+                first.cancel()
+        served_by_spare = len(spare.posts("/v1/chat/completions"))
+        assert served_by_spare == (1 if news == "another provider" else 0)
+        assert len(busy.posts("/v1/chat/completions")) == 2 - served_by_spare

@@ -105,3 +105,26 @@ def test_a_removed_provider_no_longer_routes() -> None:
             "code": "model_not_found",
         },
     )
+
+
+def test_the_registry_says_when_a_users_candidates_may_have_grown() -> None:
+    """What wakes a user's waiting requests from the registry's side: a provider new, back
+    online or with other services; from the store's full reload, any user whose providers
+    changed. A steady heartbeat says nothing."""
+    grown: list[int] = []
+    reg = Registry(WINDOW)
+    reg.on_grown = grown.append
+    rig = provider(1, svc("a", "llm", "m1"))
+    reg.update(rig)
+    reg.update(provider(1, svc("a", "llm", "m1")))  # steady
+    assert grown == [ALICE]
+    reg.update(provider(1, svc("a", "llm", "m1", "m2")))  # another model
+    reg.update(provider(2, svc("b", "llm", "m1"), user=BOB))
+    assert grown == [ALICE, ALICE, BOB]
+    reg.update(provider(1, svc("a", "llm", "m1", "m2"), silent_for=WINDOW + 1))  # went quiet
+    reg.update(provider(1, svc("a", "llm", "m1", "m2")))  # back online
+    assert grown == [ALICE, ALICE, BOB, ALICE]
+    grown.clear()
+    bob = reg.providers(BOB)
+    reg.load([provider(1, svc("a", "llm", "m3")), *bob])
+    assert grown == [ALICE]

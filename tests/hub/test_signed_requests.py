@@ -32,12 +32,13 @@ def docs_verify(hub_key: str, provider_id: int, request: Recorded) -> bool:
     public = Ed25519PublicKey.from_public_bytes(unb64url(hub_key[len("ed25519:") :]))
     target = request.path + (f"?{request.query}" if request.query else "")
     fields = [
-        "inferclub-request-v1",
+        "inferclub-request-v2",
         request.method,
         target,
         request.headers["X-Inferclub-Timestamp"],
         request.headers["X-Request-Id"],
         str(provider_id),
+        request.headers.get("X-Inferclub-Service", ""),
         hashlib.sha256(request.body).hexdigest(),
     ]
     signature = request.headers["X-Inferclub-Signature"]
@@ -76,6 +77,10 @@ async def test_the_hub_signs_what_it_forwards_as_the_docs_say(
     assert not docs_verify(published["key"], provider_id + 1, sent)
     tampered = Recorded(sent.method, sent.path, sent.query, sent.headers, sent.body + b" ")
     assert not docs_verify(published["key"], provider_id, tampered)
+    assert sent.headers["X-Inferclub-Service"] == LLM[0]["name"]
+    other = {**sent.headers, "X-Inferclub-Service": "other"}
+    rerouted = Recorded(sent.method, sent.path, sent.query, other, sent.body)
+    assert not docs_verify(published["key"], provider_id, rerouted)
     # The reachability probe is signed the same way (GET, empty body).
     probe = fake_agent.requests[0]
     assert (probe.method, probe.path) == ("GET", "/v1/models")

@@ -24,7 +24,9 @@ def open_chat_stream(
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     body = json.dumps({"model": model, "messages": [], "stream": True}).encode()
     request_id = "req_" + secrets.token_hex(12)
-    signed = hub.signer.sign("POST", "/v1/chat/completions", request_id, str(hub.provider_id), body)
+    signed = hub.signer.sign(
+        "POST", "/v1/chat/completions", request_id, str(hub.provider_id), body, service=service
+    )
     conn.request(
         "POST",
         "/v1/chat/completions",
@@ -43,7 +45,14 @@ def sdk_client(hub: FakeHub, agent_url: str, service: str | None = None) -> open
         target = request.url.raw_path.decode("ascii")
         request_id = "req_" + secrets.token_hex(12)
         request.headers.update(
-            hub.signer.sign(request.method, target, request_id, str(hub.provider_id), body)
+            hub.signer.sign(
+                request.method,
+                target,
+                request_id,
+                str(hub.provider_id),
+                body,
+                service=service or "",
+            )
         )
 
     headers = {wire.SERVICE_HEADER: service} if service else {}

@@ -248,7 +248,8 @@ class Heartbeat:
         self, reply: wire.HeartbeatReply, advertised: list[wire.AdvertisedService]
     ) -> None:
         """Log what changed: reachability, and recovery (or the first beat)."""
-        problem = reply.callback_error if not reply.callback_reachable else None
+        # None: the hub did not check this time (it will later); not a problem to report.
+        problem = reply.callback_error if reply.callback_reachable is False else None
         if problem != self._unreachable:
             if problem:
                 log.warning(

@@ -17,6 +17,7 @@ from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
 from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import ConfigError, Secrets, Settings
+from inferclub.hub.fairness import Turns
 from inferclub.hub.fallbacks import Fallbacks
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -26,9 +27,10 @@ from inferclub.hub.handlers import playground as playground_handlers
 from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_name
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
-from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer
+from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer, ProbeBudget, probe_target
 from inferclub.hub.liveness import Liveness
 from inferclub.hub.metrics import HubMetrics
+from inferclub.hub.reachability import NOT_CHECKED
 from inferclub.hub.relay import Relay, Timeouts
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import KEYS_CHANNEL, PROVIDERS_CHANNEL, Store
@@ -79,12 +81,18 @@ class Hub:
             self.signer,
         )
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
+        self.probe_budget = ProbeBudget(settings.max_probe_targets_per_user)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        #: Request starts of different users in turns on the event loop.
+        self.turns = Turns()
         self.fallbacks = Fallbacks(store)
         #: Load, goodbyes and passive health of providers: the choice between candidates.
         self.fleet = Fleet(
             settings.cooldown, WaitQueue(settings.queue_timeout, settings.max_queue_per_user)
         )
+        # A heartbeat (here or, through the store, at another hub) that brings the user
+        # another candidate lets a waiting request go at once, not when a request ends.
+        self.registry.on_grown = self.fleet.queue.wake
         #: Prometheus metrics; served at /metrics only when configured (docs/operations.md).
         self.metrics = HubMetrics(self)
         #: Requests being proxied right now (drained on shutdown).
@@ -149,7 +157,9 @@ class Hub:
             except Exception:  # keep routing on the current registry; retry next round
                 log.exception("reading provider changes from the store failed")
 
-    async def check_callback(self, provider_id: int, callback_url: str) -> tuple[str | None, bool]:
+    async def check_callback(
+        self, user_id: int, provider_id: int, callback_url: str
+    ) -> tuple[str | None, bool]:
         """What kind of failure reaching this provider's callback URL had (see
         :func:`~inferclub.hub.reachability.reachability_kind`), or None when it answered;
         and whether that was found out just now (so a caller logs it once per check, not at
@@ -157,7 +167,8 @@ class Hub:
 
         Checked when a provider first shows up or changes its URL, and again at most once a
         minute while it is failing, so an agent learns at once that it is unreachable (behind
-        NAT, bound to the wrong interface) instead of from failing requests.
+        NAT, bound to the wrong interface) instead of from failing requests. Past the user's
+        probe budget the answer is ``NOT_CHECKED``, not remembered: a later beat checks.
         """
         now = time.monotonic()
         known = self._reachability.get(provider_id)
@@ -167,6 +178,8 @@ class Hub:
             and (known[1] is None or now - known[2] < 60)
         ):
             return known[1], False
+        if not self.probe_budget.allow(user_id, probe_target(callback_url)):
+            return NOT_CHECKED, False
         problem = await self.relay.probe(callback_url, provider_id)
         # Newest last, and bounded: provider ids are never reused, so a tenant creating and
         # deleting providers would otherwise grow this without end.

@@ -8,8 +8,9 @@ without I/O, by
 2. the most free capacity: ``max_concurrency`` minus the hub's own requests in flight to it
    minus the engine's reported queue (a service that reports no ``max_concurrency`` has no
    limit, so the most room; among those, the fewest requests in flight and queued win),
-3. the model already loaded ("hot"), where the engine tells,
-4. registration order (the registry's order: oldest provider first, then manifest order).
+3. the service that served the conversation's previous turn (:mod:`~inferclub.hub.affinity`),
+4. the model already loaded ("hot"), where the engine tells,
+5. registration order (the registry's order: oldest provider first, then manifest order).
 
 A provider whose agent is leaving (its goodbye heartbeat) is no candidate at all. A provider
 that failed (could not be reached, answered 502 or 503) cools down: it is skipped for
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from inferclub import wire
+from inferclub.hub.affinity import Affinity, Served
 from inferclub.hub.routing import Registry, Route, model_unavailable
 from inferclub.openai_errors import OpenAIError
 
@@ -84,6 +86,24 @@ NO_LOAD = ServiceLoad()
 NO_STATE = ProviderState()
 
 
+def _room(load: ServiceLoad) -> int:
+    limit = UNBOUNDED if load.max_concurrency is None else load.max_concurrency
+    return limit - load.queue
+
+
+def more_room(old: ProviderState | None, new: ProviderState) -> bool:
+    """Whether a heartbeat may let a waiting request go: a provider heard from for the first
+    time, back from leaving, or a service that is new (its engine back) or has more room
+    than before (a higher ``max_concurrency``, a shorter queue)."""
+    if old is None or (old.leaving and not new.leaving):
+        return True
+    for name, load in new.loads.items():
+        was = old.loads.get(name)
+        if was is None or _room(load) > _room(was):
+            return True
+    return False
+
+
 @dataclass
 class _Cooling:
     failures: int
@@ -108,7 +128,8 @@ def all_busy(message: str) -> OpenAIError:
 
 class WaitQueue:
     """Requests waiting until a service of their user frees up: per user, bounded, in
-    arrival order. A freed service wakes the user's waiters in that order; each checks
+    arrival order. A freed service (a request of this hub ended, or a heartbeat brought more
+    capacity or another candidate) wakes the user's waiters in that order; each checks
     whether it can go now, and the first that can takes the service before the next one
     looks (no await between its check and counting its request in flight)."""
 
@@ -175,15 +196,20 @@ class Fleet:
         self._inflight: dict[tuple[int, str], int] = {}
         self._states: dict[int, ProviderState] = {}
         self._cooling: dict[int, _Cooling] = {}
+        #: Which service served each conversation last.
+        self.affinity = Affinity()
 
     # -- what heartbeats say -------------------------------------------------------------
 
-    def heard(self, provider_id: int, state: ProviderState) -> None:
+    def heard(self, provider_id: int, state: ProviderState, *, user_id: int) -> None:
+        """Provider ``provider_id`` of user ``user_id`` sent a heartbeat saying ``state``."""
         old = self._states.get(provider_id)
         if old is not None and old.down and not state.down:
             # Its engines are back (the agent says so): whatever failed may work again.
             self._cooling.pop(provider_id, None)
         self._states[provider_id] = state
+        if more_room(old, state):
+            self.queue.wake(user_id)
 
     def leaving(self, provider_id: int) -> None:
         """The provider's agent said goodbye: no new request until its next heartbeat."""
@@ -250,29 +276,37 @@ class Fleet:
 
     # -- the choice ----------------------------------------------------------------------
 
-    def order(self, routes: Iterable[Route], model: str, now: float | None = None) -> list[Route]:
+    def order(
+        self,
+        routes: Iterable[Route],
+        model: str,
+        now: float | None = None,
+        prefer: Served | None = None,
+    ) -> list[Route]:
         """``routes`` (online candidates, in registry order) that may take a request now,
-        best first; see the module's docstring for the order."""
+        best first; see the module's docstring for the order. ``prefer`` is the service
+        that served the conversation's previous turn."""
         now = time.monotonic() if now is None else now
         keyed = []
         for index, route in enumerate(routes):
             state = self.state(route.provider.id)
             if state.leaving or not self._usable(route.provider.id, now):
                 continue
-            keyed.append((self._key(route, state, model, index), route))
+            again = (route.provider.id, route.service.name) == prefer
+            keyed.append(((*self._key(route, state, model, again), index), route))
         keyed.sort(key=lambda item: item[0])
         return [route for _, route in keyed]
 
     def _key(
-        self, route: Route, state: ProviderState, model: str, index: int
-    ) -> tuple[bool, int, bool, int]:
+        self, route: Route, state: ProviderState, model: str, again: bool
+    ) -> tuple[bool, int, bool, bool]:
         load = state.loads.get(route.service.name) or NO_LOAD
         inflight = self.inflight(route)
         limit = load.max_concurrency
         free = (UNBOUNDED if limit is None else limit) - inflight - load.queue
         full = limit is not None and inflight >= limit
         hot = load.loaded is not None and model in load.loaded
-        return (full, -free, not hot, index)
+        return (full, -free, not again, not hot)
 
     def trying(self, route: Route) -> None:
         """``route`` is about to be tried: a cooled-down provider's trial begins."""
@@ -291,10 +325,18 @@ class Fleet:
 
     # -- candidates, then a choice -------------------------------------------------------
 
-    def choose(self, registry: Registry, user_id: int, type_: str, model: str) -> list[Route]:
+    def choose(
+        self,
+        registry: Registry,
+        user_id: int,
+        type_: str,
+        model: str,
+        conversation: bytes | None = None,
+    ) -> list[Route]:
         """The services to try for a request, best first; or the error that says why none
         can serve: 503 ``model_unavailable`` naming each provider and why, or the registry's
-        404 when the user has no such model at all."""
+        404 when the user has no such model at all. ``conversation`` is the request's
+        :func:`~inferclub.hub.affinity.conversation_key`, if it has one."""
         try:
             online = registry.candidates(user_id, type_, model)
         except OpenAIError as err:
@@ -305,7 +347,7 @@ class Fleet:
                 raise model_unavailable(model, reasons) from None
             raise
         now = time.monotonic()
-        ordered = self.order(online, model, now)
+        ordered = self.order(online, model, now, self.affinity.preferred(conversation))
         if ordered:
             return ordered
         reasons = list(dict.fromkeys(self._why_not(r, now) for r in online))
@@ -336,14 +378,19 @@ class Fleet:
         return out
 
     async def choose_or_wait(
-        self, registry: Registry, user_id: int, type_: str, model: str
+        self,
+        registry: Registry,
+        user_id: int,
+        type_: str,
+        model: str,
+        conversation: bytes | None = None,
     ) -> list[Route]:
         """:meth:`choose`; when every candidate is at its capacity, wait in the user's queue
         for one to free up. Return without an await after the choice, so the caller counts
         its request in flight before any other request chooses."""
 
         def ready() -> list[Route] | None:
-            routes = self.choose(registry, user_id, type_, model)
+            routes = self.choose(registry, user_id, type_, model, conversation)
             return None if self.full(routes[0]) else routes
 
         routes = ready()

@@ -173,6 +173,15 @@ class Settings:
             "429 `provider_limit_reached`. 0 means no limit."
         ),
     )
+    max_probe_targets_per_user: int = field(
+        default=16,
+        metadata=_doc(
+            "Most distinct callback addresses (host:port) the hub checks for one user's "
+            "providers per minute. A heartbeat with a new address past it is accepted, but "
+            "its reply says the address was not checked yet (`callback_reachable: null`): "
+            "rotating callback URLs cannot turn the hub into a port scanner. 0 means no limit."
+        ),
+    )
     max_keys_per_user: int = field(
         default=100,
         metadata=_doc(

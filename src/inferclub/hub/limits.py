@@ -1,13 +1,15 @@
-"""Per-tenant limits kept in memory, off the database: how often a provider may heartbeat
-and how many requests one user may have in flight. Both are bookkeeping of this hub
-process (several processes sharing a store each apply them to what they see)."""
+"""Per-tenant limits kept in memory, off the database: how often a provider may heartbeat,
+how many callback addresses the hub checks for one user, and how many requests one user may
+have in flight. All are bookkeeping of this hub process (several processes sharing a store
+each apply them to what they see)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from inferclub.openai_errors import OpenAIError
 
@@ -45,6 +47,60 @@ class HeartbeatPacer:
             horizon = now - _FORGET_AFTER * max(self.interval, 1.0)
             self._last = {k: t for k, t in self._last.items() if t > horizon}
         self._last[(user_id, name)] = now
+
+
+def probe_target(callback_url: str) -> str:
+    """The address a reachability check connects to, ``host:port``: what a port scan varies
+    (the path does not matter to it)."""
+    parts = urlsplit(callback_url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+class ProbeBudget:
+    """At most ``limit`` distinct probe targets per user within ``window`` seconds.
+
+    The hub checks a provider's callback URL when it is new or changed. Without a bound, a
+    tenant rotating the URLs of its providers makes the hub connect to dozens of host:ports
+    a second of the tenant's choosing. A target already checked within the window may be
+    checked again for free (several providers of one user behind one address).
+    """
+
+    def __init__(
+        self, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        #: Per user: target -> when it was first checked in the window, oldest first.
+        self._targets: dict[int, dict[str, float]] = {}
+
+    def allow(self, user_id: int, target: str) -> bool:
+        """Whether the hub may connect to ``target`` for this user now (and count it)."""
+        if self.limit <= 0:
+            return True
+        now = self._clock()
+        if len(self._targets) >= _PRUNE_AT:
+            self._prune(now)
+        seen = self._targets.setdefault(user_id, {})
+        self._forget_old(seen, now)
+        if target in seen:
+            return True
+        if len(seen) >= self.limit:
+            return False
+        seen[target] = now
+        return True
+
+    def _forget_old(self, seen: dict[str, float], now: float) -> None:
+        horizon = now - self.window
+        while seen and next(iter(seen.values())) <= horizon:
+            del seen[next(iter(seen))]
+
+    def _prune(self, now: float) -> None:
+        for user_id, seen in list(self._targets.items()):
+            self._forget_old(seen, now)
+            if not seen:
+                del self._targets[user_id]
 
 
 class ConcurrencyLimit:

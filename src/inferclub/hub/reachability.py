@@ -16,7 +16,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from inferclub.hub.callback_policy import CallbackRefused
 
+#: The kind when the hub did not try: the user's probe budget for this minute is spent.
+NOT_CHECKED = "not_checked"
+
 REACHABILITY_TEXT = {
+    NOT_CHECKED: (
+        "not checked yet: this user's providers brought more new callback addresses this "
+        "minute than the hub checks (max_probe_targets_per_user); a later heartbeat checks it"
+    ),
     "policy": "the callback address is not in the networks this hub calls (callback_networks)",
     "dns": "the callback host name does not resolve",
     "timeout": "no answer in time (a firewall may drop the packets, or the agent is stuck)",
@@ -63,6 +70,14 @@ def reachability_kind(outcome: BaseException | int) -> str:
         if isinstance(exc, aiohttp.ClientResponseError):
             return reachability_kind(exc.status)
     return "unreachable"
+
+
+def reply_fields(kind: str | None) -> tuple[bool | None, str | None]:
+    """``callback_reachable`` and ``callback_error`` of a heartbeat reply for a check's
+    outcome: reachable; unreachable and why; or not checked (None) and why."""
+    if kind is None:
+        return True, None
+    return (None if kind == NOT_CHECKED else False), describe_reachability(kind)
 
 
 def describe_reachability(kind: str) -> str:

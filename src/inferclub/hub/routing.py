@@ -55,6 +55,9 @@ class Registry:
     def __init__(self, online_window: float) -> None:
         self.online_window = online_window
         self._users: dict[int, _UserIndex] = {}
+        #: Called with a user id when that user's candidates may have grown (a provider new,
+        #: back online, or with other services): the hub wakes the user's waiting requests.
+        self.on_grown: Callable[[int], None] = lambda user_id: None
 
     def load(self, providers: Iterable[ProviderRecord]) -> None:
         """Replace the registry with the store's providers (in routing order).
@@ -65,6 +68,7 @@ class Registry:
         users whose providers changed get their index rebuilt.
         """
         grouped: dict[int, list[ProviderRecord]] = {}
+        old_users = self._users
         for p in providers:
             old = self._users.get(p.user_id)
             mine = old.by_id.get(p.id) if old is not None else None
@@ -76,6 +80,9 @@ class Registry:
             old = self._users.get(uid)
             users[uid] = old if old is not None and old.providers == ps else _build(ps)
         self._users = users
+        for uid, idx in users.items():
+            if idx is not old_users.get(uid):
+                self.on_grown(uid)
 
     def update(self, provider: ProviderRecord) -> None:
         """Apply one provider's new state. The cost grows with the provider's own models, not
@@ -90,6 +97,8 @@ class Registry:
         else:
             _unindex(idx, old, keep_order=old.services == provider.services)
             _index(idx, provider)
+        if old is None or old.services != provider.services or not self.is_online(old):
+            self.on_grown(provider.user_id)
 
     def get(self, user_id: int, provider_id: int) -> ProviderRecord | None:
         idx = self._users.get(user_id)

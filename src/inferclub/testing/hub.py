@@ -68,7 +68,10 @@ def send_to_agent(
         sent[wire.SERVICE_HEADER] = service
     if signer is not None:
         request_id = "req_" + secrets.token_hex(12)
-        sent.update(signer.sign(method, target, request_id, str(provider_id), raw or b""))
+        signed = signer.sign(
+            method, target, request_id, str(provider_id), raw or b"", service=service or ""
+        )
+        sent.update(signed)
     sent.update(headers or {})
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     try:

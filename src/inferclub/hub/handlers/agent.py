@@ -12,7 +12,7 @@ from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check
 from inferclub.hub.choose import ProviderState
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.liveness import name_taken
-from inferclub.hub.reachability import describe_reachability
+from inferclub.hub.reachability import reply_fields
 from inferclub.openai_errors import OpenAIError
 
 log = logging.getLogger("inferclub.agent")
@@ -46,9 +46,11 @@ class HeartbeatHandler(ApiHandler):
     required_scope = keys.AGENT
 
     async def post(self) -> None:
-        data = self.json_body()
         hub = self.hub
         user_id = self.owner.user_id
+        # A tenant's many heartbeats take turns with other users' requests (hub/fairness.py).
+        await hub.turns.turn(user_id)
+        data = self.json_body()
         name = data.get("name")
         # A goodbye is neither paced nor remembered (see _goodbye).
         leaving = data.get("leaving") is True
@@ -70,7 +72,7 @@ class HeartbeatHandler(ApiHandler):
         if found is None or found.callback_url != hb.callback_url:
             await check_callback(hb.callback_url, hub.callback_policy)
         record, before = await hub.liveness.beat(user_id, hb, time.time(), self.owner.key_id)
-        hub.fleet.heard(record.id, ProviderState.of(hb))
+        hub.fleet.heard(record.id, ProviderState.of(hb), user_id=user_id)
         hub.heartbeat_pacer.accepted(user_id, hb.name)
         hub.metrics.heartbeats.inc()
         if (
@@ -86,7 +88,7 @@ class HeartbeatHandler(ApiHandler):
                 len(record.services),
                 sum(len(s.models) for s in record.services),
             )
-        problem, probed = await hub.check_callback(record.id, record.callback_url)
+        problem, probed = await hub.check_callback(user_id, record.id, record.callback_url)
         if problem is not None and probed:
             log.warning(
                 "provider %r of %s: the hub cannot reach %s (%s)",
@@ -95,6 +97,7 @@ class HeartbeatHandler(ApiHandler):
                 record.callback_url,
                 problem,
             )
+        reachable, error = reply_fields(problem)
         reply = wire.HeartbeatReply(
             # A provisional (negative) id is what this hub signs with until the store
             # assigns the real one; the next beat that reaches the store replaces it.
@@ -102,8 +105,8 @@ class HeartbeatHandler(ApiHandler):
             hub_key=hub.signer.public_key,
             heartbeat_interval=hub.settings.heartbeat_interval,
             online_window=hub.settings.online_window,
-            callback_reachable=problem is None,
-            callback_error=None if problem is None else describe_reachability(problem),
+            callback_reachable=reachable,
+            callback_error=error,
         )
         self.write_json(reply.to_json())
 

@@ -52,6 +52,8 @@ class Forward:
     headers: dict[str, str] = field(default_factory=dict)
     #: The client asked for an event stream (keep-alive comments while it waits).
     stream: bool = False
+    #: A chat's conversation (hub/affinity.py): its next turn prefers the service that served.
+    conversation: bytes | None = None
 
 
 #: Statuses from an agent that send a request on to the next candidate: the agent is busy
@@ -115,6 +117,8 @@ class ProxyHandler(ApiHandler):
             hub.metrics.request_done(row, self.provider_name)
 
     async def _serve(self, meter: RequestMeter) -> None:
+        # One user's burst of starts must not delay another user's (hub/fairness.py).
+        await self.hub.turns.turn(self.owner.user_id)
         model, fwd = self.parse()
         meter.asked_for(model)
         task = asyncio.ensure_future(self._attempts(model, fwd, meter))
@@ -195,6 +199,10 @@ class ProxyHandler(ApiHandler):
                     resp.close()
                     continue
                 self._note_answer(route, resp.status)
+                if resp.status < 400:
+                    hub.fleet.affinity.served(
+                        fwd.conversation, route.provider.id, route.service.name
+                    )
                 keepalive.stop()
                 await self._answer(resp, adapted, meter, keepalive.committed)
                 return None
@@ -256,14 +264,16 @@ class ProxyHandler(ApiHandler):
         No await after the choice: the caller counts its first attempt in flight at once."""
         hub, user = self.hub, self.owner.user_id
         try:
-            routes = await hub.fleet.choose_or_wait(hub.registry, user, self.service_type, model)
+            routes = await hub.fleet.choose_or_wait(
+                hub.registry, user, self.service_type, model, fwd.conversation
+            )
         except OpenAIError as err:
             fallback = hub.fallbacks.of(user, model)
             if fallback is None or err.code not in ("model_unavailable", "model_not_found"):
                 raise
             try:
                 routes = await hub.fleet.choose_or_wait(
-                    hub.registry, user, self.service_type, fallback
+                    hub.registry, user, self.service_type, fallback, fwd.conversation
                 )
             except OpenAIError:
                 raise err from None  # the model asked for is what the client needs to hear of

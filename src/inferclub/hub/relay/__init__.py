@@ -76,7 +76,7 @@ class Relay:
         # models; one that does not yet (its first heartbeat) answers 503, which counts too.
         request_id = "probe_" + secrets.token_hex(12)
         headers = self.signer.sign(
-            "GET", signing.request_target(url), request_id, str(provider_id), b""
+            "GET", signing.request_target(url), request_id, str(provider_id), b"", service=""
         )
         try:
             async with asyncio.timeout(timeout):

@@ -52,12 +52,15 @@ class Upstream:
         per request: the body is whole by now, and no chunk of the answer costs a signature."""
         url = route.provider.callback_url.rstrip("/") + api_path[len("/v1") :]
         target = signing.request_target(url)
-        signed = signer.sign("POST", target, request_id, str(route.provider.id), body)
+        service = route.service.name
+        signed = signer.sign(
+            "POST", target, request_id, str(route.provider.id), body, service=service
+        )
         return cls(
             url=url,
             headers={
                 "Content-Type": content_type,
-                wire.SERVICE_HEADER: route.service.name,
+                wire.SERVICE_HEADER: service,
                 **signed,
             },
             provider=route.provider.name,

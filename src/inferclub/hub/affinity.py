@@ -1,0 +1,61 @@
+"""Conversation affinity: a chat's follow-up turns prefer the service that served the last turn.
+
+Engines keep a prompt cache: a follow-up turn sent to the service that answered the previous
+one reuses it instead of reading the whole conversation again. A conversation is recognised
+by a hash of the user id and its opening messages (every message up to and including the
+first user message), which stay the same from turn to turn. Only that 16-byte hash is kept,
+never prompt content, in a bounded table (least recently used first out), in memory.
+:class:`~inferclub.hub.choose.Fleet` prefers the remembered service among candidates that
+are not busier (see its order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any
+
+#: Conversations remembered; past this the least recently used is forgotten.
+MAX_CONVERSATIONS = 10_000
+
+#: (provider id, service name) of a route.
+Served = tuple[int, str]
+
+
+def conversation_key(user_id: int, messages: Any) -> bytes | None:
+    """The hash that names this chat's conversation, or None when it has no user message."""
+    if not isinstance(messages, list):
+        return None
+    for end, message in enumerate(messages, 1):
+        if isinstance(message, dict) and message.get("role") == "user":
+            opening = json.dumps([user_id, messages[:end]], sort_keys=True)
+            return hashlib.blake2b(opening.encode(), digest_size=16).digest()
+    return None
+
+
+class Affinity:
+    """Which service served each conversation last, bounded."""
+
+    def __init__(self, size: int = MAX_CONVERSATIONS) -> None:
+        self.size = size
+        self._last: OrderedDict[bytes, Served] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def preferred(self, key: bytes | None) -> Served | None:
+        if key is None:
+            return None
+        served = self._last.get(key)
+        if served is not None:
+            self._last.move_to_end(key)
+        return served
+
+    def served(self, key: bytes | None, provider_id: int, service: str) -> None:
+        if key is None:
+            return
+        self._last[key] = (provider_id, service)
+        self._last.move_to_end(key)
+        while len(self._last) > self.size:
+            self._last.popitem(last=False)

@@ -1,0 +1,58 @@
+"""Request starts of different users take turns on the hub's event loop.
+
+A hub process runs every request on one event loop. When one user starts many requests at
+once (a tenant's 64 streams starting together), their starts sit in the loop's ready queue in
+arrival order, and another user's request that arrives just after waits behind all of them.
+:class:`Turns` makes each request wait for its turn before the costly part of its start
+(decoding the body, choosing, signing, connecting; a heartbeat's validation): each pass of
+the loop lets every waiting user start one request, and the loop polls its sockets between
+two passes. A burst of one user is then spread over passes, and a request of another user
+that arrives meanwhile starts on the next pass, not after the whole burst. When nobody
+competes, a turn costs a pass of the loop. Nothing is held once granted: a request waiting
+for its agent holds no turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class Turns:
+    """Round-robin admission of request starts, one per waiting user per pass, in memory."""
+
+    def __init__(self) -> None:
+        #: user id -> its waiters in arrival order; the dict's order is the rotation.
+        self._queues: dict[int, deque[asyncio.Future[None]]] = {}
+        self._scheduled = False
+
+    def waiting(self) -> int:
+        """Starts waiting for their turn now, of all users."""
+        return sum(len(q) for q in self._queues.values())
+
+    async def turn(self, user_id: int) -> None:
+        """Return when it is this user's turn to start a request."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._queues.setdefault(user_id, deque()).append(waiter)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._pass)
+        await waiter
+
+    def _pass(self) -> None:
+        """Wake the first live waiter of every waiting user, in rotation order; a user with
+        more goes to the back. The next pass is scheduled after these starts have run (the
+        loop runs ready callbacks in order), with a poll of the sockets in between."""
+        self._scheduled = False
+        for user_id in list(self._queues):
+            queue = self._queues.pop(user_id)
+            while queue and queue[0].done():  # a cancelled waiter's client left: skip it
+                queue.popleft()
+            if queue:
+                queue.popleft().set_result(None)
+            if queue:
+                self._queues[user_id] = queue
+        if self._queues:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pass)
