@@ -64,19 +64,31 @@ def test_receive_window_refuses_an_overrun_and_grants_in_batches() -> None:
 def test_send_window_waits_for_credit() -> None:
     async def scenario() -> list[int]:
         window = SendWindow(100)
-        taken = [await window.take(150)]  # only what is there
-        waiting = asyncio.ensure_future(window.take(50))
+        seen = [await window.wait()]
+        window.spend(100)
+        waiting = asyncio.ensure_future(window.wait())
         await asyncio.sleep(0)
         assert not waiting.done()  # no credit: the sender waits
         window.grant(30)
-        taken.append(await waiting)
-        closed = asyncio.ensure_future(window.take(10))
+        seen.append(await waiting)
+        window.spend(30)
+        closed = asyncio.ensure_future(window.wait())
         await asyncio.sleep(0)
         window.close()
-        taken.append(await closed)
-        return taken
+        seen.append(await closed)
+        return seen
 
     assert asyncio.run(scenario()) == [100, 30, 0]
+
+
+def test_send_window_peak_is_what_was_sent_and_not_granted_back() -> None:
+    window = SendWindow(100)
+    window.spend(60)
+    window.grant(60)
+    window.spend(100)
+    assert window.peak == 100
+    with pytest.raises(ValueError, match="past the window"):
+        window.spend(1)
 
 
 def test_send_window_refuses_to_grow_without_bound() -> None:

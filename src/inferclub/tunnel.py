@@ -127,15 +127,20 @@ def text_message(kind: str, **fields: Any) -> str:
 
 
 class SendWindow:
-    """What this side may still send on one stream; :meth:`take` waits for credit."""
+    """What this side may still send on one stream: :meth:`wait` for credit, :meth:`spend`
+    what was sent. ``peak`` is the most ever sent and not yet granted back: never more than
+    the initial window, whatever the reader does (the agent exposes it, to show just that)."""
 
     def __init__(self, initial: int = INITIAL_WINDOW) -> None:
         self.available = initial
+        self.peak = 0
+        self._unacked = 0
         self._more = asyncio.Event()
         self.closed = False
 
     def grant(self, credit: int) -> None:
         self.available += credit
+        self._unacked -= credit
         if self.available > MAX_WINDOW:
             raise ProtocolError(f"window grown past {MAX_WINDOW} bytes")
         self._more.set()
@@ -145,16 +150,19 @@ class SendWindow:
         self.closed = True
         self._more.set()
 
-    async def take(self, wanted: int) -> int:
-        """Wait until some credit is there; take up to ``wanted`` bytes of it (0 if closed)."""
+    async def wait(self) -> int:
+        """Wait until some credit is there and return it (0 once closed)."""
         while self.available <= 0 and not self.closed:
             self._more.clear()
             await self._more.wait()
-        if self.closed:
-            return 0
-        n = min(wanted, self.available)
-        self.available -= n
-        return n
+        return 0 if self.closed else self.available
+
+    def spend(self, size: int) -> None:
+        if size > self.available:
+            raise ValueError(f"{size} bytes are past the window ({self.available})")
+        self.available -= size
+        self._unacked += size
+        self.peak = max(self.peak, self._unacked)
 
 
 class ReceiveWindow:
