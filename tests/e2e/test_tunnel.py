@@ -4,11 +4,16 @@ vLLM; the agent listens on loopback only."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -31,6 +36,7 @@ class Tunnelled:
     key: str
     agent: AgentProcess
     engine: FakeVllm
+    asr: FakeVllm
 
     def client(self, timeout: float = 30) -> openai.OpenAI:
         return openai.OpenAI(
@@ -40,21 +46,23 @@ class Tunnelled:
 
 @pytest.fixture
 def tunnelled(tmp_path: Path) -> Iterator[Tunnelled]:
-    engine = FakeVllm(["m1"]).start()
+    engine, asr = FakeVllm(["m1"]).start(), FakeVllm(["asr1"]).start()
     agent: AgentProcess | None = None
     try:
         with start_hub(tmp_path, env={"INFERCLUB_TUNNEL_PING_INTERVAL": PING}) as hub:
             key = hub.user_with_key("alice")
-            service = {"name": "chat", "engine": "vllm", "url": engine.url}
-            agent = start_tunnel_agent(hub, key, tmp_path / "agent.yaml", service)
-            setup = Tunnelled(hub, key, agent, engine)
+            chat = {"name": "chat", "engine": "vllm", "url": engine.url}
+            stt = {"name": "asr", "type": "stt", "engine": "vllm", "url": asr.url}
+            agent = start_tunnel_agent(hub, key, tmp_path / "agent.yaml", chat, stt)
+            setup = Tunnelled(hub, key, agent, engine, asr)
             with setup.client() as sdk:
-                wait_models(sdk, {"m1"})
+                wait_models(sdk, {"m1", "asr1"})
             yield setup
     finally:
         if agent is not None:
             agent.kill()
         engine.close()
+        asr.close()
 
 
 def test_chat_stream_and_upload_through_the_tunnel(tunnelled: Tunnelled) -> None:
@@ -62,9 +70,7 @@ def test_chat_stream_and_upload_through_the_tunnel(tunnelled: Tunnelled) -> None
     assert tunnelled.agent.url.startswith("http://127.0.0.1:")
     assert "through a tunnel" in tunnelled.agent.wait_log("agent 'home-rig'")
     with tunnelled.client() as sdk:
-        chat = sdk.chat.completions.create(
-            model="m1", messages=[{"role": "user", "content": "hi"}]
-        )
+        chat = sdk.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
         assert chat.choices[0].message.content
         streamed = sdk.chat.completions.create(
             model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -73,9 +79,86 @@ def test_chat_stream_and_upload_through_the_tunnel(tunnelled: Tunnelled) -> None
         assert text
         audio = io.BytesIO(b"RIFF" + bytes(3 * 1024 * 1024))
         audio.name = "speech.wav"
-        transcript = sdk.audio.transcriptions.create(model="m1", file=audio)
-        assert transcript.text == tunnelled.engine.transcript
-    uploads = tunnelled.engine.posts("/v1/audio/transcriptions")
+        transcript = sdk.audio.transcriptions.create(model="asr1", file=audio)
+        assert transcript.text == tunnelled.asr.transcript
+    uploads = tunnelled.asr.posts("/v1/audio/transcriptions")
     assert len(uploads) == 1 and len(uploads[0].body) > 3 * 1024 * 1024
     log = tunnelled.agent.wait_log("tunnel connected to ws://")
     assert "rtt" in log
+
+
+def open_stream(hub: HubProcess, key: str, path: str, body: dict[str, object]) -> Any:
+    """A streamed request on a raw connection, its headers read: the test decides when to
+    read on (or to leave)."""
+    parts = urlsplit(hub.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    conn.request(
+        "POST",
+        path,
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    return conn, resp
+
+
+def test_a_client_that_leaves_closes_the_engine_connection(tunnelled: Tunnelled) -> None:
+    engine = tunnelled.engine
+    engine.chunks, engine.chunk_delay = 200, 0.05
+    body = {"model": "m1", "messages": [], "stream": True}
+    conn, resp = open_stream(tunnelled.hub, tunnelled.key, "/v1/chat/completions", body)
+    assert resp.readline().startswith(b"data: ")
+    closed_at = time.monotonic()
+    conn.sock.close()
+    conn.close()
+    waited = engine.seconds_until_disconnect(closed_at)
+    assert waited is not None, "the engine never saw the client leave"
+    assert waited < 1.0, waited
+    assert engine.completed_streams == 0
+    assert "the hub cancelled stream" in tunnelled.agent.wait_log("the hub cancelled stream")
+
+
+def test_a_lost_tunnel_fails_its_stream_and_the_agent_comes_back(
+    tunnelled: Tunnelled, tmp_path: Path
+) -> None:
+    engine = tunnelled.engine
+    engine.chunks, engine.chunk_delay = 200, 0.05
+    with tunnelled.client() as sdk:
+        stream = sdk.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        next(iter(stream))
+        tunnelled.agent.proc.kill()  # kill -9: the tunnel drops mid-stream
+        with pytest.raises(openai.APIError, match="broke before the answer was complete"):
+            for _ in stream:
+                pass
+        wait_models(sdk, set(), timeout=5)  # at once, not after the 60 s online window
+    tunnelled.agent.kill()
+    service = {"name": "chat", "engine": "vllm", "url": engine.url}
+    again = start_tunnel_agent(tunnelled.hub, tunnelled.key, tmp_path / "again.yaml", service)
+    try:
+        with tunnelled.client() as sdk:
+            wait_models(sdk, {"m1"})
+            chat = sdk.chat.completions.create(
+                model="m1", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert chat.choices[0].message.content
+    finally:
+        again.kill()
+
+
+def test_a_tunnel_that_stops_answering_pings_is_closed(tunnelled: Tunnelled) -> None:
+    agent = tunnelled.agent
+    agent.proc.send_signal(signal.SIGSTOP)  # the socket stays open, nothing answers
+    try:
+        with tunnelled.client() as sdk:
+            # Two ping intervals (1 s here), far below the online window (60 s).
+            wait_models(sdk, set(), timeout=10)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    assert "no pong for 1 s" in tunnelled.hub.log()
+    # The agent finds its tunnel closed and dials again.
+    agent.wait_log("tunnel lost:", timeout=15)
+    with tunnelled.client() as sdk:
+        wait_models(sdk, {"m1", "asr1"}, timeout=20)
