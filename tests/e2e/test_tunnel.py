@@ -9,7 +9,8 @@ import io
 import json
 import signal
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,16 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
+from inferclub import tunnel
 from inferclub.testing import AgentProcess
-from tests.support.fakes import FakeVllm
+from tests.support.fakes import FakeSpeaches, FakeVllm
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.stack import wait_models
 from tests.support.tunnel import start_tunnel_agent
 
 pytestmark = pytest.mark.subprocess
 
+KOKORO = "speaches-ai/Kokoro-82M-v1.0-ONNX"
 #: Short, so that a lost tunnel is noticed quickly (the default is 10 s).
 PING = "0.5"
 
@@ -162,3 +165,68 @@ def test_a_tunnel_that_stops_answering_pings_is_closed(tunnelled: Tunnelled) -> 
     agent.wait_log("tunnel lost:", timeout=15)
     with tunnelled.client() as sdk:
         wait_models(sdk, {"m1", "asr1"}, timeout=20)
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in {url}")
+
+
+def test_a_slow_client_holds_the_agent_to_its_window(tmp_path: Path) -> None:
+    speaches = FakeSpeaches().start()
+    speaches.audio = bytes(range(256)) * (128 * 1024)  # 32 MiB: far past every buffer
+    speaches.audio_chunks = 512
+    total = len(speaches.audio)
+    agent: AgentProcess | None = None
+    try:
+        with start_hub(tmp_path) as hub:
+            key = hub.user_with_key("alice")
+            tts = {"name": "tts", "type": "tts", "engine": "openai", "url": speaches.url}
+            extra = ("--metrics-listen", "127.0.0.1:0")
+            agent = start_tunnel_agent(hub, key, tmp_path / "a.yaml", tts, extra=extra)
+            metrics = _metrics_url(agent)
+            body = {"model": KOKORO, "input": "hi", "voice": "af_heart", "response_format": "wav"}
+            conn, resp = open_stream(hub, key, "/v1/audio/speech", body)
+            first = resp.read(1024)
+            # The client reads no more: the agent's sent bytes stop growing, well short of
+            # the answer, and no stream ever had more than a window unacknowledged.
+            sent = settled(lambda: metric(metrics, "inferclub_agent_tunnel_sent_bytes_total"))
+            assert sent < total / 2, sent
+            peak = metric(metrics, "inferclub_agent_tunnel_unacked_peak_bytes")
+            assert 0 < peak <= tunnel.INITIAL_WINDOW
+            assert speaches.completed_streams == 0
+            rest = resp.read()  # the client reads on: everything arrives
+            assert len(first) + len(rest) == total
+            conn.close()
+    finally:
+        if agent is not None:
+            agent.kill()
+        speaches.close()
+
+
+def _metrics_url(agent: AgentProcess) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in agent.out:
+            if line.startswith("metrics on "):
+                return line.split()[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no metrics address:\n{agent.stdout}")
+
+
+def settled(read: Callable[[], float], quiet: float = 1.0, timeout: float = 30) -> float:
+    """``read()`` once it stopped changing for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still changing after {timeout} s: {last}")
