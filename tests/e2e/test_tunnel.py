@@ -230,3 +230,21 @@ def settled(read: Callable[[], float], quiet: float = 1.0, timeout: float = 30) 
         elif time.monotonic() - since >= quiet:
             return now
     raise AssertionError(f"still changing after {timeout} s: {last}")
+
+
+def test_sigterm_says_goodbye_and_lets_the_stream_finish(tunnelled: Tunnelled) -> None:
+    engine = tunnelled.engine
+    engine.chunks, engine.chunk_delay = 20, 0.1
+    with tunnelled.client() as sdk:
+        stream = sdk.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = [next(iter(stream))]
+        tunnelled.agent.proc.send_signal(signal.SIGTERM)
+        tunnelled.agent.wait_log("told the hub this agent is leaving")
+        with pytest.raises(openai.APIStatusError) as refused:
+            sdk.chat.completions.create(model="m1", messages=[])
+        assert refused.value.status_code == 503  # no new request goes to a leaving agent
+        chunks += list(stream)  # the one in flight ends whole
+    assert engine.completed_streams == 1 and len(chunks) > 2
+    assert tunnelled.agent.wait(15) == 0
