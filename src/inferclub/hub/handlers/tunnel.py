@@ -58,6 +58,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:
+        # Frames are small and each is sent at once: with Nagle's algorithm on, the END after
+        # an OPEN waited for the agent's delayed ACK (40 ms per request).
+        self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
         self.tunnel = Tunnel(self._send, limit)
         self._last_pong = time.monotonic()
