@@ -24,6 +24,7 @@ from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers import playground as playground_handlers
+from inferclub.hub.handlers import tunnel as tunnel_handlers
 from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_name
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
@@ -80,6 +81,11 @@ class Hub:
             self.callback_policy,
             self.signer,
         )
+        #: This process's internal listener (``internal_listen``), once bound: where other
+        #: processes send requests for the tunnels it holds; "" when there is none.
+        self.internal_url = ""
+        #: Checks those requests: every hub process signs with the same key.
+        self.internal_verifier = signing.RequestVerifier(self.signer.public_key)
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.probe_budget = ProbeBudget(settings.max_probe_targets_per_user)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
@@ -225,6 +231,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     routes: list[Any] = [
         *openai_handlers.routes,
         *agent_handlers.routes,
+        *tunnel_handlers.routes,
         *openai_handlers.fallback_routes,
         *auth_handlers.routes,
         *dashboard_handlers.routes,
