@@ -43,3 +43,8 @@ def test_make_demo_needs_only_the_hub_and_installs_the_engines(tmp_path: Path) -
     assert "[test,dev]" not in out
     assert "bash scripts/install-engines.sh llama stt tts" in out
     assert f"{tmp_path / 'venv'}/bin/python scripts/demo.py" in out
+
+
+def test_make_test_installs_nftables_for_the_tunnel_tests(tmp_path: Path) -> None:
+    out = dry_run("test", tmp_path / "venv")
+    assert "test -x /usr/sbin/nft" in out and "apt-get install -y -q nftables" in out
