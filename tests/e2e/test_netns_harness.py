@@ -43,8 +43,8 @@ def test_the_agent_side_reaches_the_hub(harness_ns: NetNs) -> None:
         host, port = hub.getsockname()
         # A process run inside, as the agent is, connects and is answered.
         code = (
-            "import socket; s = socket.create_connection((%r, %d), timeout=5); "
-            "print(s.recv(5).decode())" % (host, port)
+            f"import socket; s = socket.create_connection(({host!r}, {port}), timeout=5); "
+            "print(s.recv(5).decode())"
         )
         proc = harness_ns.popen(sys.executable, "-c", code)
         conn, _ = hub.accept()

@@ -116,7 +116,9 @@ def test_a_callback_agent_behind_the_namespace_is_not_reachable(
         with ns_hub.client() as sdk:
             wait_models(sdk, MODELS)  # registered: its heartbeats reach the hub
             with pytest.raises(openai.APIStatusError) as err:
-                sdk.chat.completions.create(model=QWEN, messages=[{"role": "user", "content": "hi"}])
+                sdk.chat.completions.create(
+                    model=QWEN, messages=[{"role": "user", "content": "hi"}]
+                )
         # The namespace drops the hub's SYN, as NAT does: the connect times out.
         assert err.value.status_code == 504
         assert err.value.code == "upstream_timeout"

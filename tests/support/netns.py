@@ -136,9 +136,9 @@ def _remove_orphans() -> None:
     for line in _run("ip", "netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         parts = name.split("-")
-        if len(parts) == 3 and parts[0] == PREFIX and parts[1].isdigit():
-            if not os.path.exists(f"/proc/{parts[1]}"):
-                _run("ip", "netns", "del", name, check=False)
+        ours = len(parts) == 3 and parts[0] == PREFIX and parts[1].isdigit()
+        if ours and not os.path.exists(f"/proc/{parts[1]}"):
+            _run("ip", "netns", "del", name, check=False)
 
 
 @contextmanager
