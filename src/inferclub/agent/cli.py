@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve only /metrics on this separate address (or agent.metrics_listen)",
     )
+    run.add_argument(
+        "--tunnel",
+        action="store_true",
+        help="dial the hub and take requests over that connection: no port to open, works "
+        "behind NAT (or agent.tunnel: true); the callback server listens on loopback only",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log debug details")
 
     check = sub.add_parser(
@@ -181,6 +187,7 @@ def cmd_run(args: argparse.Namespace, engines: Mapping[str, Engine]) -> int:
         or section.metrics_token
         or "",
         metrics_listen=metrics_address,
+        tunnel=args.tunnel or section.tunnel,
     )
     return main_run(config, engines)
 

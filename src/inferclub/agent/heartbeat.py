@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +35,11 @@ PROBES_PER_INTERVAL = 3
 MAX_BACKOFF = 60.0
 #: Seconds a stopping agent gives the hub to take its goodbye.
 GOODBYE_TIMEOUT = 2.0
+
+
+#: Sends one heartbeat message (``heartbeat`` or ``goodbye``) and returns the hub's reply,
+#: ``(HTTP status, JSON body)``: a POST, or a message on the agent's tunnel.
+Exchange = Callable[[str, dict[str, Any]], Awaitable[tuple[int, bytes]]]
 
 
 def _described(services: list[wire.AdvertisedService]) -> list[wire.AdvertisedService]:
@@ -116,8 +122,11 @@ class Heartbeat:
         auth: HubAuth,
         health: Callable[[], Awaitable[dict[str, Any]]],
         interval: float | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         self.session = session
+        #: How a beat reaches the hub: a POST unless the agent runs a tunnel.
+        self.exchange = exchange or self._post
         self.table = table
         self.hub_url = hub
         self.url = hub.rstrip("/") + wire.HEARTBEAT_PATH
@@ -133,6 +142,8 @@ class Heartbeat:
         self.beats = 0
         self._failing = False
         self._unreachable: str | None = None
+        #: Beat at the next round whatever the schedule (a tunnel just connected).
+        self._due = False
 
     @property
     def interval(self) -> float:
@@ -141,6 +152,11 @@ class Heartbeat:
 
     def poke(self) -> None:
         """Probe and (if anything changed) beat now, e.g. after a request found a service down."""
+        self.wake.set()
+
+    def beat_now(self) -> None:
+        """Beat at once: a new tunnel carries no provider until its first beat."""
+        self._due = True
         self.wake.set()
 
     async def run(self) -> None:
@@ -154,7 +170,8 @@ class Heartbeat:
             advertised = self.table.announced()
             now = time.monotonic()
             changed = last_sent is not None and _described(advertised) != _described(last_sent)
-            if now >= next_beat or (changed and not self._failing):
+            due, self._due = self._due, False
+            if now >= next_beat or due or (changed and not self._failing):
                 if changed:
                     log.info("advertised services changed; sending a heartbeat now")
                 if await self.beat(advertised, backoff):
@@ -181,22 +198,18 @@ class Heartbeat:
             down=tuple(self.table.down()),
         )
         try:
-            async with self.session.post(
-                self.url,
-                json=payload.to_json(),
-                headers={wire.AUTH_HEADER: wire.bearer(self._key)},
-            ) as resp:
-                if resp.status == 401:
-                    raise KeyRejected()
-                body = await resp.read()
-                if resp.status != 200:
-                    error = normalise_error_body(resp.status, body)["error"]
-                    if resp.status == 403 and error["code"] == "insufficient_scope":
-                        raise KeyRejected(403, str(error["message"])[:200])
-                    return self._failed(f"HTTP {resp.status}: {error['message'][:200]}", retry_in)
-                data = await resp.json(content_type=None)
+            status, body = await self.exchange("heartbeat", payload.to_json())
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._failed(describe(exc), retry_in)
+        if status == 401:
+            raise KeyRejected()
+        if status != 200:
+            error = normalise_error_body(status, body)["error"]
+            if status == 403 and error["code"] == "insufficient_scope":
+                raise KeyRejected(403, str(error["message"])[:200])
+            return self._failed(f"HTTP {status}: {error['message'][:200]}", retry_in)
+        try:
+            data = json.loads(body)
         except ValueError:
             return self._failed("the hub's answer is not JSON", retry_in)
         try:
@@ -219,21 +232,22 @@ class Heartbeat:
         )
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.post(
-                    self.url,
-                    json=payload.to_json(),
-                    headers={wire.AUTH_HEADER: wire.bearer(self._key)},
-                ) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
+                status, _ = await self.exchange("goodbye", payload.to_json())
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("could not tell the hub this agent is leaving: %s", describe(exc))
             return False
-        if ok:
+        if status == 200:
             log.info("told the hub this agent is leaving")
         else:
-            log.warning("the hub refused this agent's goodbye (HTTP %d)", resp.status)
-        return ok
+            log.warning("the hub refused this agent's goodbye (HTTP %d)", status)
+        return status == 200
+
+    async def _post(self, kind: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+        """A heartbeat (or goodbye: its payload says ``leaving``) over HTTP."""
+        async with self.session.post(
+            self.url, json=payload, headers={wire.AUTH_HEADER: wire.bearer(self._key)}
+        ) as resp:
+            return resp.status, await resp.read()
 
     def _accepted(
         self, reply: wire.HeartbeatReply, advertised: list[wire.AdvertisedService]

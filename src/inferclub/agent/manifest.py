@@ -32,6 +32,7 @@ AGENT_FIELDS = (
     "hub_key",
     "metrics_token",
     "metrics_listen",
+    "tunnel",
 )
 HOST_FIELDS = ("id", "services")
 SERVICE_FIELDS = (
@@ -89,6 +90,8 @@ class AgentSection:
     metrics_token: str | None = field(default=None, repr=False)
     #: ``HOST:PORT`` of a listener serving only /metrics.
     metrics_listen: str | None = None
+    #: Dial the hub and take requests over that tunnel instead of listening for callbacks.
+    tunnel: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,22 @@ class _Checker:
             hub_key=hub_key,
             metrics_token=self.string(section, "metrics_token", "agent"),
             metrics_listen=metrics_listen,
+            tunnel=self.flag(section, "tunnel", "agent"),
         )
+
+    def flag(self, data: MarkedDict, key: str, where: str) -> bool:
+        """A ``true``/``false`` field; false when absent."""
+        value = data.get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            self.add(
+                data.key_lines[key],
+                _join(where, key),
+                f"expected true or false, got {_kind(value)}",
+            )
+            return False
+        return value
 
     def address(self, section: MarkedDict, key: str) -> str | None:
         """A ``HOST:PORT`` field of the agent section."""

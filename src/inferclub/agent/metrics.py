@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,9 +37,32 @@ class AgentMetrics:
             ["service", "outcome"],
             registry=self.registry,
         )
+        self.tunnel_connected = Gauge(
+            "inferclub_agent_tunnel_connected",
+            "1 while the agent's tunnel to the hub is up (run --tunnel), else 0.",
+            registry=self.registry,
+        )
+        self.tunnel_bytes = Counter(
+            "inferclub_agent_tunnel_sent_bytes",
+            "Answer bytes sent to the hub through the tunnel.",
+            registry=self.registry,
+        )
+        self.tunnel_window_peak = Gauge(
+            "inferclub_agent_tunnel_unacked_peak_bytes",
+            "The most answer bytes one stream ever had sent and not yet acknowledged by the "
+            "hub: bounded by the tunnel's window, however slowly a client reads.",
+            registry=self.registry,
+        )
+        self._peak = 0
         self.registry.register(_TableCollector(table))
         # The usual process_* series (CPU, memory, open files), from /proc where there is one.
         ProcessCollector(registry=self.registry)
+
+    def tunnel_sent(self, size: int, stream_peak: int) -> None:
+        self.tunnel_bytes.inc(size)
+        if stream_peak > self._peak:
+            self._peak = stream_peak
+            self.tunnel_window_peak.set(stream_peak)
 
     def request_done(self, service: str, seconds: float, outcome: str) -> None:
         self.latency.labels(service).observe(seconds)

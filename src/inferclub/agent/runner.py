@@ -27,6 +27,7 @@ from inferclub.agent.manifest import Manifest
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
+from inferclub.agent.tunnel import TunnelClient
 from inferclub.engines import Engine
 from inferclub.fdlimit import raise_nofile_limit
 from inferclub.metrics import metrics_app
@@ -62,6 +63,8 @@ class RunConfig:
     metrics_token: str = field(default="", repr=False)
     #: ``(host, port)`` of a separate listener serving only /metrics.
     metrics_listen: tuple[str, int] | None = None
+    #: Dial the hub (``run --tunnel``): the callback server then listens on loopback only.
+    tunnel: bool = False
 
 
 def bind(host: str, port: int, option: str) -> list[socket.socket]:
@@ -129,6 +132,7 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
         self.heartbeat: Heartbeat | None = None
+        self.tunnel: TunnelClient | None = None
         self.metrics = AgentMetrics(self.table)
 
     def request_stop(self) -> None:
@@ -161,9 +165,14 @@ class Agent:
         metrics_server = tornado.httpserver.HTTPServer(
             metrics_app(self.metrics.registry, config.metrics_token)
         )
-        beat_task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
-            sockets = bind(config.listen_host, config.listen_port, "--listen")
+            # Through a tunnel, nothing listens but on loopback: the tunnel replays each
+            # request to this server.
+            host, lport = (
+                ("127.0.0.1", 0) if config.tunnel else (config.listen_host, config.listen_port)
+            )
+            sockets = bind(host, lport, "--listen")
             server.add_sockets(sockets)
             if config.metrics_listen is not None:
                 mhost, mport = config.metrics_listen
@@ -172,11 +181,15 @@ class Agent:
                 mport = msockets[0].getsockname()[1]
                 print(f"metrics on http://{format_host(mhost)}:{mport}/metrics", flush=True)
             port = sockets[0].getsockname()[1]
-            print(f"listening on http://{format_host(config.listen_host)}:{port}", flush=True)
-            callback_url = config.callback_url or default_callback_url(
-                config.listen_host, port, config.hub
-            )
-            log.info("agent %r: hub %s, callback URL %s", config.name, config.hub, callback_url)
+            print(f"listening on http://{format_host(host)}:{port}", flush=True)
+            callback_url = config.callback_url or default_callback_url(host, port, config.hub)
+            if config.tunnel:
+                # Sent as the heartbeat requires one; the hub records its own instead.
+                callback_url = f"http://127.0.0.1:{port}/v1"
+                self.tunnel = self._tunnel(forward_session, f"http://127.0.0.1:{port}")
+                log.info("agent %r: hub %s, through a tunnel", config.name, config.hub)
+            else:
+                log.info("agent %r: hub %s, callback URL %s", config.name, config.hub, callback_url)
             self.heartbeat = Heartbeat(
                 probe_session,
                 self.table,
@@ -187,41 +200,29 @@ class Agent:
                 auth=self.auth,
                 health=self.health_snapshot,
                 interval=config.heartbeat_interval,
+                exchange=self.tunnel.exchange if self.tunnel else None,
             )
-            beat_task = asyncio.ensure_future(self.heartbeat.run())
+            tasks.append(asyncio.ensure_future(self.heartbeat.run()))
+            if self.tunnel is not None:
+                tasks.append(asyncio.ensure_future(self.tunnel.run()))
             stop_task = asyncio.ensure_future(self.stop_requested.wait())
-            await asyncio.wait({beat_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*tasks, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
-            if beat_task.done():
-                exc = beat_task.exception()
-                if isinstance(exc, KeyRejected):
-                    log.error(
-                        "API key rejected by the hub (HTTP %d from %s%s); stopping",
-                        exc.status,
-                        self.heartbeat.url,
-                        f": {exc.message}" if exc.message else "",
-                    )
-                    self.exit_code = EXIT_KEY_REJECTED
-                elif isinstance(exc, signing.SigningError):
-                    # Loud on purpose: whoever holds another key could feed this agent
-                    # requests as the hub. Nothing is served from here on.
-                    log.error("%s", exc)
-                    self.exit_code = EXIT_HUB_KEY_REFUSED
-                elif exc is not None:
-                    raise exc
+            ended = [task for task in tasks if task.done()]
+            if ended:
+                self._ended(ended[0].exception())
             else:
                 log.info("stopping: waiting for %d requests in flight", self.table.total_in_flight)
-                beat_task.cancel()
-                await asyncio.gather(beat_task, return_exceptions=True)
+                await _cancel(tasks[:1])  # the heartbeat loop; the tunnel carries the goodbye
                 # First, so that the hub sends nothing new while the requests in flight end.
                 await self.heartbeat.goodbye()
             server.stop()
             runtime.draining = True
             await self.drain(config.drain_timeout)
+            if self.tunnel is not None:
+                await self.tunnel.shutdown()
         finally:
-            if beat_task is not None and not beat_task.done():
-                beat_task.cancel()
-                await asyncio.gather(beat_task, return_exceptions=True)
+            await _cancel(tasks)
             server.stop()
             metrics_server.stop()
             await server.close_all_connections()
@@ -229,12 +230,52 @@ class Agent:
             await probe_session.close()
         return self.exit_code
 
+    def _tunnel(self, session: aiohttp.ClientSession, local: str) -> TunnelClient:
+        def connected() -> None:
+            if self.heartbeat is not None:
+                self.heartbeat.beat_now()
+
+        return TunnelClient(
+            session,
+            hub=self.config.hub,
+            key=self.config.key,
+            local=local,
+            metrics=self.metrics,
+            max_body=MAX_BODY_SIZE,
+            on_connect=connected,
+        )
+
+    def _ended(self, exc: BaseException | None) -> None:
+        """The heartbeat loop or the tunnel stopped on its own: the exit code says why."""
+        if isinstance(exc, KeyRejected):
+            url = self.tunnel.url if self.tunnel else self.heartbeat.url if self.heartbeat else ""
+            log.error(
+                "API key rejected by the hub (HTTP %d from %s%s); stopping",
+                exc.status,
+                url,
+                f": {exc.message}" if exc.message else "",
+            )
+            self.exit_code = EXIT_KEY_REJECTED
+        elif isinstance(exc, signing.SigningError):
+            # Loud on purpose: whoever holds another key could feed this agent
+            # requests as the hub. Nothing is served from here on.
+            log.error("%s", exc)
+            self.exit_code = EXIT_HUB_KEY_REFUSED
+        elif exc is not None:
+            raise exc
+
     async def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.table.total_in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.table.total_in_flight:
             log.warning("closing %d requests still in flight", self.table.total_in_flight)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_agent(config: RunConfig, engines: Mapping[str, Engine]) -> int:

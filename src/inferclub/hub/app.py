@@ -23,6 +23,7 @@ from inferclub.hub.handlers import auth as auth_handlers
 from inferclub.hub.handlers import dashboard as dashboard_handlers
 from inferclub.hub.handlers import openai as openai_handlers
 from inferclub.hub.handlers import playground as playground_handlers
+from inferclub.hub.handlers import tunnel as tunnel_handlers
 from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_name
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
@@ -212,6 +213,7 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     routes: list[Any] = [
         *openai_handlers.routes,
         *agent_handlers.routes,
+        *tunnel_handlers.routes,
         *openai_handlers.fallback_routes,
         *auth_handlers.routes,
         *dashboard_handlers.routes,

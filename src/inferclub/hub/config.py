@@ -181,6 +181,20 @@ class Settings:
             "limit."
         ),
     )
+    tunnel_ping_interval: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds between two pings on an agent's tunnel (`run --tunnel`). A tunnel that "
+            "answers none for two intervals is closed and its provider taken offline at once."
+        ),
+    )
+    tunnel_max_streams: int = field(
+        default=1024,
+        metadata=_doc(
+            "Requests one agent's tunnel carries at once; past it a request goes to another "
+            "provider, or gets a 502."
+        ),
+    )
     heartbeat_min_interval: float = field(
         default=1.0,
         metadata=_doc(

@@ -179,7 +179,12 @@ class Liveness:
         self._known[(user_id, name)] = (raw, services)
 
     async def beat(
-        self, user_id: int, hb: wire.Heartbeat, now: float, key_id: int | None = None
+        self,
+        user_id: int,
+        hb: wire.Heartbeat,
+        now: float,
+        key_id: int | None = None,
+        transport: str = "callback",
     ) -> tuple[ProviderRecord, ProviderRecord | None]:
         """Apply a heartbeat sent with key ``key_id``: ``(the provider now, the provider
         before or None)``. A 409 ``provider_name_taken`` when the name is another active
@@ -193,13 +198,13 @@ class Liveness:
             before is not None
             and before.id not in self._unsaved
             and (key_id is None or before.key_id == key_id)
-            and (before.callback_url, before.agent_version, before.services)
-            == (hb.callback_url, hb.version, services)
+            and (before.callback_url, before.agent_version, before.services, before.transport)
+            == (hb.callback_url, hb.version, services, transport)
         ):
             record = dataclasses.replace(before, health=hb.health, last_heartbeat_at=now)
             self._seen[record.id] = (now, hb.health)
         else:
-            record = await self._save(user_id, hb, services, now, before, key_id)
+            record = await self._save(user_id, hb, services, now, before, key_id, transport)
             if before is not None and before.id != record.id:
                 # A provider that was only in memory got its id from the store.
                 self._registry.remove(user_id, before.id)
@@ -215,10 +220,19 @@ class Liveness:
         now: float,
         before: ProviderRecord | None,
         key_id: int | None,
+        transport: str,
     ) -> ProviderRecord:
         try:
             record = await self._store.save_heartbeat(
-                user_id, hb.name, hb.callback_url, hb.version, hb.health, services, now, key_id
+                user_id,
+                hb.name,
+                hb.callback_url,
+                hb.version,
+                hb.health,
+                services,
+                now,
+                key_id,
+                transport,
             )
         except ProviderNameTaken:
             raise name_taken(hb.name) from None
@@ -247,6 +261,7 @@ class Liveness:
                     now,
                     now,
                     key_id=key_id,
+                    transport=transport,
                 )
             self._unsaved.add(before.id)
             if not is_provisional(before.id):
@@ -258,6 +273,7 @@ class Liveness:
                 health=hb.health,
                 services=services,
                 last_heartbeat_at=now,
+                transport=transport,
             )
         self.description_failures.worked()
         self._unsaved.discard(record.id)

@@ -86,6 +86,11 @@ class _StateCollector(Collector):
         online = sum(1 for p in hub.registry.all_providers() if hub.registry.is_online(p, now))
         yield _gauge("inferclub_providers_online", "Providers whose heartbeat is recent.", online)
         yield _gauge(
+            "inferclub_tunnels_connected",
+            "Agents' tunnels this hub process holds now.",
+            len(hub.relay.tunnels),
+        )
+        yield _gauge(
             "inferclub_history_backlog_rows",
             "Request-history rows waiting to be written to the store.",
             hub.history.pending,

@@ -140,6 +140,22 @@ def test_heartbeat_replaces_services_atomically(backend: Backend) -> None:
     run(go())
 
 
+def test_a_provider_records_its_transport(backend: Backend) -> None:
+    async def go() -> None:
+        store = await backend.open()
+        user = await store.create_user("alice")
+        first = await store.save_heartbeat(user.id, "rig", "http://h/v1", "1", {}, SERVICES, 1.0)
+        assert first.transport == "callback"
+        tunnelled = await store.save_heartbeat(
+            user.id, "rig", "http://h/v1", "1", {}, SERVICES, 2.0, transport="tunnel"
+        )
+        assert tunnelled.transport == "tunnel"
+        assert await store.list_providers(user.id) == [tunnelled]
+        await store.close()
+
+    run(go())
+
+
 def test_providers_in_routing_order_and_per_user(backend: Backend) -> None:
     async def go() -> None:
         store = await backend.open()

@@ -9,12 +9,12 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from aiohttp import ClientResponse
 from tornado.iostream import StreamClosedError
 
 from inferclub import openai_errors, wire
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
+from inferclub.hub.relay.connect import UpstreamResponse
 from inferclub.hub.relay.keepalive import KeepAlive
 from inferclub.hub.relay.meter import SERVER_CUT_CODE
 from inferclub.hub.relay.stream import stream_error
@@ -220,7 +220,7 @@ class ProxyHandler(ApiHandler):
         )
 
     async def _answer(
-        self, resp: ClientResponse, fwd: Forward, meter: RequestMeter, committed: bool
+        self, resp: UpstreamResponse, fwd: Forward, meter: RequestMeter, committed: bool
     ) -> None:
         relay = self.hub.relay
         if committed and is_whole(resp):

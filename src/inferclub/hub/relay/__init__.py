@@ -20,10 +20,17 @@ import aiohttp
 from inferclub import signing
 from inferclub.hub.callback_policy import CallbackPolicy, policy_connector
 from inferclub.hub.reachability import reachability_kind
-from inferclub.hub.relay.connect import Timeouts, Upstream, open_upstream
+from inferclub.hub.relay.connect import (
+    Timeouts,
+    Upstream,
+    UpstreamResponse,
+    no_answer,
+    open_upstream,
+)
 from inferclub.hub.relay.meter import Outcome, RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_stream
 from inferclub.hub.relay.whole import Transform, is_whole, relay_whole
+from inferclub.hub.tunnels import TunnelResponse, Tunnels, unreachable
 
 __all__ = [
     "Outcome",
@@ -46,6 +53,8 @@ class Relay:
         self.policy = policy
         self.signer = signer
         self._session: aiohttp.ClientSession | None = None
+        #: The agents' tunnels this process holds.
+        self.tunnels = Tunnels()
 
     async def start(self) -> None:
         # Keep agent connections warm for a minute: a burst of requests then skips the
@@ -112,7 +121,7 @@ class Relay:
 
     async def open(
         self, upstream: Upstream, body: bytes, first_byte: float | None = None
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """Send ``body`` upstream and wait for the response headers, at most ``first_byte``
         seconds (default: the ``first_byte`` timeout). Raises
         :class:`~inferclub.openai_errors.OpenAIError` (502, 504) when that fails."""
@@ -120,12 +129,28 @@ class Relay:
         timeouts = self.timeouts
         if first_byte is not None:
             timeouts = dataclasses.replace(timeouts, first_byte=first_byte)
+        if upstream.tunnel:
+            return await self._open_tunnel(upstream, body, timeouts.first_byte)
         return await open_upstream(self._session, timeouts, upstream, body)
+
+    async def _open_tunnel(
+        self, upstream: Upstream, body: bytes, first_byte: float
+    ) -> TunnelResponse:
+        """The request through the agent's tunnel, when this process holds it; a tunnel that
+        is gone is a refused connection (the handler tries the next candidate)."""
+        held = self.tunnels.get(upstream.provider_id)
+        if held is None:
+            raise unreachable(upstream.who, "its tunnel is not connected")
+        try:
+            async with asyncio.timeout(first_byte):
+                return await held.open(upstream, body)
+        except TimeoutError:
+            raise no_answer(upstream, first_byte) from None
 
     async def answer(
         self,
         sink: Sink,
-        resp: aiohttp.ClientResponse,
+        resp: UpstreamResponse,
         meter: RequestMeter,
         strip_usage: bool = False,
         transform: Transform | None = None,

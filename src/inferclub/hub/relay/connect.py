@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -13,6 +15,28 @@ from inferclub import signing, wire
 from inferclub.fdlimit import out_of_descriptors
 from inferclub.hub.routing import Route
 from inferclub.openai_errors import OpenAIError
+
+
+class UpstreamBody(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class UpstreamResponse(Protocol):
+    """An agent's answer as the relay reads it: an aiohttp response, or a stream on the
+    agent's tunnel (:class:`~inferclub.hub.tunnels.TunnelResponse`). Reading the body raises
+    an ``OSError`` (or ``aiohttp.ClientError``) when the connection breaks."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> UpstreamBody: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def content_type(self) -> str: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,10 +56,18 @@ class Upstream:
     headers: dict[str, str]
     #: The provider's name, for error messages (the client sees it in X-InferClub-Provider).
     provider: str = ""
+    provider_id: int = 0
+    #: The agent dialled in: the request goes through its tunnel, not to ``url``.
+    tunnel: bool = False
 
     @property
     def who(self) -> str:
         return f"provider `{self.provider}`" if self.provider else "the provider"
+
+    @property
+    def target(self) -> str:
+        """The signed request target (path and query), as the agent sees it."""
+        return signing.request_target(self.url)
 
     @classmethod
     def for_route(
@@ -61,6 +93,8 @@ class Upstream:
                 **signed,
             },
             provider=route.provider.name,
+            provider_id=route.provider.id,
+            tunnel=route.provider.transport == "tunnel",
         )
 
 
@@ -81,12 +115,7 @@ async def open_upstream(
             "upstream_timeout",
         ) from None
     except TimeoutError:
-        raise OpenAIError(
-            504,
-            f"No answer from {upstream.who} within {timeouts.first_byte:g} s.",
-            "server_error",
-            "upstream_timeout",
-        ) from None
+        raise no_answer(upstream, timeouts.first_byte) from None
     except (aiohttp.ClientError, OSError) as exc:
         if out_of_descriptors(exc):
             raise hub_overloaded() from None
@@ -96,6 +125,15 @@ async def open_upstream(
             "server_error",
             "upstream_unreachable",
         ) from None
+
+
+def no_answer(upstream: Upstream, seconds: float) -> OpenAIError:
+    return OpenAIError(
+        504,
+        f"No answer from {upstream.who} within {seconds:g} s.",
+        "server_error",
+        "upstream_timeout",
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 from tornado.iostream import StreamClosedError
 
-from inferclub.hub.relay.connect import upstream_broke, upstream_idle
+from inferclub.hub.relay.connect import UpstreamResponse, upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.openai_errors import OpenAIError
 from inferclub.wire import DOWNGRADED_HEADER, HEADER_PREFIX
@@ -57,7 +57,7 @@ class Sink(Protocol):
 AGENT_HEADERS = frozenset({DOWNGRADED_HEADER.lower()})
 
 
-def relay_headers(sink: Sink, resp: aiohttp.ClientResponse) -> None:
+def relay_headers(sink: Sink, resp: UpstreamResponse) -> None:
     """The agent's ``X-InferClub-Downgraded`` header; its other ``X-InferClub-*`` are dropped."""
     for name, value in resp.headers.items():
         lower = name.lower()
@@ -67,7 +67,7 @@ def relay_headers(sink: Sink, resp: aiohttp.ClientResponse) -> None:
 
 async def relay_stream(
     sink: Sink,
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     meter: RequestMeter,
     idle: float,
     strip_usage: bool,
@@ -99,7 +99,7 @@ async def relay_stream(
 
 
 async def relay_sse(
-    sink: Sink, resp: aiohttp.ClientResponse, meter: RequestMeter, idle: float, strip_usage: bool
+    sink: Sink, resp: UpstreamResponse, meter: RequestMeter, idle: float, strip_usage: bool
 ) -> None:
     loop = asyncio.get_running_loop()
     pending = b""
@@ -122,7 +122,7 @@ async def relay_sse(
 
 async def relay_raw(
     sink: Sink,
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     meter: RequestMeter,
     idle: float,
     head: list[bytes] | None = None,

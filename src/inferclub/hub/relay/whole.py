@@ -13,7 +13,7 @@ from contextlib import suppress
 
 import aiohttp
 
-from inferclub.hub.relay.connect import upstream_broke, upstream_idle
+from inferclub.hub.relay.connect import UpstreamResponse, upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_headers, relay_stream
 from inferclub.openai_errors import OpenAIError, normalise_error_body
@@ -29,7 +29,7 @@ MAX_RETRY_AFTER = 300
 Transform = Callable[[str, bytes], tuple[str, bytes]]
 
 
-def is_whole(resp: aiohttp.ClientResponse) -> bool:
+def is_whole(resp: UpstreamResponse) -> bool:
     """Whether an answer is read whole rather than streamed."""
     return (
         resp.status >= 400
@@ -40,7 +40,7 @@ def is_whole(resp: aiohttp.ClientResponse) -> bool:
 
 async def relay_whole(
     sink: Sink,
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     meter: RequestMeter,
     idle: float,
     transform: Transform | None = None,
@@ -89,7 +89,7 @@ def retry_after(value: str | None) -> str:
     return "1"
 
 
-async def read_body(resp: aiohttp.ClientResponse, idle: float) -> tuple[list[bytes], bool]:
+async def read_body(resp: UpstreamResponse, idle: float) -> tuple[list[bytes], bool]:
     """The answer's first chunks, up to about :data:`MAX_WHOLE_BODY` bytes, and whether they
     are all of it."""
     parts: list[bytes] = []

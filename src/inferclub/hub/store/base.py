@@ -185,6 +185,7 @@ class Store(abc.ABC):
         services: Sequence[ServiceInfo],
         now: float,
         key_id: int | None = None,
+        transport: str = "callback",
     ) -> ProviderRecord:
         """Upsert the provider by (user, name) and replace its services, all or nothing.
 

@@ -69,6 +69,8 @@ class ProviderRecord:
     services: tuple[ServiceInfo, ...] = ()
     #: The key whose heartbeats own this name (None: not bound yet, or its key was revoked).
     key_id: int | None = None
+    #: How the hub reaches it: ``callback`` (its callback URL) or ``tunnel`` (it dialled in).
+    transport: str = "callback"
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ REQUEST_COLUMNS = (
 UPSERT_PROVIDER = (
     "ON CONFLICT (user_id, name) DO UPDATE SET callback_url = excluded.callback_url,"
     " agent_version = excluded.agent_version, health = excluded.health,"
-    " last_heartbeat_at = excluded.last_heartbeat_at,"
+    " last_heartbeat_at = excluded.last_heartbeat_at, transport = excluded.transport,"
     " key_id = coalesce(excluded.key_id, providers.key_id)"
     " WHERE excluded.key_id IS NULL OR providers.key_id IS NULL"
     " OR providers.key_id = excluded.key_id"
@@ -260,6 +262,7 @@ def assemble_providers(
             p["last_heartbeat_at"],
             tuple(services.get(p["id"], ())),
             p["key_id"],
+            p["transport"],
         )
         for p in prows
     ]

@@ -234,6 +234,7 @@ class PostgresStore(Store):
         services: Sequence[ServiceInfo],
         now: float,
         key_id: int | None = None,
+        transport: str = "callback",
     ) -> ProviderRecord:
         health_json = json.dumps(health, separators=(",", ":"))
         async with self._write() as db:
@@ -241,8 +242,8 @@ class PostgresStore(Store):
             # judges the binding it committed: of two keys racing for a new name, one wins.
             row = await db.fetchrow(
                 "WITH p AS (INSERT INTO providers (user_id, name, callback_url, agent_version,"
-                " health, created_at, last_heartbeat_at, key_id)"
-                f" VALUES ($1, $2, $3, $4, $5, $6, $6, $8) {UPSERT_PROVIDER}"
+                " health, created_at, last_heartbeat_at, key_id, transport)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, $6, $8, $9) {UPSERT_PROVIDER}"
                 " RETURNING id, created_at, key_id)"
                 " SELECT id, created_at, key_id, pg_notify($7, $1::text || ':' || id::text)"
                 " FROM p",
@@ -254,6 +255,7 @@ class PostgresStore(Store):
                 now,
                 PROVIDERS_CHANNEL,
                 key_id,
+                transport,
             )
             if row is None:
                 raise ProviderNameTaken(f"provider {name!r} belongs to another key")
@@ -272,6 +274,7 @@ class PostgresStore(Store):
             now,
             tuple(services),
             bound,
+            transport,
         )
 
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:

@@ -366,15 +366,18 @@ class SQLiteStore(Store):
         services: Sequence[ServiceInfo],
         now: float,
         key_id: int | None = None,
+        transport: str = "callback",
     ) -> ProviderRecord:
         health_json = json.dumps(health, separators=(",", ":"))
         async with self._write() as db:
             row = await (
                 await db.execute(
                     "INSERT INTO providers (user_id, name, callback_url, agent_version, health,"
-                    " created_at, last_heartbeat_at, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    f" {UPSERT_PROVIDER} RETURNING id, created_at, key_id",
-                    (user_id, name, callback_url, agent_version, health_json, now, now, key_id),
+                    " created_at, last_heartbeat_at, key_id, transport)"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {UPSERT_PROVIDER}"
+                    " RETURNING id, created_at, key_id",
+                    (user_id, name, callback_url, agent_version, health_json, now, now, key_id)
+                    + (transport,),
                 )
             ).fetchone()
             if row is None:
@@ -410,6 +413,7 @@ class SQLiteStore(Store):
             now,
             tuple(services),
             bound,
+            transport,
         )
 
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:

@@ -1,0 +1,182 @@
+"""``GET /v1/agent/tunnel``: an agent that cannot be reached dials in (docs/protocol.md).
+
+The key is checked before the upgrade, as for any API request (401, or 403 for an
+``inference`` key, OpenAI-shaped). Heartbeats then come as text messages and take the very
+path of ``POST /v1/agent/heartbeat`` (:func:`inferclub.hub.heartbeats.accept`), with the key
+checked again each time (a revoked key ends the tunnel). The first accepted beat binds the
+tunnel to its provider; a beat naming another provider closes it.
+
+Pings go every ``tunnel_ping_interval``; a tunnel without a pong for two intervals is closed.
+A tunnel that closes takes its provider out of routing at once, like a goodbye, and fails
+the requests on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from typing import Any
+
+import tornado.websocket
+
+from inferclub import tunnel, wire
+from inferclub.hub import heartbeats, jsonbody, keys
+from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.tunnels import Tunnel, TunnelBroken
+from inferclub.openai_errors import OpenAIError, invalid_key
+from inferclub.tunnel import ProtocolError
+
+log = logging.getLogger("inferclub.tunnel")
+
+_PING = struct.Struct("!d")
+
+
+class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
+    body_limit_setting = "max_heartbeat_body"
+    required_scope = keys.AGENT
+
+    tunnel: Tunnel
+    provider_id: int | None = None
+    _pinger: asyncio.Task[None] | None = None
+    _last_pong = 0.0
+    _closing_reason = ""
+
+    @property
+    def max_message_size(self) -> int:
+        return max(self.hub.settings.max_heartbeat_body, tunnel.MAX_FRAME)
+
+    def check_origin(self, origin: str) -> bool:
+        return False  # agents send no Origin; a browser page may never open a tunnel
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
+        if self.request.headers.get("Origin"):
+            raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
+        self.tunnel = Tunnel(self._send, limit)
+        self._last_pong = time.monotonic()
+        self._pinger = asyncio.ensure_future(self._ping_loop())
+        self._token = self.request.headers.get(wire.AUTH_HEADER, "").partition(" ")[2].strip()
+        log.info("tunnel opened by %s from %s", self.owner.login, self.request.remote_ip)
+
+    async def _send(self, message: bytes) -> None:
+        try:
+            await self.write_message(message, binary=True)
+        except tornado.websocket.WebSocketClosedError:
+            raise TunnelBroken("the tunnel closed") from None
+
+    def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            asyncio.ensure_future(self._text(message))
+            return
+        try:
+            self.tunnel.on_frame(tunnel.decode(message))
+        except ProtocolError as exc:
+            self._refuse(tunnel.CLOSE_PROTOCOL, f"protocol error: {exc}")
+
+    async def _text(self, message: str) -> None:
+        try:
+            data = jsonbody.loads(message.encode())
+        except jsonbody.JSONBodyError as exc:
+            self._refuse(tunnel.CLOSE_PROTOCOL, f"protocol error: text message is not JSON: {exc}")
+            return
+        kind = data.get("type") if isinstance(data, dict) else None
+        payload = data.get("payload") if isinstance(data, dict) else None
+        if kind not in ("heartbeat", "goodbye") or not isinstance(payload, dict):
+            self._refuse(tunnel.CLOSE_PROTOCOL, "protocol error: unknown text message")
+            return
+        if kind == "goodbye":
+            payload = {**payload, "leaving": True}
+        status, body = await self._beat(payload)
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+            await self.write_message(
+                tunnel.text_message("heartbeat_reply", status=status, body=body)
+            )
+        if status == 401:
+            self._refuse(tunnel.CLOSE_REFUSED, "the key was revoked")
+        elif status == 409:
+            self._refuse(tunnel.CLOSE_REFUSED, body["error"]["message"])
+
+    async def _beat(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The heartbeat's reply as the HTTP endpoint gives it: ``(status, JSON body)``."""
+        hub = self.hub
+        name = payload.get("name")
+        held = self.tunnel.provider
+        if held and (not isinstance(name, str) or name.strip() != held):
+            err = OpenAIError(
+                409,
+                f"This tunnel carries provider {held!r}; open another tunnel for another one.",
+                "invalid_request_error",
+                "provider_name_taken",
+                "name",
+            )
+            return err.status, err.body()
+        try:
+            owner = await hub.keys.authenticate(self._token)
+            if owner is None:
+                raise invalid_key()
+            accepted = await heartbeats.accept(hub, owner, payload, heartbeats.TUNNEL)
+        except OpenAIError as err:
+            return err.status, err.body()
+        if not accepted.leaving:
+            self._hold(accepted.provider_id, accepted.name)
+        return 200, accepted.reply
+
+    def _hold(self, provider_id: int, name: str) -> None:
+        tunnels = self.hub.relay.tunnels
+        # A provider first routed under a provisional id gets its store id later.
+        if self.provider_id is not None and self.provider_id != provider_id:
+            tunnels.release(self.provider_id, self.tunnel)
+        self.provider_id, self.tunnel.provider = provider_id, name
+        replaced = tunnels.hold(provider_id, self.tunnel)
+        if replaced is not None:
+            replaced.close("replaced by a new tunnel")
+
+    async def _ping_loop(self) -> None:
+        interval = self.hub.settings.tunnel_ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._last_pong > 2 * interval:
+                self._refuse(tunnel.CLOSE_PING_TIMEOUT, f"no pong for {2 * interval:g} s")
+                return
+            try:
+                self.ping(_PING.pack(time.monotonic()))
+            except tornado.websocket.WebSocketClosedError:
+                return
+
+    def on_pong(self, data: bytes) -> None:
+        self._last_pong = now = time.monotonic()
+        if len(data) == _PING.size:
+            self.tunnel.rtt_ms = (now - _PING.unpack(data)[0]) * 1000
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if not self._closing_reason:
+            self._closing_reason = reason
+            log.warning("closing the tunnel of %s: %s", self._who(), reason)
+        # A WebSocket close reason is at most 123 bytes.
+        self.close(code, reason.encode()[:120].decode(errors="ignore"))
+
+    def _who(self) -> str:
+        name = f"provider {self.tunnel.provider!r}" if self.tunnel.provider else "no provider"
+        return f"{name} of {self.owner.login}"
+
+    def on_close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+        reason = self._closing_reason or self.close_reason or "the agent closed it"
+        self.tunnel.close(reason)
+        if self.provider_id is not None and self.hub.relay.tunnels.release(
+            self.provider_id, self.tunnel
+        ):
+            # Like a goodbye: no new request goes there until the agent beats again.
+            self.hub.fleet.leaving(self.provider_id)
+        log.info("tunnel of %s closed: %s", self._who(), reason)
+
+
+routes = [(tunnel.TUNNEL_PATH, TunnelHandler)]

@@ -1,0 +1,177 @@
+"""Heartbeats, whichever way they come: ``POST /v1/agent/heartbeat`` or a message on an
+agent's tunnel (:mod:`inferclub.hub.tunnels`). One path for both, so validation, pacing,
+name ownership and the provider limit are the same rules.
+
+A provider on a tunnel is recorded with ``transport = "tunnel"`` and the callback URL
+:data:`TUNNEL_CALLBACK_URL` instead of the agent's: the hub never connects to it, so neither
+the callback policy nor a reachability probe applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from inferclub import wire
+from inferclub.hub.callback_policy import CallbackPolicy, CallbackRefused, check_callback_url
+from inferclub.hub.choose import ProviderState
+from inferclub.hub.liveness import name_taken
+from inferclub.hub.reachability import describe_reachability
+from inferclub.hub.store import KeyOwner, ProviderRecord
+from inferclub.openai_errors import OpenAIError
+
+if TYPE_CHECKING:
+    from inferclub.hub.app import Hub
+
+log = logging.getLogger("inferclub.agent")
+
+CALLBACK = "callback"
+TUNNEL = "tunnel"
+#: The callback URL recorded for a tunnelled provider. Only its path matters (the signed
+#: request target, ``/v1/...``, as the agent sees it); ``.invalid`` never resolves, so nothing
+#: can ever connect to it.
+TUNNEL_CALLBACK_URL = "http://tunnel.invalid/v1"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A heartbeat the hub took: its reply (the JSON both transports send back) and the
+    provider it is about."""
+
+    reply: dict[str, Any]
+    provider_id: int
+    name: str
+    leaving: bool = False
+
+
+def parse_heartbeat(data: object, known: wire.KnownServices | None = None) -> wire.Heartbeat:
+    """The heartbeat in ``data``, or a 400 naming the bad field in ``param``."""
+    try:
+        return wire.Heartbeat.parse(data, known)
+    except wire.PayloadError as exc:
+        raise OpenAIError(
+            400,
+            f"Invalid heartbeat: {exc}",
+            "invalid_request_error",
+            "invalid_heartbeat",
+            exc.field,
+        ) from None
+
+
+async def check_callback(url: str, policy: CallbackPolicy) -> None:
+    """A 400 with ``param: callback_url`` naming the resolved address and the setting when
+    the hub may not call ``url``."""
+    try:
+        await check_callback_url(url, policy)
+    except CallbackRefused as exc:
+        raise OpenAIError(400, exc.message, "invalid_request_error", exc.code, exc.param) from None
+
+
+async def accept(
+    hub: Hub, owner: KeyOwner, data: dict[str, Any], transport: str = CALLBACK
+) -> Accepted:
+    """Apply one heartbeat sent with ``owner``'s key; raises :class:`OpenAIError` to refuse it."""
+    user_id = owner.user_id
+    name = data.get("name")
+    # A goodbye is neither paced nor remembered (see _goodbye).
+    leaving = data.get("leaving") is True
+    known = None
+    if isinstance(name, str) and not leaving:
+        # Before the rest is validated: a beat over the rate costs its JSON decoding only.
+        hub.heartbeat_pacer.check(user_id, name.strip())
+        known = hub.liveness.known_services(user_id, name.strip())
+    hb = parse_heartbeat(data, known)
+    if hb.leaving:
+        return _goodbye(hub, owner, hb)
+    if transport == TUNNEL:
+        hb = dataclasses.replace(hb, callback_url=TUNNEL_CALLBACK_URL)
+    hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
+    found = hub.registry.find(user_id, hb.name)
+    if found is None:
+        _check_provider_limit(hub, user_id)
+    # Resolving costs a DNS round trip: only a new or changed URL is checked here. The
+    # relay checks every address again when it connects, so a stale check is harmless.
+    if transport == CALLBACK and (found is None or found.callback_url != hb.callback_url):
+        await check_callback(hb.callback_url, hub.callback_policy)
+    record, before = await hub.liveness.beat(user_id, hb, time.time(), owner.key_id, transport)
+    hub.fleet.heard(record.id, ProviderState.of(hb))
+    hub.heartbeat_pacer.accepted(user_id, hb.name)
+    hub.metrics.heartbeats.inc()
+    if before is None or not hub.registry.is_online(before) or before.services != record.services:
+        log.info(
+            "provider %r of %s online %s: %d services, %d models",
+            record.name,
+            owner.login,
+            "through its tunnel" if transport == TUNNEL else f"at {record.callback_url}",
+            len(record.services),
+            sum(len(s.models) for s in record.services),
+        )
+    problem = None if transport == TUNNEL else await _reachability(hub, owner, record)
+    reply = wire.HeartbeatReply(
+        # A provisional (negative) id is what this hub signs with until the store
+        # assigns the real one; the next beat that reaches the store replaces it.
+        provider_id=record.id,
+        hub_key=hub.signer.public_key,
+        heartbeat_interval=hub.settings.heartbeat_interval,
+        online_window=hub.settings.online_window,
+        callback_reachable=problem is None,
+        callback_error=None if problem is None else describe_reachability(problem),
+    )
+    return Accepted(reply.to_json(), record.id, record.name)
+
+
+async def _reachability(hub: Hub, owner: KeyOwner, record: ProviderRecord) -> str | None:
+    problem, probed = await hub.check_callback(record.id, record.callback_url)
+    if problem is not None and probed:
+        log.warning(
+            "provider %r of %s: the hub cannot reach %s (%s)",
+            record.name,
+            owner.login,
+            record.callback_url,
+            problem,
+        )
+    return problem
+
+
+def _goodbye(hub: Hub, owner: KeyOwner, hb: wire.Heartbeat) -> Accepted:
+    """The agent is shutting down: no new request goes to it from now on. Neither paced
+    nor stored (a goodbye follows a beat at once, and changes nothing in the store): it
+    only marks the known provider as leaving, until its next ordinary heartbeat."""
+    known = hub.registry.find(owner.user_id, hb.name)
+    if known is None:
+        raise OpenAIError(
+            404,
+            f"No provider {hb.name!r} is registered.",
+            "invalid_request_error",
+            "provider_not_found",
+            "name",
+        )
+    if known.key_id is not None and known.key_id != owner.key_id:
+        raise name_taken(hb.name)  # only the key that owns the name may say goodbye
+    hub.fleet.leaving(known.id)
+    log.info("provider %r of %s is shutting down", known.name, owner.login)
+    reply = wire.HeartbeatReply(
+        provider_id=known.id,
+        hub_key=hub.signer.public_key,
+        heartbeat_interval=hub.settings.heartbeat_interval,
+        online_window=hub.settings.online_window,
+    )
+    return Accepted(reply.to_json(), known.id, known.name, leaving=True)
+
+
+def _check_provider_limit(hub: Hub, user_id: int) -> None:
+    """A 429 when a new provider would take the user past ``max_providers_per_user``."""
+    count = len(hub.registry.providers(user_id))
+    limit = hub.settings.max_providers_per_user
+    if limit > 0 and count >= limit:
+        raise OpenAIError(
+            429,
+            f"You have {count} providers, the most this hub allows one user; delete one "
+            "in the dashboard before registering another.",
+            "rate_limit_error",
+            "provider_limit_reached",
+            "name",
+        )
