@@ -72,6 +72,10 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             raise TunnelBroken("the tunnel closed") from None
 
     def on_message(self, message: str | bytes) -> None:
+        if self._closing_reason:
+            # Closed by the hub: a heartbeat the agent sent before it knew (held up by a dead
+            # link, say) must not take its provider back from the tunnel that replaced this one.
+            return
         if isinstance(message, str):
             asyncio.ensure_future(self._text(message))
             return
@@ -124,7 +128,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             accepted = await heartbeats.accept(hub, owner, payload, heartbeats.TUNNEL)
         except OpenAIError as err:
             return err.status, err.body()
-        if not accepted.leaving:
+        if not accepted.leaving and not self._closing_reason:
             self._hold(accepted.provider_id, accepted.name)
         return 200, accepted.reply
 
@@ -161,6 +165,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             log.warning("closing the tunnel of %s: %s", self._who(), reason)
         # A WebSocket close reason is at most 123 bytes.
         self.close(code, reason.encode()[:120].decode(errors="ignore"))
+        # Tornado then waits up to 5 s for the agent's closing frame, which a dead link never
+        # sends: the provider leaves routing now, not when on_close comes.
+        self._let_go(reason)
 
     def _who(self) -> str:
         name = f"provider {self.tunnel.provider!r}" if self.tunnel.provider else "no provider"
@@ -170,13 +177,17 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         if self._pinger is not None:
             self._pinger.cancel()
         reason = self._closing_reason or self.close_reason or "the agent closed it"
+        self._let_go(reason)
+        log.info("tunnel of %s closed: %s", self._who(), reason)
+
+    def _let_go(self, reason: str) -> None:
+        """Fail the tunnel's streams and take its provider out of routing (once)."""
         self.tunnel.close(reason)
         if self.provider_id is not None and self.hub.relay.tunnels.release(
             self.provider_id, self.tunnel
         ):
             # Like a goodbye: no new request goes there until the agent beats again.
             self.hub.fleet.leaving(self.provider_id)
-        log.info("tunnel of %s closed: %s", self._who(), reason)
 
 
 routes = [(tunnel.TUNNEL_PATH, TunnelHandler)]
