@@ -13,6 +13,10 @@ A request with the first user's key takes the callback path, with the second's t
    each) ``--read`` bytes at a time, ``--pause`` seconds apart, while the agent's RSS is
    sampled: at start, peak and end, per path.
 
+It also prints the hub's and the agent's CPU time per non-streamed chat on each path (from
+``/proc/PID/stat``): on a loaded machine the latencies mostly measure the wait for a core,
+the CPU time does not.
+
 A benchmark, not a test: it prints a table and never fails on a number. Run from the
 repository root: ``.venv/bin/python -m bench.tunnel`` (``--quick`` for a smoke run).
 """
@@ -49,6 +53,7 @@ class Rig:
     """The processes, the hub's URL, and each path's key and agent."""
 
     hub_url: str = ""
+    hub: Proc | None = None
     keys: dict[str, str] = field(default_factory=dict)
     agents: dict[str, Proc] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
@@ -107,6 +112,7 @@ def started(workdir: Path) -> Iterator[Rig]:
         hub = Proc("hub", [sys.executable, "-m", "inferclub", "serve", "--port", "0", "--db",
                            str(workdir / "hub.db")], workdir, env)  # fmt: skip
         rig.procs.append(hub)
+        rig.hub = hub
         rig.hub_url = hub.wait_url()
         for path in PATHS:
             start_agent(rig, workdir, env, path, upstream.wait_url())
@@ -193,6 +199,23 @@ async def many_streams(rig: Rig, n: int, chunks: int, delay: float) -> tuple[int
     return n - len(failed), len(failed), time.perf_counter() - start
 
 
+async def cpu_per_request(
+    session: aiohttp.ClientSession, rig: Rig, n: int
+) -> dict[str, tuple[float, float]]:
+    """Microseconds of hub and agent CPU per non-streamed chat, each path on its own: unlike
+    latency, it does not depend on what else the machine runs."""
+    assert rig.hub is not None
+    out = {}
+    for path in PATHS:
+        agent = rig.agents[path]
+        hub0, agent0 = rig.hub.cpu_seconds(), agent.cpu_seconds()
+        for _ in range(n):
+            await chat(session, rig, path)
+        hub1, agent1 = rig.hub.cpu_seconds(), agent.cpu_seconds()
+        out[path] = ((hub1 - hub0) / n * 1e6, (agent1 - agent0) / n * 1e6)
+    return out
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -257,10 +280,15 @@ async def measure(rig: Rig, args: argparse.Namespace) -> None:
             await one_chat("callback"), await one_chat("tunnel")
         chats = await latencies(args.requests, one_chat)
         streams = await latencies(args.requests, one_stream)
+        cpu = await cpu_per_request(session, rig, args.requests)
     print("| concurrency 1, ms | callback | tunnel | added |\n|---|---:|---:|---:|")
     print("\n".join(latency_rows("non-stream", chats, 0)))
     print("\n".join(latency_rows(f"stream of {args.chunks}, first byte", streams, 0)))
     print("\n".join(latency_rows(f"stream of {args.chunks}, last byte", streams, 1)))
+
+    print("\n| non-stream, CPU per request | hub µs | agent µs |\n|---|---:|---:|")
+    for path, (hub_us, agent_us) in cpu.items():
+        print(f"| {path} | {hub_us:.0f} | {agent_us:.0f} |")
 
     done, failed, took = await many_streams(rig, args.streams, args.chunks, args.delay)
     print(
