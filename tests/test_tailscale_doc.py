@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from inferclub.agent import cli as agent_cli
 from inferclub.agent.manifest import parse_manifest
 from inferclub.engines import get_engines, get_plugin_manager
 from inferclub.hub import cli
@@ -75,14 +76,34 @@ def test_the_environment_example_says_the_same_as_the_file(tmp_path: Path) -> No
     )
 
 
+def subcommand_flags(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {f for a in commands.choices[command]._actions for f in a.option_strings}
+
+
+def test_every_agent_command_and_flag_named_exists() -> None:
+    parser = agent_cli.build_parser()
+    flagged = r"inference-club-agent (\w+)((?: --[a-z-]+(?: [^`\s-][^`\s]*)?)*)"
+    used = re.findall(flagged, DOC.read_text())
+    assert {command for command, _ in used} >= {"run", "check"}
+    for command, rest in used:
+        for flag in re.findall(r"--[a-z-]+", rest):
+            assert flag in subcommand_flags(parser, command), (command, flag)
+
+
+def test_the_tunnel_alternative_is_a_manifest_field() -> None:
+    assert "`tunnel: true` in the manifest's\n  `agent:` section" in DOC.read_text()
+    text = one_block("yaml", "hosts:").replace("agent:\n", "agent:\n  tunnel: true\n", 1)
+    manifest = parse_manifest(text, "tailscale.md", get_engines(get_plugin_manager()))
+    assert manifest.agent.tunnel is True
+
+
 def test_every_setting_variable_and_serve_flag_named_exists() -> None:
     text = DOC.read_text()
     names = set(setting_names())
     for var in set(re.findall(r"INFERCLUB_([A-Z_]+)", text)) - {"API_KEY"}:
         assert var.lower() in names, var
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    flags = {f for a in commands.choices["serve"]._actions for f in a.option_strings}
+    flags = subcommand_flags(cli.build_parser(), "serve")
     for line in re.findall(r"^.*inferclub serve .*$", text, re.M):
         for flag in re.findall(r"(--[a-z-]+)", line):
             assert flag in flags, flag
