@@ -237,3 +237,15 @@ def test_check_rejects_invalid_manifest(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}:7: hosts[0].services[1].url: missing required field" in result.stderr
     assert result.stdout == ""
+
+
+def test_the_agent_section_turns_the_tunnel_on_with_a_boolean() -> None:
+    services = (
+        "hosts:\n  - id: rig\n    services:\n      - {name: a, engine: vllm, url: http://h/v1}\n"
+    )
+    on = parse_manifest("agent:\n  tunnel: true\n" + services, "m.yaml", BUILTIN)
+    assert on.agent.tunnel is True
+    assert parse_manifest(services, "m.yaml", BUILTIN).agent.tunnel is False
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest("agent:\n  name: rig\n  tunnel: yes please\n" + services, "m.yaml", BUILTIN)
+    assert "m.yaml:3: agent.tunnel: expected true or false" in str(caught.value)

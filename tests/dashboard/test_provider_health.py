@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from inferclub.hub.choose import Fleet
 from inferclub.hub.handlers.dashboard import provider_json
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, ServiceInfo
+from inferclub.hub.tunnels import Tunnel, Tunnels
 
 
 def test_the_providers_page_data_shows_cooling_down_and_leaving() -> None:
@@ -35,3 +37,21 @@ def test_the_providers_page_data_shows_cooling_down_and_leaving() -> None:
     assert leaving["leaving"] is True
     # Shown as it routes: not online, its services' state unknown, until its next heartbeat.
     assert leaving["online"] is False
+
+
+def test_the_providers_page_data_shows_the_transport_and_the_tunnels_rtt() -> None:
+    now = time.time()
+    rig = ProviderRecord(7, 1, "rig", "http://tunnel.invalid/v1", "t", {}, now, now)
+    tunnelled = dataclasses.replace(rig, transport="tunnel")
+    registry, tunnels = Registry(60), Tunnels()
+    assert provider_json(rig, registry, now, None, tunnels)["transport"] == "callback"
+    shown = provider_json(tunnelled, registry, now, None, tunnels)
+    assert (shown["transport"], shown["tunnel_rtt_ms"]) == ("tunnel", None)  # held elsewhere
+
+    async def send(_: bytes) -> None:
+        return None
+
+    held = Tunnel(send, 4, "rig")
+    held.rtt_ms = 1.2345
+    tunnels.hold(rig.id, held)
+    assert provider_json(tunnelled, registry, now, None, tunnels)["tunnel_rtt_ms"] == 1.23

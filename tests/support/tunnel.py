@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from inferclub import tunnel, wire
 from inferclub.testing import AgentProcess, manifest_text
 from tests.support.hubproc import HubProcess
 
@@ -39,3 +45,46 @@ def start_tunnel_agent(
     agent.wait_listening()
     agent.wait_registered()
     return agent
+
+
+class RawTunnel:
+    """A hand-driven agent end of a tunnel (aiohttp): the tests play a hostile or broken
+    agent frame by frame."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def beat(self, name: str, models: tuple[str, ...] = ("m1",)) -> dict[str, Any]:
+        """One heartbeat; the hub's reply message (``status``, ``body``)."""
+        hb = wire.Heartbeat(
+            name, "http://127.0.0.1:9/v1", "test", (wire.AdvertisedService("chat", models=models),)
+        )
+        await self.ws.send_str(tunnel.text_message("heartbeat", payload=hb.to_json()))
+        return await self.text()
+
+    async def text(self) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        data: dict[str, Any] = json.loads(msg.data)
+        return data
+
+    async def frame(self) -> tunnel.Frame:
+        msg = await self.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        return tunnel.decode(msg.data)
+
+    async def closed(self) -> tuple[int | None, str]:
+        """Wait for the hub to close the tunnel: its close code and reason."""
+        while True:
+            msg = await self.ws.receive(timeout=10)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return self.ws.close_code, str(msg.extra or "")
+
+
+@asynccontextmanager
+async def raw_tunnel(hub: HubProcess, key: str) -> AsyncIterator[RawTunnel]:
+    url = hub.url.replace("http://", "ws://") + tunnel.TUNNEL_PATH
+    async with aiohttp.ClientSession() as session:
+        headers = {wire.AUTH_HEADER: wire.bearer(key)}
+        async with session.ws_connect(url, headers=headers) as ws:
+            yield RawTunnel(ws)

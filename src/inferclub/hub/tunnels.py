@@ -228,12 +228,14 @@ class Tunnel:
 
     def on_frame(self, frame: Frame) -> None:
         """A binary message from the agent; a ProtocolError closes the tunnel."""
+        kind = frame.type
+        if kind in (FrameType.OPEN, FrameType.CANCEL):
+            raise ProtocolError(f"{kind.name} frames go from the hub to the agent only")
         stream = self.streams.get(frame.stream)
         if stream is None:
             if frame.stream >= self._next_id:
                 raise ProtocolError(f"frame for stream {frame.stream}, never opened")
             return  # a stream the hub closed: what was on its way is dropped
-        kind = frame.type
         if kind is FrameType.RESPONSE:
             stream.on_response(frame)
         elif kind is FrameType.DATA:
@@ -242,11 +244,9 @@ class Tunnel:
             stream.on_end()
         elif kind is FrameType.WINDOW:
             stream.send_window.grant(frame.credit())
-        elif kind is FrameType.ERROR:
+        else:  # ERROR
             self.streams.pop(stream.id, None)
             stream.fail(_error_of(frame, f"The agent of {self.provider or 'the provider'}"))
-        else:
-            raise ProtocolError(f"{kind.name} frames go from the hub to the agent only")
 
     def close(self, reason: str) -> None:
         """The tunnel is gone: every stream on it fails now."""

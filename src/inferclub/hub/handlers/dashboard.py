@@ -25,6 +25,7 @@ from inferclub.hub.handlers.base import (
 )
 from inferclub.hub.routing import Registry
 from inferclub.hub.store import ProviderRecord, RequestFilter
+from inferclub.hub.tunnels import Tunnels
 from inferclub.wire import SERVICE_TYPES
 
 PAGE_SIZE = 50
@@ -53,7 +54,11 @@ def service_state(p: ProviderRecord, name: str, online: bool) -> str | None:
 
 
 def provider_json(
-    p: ProviderRecord, registry: Registry, now: float, fleet: Fleet | None = None
+    p: ProviderRecord,
+    registry: Registry,
+    now: float,
+    fleet: Fleet | None = None,
+    tunnels: Tunnels | None = None,
 ) -> dict[str, Any]:
     leaving = fleet is not None and fleet.state(p.id).leaving
     # An agent that said goodbye takes no new requests: it is not shown as online (nor its
@@ -74,6 +79,9 @@ def provider_json(
         "id": p.id,
         "name": p.name,
         "callback_url": p.callback_url,
+        # "tunnel": the agent dialled in; its round-trip time when this process holds it.
+        "transport": p.transport,
+        "tunnel_rtt_ms": _tunnel_rtt(p, tunnels),
         "agent_version": p.agent_version,
         "online": online,
         "last_heartbeat_at": p.last_heartbeat_at,
@@ -93,6 +101,11 @@ def provider_json(
     }
 
 
+def _tunnel_rtt(p: ProviderRecord, tunnels: Tunnels | None) -> float | None:
+    held = tunnels.get(p.id) if tunnels is not None else None
+    return None if held is None or held.rtt_ms is None else round(held.rtt_ms, 2)
+
+
 def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
     hub = handler.hub
     now = time.time()
@@ -101,7 +114,8 @@ def providers_payload(handler: WebHandler, user_id: int) -> dict[str, Any]:
         "online_window": hub.registry.online_window,
         "poll_ms": PROVIDERS_POLL_MS,
         "providers": [
-            provider_json(p, hub.registry, now, hub.fleet) for p in hub.registry.providers(user_id)
+            provider_json(p, hub.registry, now, hub.fleet, hub.relay.tunnels)
+            for p in hub.registry.providers(user_id)
         ],
     }
 
@@ -218,7 +232,10 @@ class ProviderApiHandler(DashboardApiHandler):
         provider = await self.hub.store.get_provider(self.user_id, int(provider_id))
         if provider is None:
             raise tornado.web.HTTPError(404, "No such provider.")
-        self.write_json(provider_json(provider, self.hub.registry, time.time(), self.hub.fleet))
+        hub = self.hub
+        self.write_json(
+            provider_json(provider, hub.registry, time.time(), hub.fleet, hub.relay.tunnels)
+        )
 
 
 class ProviderDeleteHandler(DashboardHandler):

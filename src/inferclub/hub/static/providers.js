@@ -19,6 +19,14 @@
   const age = (p) => p.heartbeat_age + (performance.now() - fetchedAt) / 1000;
   const isOnline = (p) => p.online && age(p) < data.online_window;
 
+  // How the hub reaches the agent: it calls its callback URL, or the agent dialled in (a
+  // tunnel, whose round-trip time the hub measures with its pings).
+  const transportText = (p) => {
+    if (p.transport !== "tunnel") return "callback";
+    return p.tunnel_rtt_ms === null || p.tunnel_rtt_ms === undefined
+      ? "tunnel" : `tunnel (rtt ${p.tunnel_rtt_ms.toFixed(1)} ms)`;
+  };
+
   const gib = (bytes) => (bytes / 1024 ** 3).toFixed(1);
 
   const healthSummary = (h) => {
@@ -77,7 +85,9 @@
         el("span", {class: "spacer"}),
         deleteForm),
       el("dl", {class: "facts compact"},
-        el("dt", {}, "Callback URL"), el("dd", {}, el("code", {}, p.callback_url)),
+        el("dt", {}, "Transport"), el("dd", {dataset: {transport: p.transport}}, transportText(p)),
+        p.transport === "tunnel" ? "" : el("dt", {}, "Callback URL"),
+        p.transport === "tunnel" ? "" : el("dd", {}, el("code", {}, p.callback_url)),
         el("dt", {}, "Agent version"), el("dd", {}, p.agent_version || "–"),
         el("dt", {}, "Registered"), el("dd", {}, localTime(new Date(p.created_at * 1000)))),
     );
@@ -130,7 +140,7 @@
 
   // Everything but the ticking ages: re-render only when this changes.
   const shape = () => JSON.stringify(data.providers.map((p) => [p.id, p.name, p.callback_url,
-    p.agent_version, isOnline(p), p.services_by_type, p.health]));
+    p.transport, p.tunnel_rtt_ms, p.agent_version, isOnline(p), p.services_by_type, p.health]));
 
   const tick = () => {
     if (shape() !== lastShape) { render(); return; }

@@ -1,0 +1,161 @@
+"""The tunnel endpoint against hostile or broken agents, on a real hub process: the key is
+checked before the upgrade, one provider per tunnel with the heartbeat's name ownership, a
+tunnel never gets another user's requests, and bad frames close it with a reason (never a
+crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from inferclub import tunnel
+from inferclub.tunnel import FrameType
+from tests.support.hubproc import HubProcess, start_hub
+from tests.support.stack import wait_models
+from tests.support.tunnel import raw_tunnel
+
+pytestmark = pytest.mark.subprocess
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+@pytest.fixture
+def tunnel_hub(tmp_path: Path) -> Iterator[HubProcess]:
+    with start_hub(tmp_path, env={"INFERCLUB_TUNNEL_MAX_STREAMS": "2"}) as hub:
+        yield hub
+
+
+def refused(hub: HubProcess, key: str | None) -> tuple[int, dict[str, object], str]:
+    headers = dict(UPGRADE)
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(hub.url + tunnel.TUNNEL_PATH, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    err = caught.value
+    return err.code, json.loads(err.read()), err.headers.get("X-Request-Id", "")
+
+
+def test_the_key_is_checked_before_the_upgrade(tunnel_hub: HubProcess) -> None:
+    status, body, request_id = refused(tunnel_hub, None)
+    assert status == 401 and body["error"]["code"] == "missing_api_key"  # type: ignore[index]
+    assert request_id.startswith("req_")
+    status, body, _ = refused(tunnel_hub, "sk-not-a-real-key")
+    assert status == 401
+    tunnel_hub.create_user("alice")
+    out = tunnel_hub.cli("keys", "create", "alice", "--scope", "inference").stdout
+    inference_key = out.strip().splitlines()[-1]
+    status, body, request_id = refused(tunnel_hub, inference_key)
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"  # type: ignore[index]
+    assert set(body["error"]) == {"message", "type", "param", "code"}  # type: ignore[arg-type]
+    assert request_id.startswith("req_")
+
+
+def test_one_provider_per_tunnel_and_names_stay_their_owners(tunnel_hub: HubProcess) -> None:
+    owner = tunnel_hub.user_with_key("alice")
+    other = tunnel_hub.create_key("alice", "second")
+
+    async def scenario() -> None:
+        async with raw_tunnel(tunnel_hub, owner) as mine:
+            assert (await mine.beat("rig"))["status"] == 200
+            async with raw_tunnel(tunnel_hub, other) as thief:
+                reply = await thief.beat("rig")
+                assert reply["status"] == 409
+                assert reply["body"]["error"]["code"] == "provider_name_taken"
+                code, _ = await thief.closed()
+                assert code == tunnel.CLOSE_REFUSED
+            reply = await mine.beat("another")
+            assert reply["status"] == 409 and "carries provider 'rig'" in json.dumps(reply)
+            code, reason = await mine.closed()
+            assert code == tunnel.CLOSE_REFUSED and "carries provider" in reason
+
+    asyncio.run(scenario())
+
+
+def test_another_users_requests_never_reach_a_tunnel(tunnel_hub: HubProcess) -> None:
+    alice = tunnel_hub.user_with_key("alice")
+    bob = tunnel_hub.user_with_key("bob")
+
+    async def scenario() -> None:
+        async with raw_tunnel(tunnel_hub, alice) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            sdk = openai.OpenAI(base_url=tunnel_hub.api_base, api_key=bob, max_retries=0)
+            with sdk, pytest.raises(openai.NotFoundError):
+                await asyncio.to_thread(sdk.chat.completions.create, model="m1", messages=[])
+            with pytest.raises(TimeoutError):
+                await rig.ws.receive(timeout=0.5)  # no frame came
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "reason"),
+    [
+        (b"\x63junk", tunnel.CLOSE_PROTOCOL, "unknown frame type 99"),
+        (b"\x02\x00", tunnel.CLOSE_PROTOCOL, "shorter than its header"),
+        (tunnel.encode(FrameType.DATA, 7), tunnel.CLOSE_PROTOCOL, "never opened"),
+        (tunnel.encode(FrameType.OPEN, 1), tunnel.CLOSE_PROTOCOL, "hub to the agent only"),
+        (b"\x02\x00\x00\x00\x01" + bytes(100_000), tunnel.CLOSE_PROTOCOL, "over the"),
+        (bytes(1024 * 1024), 1009, ""),  # past the WebSocket's message limit
+    ],
+)
+def test_bad_frames_close_the_tunnel_with_a_reason(
+    tunnel_hub: HubProcess, message: bytes, code: int, reason: str
+) -> None:
+    key = tunnel_hub.user_with_key("alice")
+
+    async def scenario() -> None:
+        async with raw_tunnel(tunnel_hub, key) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            await rig.ws.send_bytes(message)
+            closed = await rig.closed()
+            assert closed[0] == code and reason in closed[1], closed
+
+    asyncio.run(scenario())
+    # The hub lives on, and the provider is out of routing at once.
+    with openai.OpenAI(base_url=tunnel_hub.api_base, api_key=key, max_retries=0) as sdk:
+        wait_models(sdk, set(), timeout=5)
+    assert "Traceback" not in tunnel_hub.log()
+
+
+def test_a_full_tunnel_refuses_more_and_a_closed_one_fails_its_waiting_requests(
+    tunnel_hub: HubProcess,
+) -> None:
+    key = tunnel_hub.user_with_key("alice")
+
+    def chat() -> int:
+        with openai.OpenAI(base_url=tunnel_hub.api_base, api_key=key, max_retries=0) as sdk:
+            try:
+                sdk.chat.completions.create(model="m1", messages=[])
+            except openai.APIStatusError as exc:
+                return exc.status_code
+        return 200
+
+    async def scenario() -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(3)
+        async with raw_tunnel(tunnel_hub, key) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            loop = asyncio.get_running_loop()
+            waiting = [loop.run_in_executor(pool, chat) for _ in range(2)]
+            frames = [await rig.frame() for _ in range(6)]  # OPEN, DATA, END each
+            assert [f.type for f in frames].count(FrameType.OPEN) == 2
+            third = await loop.run_in_executor(pool, chat)
+            assert third == 502  # two streams is this hub's limit per tunnel
+            await rig.ws.close()
+            assert await asyncio.gather(*waiting) == [502, 502]
+        pool.shutdown()
+
+    asyncio.run(scenario())
