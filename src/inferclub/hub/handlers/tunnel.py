@@ -148,15 +148,22 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
 
     async def _ping_loop(self) -> None:
         interval = self.hub.settings.tunnel_ping_interval
+        next_ping = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_pong > 2 * interval:
+            # Woken at the next ping or at the pong deadline, whichever comes first: checked
+            # only at pings, a tunnel dead just after a pong stayed up for three intervals.
+            now = time.monotonic()
+            deadline = self._last_pong + 2 * interval
+            if now >= deadline:
                 self._refuse(tunnel.CLOSE_PING_TIMEOUT, f"no pong for {2 * interval:g} s")
                 return
-            try:
-                self.ping(_PING.pack(time.monotonic()))
-            except tornado.websocket.WebSocketClosedError:
-                return
+            if now >= next_ping:
+                next_ping = now + interval
+                try:
+                    self.ping(_PING.pack(now))
+                except tornado.websocket.WebSocketClosedError:
+                    return
+            await asyncio.sleep(min(next_ping, deadline) - now)
 
     def on_pong(self, data: bytes) -> None:
         self._last_pong = now = time.monotonic()
