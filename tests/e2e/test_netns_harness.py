@@ -3,6 +3,7 @@ the agent's namespace can be reached, while the agent's side reaches the hub."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.netns import NetNs, agent_namespace, needs_netns
+from tests.support.netns import NetNs, _subnet, agent_namespace, needs_netns
 
 pytestmark = [pytest.mark.subprocess, needs_netns]
 
@@ -60,3 +61,9 @@ def test_the_namespace_and_its_link_are_removed() -> None:
         assert ns.name in ip("netns", "list")
     assert ns.name not in ip("netns", "list")
     assert f"{ns.host_link}@" not in ip("-o", "link")
+
+
+def test_a_subnet_in_use_is_passed_over(harness_ns: NetNs) -> None:
+    # What another process whose pid maps to the same /30 would be given now.
+    n = int(harness_ns.name.rsplit("-", 1)[1])
+    assert ipaddress.ip_address(harness_ns.hub_address) not in _subnet(n)

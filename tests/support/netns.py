@@ -127,8 +127,16 @@ def _join(name: str) -> None:
 
 
 def _subnet(n: int) -> ipaddress.IPv4Network:
-    index = (os.getpid() * 8 + n) % (BLOCK.num_addresses // 4)
-    return ipaddress.ip_network(f"{BLOCK.network_address + index * 4}/30")
+    """A /30 from the pid and ``n``, moved on past any already on an interface (two pids
+    that map to one /30 must not both use it while they run)."""
+    taken = _run("ip", "-o", "-4", "addr", "show").stdout
+    count = BLOCK.num_addresses // 4
+    index = (os.getpid() * 8 + n) % count
+    while True:
+        net = ipaddress.ip_network(f"{BLOCK.network_address + index * 4}/30")
+        if f" {net.network_address + 1}/" not in taken:
+            return net
+        index = (index + 1) % count
 
 
 def _remove_orphans() -> None:
