@@ -268,9 +268,11 @@ def test_a_tunnel_cut_mid_stream(ns_hub: NsHub, ns_fakes: NsFakes, slow_chat: Fa
             next(chunks)
             subprocess.run(["ip", "link", "set", link, "down"], check=True)
             cut_at = time.monotonic()
-            with pytest.raises(openai.APIError):
+            with pytest.raises(openai.APIError) as err:
                 for _ in chunks:
                     pass
+            # The stream's final error event, OpenAI-shaped, says what happened.
+            assert "connection to the provider broke" in str(err.value), err.value
             wait_models(sdk, set(), timeout=10)
             offline_after = time.monotonic() - cut_at
             subprocess.run(["ip", "link", "set", link, "up"], check=True)
