@@ -79,6 +79,11 @@ class Hub:
             self.callback_policy,
             self.signer,
         )
+        #: This process's internal listener (``internal_listen``), once bound: where other
+        #: processes send requests for the tunnels it holds; "" when there is none.
+        self.internal_url = ""
+        #: Checks those requests: every hub process signs with the same key.
+        self.internal_verifier = signing.RequestVerifier(self.signer.public_key)
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
         self.fallbacks = Fallbacks(store)

@@ -509,6 +509,7 @@ async def _run_server(
         metrics.metrics_app(hub.metrics.registry, settings.metrics_token)
     )
     metrics_server.add_sockets(metrics_sockets)
+    internal_server = _internal_server(hub, settings)
     server.add_sockets(sockets)
     url = _url(settings.host, sockets)
     if worker in (None, 0):
@@ -527,8 +528,24 @@ async def _run_server(
     server.stop()
     metrics_server.stop()
     await _drain(hub, server, settings.drain_timeout)
+    internal_server.stop()
     log.info("stopped")
     return 0
+
+
+def _internal_server(hub: Hub, settings: Settings) -> tornado.httpserver.HTTPServer:
+    """This process's own internal listener (each worker its own port), before any tunnel
+    can land here: its URL is what a tunnelled provider's row records."""
+    from inferclub.hub.internal import internal_app  # see serve()
+
+    host, port = settings.internal_address
+    server = tornado.httpserver.HTTPServer(
+        internal_app(hub), max_body_size=settings.body_ceiling, xheaders=False
+    )
+    sockets = tornado.netutil.bind_sockets(port, host)
+    server.add_sockets(sockets)
+    hub.internal_url = _url(host, sockets)
+    return server
 
 
 async def _drain(hub: Hub, server: tornado.httpserver.HTTPServer, timeout: float) -> None:

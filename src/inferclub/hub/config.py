@@ -188,6 +188,16 @@ class Settings:
             "answers none for two intervals is closed and its provider taken offline at once."
         ),
     )
+    internal_listen: str = field(
+        default="127.0.0.1:0",
+        metadata=_doc(
+            "`HOST:PORT` where each hub process listens for requests other hub processes "
+            "forward to the agents' tunnels it holds (`--workers`, several hubs on one "
+            "PostgreSQL). Port 0: a free port per process, recorded in the store. Hubs on "
+            "several machines need an address the others can reach; keep it off the internet "
+            "(requests there must carry the hub's signature)."
+        ),
+    )
     tunnel_max_streams: int = field(
         default=1024,
         metadata=_doc(
@@ -371,6 +381,14 @@ class Settings:
         limit. The HTTP server's ``max_body_size`` is ``max_web_body``; the ``/v1`` handlers
         raise it to this for their request only, after the headers are checked."""
         return wire.body_ceiling(self.max_json_body, self.max_audio_body, self.max_image_body)
+
+    @property
+    def internal_address(self) -> tuple[str, int]:
+        """``internal_listen`` as ``(host, port)``; ConfigError if malformed."""
+        host, sep, port = self.internal_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"internal_listen: expected HOST:PORT, not {self.internal_listen!r}")
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -2,9 +2,10 @@
 agent's tunnel (:mod:`inferclub.hub.tunnels`). One path for both, so validation, pacing,
 name ownership and the provider limit are the same rules.
 
-A provider on a tunnel is recorded with ``transport = "tunnel"`` and the callback URL
-:data:`TUNNEL_CALLBACK_URL` instead of the agent's: the hub never connects to it, so neither
-the callback policy nor a reachability probe applies.
+A provider on a tunnel is recorded with ``transport = "tunnel"`` and, instead of the agent's
+callback URL, the internal URL of the hub process holding its tunnel
+(:mod:`inferclub.hub.internal`): no agent is called there, so neither the callback policy nor
+a reachability probe applies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from inferclub.hub.choose import ProviderState
 from inferclub.hub.liveness import name_taken
 from inferclub.hub.reachability import describe_reachability
 from inferclub.hub.store import KeyOwner, ProviderRecord
+from inferclub.hub.tunnels import TUNNEL_CALLBACK_URL
 from inferclub.openai_errors import OpenAIError
 
 if TYPE_CHECKING:
@@ -30,10 +32,6 @@ log = logging.getLogger("inferclub.agent")
 
 CALLBACK = "callback"
 TUNNEL = "tunnel"
-#: The callback URL recorded for a tunnelled provider. Only its path matters (the signed
-#: request target, ``/v1/...``, as the agent sees it); ``.invalid`` never resolves, so nothing
-#: can ever connect to it.
-TUNNEL_CALLBACK_URL = "http://tunnel.invalid/v1"
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,8 @@ async def accept(
     if hb.leaving:
         return _goodbye(hub, owner, hb)
     if transport == TUNNEL:
-        hb = dataclasses.replace(hb, callback_url=TUNNEL_CALLBACK_URL)
+        holder = hub.internal_url + "/v1" if hub.internal_url else TUNNEL_CALLBACK_URL
+        hb = dataclasses.replace(hb, callback_url=holder)
     hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
     found = hub.registry.find(user_id, hb.name)
     if found is None:

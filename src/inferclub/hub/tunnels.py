@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inferclub.tunnel")
 
+#: On a request one hub process forwards to the one holding the provider's tunnel
+#: (:mod:`inferclub.hub.internal`): the provider it is for. The signature covers the provider
+#: id, so a wrong one fails it.
+PROVIDER_ID_HEADER = "X-InferClub-Provider-Id"
+#: The callback URL recorded for a tunnelled provider when its hub process has no internal
+#: listener (in-process hubs): only its path matters, the signed request target as the agent
+#: sees it. ``.invalid`` never resolves, so nothing can ever connect to it.
+TUNNEL_HOST = "tunnel.invalid"
+TUNNEL_CALLBACK_URL = f"http://{TUNNEL_HOST}/v1"
+
 #: Sends one binary message; raises :class:`TunnelBroken` once the tunnel is gone.
 Send = Callable[[bytes], Awaitable[None]]
 

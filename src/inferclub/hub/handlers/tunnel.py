@@ -58,9 +58,8 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:
-        # A request is several small messages (its head, body, end) written back to back:
-        # with Nagle's algorithm each waits for the ACK of the one before, which the agent's
-        # delayed ACK holds back ~40 ms (bench/tunnel.py measured +40 ms at p50 without this).
+        # Frames are small and each is sent at once: with Nagle's algorithm on, the END after
+        # an OPEN waited for the agent's delayed ACK (40 ms per request).
         self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
         self.tunnel = Tunnel(self._send, limit)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import secrets
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,7 +32,14 @@ from inferclub.hub.relay.connect import (
 from inferclub.hub.relay.meter import Outcome, RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_stream
 from inferclub.hub.relay.whole import Transform, is_whole, relay_whole
-from inferclub.hub.tunnels import TunnelResponse, Tunnels, unreachable
+from inferclub.hub.tunnels import (
+    PROVIDER_ID_HEADER,
+    TUNNEL_HOST,
+    Tunnels,
+    unreachable,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Outcome",
@@ -55,6 +64,8 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
         #: The agents' tunnels this process holds.
         self.tunnels = Tunnels()
+        #: To other hub processes' internal listeners (tunnels they hold).
+        self._internal: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         # Keep agent connections warm for a minute: a burst of requests then skips the
@@ -70,11 +81,20 @@ class Relay:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._internal = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._internal is not None:
+            await self._internal.close()
+            self._internal = None
 
     async def probe(self, callback_url: str, provider_id: int, timeout: float = 3.0) -> str | None:
         """Can the hub reach an agent? None if any HTTP answer came back, else the kind of
@@ -135,17 +155,33 @@ class Relay:
 
     async def _open_tunnel(
         self, upstream: Upstream, body: bytes, first_byte: float
-    ) -> TunnelResponse:
-        """The request through the agent's tunnel, when this process holds it; a tunnel that
-        is gone is a refused connection (the handler tries the next candidate)."""
+    ) -> UpstreamResponse:
+        """The request through the agent's tunnel, when this process holds it, else through
+        the process that does; a tunnel that is gone is a refused connection (the handler
+        tries the next candidate)."""
         held = self.tunnels.get(upstream.provider_id)
         if held is None:
-            raise unreachable(upstream.who, "its tunnel is not connected")
+            return await self._open_elsewhere(upstream, body, first_byte)
         try:
             async with asyncio.timeout(first_byte):
                 return await held.open(upstream, body)
         except TimeoutError:
             raise no_answer(upstream, first_byte) from None
+
+    async def _open_elsewhere(
+        self, upstream: Upstream, body: bytes, first_byte: float
+    ) -> UpstreamResponse:
+        """Another hub process holds the tunnel: its internal listener, whose URL it recorded
+        as the provider's, relays the request into it. That URL is the hubs' own, so the
+        callback policy does not apply to it."""
+        assert self._internal is not None, "relay not started"
+        if urlsplit(upstream.url).hostname == TUNNEL_HOST:
+            raise unreachable(upstream.who, "its tunnel is not connected")
+        log.debug("%s: the tunnel of %s is held at %s", upstream.target, upstream.who, upstream.url)
+        headers = {**upstream.headers, PROVIDER_ID_HEADER: str(upstream.provider_id)}
+        elsewhere = dataclasses.replace(upstream, headers=headers)
+        timeouts = dataclasses.replace(self.timeouts, first_byte=first_byte)
+        return await open_upstream(self._internal, timeouts, elsewhere, body)
 
     async def answer(
         self,
