@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from inferclub import tunnel
-from inferclub.testing import AgentProcess
+from inferclub.testing import AgentProcess, manifest_text
 from tests.support.fakes import FakeSpeaches, FakeVllm
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.stack import wait_models
@@ -248,3 +248,21 @@ def test_sigterm_says_goodbye_and_lets_the_stream_finish(tunnelled: Tunnelled) -
         chunks += list(stream)  # the one in flight ends whole
     assert engine.completed_streams == 1 and len(chunks) > 2
     assert tunnelled.agent.wait(15) == 0
+
+
+def test_an_inference_key_stops_a_tunnel_agent_with_exit_status_3(tmp_path: Path) -> None:
+    with start_hub(tmp_path) as hub:
+        hub.create_user("alice")
+        out = hub.cli("keys", "create", "alice", "--scope", "inference").stdout
+        key = out.strip().splitlines()[-1]
+        manifest = tmp_path / "m.yaml"
+        manifest.write_text(manifest_text({"name": "v", "engine": "vllm", "url": "http://h/v1"}))
+        agent = AgentProcess(
+            ["run", "--tunnel", "--manifest", str(manifest), "--hub", hub.url, "--key", key]
+        )
+        try:
+            assert agent.wait(30) == 3, "restarting would not help"
+        finally:
+            agent.kill()
+        assert "API key rejected by the hub (HTTP 403 from ws://" in agent.stderr
+        assert key not in agent.stderr + agent.stdout

@@ -109,8 +109,6 @@ class AgentStream:
         client = self.client
         try:
             await self._relay()
-        except asyncio.CancelledError:
-            raise
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("stream %d to the local server failed: %s", self.id, exc)
             await client.fail_stream(self.id, 502, "The agent lost its answer mid-way.")

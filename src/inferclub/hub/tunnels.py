@@ -198,11 +198,9 @@ class Tunnel:
         except TunnelBroken as exc:
             stream.close()
             raise unreachable(who, str(exc) or "its tunnel closed") from None
-        except OpenAIError:
-            stream.close()
-            raise
         except BaseException:
-            stream.close()  # cancelled (the client left): the agent drops it too
+            # The agent's error, or cancelled (the client left): the agent drops it too.
+            stream.close()
             raise
         finally:
             if sender is not None and not sender.done():
