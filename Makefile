@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
 DEMO_STAMP := $(VENV)/.demo-stamp
 
-.PHONY: run test demo engines browser nginx bench lint clean
+.PHONY: run test demo engines browser nginx netns bench lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ run: $(RUN_STAMP)
 ## each module on one worker (pyproject.toml's --dist loadscope). Most tests wait on sockets
 ## and child processes rather than the CPU, so there are more workers than CI's 2 cores.
 TEST_WORKERS ?= 3
-test: $(STAMP) lint engines browser nginx
+test: $(STAMP) lint engines browser nginx netns
 	INFERCLUB_REQUIRE_REAL_ENGINES=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## Debian's chromium for the dashboard's browser tests (Playwright drives it; nothing is downloaded).
@@ -55,6 +55,13 @@ nginx:
 	@test -x /usr/sbin/nginx || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q nginx-light; }
+
+## Debian's nftables for the tunnel tests (tests/support/netns.py puts an agent in a network
+## namespace whose firewall drops new inbound connections; `ip` comes with iproute2). They need root.
+netns:
+	@test -x /usr/sbin/nft || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q nftables; }
 
 ## After `make run` (in another terminal): the small real engines, an agent for them, and a
 ## streamed answer from `smollm2`, a speech file and its transcription through the hub, sent

@@ -44,3 +44,8 @@ def test_make_demo_installs_the_sdk_and_the_engines_not_the_test_tools(tmp_path:
     assert f"{tmp_path / 'venv'}/bin/python -m pip install -q -e '.[demo]'" in out
     assert "bash scripts/install-engines.sh llama stt tts" in out
     assert f"{tmp_path / 'venv'}/bin/python scripts/demo.py" in out
+
+
+def test_make_test_installs_nftables_for_the_tunnel_tests(tmp_path: Path) -> None:
+    out = dry_run("test", tmp_path / "venv")
+    assert "test -x /usr/sbin/nft" in out and "apt-get install -y -q nftables" in out

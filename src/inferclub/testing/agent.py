@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +26,10 @@ def agent_command() -> list[str]:
 class AgentProcess:
     """``inference-club-agent ARGS...`` with its stdout and stderr collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix`` is a command the agent runs under, such as ``ip netns exec NAME``."""
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         # The agent pins hub keys in its state directory: a test's agent gets a fresh one, so
@@ -36,7 +39,7 @@ class AgentProcess:
             full_env["XDG_STATE_HOME"] = self._state.name
         self.args = args
         self.proc = subprocess.Popen(
-            [*agent_command(), *args],
+            [*prefix, *agent_command(), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

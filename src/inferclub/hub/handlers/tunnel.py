@@ -75,6 +75,10 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             raise TunnelBroken("the tunnel closed") from None
 
     def on_message(self, message: str | bytes) -> None:
+        if self._closing_reason:
+            # Closed by the hub: a heartbeat the agent sent before it knew (held up by a dead
+            # link, say) must not take its provider back from the tunnel that replaced this one.
+            return
         if isinstance(message, str):
             asyncio.ensure_future(self._text(message))
             return
@@ -127,7 +131,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             accepted = await heartbeats.accept(hub, owner, payload, heartbeats.TUNNEL)
         except OpenAIError as err:
             return err.status, err.body()
-        if not accepted.leaving:
+        if not accepted.leaving and not self._closing_reason:
             self._hold(accepted.provider_id, accepted.name)
         return 200, accepted.reply
 
@@ -143,15 +147,22 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
 
     async def _ping_loop(self) -> None:
         interval = self.hub.settings.tunnel_ping_interval
+        next_ping = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_pong > 2 * interval:
+            # Woken at the next ping or at the pong deadline, whichever comes first: checked
+            # only at pings, a tunnel dead just after a pong stayed up for three intervals.
+            now = time.monotonic()
+            deadline = self._last_pong + 2 * interval
+            if now >= deadline:
                 self._refuse(tunnel.CLOSE_PING_TIMEOUT, f"no pong for {2 * interval:g} s")
                 return
-            try:
-                self.ping(_PING.pack(time.monotonic()))
-            except tornado.websocket.WebSocketClosedError:
-                return
+            if now >= next_ping:
+                next_ping = now + interval
+                try:
+                    self.ping(_PING.pack(now))
+                except tornado.websocket.WebSocketClosedError:
+                    return
+            await asyncio.sleep(min(next_ping, deadline) - now)
 
     def on_pong(self, data: bytes) -> None:
         self._last_pong = now = time.monotonic()
@@ -164,6 +175,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             log.warning("closing the tunnel of %s: %s", self._who(), reason)
         # A WebSocket close reason is at most 123 bytes.
         self.close(code, reason.encode()[:120].decode(errors="ignore"))
+        # Tornado then waits up to 5 s for the agent's closing frame, which a dead link never
+        # sends: the provider leaves routing now, not when on_close comes.
+        self._let_go(reason)
 
     def _who(self) -> str:
         name = f"provider {self.tunnel.provider!r}" if self.tunnel.provider else "no provider"
@@ -173,13 +187,17 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         if self._pinger is not None:
             self._pinger.cancel()
         reason = self._closing_reason or self.close_reason or "the agent closed it"
+        self._let_go(reason)
+        log.info("tunnel of %s closed: %s", self._who(), reason)
+
+    def _let_go(self, reason: str) -> None:
+        """Fail the tunnel's streams and take its provider out of routing (once)."""
         self.tunnel.close(reason)
         if self.provider_id is not None and self.hub.relay.tunnels.release(
             self.provider_id, self.tunnel
         ):
             # Like a goodbye: no new request goes there until the agent beats again.
             self.hub.fleet.leaving(self.provider_id)
-        log.info("tunnel of %s closed: %s", self._who(), reason)
 
 
 routes = [(tunnel.TUNNEL_PATH, TunnelHandler)]
