@@ -264,5 +264,6 @@ def test_an_inference_key_stops_a_tunnel_agent_with_exit_status_3(tmp_path: Path
             assert agent.wait(30) == 3, "restarting would not help"
         finally:
             agent.kill()
-        assert "API key rejected by the hub (HTTP 403 from ws://" in agent.stderr
+        assert "API key rejected by the hub (HTTP 403 insufficient_scope from ws://" in agent.stderr
+        assert "scope does not allow running an agent" in agent.stderr
         assert key not in agent.stderr + agent.stdout

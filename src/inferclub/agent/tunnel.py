@@ -200,8 +200,12 @@ class TunnelClient:
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
                 # The handshake carries no error body: the status alone says which refusal.
-                code = "invalid_api_key" if exc.status == 401 else "insufficient_scope"
-                raise Refused(exc.status, code, exc.message) from None
+                # aiohttp's message ("Invalid response status") would tell the user nothing.
+                if exc.status == 401:
+                    raise Refused(401, "invalid_api_key", "the key is wrong or revoked") from None
+                raise Refused(
+                    403, "insufficient_scope", "this key's scope does not allow running an agent"
+                ) from None
             return f"the hub refused the tunnel (HTTP {exc.status})"
         rtt = (time.perf_counter() - started) * 1000
         log.info("tunnel connected to %s (rtt %.1f ms)", self.url, rtt)
