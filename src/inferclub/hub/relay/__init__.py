@@ -12,7 +12,6 @@ cancelling closes the agent connection at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 
 import aiohttp
@@ -119,7 +118,8 @@ class Relay:
         assert self._session is not None, "relay not started"
         timeouts = self.timeouts
         if first_byte is not None:
-            timeouts = dataclasses.replace(timeouts, first_byte=first_byte)
+            # Not dataclasses.replace, which looks up the fields anew on every request.
+            timeouts = Timeouts(timeouts.connect, first_byte, timeouts.idle)
         return await open_upstream(self._session, timeouts, upstream, body)
 
     async def answer(
