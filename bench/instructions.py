@@ -2,18 +2,20 @@
 
 CPU time per request spreads by ±25 % on a shared machine; an instruction count does not depend
 on the machine's load. For each tree (every ``--baseline`` ref, exported with ``git archive``
-as in ``bench/compare.py``, then this tree) this starts the fake upstream
+as ``bench/compare.py`` does, then this tree) this starts the fake upstream
 (``bench/fake_upstream.py``) and the real hub (``python -m inferclub serve``, uvloop if
 installed, as in production) under ``valgrind --tool=callgrind --instr-atstart=no``, so
 start-up is not counted. It registers the upstream as the provider with a heartbeat and, for
 each scenario: a warm-up, ``callgrind_control --zero``, N requests, ``--dump`` (A), 2N
-requests, ``--dump`` (B). The hub's instructions per request are ``(B - A) / N``: whatever a
-phase costs besides its requests (the control commands, a timer firing) is in both and cancels
-out. The load generator and the upstream run outside valgrind. A benchmark, not a test: it
-prints a table and never fails on a number.
+requests, ``--dump`` (B). The hub's instructions per request are ``(A + B) / 3N``; ``A / N``
+and ``(B - A) / N`` (what a phase costs besides its requests cancels out of the latter) are
+logged as a check. The load generator and the upstream run outside valgrind, and the hub's
+wall-time-driven background loops wait an hour (``QUIET_HUB``). A benchmark, not a test: it
+prints a table and never fails on a number. bench/README.md says more, caveats included.
 
     .venv/bin/python bench/instructions.py --baseline 99bfe9d --baseline 4b8b6b4
     .venv/bin/python bench/instructions.py --baseline main --requests 40 --keep /tmp/cg
+    .venv/bin/python bench/compare.py --baseline main --instructions    # the same, one ref
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-from compare import export
 from overhead import Cluster, Sample, Scenario, drive, heartbeat, log, one_request, one_stream
 
+ROOT = Path(__file__).resolve().parent.parent
 CHUNKS = 20
 TOTALS = re.compile(r"^totals:\s*(\d+)", re.M)
 #: The same for every tree. Fixed hashing makes dict and set work repeatable. The provider
@@ -48,6 +50,15 @@ QUIET_HUB = {
     "INFERCLUB_HISTORY_FLUSH_INTERVAL": "3600",
     "INFERCLUB_LAST_SEEN_FLUSH_INTERVAL": "3600",
 }
+
+
+def export(ref: str, into: Path) -> Path:
+    """``src/`` of ``ref`` under ``into``; its path."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
 
 
 def scenarios(n: int, c: int) -> list[Scenario]:
@@ -111,8 +122,8 @@ async def run_requests(
         raise RuntimeError(f"{sc.key}: {out.errors} errors, first: {out.first_error}")
 
 
-async def per_request(cluster: Cluster, cg: Callgrind, sc: Scenario) -> tuple[float, float]:
-    """(instructions per request from (B - A) / N, A / N) for one scenario."""
+async def phases(cluster: Cluster, cg: Callgrind, sc: Scenario) -> tuple[int, int]:
+    """The instructions of N requests (A), then of 2N more (B), for one scenario."""
     connector = aiohttp.TCPConnector(limit=sc.concurrency, limit_per_host=sc.concurrency)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -123,7 +134,7 @@ async def per_request(cluster: Cluster, cg: Callgrind, sc: Scenario) -> tuple[fl
         a = cg.dump()
         await run_requests(session, cluster, sc, 2 * sc.requests)
         b = cg.dump()
-    return (b - a) / sc.requests, a / sc.requests
+    return a, b
 
 
 def measure_tree(
@@ -146,9 +157,10 @@ def measure_tree(
             if args.only and not any(word in sc.key for word in args.only.split(",")):
                 continue
             log(f"{label}: {sc.key} ...")
-            diff, first = asyncio.run(per_request(cluster, cg, sc))
-            log(f"{label}: {sc.key}: {diff:,.0f} per request ((2N - N) / N), {first:,.0f} (N)")
-            results[sc.key] = diff
+            a, b = asyncio.run(phases(cluster, cg, sc))
+            n = sc.requests
+            log(f"{label}: {sc.key}: A/N {a / n:,.0f}, (B - A)/N {(b - a) / n:,.0f} per request")
+            results[sc.key] = (a + b) / (3 * n)
     finally:
         cluster.stop()
     if args.keep:
@@ -170,14 +182,14 @@ def table(runs: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", action="append", default=[], help="git ref (repeatable)")
     p.add_argument("--requests", type=int, default=60, help="N: phases of N and 2N (60)")
     p.add_argument("--concurrency", type=int, default=50, help="of the c-N scenarios (50)")
     p.add_argument("--only", help="scenarios whose key contains one of these words (a,b)")
     p.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("bench/instructions.py needs valgrind (apt-get install valgrind)")
     runs: dict[str, dict[str, float]] = {}
@@ -188,7 +200,7 @@ def main() -> None:
             tree.mkdir()
             runs[ref] = measure_tree(ref, str(export(ref, tree)), work, args)
         runs["this"] = measure_tree("this", None, work, args)
-    print(f"Hub instructions per request (callgrind, N={args.requests}, (2N - N) / N)")
+    print(f"Hub instructions per request (callgrind, (A + B) / 3N, N={args.requests})")
     print()
     print(table(runs))
 
