@@ -8,6 +8,12 @@ over the rounds). A benchmark, not a test: it prints numbers and never fails on 
 
     .venv/bin/python bench/compare.py --baseline main            # about 2 x 2 quick runs
     .venv/bin/python bench/compare.py --baseline 4b8b6b4 --rounds 3 -- --requests 1000
+
+CPU time spreads by ±25 % on a shared machine. ``--instructions`` counts the hub's
+instructions per request under callgrind instead, which does not depend on the load
+(``bench/instructions.py``; the extra arguments are then its own, e.g. ``--requests 30``):
+
+    .venv/bin/python bench/compare.py --baseline 4b8b6b4 --instructions -- --requests 30
 """
 
 from __future__ import annotations
@@ -22,17 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import instructions
+from instructions import export
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def export(ref: str, into: Path) -> Path:
-    """``src/`` of ``ref`` under ``into``; its path."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
 
 
 def overhead(pythonpath: str | None, out: Path, extra: list[str]) -> dict[str, Any]:
@@ -63,8 +62,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", required=True, help="git ref to compare against (e.g. main)")
     p.add_argument("--rounds", type=int, default=2, help="runs of each, alternating (2)")
+    p.add_argument(
+        "--instructions", action="store_true", help="count instructions (bench/instructions.py)"
+    )
     p.add_argument("extra", nargs="*", help="arguments for overhead.py (default --quick)")
     args = p.parse_args()
+    if args.instructions:
+        instructions.main(["--baseline", args.baseline, *args.extra])
+        return
     extra = args.extra or ["--quick"]
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="inferclub-compare-") as tmp:

@@ -163,8 +163,17 @@ class Proc:
 class Cluster:
     """Upstream + hub (+ optional profiler), with a user, key and registered provider."""
 
-    def __init__(self, workdir: Path, profile: str | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        profile: str | None,
+        hub_prefix: tuple[str, ...] = (),
+        with_agent: bool = True,
+    ) -> None:
         self.workdir = workdir
+        #: Runs the hub under a tool (bench/instructions.py: valgrind), which slows its start.
+        self.hub_prefix = hub_prefix
+        self.with_agent = with_agent
         self.db = workdir / "hub.db"
         self.profile = profile
         self.env = {**os.environ, "INFERCLUB_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
@@ -213,7 +222,7 @@ class Cluster:
         self.procs.append(self.upstream)
         self._cli("users", "create", LOGIN)
         self.key = self._cli("keys", "create", LOGIN, "--name", "bench").strip().splitlines()[-1]
-        hub_cmd = [sys.executable]
+        hub_cmd = [*self.hub_prefix, sys.executable]
         if self.profile and self.profile.endswith(".prof"):
             hub_cmd += ["-m", "cProfile", "-o", str(Path(self.profile).resolve())]
         hub_cmd += [
@@ -230,8 +239,9 @@ class Cluster:
         self.hub = Proc("hub", hub_cmd, self.workdir, self.env)
         self.procs.append(self.hub)
         self.upstream_url = self.upstream.wait_url()
-        self.hub_url = self.hub.wait_url()
-        self._start_agent()
+        self.hub_url = self.hub.wait_url(timeout=300 if self.hub_prefix else 30)
+        if self.with_agent:
+            self._start_agent()
         if self.profile and not self.profile.endswith(".prof"):
             self._start_py_spy(self.profile)
 

@@ -38,7 +38,7 @@ def loads(raw: bytes) -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         _check_depth(raw)
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise JSONBodyError(str(exc)) from None
     if _SURROGATE_ESCAPE.search(raw):
@@ -55,6 +55,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise JSONBodyError(f"the number {text[:20]} is too large")
     return value
+
+
+#: One decoder for every body: ``json.loads`` with any option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _check_depth(raw: bytes) -> None:

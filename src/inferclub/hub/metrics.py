@@ -57,6 +57,11 @@ class HubMetrics:
         self.heartbeats = Counter(
             "inferclub_heartbeats", "Heartbeats accepted from agents.", registry=r
         )
+        # The labelled children, looked up once: ``labels()`` checks and converts its
+        # arguments and takes a lock on every call. Never removed, as prometheus-client keeps
+        # every child it made anyway.
+        self._counted: dict[tuple[str, int, str], Counter] = {}
+        self._timers: dict[str, tuple[Histogram, Histogram]] = {}
         r.register(_StateCollector(hub))
         # The usual process_* series (CPU, memory, open files), from /proc where there is one.
         ProcessCollector(registry=r)
@@ -64,11 +69,19 @@ class HubMetrics:
     def request_done(self, row: RequestRecord, provider: str) -> None:
         """Count one finished request (its history row is complete)."""
         kind = row.type or "unknown"
-        self.requests.labels(kind, str(row.status or 0), provider).inc()
+        status = row.status or 0
+        counter = self._counted.get((kind, status, provider))
+        if counter is None:
+            counter = self.requests.labels(kind, str(status), provider)
+            self._counted[kind, status, provider] = counter
+        counter.inc()
+        timers = self._timers.get(kind)
+        if timers is None:
+            timers = self._timers[kind] = (self.ttfb.labels(kind), self.duration.labels(kind))
         if row.ttfb_ms is not None:
-            self.ttfb.labels(kind).observe(row.ttfb_ms / 1000)
+            timers[0].observe(row.ttfb_ms / 1000)
         if row.duration_ms is not None:
-            self.duration.labels(kind).observe(row.duration_ms / 1000)
+            timers[1].observe(row.duration_ms / 1000)
 
 
 class _StateCollector(Collector):

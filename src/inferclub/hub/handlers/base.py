@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from inferclub.hub.config import Settings
 from inferclub.hub.handlers import formatting, guard
 from inferclub.hub.handlers.guard import DISCARD_FACTOR
 from inferclub.hub.memory import release_dropped_body
+from inferclub.hub.relay.meter import new_request_id
 from inferclub.hub.store import KeyOwner, User
 from inferclub.openai_errors import OpenAIError
 
@@ -107,7 +107,7 @@ class ApiHandler(HubHandler):
         # Here, not in prepare(): an error answer (sent after clear()) carries the id too,
         # including a refusal before the request was authenticated.
         if not self.request_id:
-            self.request_id = "req_" + secrets.token_hex(12)
+            self.request_id = new_request_id()
         self.set_header(wire.REQUEST_ID_HEADER, self.request_id)
         # An error answer (send_error clears the headers) still says which provider failed.
         if self.provider_name:

@@ -98,9 +98,9 @@ class ProxyHandler(ApiHandler):
             endpoint=self.api_path,
             type=self.service_type,
             bytes_in=self._size,
+            # The id set_default_headers made and sent: one random id per request.
+            id=self.request_id,
         )
-        self.request_id = meter.id
-        self.set_header(wire.REQUEST_ID_HEADER, meter.id)
         hub.inflight += 1
         hub.active.add(self)
         try:

@@ -148,7 +148,8 @@ class Relay:
         assert self._session is not None, "relay not started"
         timeouts = self.timeouts
         if first_byte is not None:
-            timeouts = dataclasses.replace(timeouts, first_byte=first_byte)
+            # Not dataclasses.replace, which looks up the fields anew on every request.
+            timeouts = Timeouts(timeouts.connect, first_byte, timeouts.idle)
         if upstream.tunnel:
             return await self._open_tunnel(upstream, body, timeouts.first_byte)
         return await open_upstream(self._session, timeouts, upstream, body)
@@ -180,7 +181,7 @@ class Relay:
         log.debug("%s: the tunnel of %s is held at %s", upstream.target, upstream.who, upstream.url)
         headers = {**upstream.headers, PROVIDER_ID_HEADER: str(upstream.provider_id)}
         elsewhere = dataclasses.replace(upstream, headers=headers)
-        timeouts = dataclasses.replace(self.timeouts, first_byte=first_byte)
+        timeouts = Timeouts(self.timeouts.connect, first_byte, self.timeouts.idle)
         return await open_upstream(self._internal, timeouts, elsewhere, body)
 
     async def answer(

@@ -44,6 +44,11 @@ _TOKEN_FIELDS = (
 )
 
 
+def new_request_id() -> str:
+    """``req_`` and 24 random hex digits."""
+    return "req_" + secrets.token_hex(12)
+
+
 class Outcome(enum.Enum):
     """How a request ended."""
 
@@ -56,8 +61,9 @@ class Outcome(enum.Enum):
 class RequestMeter:
     """Measures one proxied request; :meth:`finished` hands its row to the history writer.
 
-    Created when the request starts: its id (``req_`` + 24 hex digits), start time and the
-    clock for time to first byte and duration are taken here.
+    Created when the request starts: its id (``req_`` + 24 hex digits, new unless the
+    handler gives the one it already sent in ``X-Request-Id``), start time and the clock for
+    time to first byte and duration are taken here.
     """
 
     def __init__(
@@ -68,9 +74,10 @@ class RequestMeter:
         endpoint: str,
         type: str,
         bytes_in: int,
+        id: str = "",
     ) -> None:
         self._row = RequestRecord(
-            id="req_" + secrets.token_hex(12),
+            id=id or new_request_id(),
             user_id=user_id,
             key_id=key_id,
             endpoint=endpoint,
