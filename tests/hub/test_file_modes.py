@@ -17,7 +17,8 @@ def mode(path: Path) -> int:
 async def test_a_new_database_and_secrets_file_are_0600(tmp_path: Path) -> None:
     old = os.umask(0o022)  # a typical umask: files would be world-readable
     try:
-        async with running_hub(tmp_path / "data") as hub:
+        # The hub creates this database itself, not the tests' migrated copy.
+        async with running_hub(tmp_path / "data", from_template=False) as hub:
             key = await hub.user_with_key("alice")
             assert key
             db = Path(hub.db)

@@ -269,7 +269,7 @@ async def test_concurrent_requests_stop_at_the_per_user_limit(
     key = await strict_hub.user_with_key("mallory")
     status, _ = await strict_hub.heartbeat(key, "rig", fake_agent.url, LLM)
     assert status == 200
-    fake_agent.delay = 1.0
+    fake_agent.hold()
     body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
     slow = [
         asyncio.create_task(post(strict_hub, "/v1/chat/completions", body, key)) for _ in range(2)
@@ -280,6 +280,7 @@ async def test_concurrent_requests_stop_at_the_per_user_limit(
     )
     assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
     assert headers["Retry-After"] == "1"
+    fake_agent.release()
     assert [s for s, _ in await asyncio.gather(*slow)] == [200, 200]
     assert len(fake_agent.posts("/v1/chat/completions")) == 2
 

@@ -28,7 +28,7 @@ async def test_the_next_request_waits_for_the_busy_provider_then_is_served(
         key = await hub.user_with_key("alice")
         with FakeAgent(["m1"]) as agent:
             await hub.heartbeat(key, "rig", agent.url, ONE_AT_A_TIME)
-            agent.delay = 0.5
+            agent.hold()
             first = asyncio.ensure_future(ask(hub, key))
             assert await wait_until(lambda: len(agent.posts("/v1/chat/completions")) == 1)
             second = asyncio.ensure_future(ask(hub, key))
@@ -36,6 +36,7 @@ async def test_the_next_request_waits_for_the_busy_provider_then_is_served(
             assert await wait_until(lambda: queue.total() == 1)
             # It waits in the hub, not at the agent: one request reached the agent so far.
             assert len(agent.posts("/v1/chat/completions")) == 1
+            agent.release()
             await asyncio.gather(first, second)
             assert len(agent.posts("/v1/chat/completions")) == 2
             assert queue.total() == 0
@@ -46,7 +47,7 @@ async def test_past_queue_timeout_the_answer_is_429_all_providers_busy(tmp_path:
         key = await hub.user_with_key("alice")
         with FakeAgent(["m1"]) as agent:
             await hub.heartbeat(key, "rig", agent.url, ONE_AT_A_TIME)
-            agent.delay = 2
+            agent.hold()
             first = asyncio.ensure_future(ask(hub, key))
             assert await wait_until(lambda: len(agent.posts("/v1/chat/completions")) == 1)
             with pytest.raises(openai.RateLimitError) as exc:
@@ -55,6 +56,7 @@ async def test_past_queue_timeout_the_answer_is_429_all_providers_busy(tmp_path:
             assert exc.value.code == "all_providers_busy"
             assert exc.value.response.headers["Retry-After"] == "5"
             assert exc.value.response.headers["X-Request-Id"].startswith("req_")
+            agent.release()
             await first
             rows = await hub.wait_for_request_rows(2)
             assert sorted((r["status"], r["error_code"]) for r in rows) == [
@@ -68,7 +70,7 @@ async def test_the_queue_is_bounded_and_a_client_that_leaves_leaves_it(tmp_path:
         key = await hub.user_with_key("alice")
         with FakeAgent(["m1"]) as agent:
             await hub.heartbeat(key, "rig", agent.url, ONE_AT_A_TIME)
-            agent.delay = 2
+            agent.hold()
             first = asyncio.ensure_future(ask(hub, key))
             assert await wait_until(lambda: len(agent.posts("/v1/chat/completions")) == 1)
             queue = hub.hub.fleet.queue
@@ -80,6 +82,7 @@ async def test_the_queue_is_bounded_and_a_client_that_leaves_leaves_it(tmp_path:
             assert exc.value.code == "all_providers_busy"
             waiting.cancel()  # the client gives up
             assert await wait_until(lambda: queue.total() == 0)
+            agent.release()
             await first
             assert len(agent.posts("/v1/chat/completions")) == 1
 

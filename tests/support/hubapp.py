@@ -31,6 +31,7 @@ from inferclub.hub.app import Hub, make_app
 from inferclub.hub.config import load_or_create_secrets, load_settings
 from inferclub.hub.store import SQLiteStore, open_store
 from tests.support.hubproc import TEST_ENV, post_json, query_db, request_json
+from tests.support.sqlite_template import copy_migrated_database
 
 #: The loggers whose records make up `HubApp.log()`: what a hub process writes to stderr, from
 #: the hub and the libraries it runs on (not the test's own clients, such as the SDK's).
@@ -170,7 +171,11 @@ class _ListHandler(logging.Handler):
 
 @asynccontextmanager
 async def running_hub(
-    workdir: Path, env: Mapping[str, str] | None = None, **settings: Any
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    from_template: bool = True,
+    **settings: Any,
 ) -> AsyncIterator[HubApp]:
     """A hub on ``workdir/hub.db``, serving on 127.0.0.1 port 0 in the running loop.
 
@@ -178,10 +183,16 @@ async def running_hub(
     then ``settings`` (`Settings` fields: ``max_json_body=2000``, ``online_window=1``).
     Tornado's body-size cap is the one ``inferclub serve`` sets (``max_web_body``; the ``/v1``
     handlers raise it per request).
+
+    A new database starts as a copy of one migrated once per test process (see
+    tests/support/sqlite_template.py); ``from_template=False`` has the hub create and migrate
+    it itself.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = load_settings(env={**TEST_ENV, **(env or {})})
     config = dataclasses.replace(config, db=str(workdir / "hub.db"), **settings)
+    if from_template:
+        copy_migrated_database(config.db_path)
     store = open_store(str(config.db_path))
     with _capture_hub_log() as lines:
         await store.open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 from tornado.httputil import HTTPFile, parse_body_arguments
@@ -25,6 +26,8 @@ class FakeAgent(OpenAIFake):
         self.break_after: int | None = None
         #: Non-streaming: wait this long before answering.
         self.delay = 0.0
+        #: Chat: while set, requests wait at the agent (a busy service) until `release`.
+        self.holding = threading.Event()
         #: Non-streaming chat: an answer this many characters long, sent with a
         #: ``Content-Length`` or, with ``chunked_answer``, in 1 MiB chunks without one.
         self.answer_size = 0
@@ -48,6 +51,14 @@ class FakeAgent(OpenAIFake):
             (r"/v1/images/(generations|edits)", ImagesHandler, args),
             *self.openai_routes(),
         ]
+
+    def hold(self) -> None:
+        """Chat requests from now on wait at the agent until `release` (or their client goes):
+        a service kept busy for exactly as long as a test needs, not for a guessed time."""
+        self.holding.set()
+
+    def release(self) -> None:
+        self.holding.clear()
 
     def form(self, index: int = -1) -> tuple[dict[str, list[str]], dict[str, list[HTTPFile]]]:
         """Fields and files of a recorded multipart request, parsed independently of the hub."""
@@ -77,6 +88,8 @@ class AgentChatHandler(ChatHandler):
         body = self.json_body()
         if fake.delay:
             await asyncio.sleep(fake.delay)
+        while fake.holding.is_set() and not self.gone:
+            await asyncio.sleep(0.01)
         if fake.raw_answer is not None:
             self.set_status(fake.raw_answer[0])
             self.set_header("Content-Type", "application/json")
