@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -75,3 +76,32 @@ async def test_fallback_rules(tmp_path: Path) -> None:
         with pytest.raises(FallbackError, match="at most"):
             await fallbacks.set(user, "one-more", "x")
         assert fallbacks.of(user, "m0") == "y" and len(fallbacks.listed(user)) == MAX_FALLBACKS
+
+
+async def test_a_reload_never_undoes_a_change_made_while_it_read(tmp_path: Path) -> None:
+    """The hub reloads fallbacks every ``registry_refresh`` (another hub's changes); a rule set
+    here while that reload was reading the store was lost until the next reload."""
+    async with running_hub(tmp_path) as hub:
+        await hub.create_user("alice")
+        user = (await hub.hub.store.get_user("alice")).id  # type: ignore[union-attr]
+        fallbacks, store = hub.hub.fallbacks, hub.hub.store
+        read, go_on = asyncio.Event(), asyncio.Event()
+        real_list = store.list_fallbacks
+
+        async def slow_list(*args: Any) -> Any:
+            found = await real_list(*args)
+            if not args:  # the reload's read of every user's rules
+                read.set()
+                await go_on.wait()
+            return found
+
+        store.list_fallbacks = slow_list  # type: ignore[method-assign]
+        reload = asyncio.ensure_future(fallbacks.load())
+        await read.wait()  # the reload has read the store: no rule yet
+        await fallbacks.set(user, "big", "small")
+        go_on.set()
+        await reload
+        assert fallbacks.of(user, "big") == "small"
+        store.list_fallbacks = real_list  # type: ignore[method-assign]
+        await fallbacks.load()  # the next reload reads it from the store
+        assert fallbacks.listed(user) == [("big", "small")]

@@ -48,11 +48,18 @@ class Fallbacks:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._by_user: dict[int, dict[str, str]] = {}
+        #: Bumped by every change made here, so that a reload never undoes one.
+        self._changes = 0
 
     async def load(self) -> None:
+        changes = self._changes
         by_user: dict[int, dict[str, str]] = {}
         for f in await self._store.list_fallbacks():
             by_user.setdefault(f.user_id, {})[f.model] = f.fallback
+        if changes != self._changes:
+            # A change made here while the store was read may be missing from what was read;
+            # keep memory as it is (it has the change) and leave the rest to the next reload.
+            return
         self._by_user = by_user
 
     def of(self, user_id: int, model: str) -> str | None:
@@ -68,9 +75,11 @@ class Fallbacks:
         model, fallback = model.strip(), fallback.strip()
         await set_fallback(self._store, user_id, model, fallback)
         self._by_user.setdefault(user_id, {})[model] = fallback
+        self._changes += 1
 
     async def delete(self, user_id: int, model: str) -> bool:
         self._by_user.get(user_id, {}).pop(model, None)
+        self._changes += 1
         return await self._store.delete_fallback(user_id, model)
 
 
