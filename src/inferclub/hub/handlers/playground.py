@@ -102,6 +102,10 @@ class PlaygroundEmbeddingsHandler(PlaygroundProxyMixin, openai.EmbeddingsHandler
     pass
 
 
+class PlaygroundRerankHandler(PlaygroundProxyMixin, openai.RerankHandler):
+    pass
+
+
 class PlaygroundTranscriptionsHandler(PlaygroundProxyMixin, openai.TranscriptionsHandler):
     pass
 
@@ -129,6 +133,7 @@ routes: list[tuple[str, Any]] = [
     (PREFIX + r"/v1/completions", PlaygroundCompletionsHandler),
     (PREFIX + r"/v1/responses", PlaygroundResponsesHandler),
     (PREFIX + r"/v1/embeddings", PlaygroundEmbeddingsHandler),
+    (PREFIX + r"/v1/rerank", PlaygroundRerankHandler),
     (PREFIX + r"/v1/audio/transcriptions", PlaygroundTranscriptionsHandler),
     (PREFIX + r"/v1/audio/translations", PlaygroundTranslationsHandler),
     (PREFIX + r"/v1/audio/speech", PlaygroundSpeechHandler),
