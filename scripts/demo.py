@@ -11,7 +11,9 @@ Ctrl-C (`--once`: stop after the requests, as the test does).
 
 The key: `--key` or $INFERCLUB_API_KEY; else a new key for the hub's first local user, made with
 `inferclub keys create` on the database `make run` uses (the quickstart prints its key only
-once, and keeps no copy).
+once, and keeps no copy). The agent's provider name comes from the key (`demo-` and a hash of
+it): a provider name belongs to the key that registered it, so a second `make demo`, with its
+new key, would otherwise be refused with 409 `provider_name_taken`.
 
 It needs the openai SDK, which `make demo` installs into the hub's virtualenv (the `demo` extra).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -244,6 +247,12 @@ def hub_and_key(args: argparse.Namespace, procs: Processes, state: Path) -> tupl
     return hub, key
 
 
+def agent_name(key: str) -> str:
+    """The demo agent's provider name: one per key, so every run's new key can register it
+    (the hub refuses a name another active key registered), and names no secret."""
+    return "demo-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
 def write_manifest(ports: list[int], state: Path) -> Path:
     probes = [arg for port in ports for arg in ("--probe", f"127.0.0.1:{port}")]
     manifest = state / "manifest.yaml"
@@ -335,7 +344,7 @@ def demo(args: argparse.Namespace, procs: Processes, state: Path) -> None:
     procs.start(
         "agent",
         [str(BIN / "inference-club-agent"), "run", "--manifest", str(manifest), "--hub", hub,
-         "--listen", "127.0.0.1:0", "--name", "demo", "--heartbeat-interval", "2",
+         "--listen", "127.0.0.1:0", "--name", agent_name(key), "--heartbeat-interval", "2",
          "--known-hubs", str(state / "known_hubs")],
         {"INFERCLUB_API_KEY": key},
     )  # fmt: skip

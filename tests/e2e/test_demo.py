@@ -65,6 +65,24 @@ def test_demo_against_the_running_hub(hub_process: HubProcess, tmp_path: Path) -
     assert "detect` finds these engines" in out or "detect --probe 127.0.0.1:" in out
 
 
+@pytest.mark.usefixtures("demo_engines")
+def test_demo_runs_again_on_the_same_hub(hub_process: HubProcess, tmp_path: Path) -> None:
+    # Each run makes a new key; the provider name the first run's key registered must not
+    # stop the second run's agent (409 provider_name_taken, exit 5).
+    hub_process.user_with_key("twice")
+    for run in ("first", "second"):
+        result = run_demo(
+            "--hub",
+            hub_process.url,
+            "--db",
+            str(hub_process.db),
+            "--state-dir",
+            str(tmp_path / run),
+        )
+        assert result.returncode == 0, f"{run} run:\n{result.stdout}{result.stderr}"
+        assert "transcription: hello world" in result.stdout.lower()
+
+
 def sdk_lines_in(out: str) -> str:
     """The indented block the demo printed after "These OpenAI SDK lines work now"."""
     lines = out.split("the demo runs them as they are:\n\n", 1)[1].splitlines()

@@ -165,6 +165,15 @@ def test_a_restarted_quickstart_says_how_to_get_a_new_key(tmp_path: Path) -> Non
         command = next(ln.split() for ln in out if " keys create " in ln)
         assert command[1:] == ["keys", "create", login, "--db", again.db]
         assert any(f"Dashboard: sign in as {login}" in ln for ln in out)
+        # So does the one that prints another sign-in link.
+        dashboard = next(ln for ln in out if ln.startswith("Dashboard: sign in"))
+        again_link = dashboard.split("`")[1].split()
+        assert again_link[1:4] == ["users", "login-link", login]
+        link = subprocess.run(
+            again_link, cwd=again.workdir, capture_output=True, text=True, check=False
+        )
+        assert link.returncode == 0, link.stderr
+        assert "/auth/link?token=" in link.stdout.strip().splitlines()[-1]
         # The command runs as printed, from where the hub was started, and its key works.
         made = subprocess.run(
             command, cwd=again.workdir, capture_output=True, text=True, check=False

@@ -156,6 +156,29 @@ async def test_a_goodbye_stops_new_requests_at_once_and_the_next_beat_takes_it_b
             assert [m.id for m in (await hub.client(key).models.list()).data] == ["m1"]
 
 
+async def test_a_goodbye_from_a_second_agent_with_the_same_name_leaves_the_live_one_serving(
+    tmp_path: Path,
+) -> None:
+    # Two agents started by mistake with one name and key: the hub routes to the one that beat
+    # last; the other one's goodbye (Ctrl-C) must not stop requests to it.
+    async with running_hub(tmp_path, heartbeat_min_interval=0) as hub:
+        key = await hub.user_with_key("alice")
+        with FakeAgent(["m1"]) as stale, FakeAgent(["m1"]) as live:
+            await hub.heartbeat(key, "twin", stale.url, LLM)
+            await hub.heartbeat(key, "twin", live.url, LLM)
+            status, _ = await hub.heartbeat(key, "twin", stale.url, LLM, leaving=True)
+            assert status == 200
+            got, headers, _ = await chat(hub, key)
+            assert (got, headers["x-inferclub-provider"]) == (200, "twin")
+            assert len(live.posts("/v1/chat/completions")) == 1
+            assert [m.id for m in (await hub.client(key).models.list()).data] == ["m1"]
+            # The live agent's own goodbye still takes it out at once.
+            await hub.heartbeat(key, "twin", live.url, LLM, leaving=True)
+            with pytest.raises(openai.InternalServerError) as exc:
+                await chat(hub, key)
+            assert "twin: agent shutting down" in exc.value.message
+
+
 @pytest.mark.parametrize(
     ("status", "sent", "relayed"),
     [(429, "7", "7"), (429, None, "1"), (503, "soon", "1"), (503, "86400", "300")],

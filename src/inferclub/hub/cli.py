@@ -350,9 +350,11 @@ async def _print_login_link(accounts: Accounts, settings: Settings, host: str, p
         settings.login_link_ttl,
     )
     who = f" as {admin.login}" if admin else ""
+    # Like the other printed commands: it runs as printed, venv activated or not.
+    again = f"{console_command('inferclub')} users login-link {admin.login if admin else 'LOGIN'}"
     print(
         f"Dashboard: sign in{who} with this link (works once, expires in "
-        f"{settings.login_link_ttl / 60:g} min; `inferclub users login-link LOGIN` "
+        f"{settings.login_link_ttl / 60:g} min; `{again}{db_flag(settings)}` "
         f"prints another):\n    {link}",
         flush=True,
     )
@@ -629,14 +631,19 @@ async def _print_quickstart(accounts: Accounts, settings: Settings, url: str) ->
     print("\n".join(lines), flush=True)
 
 
+def db_flag(settings: Settings) -> str:
+    """The ``--db`` a printed command needs to reach this hub's database ("" for the default)."""
+    if is_postgres_url(settings.db):
+        return " --db <the hub's --db>"  # the URL may hold a password: not printed
+    return f" --db {shlex.quote(settings.db)}" if settings.db else ""
+
+
 async def _lost_key_lines(accounts: Accounts, settings: Settings, url: str) -> list[str]:
     """A restarted hub: the key printed on the first start is stored only as a hash, so say
     how to get a new one, for the user the sign-in link signs in as."""
     user = await accounts.local_admin() or next(iter(await accounts.store.list_users()), None)
     login = user.login if user else "LOGIN"
-    db = f" --db {shlex.quote(settings.db)}" if settings.db else ""
-    if is_postgres_url(settings.db):
-        db = " --db <the hub's --db>"  # the URL may hold a password: not printed
+    db = db_flag(settings)
     where = "with the sign-in link below" if not settings.github_enabled else f"at {url}/"
     return [
         "This database already has users; their keys were shown once, when created, and the",

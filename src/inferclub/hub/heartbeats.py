@@ -84,11 +84,11 @@ async def accept(
         hub.heartbeat_pacer.check(user_id, name.strip())
         known = hub.liveness.known_services(user_id, name.strip())
     hb = parse_heartbeat(data, known)
-    if hb.leaving:
-        return _goodbye(hub, owner, hb)
     if transport == TUNNEL:
         holder = hub.internal_url + "/v1" if hub.internal_url else TUNNEL_CALLBACK_URL
         hb = dataclasses.replace(hb, callback_url=holder)
+    if hb.leaving:
+        return _goodbye(hub, owner, hb)
     hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
     found = hub.registry.find(user_id, hb.name)
     if found is None:
@@ -153,8 +153,20 @@ def _goodbye(hub: Hub, owner: KeyOwner, hb: wire.Heartbeat) -> Accepted:
         )
     if known.key_id is not None and known.key_id != owner.key_id:
         raise name_taken(hb.name)  # only the key that owns the name may say goodbye
-    hub.fleet.leaving(known.id)
-    log.info("provider %r of %s is shutting down", known.name, owner.login)
+    if known.callback_url != hb.callback_url:
+        # Two agents started with one name (and key): the one leaving is not the one the
+        # hub routes to now, which keeps serving.
+        log.warning(
+            "provider %r of %s: ignored a goodbye from %s, its agent heartbeats from %s"
+            " (two agents with this name? give one another --name)",
+            known.name,
+            owner.login,
+            hb.callback_url,
+            known.callback_url,
+        )
+    else:
+        hub.fleet.leaving(known.id)
+        log.info("provider %r of %s is shutting down", known.name, owner.login)
     reply = wire.HeartbeatReply(
         provider_id=known.id,
         hub_key=hub.signer.public_key,
