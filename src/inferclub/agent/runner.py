@@ -239,8 +239,8 @@ class Agent:
             log.error(
                 "the hub refuses the provider name %r (%s); another active key of this user "
                 "registered it. Give this agent another name (--name NAME, or name: in the "
-                "manifest's agent section), or revoke the other key (dashboard, or `inferclub "
-                "keys revoke`); stopping",
+                "manifest's agent section), or revoke the other key (the dashboard's API keys "
+                "page, or `inferclub keys revoke PREFIX_OR_ID` on the hub's machine); stopping",
                 self.config.name,
                 said,
             )
