@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -279,6 +279,21 @@ class Tunnels:
 
     def __init__(self) -> None:
         self._by_provider: dict[int, Tunnel] = {}
+        #: Tunnels open per user, with or without a provider yet (``tunnel_max_per_user``).
+        self._open: Counter[int] = Counter()
+
+    def admit(self, user_id: int, limit: int) -> bool:
+        """Count one more open tunnel of the user; False (and not counted) past ``limit``."""
+        if limit > 0 and self._open[user_id] >= limit:
+            return False
+        self._open[user_id] += 1
+        return True
+
+    def closed(self, user_id: int) -> None:
+        """One of the user's admitted tunnels closed."""
+        self._open[user_id] -= 1
+        if self._open[user_id] <= 0:
+            del self._open[user_id]
 
     def __len__(self) -> int:
         return len(self._by_provider)

@@ -32,6 +32,10 @@ from inferclub.tunnel import ProtocolError
 log = logging.getLogger("inferclub.tunnel")
 
 _PING = struct.Struct("!d")
+#: Heartbeats one tunnel may have waiting for their reply. The agent sends one at a time
+#: (one more after a reply timed out); the rest of the room is for a goodbye.
+_MAX_TEXTS_PENDING = 4
+_TEXT_FLOOD = "protocol error: heartbeats sent faster than the hub answers them"
 
 
 class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
@@ -43,6 +47,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
     _pinger: asyncio.Task[None] | None = None
     _last_pong = 0.0
     _closing_reason = ""
+    _texts_pending = 0
 
     @property
     def max_message_size(self) -> int:
@@ -55,7 +60,19 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
         if self.request.headers.get("Origin"):
             raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
-        await super().get(*args, **kwargs)
+        tunnels, limit = self.hub.relay.tunnels, self.hub.settings.tunnel_max_per_user
+        if not tunnels.admit(self.owner.user_id, limit):
+            raise OpenAIError(
+                429,
+                f"You have {limit} tunnels open, the most this hub allows one user; close "
+                "one (stop its agent) before opening another.",
+                "rate_limit_error",
+                "tunnel_limit_reached",
+            )
+        try:
+            await super().get(*args, **kwargs)  # returns once the tunnel closed
+        finally:
+            tunnels.closed(self.owner.user_id)
 
     def open(self, *args: str, **kwargs: str) -> None:
         # Frames are small and each is sent at once: with Nagle's algorithm on, the END after
@@ -80,6 +97,11 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             # link, say) must not take its provider back from the tunnel that replaced this one.
             return
         if isinstance(message, str):
+            if self._texts_pending >= _MAX_TEXTS_PENDING:
+                # Replies to a flood nobody reads would pile up in the hub's memory.
+                self._refuse(tunnel.CLOSE_PROTOCOL, _TEXT_FLOOD)
+                return
+            self._texts_pending += 1
             asyncio.ensure_future(self._text(message))
             return
         try:
@@ -88,6 +110,12 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             self._refuse(tunnel.CLOSE_PROTOCOL, f"protocol error: {exc}")
 
     async def _text(self, message: str) -> None:
+        try:
+            await self._answer_text(message)
+        finally:
+            self._texts_pending -= 1
+
+    async def _answer_text(self, message: str) -> None:
         try:
             data = jsonbody.loads(message.encode())
         except jsonbody.JSONBodyError as exc:
