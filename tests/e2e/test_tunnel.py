@@ -284,3 +284,25 @@ def test_a_hub_that_went_away_is_named_as_the_hub_in_the_agent_log(tmp_path: Pat
         agent.kill()
     assert f"heartbeat to the tunnel to {hub.url} failed: connection to the hub failed" in line
     assert "engine" not in line
+
+
+def test_a_hub_that_stops_closes_its_tunnels_and_says_why(tmp_path: Path) -> None:
+    engine = FakeVllm(["m1"]).start()
+    agent: AgentProcess | None = None
+    try:
+        with start_hub(tmp_path) as hub:
+            key = hub.user_with_key("alice")
+            chat = {"name": "chat", "engine": "vllm", "url": engine.url}
+            agent = start_tunnel_agent(hub, key, tmp_path / "agent.yaml", chat)
+        # SIGTERM on leaving the block: the agent hears why, then finds the hub gone.
+        lost = agent.wait_log("tunnel lost: ")
+        assert "closed by the hub (1001: the hub is shutting down)" in lost
+        again = agent.wait_log("tunnel lost: cannot connect to ")
+        assert "(connection refused)" in again
+        assert "closing the tunnel of provider 'home-rig' of alice: the hub is shutting down" in (
+            hub.log()
+        )
+    finally:
+        if agent is not None:
+            agent.kill()
+        engine.close()

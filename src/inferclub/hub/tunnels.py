@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -281,6 +282,18 @@ class Tunnels:
         self._by_provider: dict[int, Tunnel] = {}
         #: Tunnels open per user, with or without a provider yet (``tunnel_max_per_user``).
         self._open: Counter[int] = Counter()
+        #: How to close each open tunnel (its WebSocket, with a code and a reason).
+        self.closers: set[Callable[[int, str], None]] = set()
+
+    async def close_all(self, reason: str, settle: float = 1.0) -> None:
+        """Close every open tunnel as going away (the hub stops): agents log why and
+        reconnect, instead of finding a dead connection. Waits up to ``settle`` seconds
+        for the closing frames to go out."""
+        for close in list(self.closers):
+            close(tunnel.CLOSE_GOING_AWAY, reason)
+        deadline = time.monotonic() + settle
+        while self.closers and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def admit(self, user_id: int, limit: int) -> bool:
         """Count one more open tunnel of the user; False (and not counted) past ``limit``."""

@@ -69,9 +69,11 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
                 "rate_limit_error",
                 "tunnel_limit_reached",
             )
+        tunnels.closers.add(self._refuse)
         try:
             await super().get(*args, **kwargs)  # returns once the tunnel closed
         finally:
+            tunnels.closers.discard(self._refuse)
             tunnels.closed(self.owner.user_id)
 
     def open(self, *args: str, **kwargs: str) -> None:
