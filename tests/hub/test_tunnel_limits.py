@@ -1,7 +1,7 @@
 """What one tenant's tunnels may cost the hub, on a real hub process: a cap on the tunnels
 one user holds open, a heartbeat flood over a tunnel closes it instead of piling replies up
 in the hub, and the internal listener answers nothing to a request without the hub's
-signature."""
+signature; an agent's answer cannot inject headers."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import openai
 import pytest
 
 from inferclub import signing, tunnel, wire
 from inferclub.hub.tunnels import PROVIDER_ID_HEADER
+from inferclub.tunnel import FrameType
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.tunnel import raw_tunnel, refused_upgrade
 
@@ -113,3 +115,32 @@ def probe_internal_listener(hub: HubProcess) -> None:
             status, body = internal_post(url, {**headers, PROVIDER_ID_HEADER: provider_id})
             assert status == 401, (provider_id, headers, body)
             assert body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def test_a_response_header_with_a_line_break_closes_the_tunnel(
+    capped_tunnel_hub: HubProcess,
+) -> None:
+    hub = capped_tunnel_hub
+    key = hub.user_with_key("alice")
+
+    def chat() -> int:
+        sdk = openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0)
+        with sdk, pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model="m1", messages=[])
+        return caught.value.status_code
+
+    async def scenario() -> None:
+        async with raw_tunnel(hub, key) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            answered = asyncio.get_running_loop().run_in_executor(None, chat)
+            opened = await rig.frame()
+            assert opened.type is FrameType.OPEN
+            injected = {"Content-Type": "application/json\r\nSet-Cookie: session=stolen"}
+            head = {"status": 200, "headers": injected}
+            await rig.ws.send_bytes(tunnel.encode_json(FrameType.RESPONSE, opened.stream, head))
+            code, reason = await rig.closed()
+            assert code == tunnel.CLOSE_PROTOCOL and "header name or value" in reason
+            assert await answered == 502
+
+    asyncio.run(scenario())
+    assert "Traceback" not in hub.log()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,6 +102,10 @@ class TunnelResponse:
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ProtocolError("RESPONSE frame headers must map strings to strings")
+        if not all(_valid_header(k, v) for k, v in headers.items()):
+            # A line break would be a header injection: Tornado refuses to write it, with
+            # a 500 and a traceback, so it is the agent's protocol error, caught here.
+            raise ProtocolError("RESPONSE frame has a header name or value HTTP forbids")
         self.status = status
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
         self.head.set_result(None)
@@ -150,6 +155,14 @@ class TunnelResponse:
         """Done with it: an unfinished stream is cancelled at the agent at once."""
         self.send_window.close()
         self._tunnel.drop(self, cancel=not self._ended)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _valid_header(name: str, value: str) -> bool:
+    return bool(_HEADER_NAME.fullmatch(name)) and not _HEADER_VALUE_FORBIDDEN.search(value)
 
 
 def _error_of(frame: Frame, who: str) -> OpenAIError:
