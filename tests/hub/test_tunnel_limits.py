@@ -1,7 +1,7 @@
 """What one tenant's tunnels may cost the hub, on a real hub process: a cap on the tunnels
-one user holds open, a heartbeat flood over a tunnel closes it instead of piling replies up
-in the hub, and the internal listener answers nothing to a request without the hub's
-signature; an agent's answer cannot inject headers."""
+one user holds open; a tunnel that never sends a heartbeat is closed; a heartbeat flood
+closes its tunnel instead of piling replies up in the hub; the internal listener answers
+nothing to a request without the hub's signature; an agent's answer cannot inject headers."""
 
 from __future__ import annotations
 
@@ -144,3 +144,17 @@ def test_a_response_header_with_a_line_break_closes_the_tunnel(
 
     asyncio.run(scenario())
     assert "Traceback" not in hub.log()
+
+
+def test_a_tunnel_that_never_names_its_provider_is_closed(tmp_path: Path) -> None:
+    with start_hub(tmp_path, online_window=1) as hub:
+        key = hub.user_with_key("alice")
+
+        async def scenario() -> None:
+            async with raw_tunnel(hub, key) as idle:
+                # It answers pings (aiohttp does) but never sends a heartbeat.
+                code, reason = await idle.closed()
+                assert code == tunnel.CLOSE_PING_TIMEOUT
+                assert reason == "no heartbeat accepted in 1 s"
+
+        asyncio.run(scenario())

@@ -46,6 +46,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
     provider_id: int | None = None
     _pinger: asyncio.Task[None] | None = None
     _last_pong = 0.0
+    _opened = 0.0
     _closing_reason = ""
     _texts_pending = 0
 
@@ -82,7 +83,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
         self.tunnel = Tunnel(self._send, limit)
-        self._last_pong = time.monotonic()
+        self._last_pong = self._opened = time.monotonic()
         self._pinger = asyncio.ensure_future(self._ping_loop())
         self._token = self.request.headers.get(wire.AUTH_HEADER, "").partition(" ")[2].strip()
         log.info("tunnel opened by %s from %s", self.owner.login, self.request.remote_ip)
@@ -182,9 +183,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             # Woken at the next ping or at the pong deadline, whichever comes first: checked
             # only at pings, a tunnel dead just after a pong stayed up for three intervals.
             now = time.monotonic()
-            deadline = self._last_pong + 2 * interval
+            deadline, why = self._deadline(interval)
             if now >= deadline:
-                self._refuse(tunnel.CLOSE_PING_TIMEOUT, f"no pong for {2 * interval:g} s")
+                self._refuse(tunnel.CLOSE_PING_TIMEOUT, why)
                 return
             if now >= next_ping:
                 next_ping = now + interval
@@ -193,6 +194,16 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
                 except tornado.websocket.WebSocketClosedError:
                     return
             await asyncio.sleep(min(next_ping, deadline) - now)
+
+    def _deadline(self, interval: float) -> tuple[float, str]:
+        """When the tunnel is closed unless it shows life, and why. Until a heartbeat was
+        accepted that includes one: a tunnel that never names its provider only holds a
+        connection."""
+        pong = (self._last_pong + 2 * interval, f"no pong for {2 * interval:g} s")
+        if self.provider_id is not None:
+            return pong
+        window = self.hub.settings.online_window
+        return min(pong, (self._opened + window, f"no heartbeat accepted in {window:g} s"))
 
     def on_pong(self, data: bytes) -> None:
         self._last_pong = now = time.monotonic()
