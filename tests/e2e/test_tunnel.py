@@ -267,3 +267,42 @@ def test_an_inference_key_stops_a_tunnel_agent_with_exit_status_3(tmp_path: Path
         assert "API key rejected by the hub (HTTP 403 insufficient_scope from ws://" in agent.stderr
         assert "scope does not allow running an agent" in agent.stderr
         assert key not in agent.stderr + agent.stdout
+
+
+def test_a_hub_that_went_away_is_named_as_the_hub_in_the_agent_log(tmp_path: Path) -> None:
+    with start_hub(tmp_path) as hub:
+        key = hub.user_with_key("alice")
+    # The hub stopped: the agent's heartbeats fail, and its log must not blame the engine.
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(manifest_text({"name": "v", "engine": "vllm", "url": "http://h/v1"}))
+    agent = AgentProcess(
+        ["run", "--tunnel", "--manifest", str(manifest), "--hub", hub.url, "--key", key]
+    )
+    try:
+        line = agent.wait_log("heartbeat to ")
+    finally:
+        agent.kill()
+    assert f"heartbeat to the tunnel to {hub.url} failed: connection to the hub failed" in line
+    assert "engine" not in line
+
+
+def test_a_hub_that_stops_closes_its_tunnels_and_says_why(tmp_path: Path) -> None:
+    engine = FakeVllm(["m1"]).start()
+    agent: AgentProcess | None = None
+    try:
+        with start_hub(tmp_path) as hub:
+            key = hub.user_with_key("alice")
+            chat = {"name": "chat", "engine": "vllm", "url": engine.url}
+            agent = start_tunnel_agent(hub, key, tmp_path / "agent.yaml", chat)
+        # SIGTERM on leaving the block: the agent hears why, then finds the hub gone.
+        lost = agent.wait_log("tunnel lost: ")
+        assert "closed by the hub (1001: the hub is shutting down)" in lost
+        again = agent.wait_log("tunnel lost: cannot connect to ")
+        assert "(connection refused)" in again
+        assert "closing the tunnel of provider 'home-rig' of alice: the hub is shutting down" in (
+            hub.log()
+        )
+    finally:
+        if agent is not None:
+            agent.kill()
+        engine.close()

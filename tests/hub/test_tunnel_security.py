@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,16 +18,9 @@ from inferclub import tunnel
 from inferclub.tunnel import FrameType
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.stack import wait_models
-from tests.support.tunnel import raw_tunnel
+from tests.support.tunnel import raw_tunnel, refused_upgrade
 
 pytestmark = pytest.mark.subprocess
-
-UPGRADE = {
-    "Connection": "Upgrade",
-    "Upgrade": "websocket",
-    "Sec-WebSocket-Version": "13",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-}
 
 
 @pytest.fixture
@@ -38,29 +29,18 @@ def tunnel_hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
 
 
-def refused(hub: HubProcess, key: str | None) -> tuple[int, dict[str, object], str]:
-    headers = dict(UPGRADE)
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(hub.url + tunnel.TUNNEL_PATH, headers=headers)
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=10)
-    err = caught.value
-    return err.code, json.loads(err.read()), err.headers.get("X-Request-Id", "")
-
-
 def test_the_key_is_checked_before_the_upgrade(tunnel_hub: HubProcess) -> None:
-    status, body, request_id = refused(tunnel_hub, None)
-    assert status == 401 and body["error"]["code"] == "missing_api_key"  # type: ignore[index]
+    status, body, request_id = refused_upgrade(tunnel_hub, None)
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
     assert request_id.startswith("req_")
-    status, body, _ = refused(tunnel_hub, "sk-not-a-real-key")
+    status, body, _ = refused_upgrade(tunnel_hub, "sk-not-a-real-key")
     assert status == 401
     tunnel_hub.create_user("alice")
     out = tunnel_hub.cli("keys", "create", "alice", "--scope", "inference").stdout
     inference_key = out.strip().splitlines()[-1]
-    status, body, request_id = refused(tunnel_hub, inference_key)
-    assert status == 403 and body["error"]["code"] == "insufficient_scope"  # type: ignore[index]
-    assert set(body["error"]) == {"message", "type", "param", "code"}  # type: ignore[arg-type]
+    status, body, request_id = refused_upgrade(tunnel_hub, inference_key)
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
     assert request_id.startswith("req_")
 
 

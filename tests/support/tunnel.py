@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from inferclub import tunnel, wire
 from inferclub.testing import AgentProcess, manifest_text
@@ -88,3 +91,24 @@ async def raw_tunnel(hub: HubProcess, key: str) -> AsyncIterator[RawTunnel]:
         headers = {wire.AUTH_HEADER: wire.bearer(key)}
         async with session.ws_connect(url, headers=headers) as ws:
             yield RawTunnel(ws)
+
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def refused_upgrade(hub: HubProcess, key: str | None) -> tuple[int, dict[str, Any], str]:
+    """A tunnel upgrade the hub must refuse: its status, JSON error and ``X-Request-Id``."""
+    headers = dict(UPGRADE)
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(hub.url + tunnel.TUNNEL_PATH, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    err = caught.value
+    with err:
+        return err.code, json.loads(err.read()), err.headers.get("X-Request-Id", "")

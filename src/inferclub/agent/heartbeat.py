@@ -141,6 +141,8 @@ class Heartbeat:
         self.table = table
         self.hub_url = hub
         self.url = hub.rstrip("/") + wire.HEARTBEAT_PATH
+        #: Where heartbeats go, as the log names it: over a tunnel, not to the HTTP endpoint.
+        self.where = self.url if exchange is None else f"the tunnel to {hub.rstrip('/')}"
         self._key = key
         self.name = name
         self.callback_url = callback_url
@@ -211,7 +213,7 @@ class Heartbeat:
         try:
             status, body = await self.exchange("heartbeat", payload.to_json())
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return self._failed(describe(exc), retry_in)
+            return self._failed(describe(exc, "the hub"), retry_in)
         if status != 200:
             error = normalise_error_body(status, body)["error"]
             if is_final(status, error["code"]):
@@ -243,7 +245,9 @@ class Heartbeat:
             async with asyncio.timeout(timeout):
                 status, _ = await self.exchange("goodbye", payload.to_json())
         except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("could not tell the hub this agent is leaving: %s", describe(exc))
+            log.warning(
+                "could not tell the hub this agent is leaving: %s", describe(exc, "the hub")
+            )
             return False
         if status == 200:
             log.info("told the hub this agent is leaving")
@@ -294,6 +298,6 @@ class Heartbeat:
         self._failing = False
 
     def _failed(self, reason: str, retry_in: float) -> bool:
-        log.warning("heartbeat to %s failed: %s; retrying in %.0fs", self.url, reason, retry_in)
+        log.warning("heartbeat to %s failed: %s; retrying in %.0fs", self.where, reason, retry_in)
         self._failing = True
         return False

@@ -160,8 +160,8 @@ async def engine_load(session: aiohttp.ClientSession, st: ServiceState) -> Load 
         return None
 
 
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description of an I/O failure."""
+def describe(exc: BaseException, peer: str = "the engine") -> str:
+    """A short, secret-free description of an I/O failure talking to ``peer``."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -173,11 +173,11 @@ def describe(exc: BaseException) -> str:
     # aiohttp's own texts name its internals ("Response payload is not completed:
     # <TransferEncodingError: 400, ...>"): clients and dashboards get a plain reason.
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the engine's answer was cut off"
+        return f"{peer}'s answer was cut off"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the engine closed the connection"
+        return f"{peer} closed the connection"
     if isinstance(exc, aiohttp.ClientError):
-        return f"connection to the engine failed ({type(exc).__name__})"
+        return f"connection to {peer} failed ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
 
 

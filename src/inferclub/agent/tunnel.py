@@ -28,6 +28,7 @@ import aiohttp
 from inferclub import tunnel, wire
 from inferclub.agent.heartbeat import Refused
 from inferclub.agent.metrics import AgentMetrics
+from inferclub.agent.services import describe
 from inferclub.openai_errors import error_body
 from inferclub.tunnel import Frame, FrameType, ProtocolError, ReceiveWindow, SendWindow
 
@@ -181,7 +182,7 @@ class TunnelClient:
             try:
                 reason = await self._connected()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
+                reason = describe(exc, "the hub")
             failures = 1 if time.monotonic() - started > STABLE_AFTER else failures + 1
             delay = backoff(failures)
             log.warning("tunnel lost: %s; reconnecting in %.1f s", reason, delay)

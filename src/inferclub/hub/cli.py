@@ -531,6 +531,7 @@ async def _run_server(
     server.stop()
     metrics_server.stop()
     await _drain(hub, server, settings.drain_timeout)
+    await hub.relay.tunnels.close_all("the hub is shutting down")
     internal_server.stop()
     log.info("stopped")
     return 0

@@ -214,6 +214,15 @@ class Settings:
             "provider, or gets a 502."
         ),
     )
+    tunnel_max_per_user: int = field(
+        default=100,
+        metadata=_doc(
+            "Tunnels one user may hold open on one hub process at once (each agent dials "
+            "one; a reconnecting agent's old tunnel counts until it is closed). Past it "
+            "the upgrade gets a 429 `tunnel_limit_reached`: one tenant cannot exhaust the "
+            "hub's connections. 0 means no limit."
+        ),
+    )
     heartbeat_min_interval: float = field(
         default=1.0,
         metadata=_doc(

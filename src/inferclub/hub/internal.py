@@ -59,15 +59,17 @@ class InternalHandler(tornado.web.RequestHandler):
     async def post(self, _path: str) -> None:
         body, self._chunks = b"".join(self._chunks), []
         provider_id = self.request.headers.get(PROVIDER_ID_HEADER, "")
-        held = self.hub.relay.tunnels.get(int(provider_id)) if provider_id.isdigit() else None
-        if held is None:
-            raise OpenAIError(502, "This hub process holds no tunnel for that provider.")
+        # The signature first: an unsigned request learns nothing, not even which
+        # providers have their tunnel here.
         try:
             self.hub.internal_verifier.verify(
                 "POST", self.request.uri or "", self.request.headers, body, provider_id
             )
         except signing.SignatureRejected as exc:
             raise OpenAIError(401, exc.message, "invalid_request_error", exc.code) from None
+        held = self.hub.relay.tunnels.get(int(provider_id)) if provider_id.isdigit() else None
+        if held is None:
+            raise OpenAIError(502, "This hub process holds no tunnel for that provider.")
         headers = {h: self.request.headers[h] for h in PASSED if h in self.request.headers}
         upstream = Upstream(
             "http://internal" + (self.request.uri or ""),

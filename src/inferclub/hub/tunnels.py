@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import re
+import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -100,6 +102,10 @@ class TunnelResponse:
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ProtocolError("RESPONSE frame headers must map strings to strings")
+        if not all(_valid_header(k, v) for k, v in headers.items()):
+            # A line break would be a header injection: Tornado refuses to write it, with
+            # a 500 and a traceback, so it is the agent's protocol error, caught here.
+            raise ProtocolError("RESPONSE frame has a header name or value HTTP forbids")
         self.status = status
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
         self.head.set_result(None)
@@ -149,6 +155,14 @@ class TunnelResponse:
         """Done with it: an unfinished stream is cancelled at the agent at once."""
         self.send_window.close()
         self._tunnel.drop(self, cancel=not self._ended)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _valid_header(name: str, value: str) -> bool:
+    return bool(_HEADER_NAME.fullmatch(name)) and not _HEADER_VALUE_FORBIDDEN.search(value)
 
 
 def _error_of(frame: Frame, who: str) -> OpenAIError:
@@ -279,6 +293,33 @@ class Tunnels:
 
     def __init__(self) -> None:
         self._by_provider: dict[int, Tunnel] = {}
+        #: Tunnels open per user, with or without a provider yet (``tunnel_max_per_user``).
+        self._open: Counter[int] = Counter()
+        #: How to close each open tunnel (its WebSocket, with a code and a reason).
+        self.closers: set[Callable[[int, str], None]] = set()
+
+    async def close_all(self, reason: str, settle: float = 1.0) -> None:
+        """Close every open tunnel as going away (the hub stops): agents log why and
+        reconnect, instead of finding a dead connection. Waits up to ``settle`` seconds
+        for the closing frames to go out."""
+        for close in list(self.closers):
+            close(tunnel.CLOSE_GOING_AWAY, reason)
+        deadline = time.monotonic() + settle
+        while self.closers and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def admit(self, user_id: int, limit: int) -> bool:
+        """Count one more open tunnel of the user; False (and not counted) past ``limit``."""
+        if limit > 0 and self._open[user_id] >= limit:
+            return False
+        self._open[user_id] += 1
+        return True
+
+    def closed(self, user_id: int) -> None:
+        """One of the user's admitted tunnels closed."""
+        self._open[user_id] -= 1
+        if self._open[user_id] <= 0:
+            del self._open[user_id]
 
     def __len__(self) -> int:
         return len(self._by_provider)

@@ -32,6 +32,10 @@ from inferclub.tunnel import ProtocolError
 log = logging.getLogger("inferclub.tunnel")
 
 _PING = struct.Struct("!d")
+#: Heartbeats one tunnel may have waiting for their reply. The agent sends one at a time
+#: (one more after a reply timed out); the rest of the room is for a goodbye.
+_MAX_TEXTS_PENDING = 4
+_TEXT_FLOOD = "protocol error: heartbeats sent faster than the hub answers them"
 
 
 class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
@@ -42,7 +46,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
     provider_id: int | None = None
     _pinger: asyncio.Task[None] | None = None
     _last_pong = 0.0
+    _opened = 0.0
     _closing_reason = ""
+    _texts_pending = 0
 
     @property
     def max_message_size(self) -> int:
@@ -55,7 +61,21 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
         if self.request.headers.get("Origin"):
             raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
-        await super().get(*args, **kwargs)
+        tunnels, limit = self.hub.relay.tunnels, self.hub.settings.tunnel_max_per_user
+        if not tunnels.admit(self.owner.user_id, limit):
+            raise OpenAIError(
+                429,
+                f"You have {limit} tunnels open, the most this hub allows one user; close "
+                "one (stop its agent) before opening another.",
+                "rate_limit_error",
+                "tunnel_limit_reached",
+            )
+        tunnels.closers.add(self._refuse)
+        try:
+            await super().get(*args, **kwargs)  # returns once the tunnel closed
+        finally:
+            tunnels.closers.discard(self._refuse)
+            tunnels.closed(self.owner.user_id)
 
     def open(self, *args: str, **kwargs: str) -> None:
         # Frames are small and each is sent at once: with Nagle's algorithm on, the END after
@@ -63,7 +83,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
         self.tunnel = Tunnel(self._send, limit)
-        self._last_pong = time.monotonic()
+        self._last_pong = self._opened = time.monotonic()
         self._pinger = asyncio.ensure_future(self._ping_loop())
         self._token = self.request.headers.get(wire.AUTH_HEADER, "").partition(" ")[2].strip()
         log.info("tunnel opened by %s from %s", self.owner.login, self.request.remote_ip)
@@ -80,6 +100,11 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             # link, say) must not take its provider back from the tunnel that replaced this one.
             return
         if isinstance(message, str):
+            if self._texts_pending >= _MAX_TEXTS_PENDING:
+                # Replies to a flood nobody reads would pile up in the hub's memory.
+                self._refuse(tunnel.CLOSE_PROTOCOL, _TEXT_FLOOD)
+                return
+            self._texts_pending += 1
             asyncio.ensure_future(self._text(message))
             return
         try:
@@ -88,6 +113,12 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             self._refuse(tunnel.CLOSE_PROTOCOL, f"protocol error: {exc}")
 
     async def _text(self, message: str) -> None:
+        try:
+            await self._answer_text(message)
+        finally:
+            self._texts_pending -= 1
+
+    async def _answer_text(self, message: str) -> None:
         try:
             data = jsonbody.loads(message.encode())
         except jsonbody.JSONBodyError as exc:
@@ -152,9 +183,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             # Woken at the next ping or at the pong deadline, whichever comes first: checked
             # only at pings, a tunnel dead just after a pong stayed up for three intervals.
             now = time.monotonic()
-            deadline = self._last_pong + 2 * interval
+            deadline, why = self._deadline(interval)
             if now >= deadline:
-                self._refuse(tunnel.CLOSE_PING_TIMEOUT, f"no pong for {2 * interval:g} s")
+                self._refuse(tunnel.CLOSE_PING_TIMEOUT, why)
                 return
             if now >= next_ping:
                 next_ping = now + interval
@@ -163,6 +194,16 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
                 except tornado.websocket.WebSocketClosedError:
                     return
             await asyncio.sleep(min(next_ping, deadline) - now)
+
+    def _deadline(self, interval: float) -> tuple[float, str]:
+        """When the tunnel is closed unless it shows life, and why. Until a heartbeat was
+        accepted that includes one: a tunnel that never names its provider only holds a
+        connection."""
+        pong = (self._last_pong + 2 * interval, f"no pong for {2 * interval:g} s")
+        if self.provider_id is not None:
+            return pong
+        window = self.hub.settings.online_window
+        return min(pong, (self._opened + window, f"no heartbeat accepted in {window:g} s"))
 
     def on_pong(self, data: bytes) -> None:
         self._last_pong = now = time.monotonic()
