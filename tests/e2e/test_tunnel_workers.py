@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import openai
 import pytest
 
 from inferclub.testing import AgentProcess
 from tests.support.fakes import FakeVllm
 from tests.support.hubproc import HubProcess
-from tests.support.stack import wait_models
 from tests.support.tunnel import start_tunnel_agent
 
 pytestmark = pytest.mark.subprocess
@@ -42,6 +41,29 @@ def chat_on_a_new_connection(hub: HubProcess, key: str, stream: bool) -> bytes:
         conn.close()
 
 
+def models_on_a_new_connection(hub: HubProcess, key: str) -> set[str]:
+    parts = urlsplit(hub.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        return {m["id"] for m in json.loads(conn.getresponse().read())["data"]}
+    finally:
+        conn.close()
+
+
+def wait_for_both_workers(hub: HubProcess, key: str, timeout: float = 30) -> None:
+    """Both workers list the model: ten answers in a row on new connections (which the kernel
+    spreads over the workers) say so. The SDK's one kept-alive connection saw one worker only,
+    and the other, not yet refreshed from the store, then answered 404."""
+    deadline = time.monotonic() + timeout
+    in_a_row = 0
+    while in_a_row < 10:
+        assert time.monotonic() < deadline, "a worker never listed the tunnelled model"
+        in_a_row = in_a_row + 1 if "m1" in models_on_a_new_connection(hub, key) else 0
+        if not in_a_row:
+            time.sleep(0.2)
+
+
 def test_requests_reaching_the_other_worker_are_served(tmp_path: Path) -> None:
     engine = FakeVllm(["m1"]).start()
     hub = HubProcess(tmp_path, "--workers", "2").start()
@@ -50,8 +72,7 @@ def test_requests_reaching_the_other_worker_are_served(tmp_path: Path) -> None:
         key = hub.user_with_key("alice")
         service = {"name": "chat", "engine": "vllm", "url": engine.url}
         agent = start_tunnel_agent(hub, key, tmp_path / "a.yaml", service)
-        with openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0) as sdk:
-            wait_models(sdk, {"m1"}, timeout=30)  # the other worker reads it from the store
+        wait_for_both_workers(hub, key)  # the other worker reads it from the store
         served = 0
         while FORWARDED not in hub.log() and served < 200:
             data = chat_on_a_new_connection(hub, key, stream=served % 2 == 1)
