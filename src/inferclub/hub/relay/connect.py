@@ -14,6 +14,7 @@ import aiohttp
 from inferclub import signing, wire
 from inferclub.fdlimit import out_of_descriptors
 from inferclub.hub.routing import Route
+from inferclub.hub.tunnels import unreachable
 from inferclub.openai_errors import OpenAIError
 
 
@@ -122,12 +123,7 @@ async def open_upstream(
     except (aiohttp.ClientError, OSError) as exc:
         if out_of_descriptors(exc):
             raise hub_overloaded() from None
-        raise OpenAIError(
-            502,
-            f"The agent of {upstream.who} is unreachable ({_reason(exc)}).",
-            "server_error",
-            "upstream_unreachable",
-        ) from None
+        raise unreachable(upstream.who, _reason(exc)) from None
 
 
 def no_answer(upstream: Upstream, seconds: float) -> OpenAIError:
