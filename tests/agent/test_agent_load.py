@@ -55,3 +55,33 @@ def test_failure_reasons_name_no_library_internals() -> None:
     assert describe(cut) == "the engine's answer was cut off"
     assert describe(aiohttp.ServerDisconnectedError()) == "the engine closed the connection"
     assert "Error:" not in describe(aiohttp.ClientOSError(104, "Connection reset by peer"))
+
+
+def test_a_busy_engine_that_misses_its_health_check_is_not_down() -> None:
+    """An engine serving our requests that answers no health check in time is busy; with
+    nothing in flight the same silence means down."""
+
+    async def check() -> list[tuple[bool, str]]:
+        held: list[asyncio.StreamWriter] = []
+        # Accepts and never answers; the connections are closed at the end.
+        silent = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        service = Service("asr", "vllm", f"http://127.0.0.1:{port}/v1", models=(Model("w"),))
+        table = ServiceTable([service], ENGINES)
+        st = table.states["asr"]
+        st.up, st.checked_at = True, 0.0  # an earlier probe found it up
+        seen = []
+        async with silent, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as s:
+            st.in_flight = 1
+            await table.probe_all(s)
+            seen.append((st.up, st.detail))
+            st.in_flight = 0
+            await table.probe_all(s)
+            seen.append((st.up, st.detail))
+            for writer in held:
+                writer.close()
+        return seen
+
+    (busy_up, busy), (idle_up, idle) = asyncio.run(check())
+    assert busy_up and busy.startswith("busy: health check timed out with 1 requests")
+    assert not idle_up and idle == "timed out"

@@ -33,7 +33,7 @@ WHISPER = "Systran/faster-whisper-small"
 KOKORO = "speaches-ai/Kokoro-82M-v1.0-ONNX"
 MODELS = {QWEN, "whisper-small", "kokoro"}
 #: The hub's tunnel ping interval here: a silent tunnel is closed within two.
-PING = 1.0
+PING = 2.0
 HI = [{"role": "user", "content": "hi"}]
 
 

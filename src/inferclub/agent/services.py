@@ -181,6 +181,16 @@ def describe(exc: BaseException, peer: str = "the engine") -> str:
     return str(exc) or type(exc).__name__
 
 
+def _failed_probe(st: ServiceState, exc: BaseException, was_up: bool | None) -> tuple[bool, str]:
+    """``(up, detail)`` after a failed health check. An engine that was up and is serving
+    requests of ours, and only took too long to answer its health check, is busy, not down:
+    a one-slot server (faster-whisper-server, llama-server with one slot) answered nothing
+    while it transcribed, and the hub then turned clients away from an engine that worked."""
+    if isinstance(exc, TimeoutError) and was_up and st.in_flight:
+        return True, f"busy: health check timed out with {st.in_flight} requests in flight"
+    return False, describe(exc)
+
+
 async def probe(session: aiohttp.ClientSession, st: ServiceState) -> None:
     """Health-check one service, discover its models, and log when it goes up or down."""
     was_up = st.up if st.checked_at is not None else None
@@ -193,7 +203,7 @@ async def probe(session: aiohttp.ClientSession, st: ServiceState) -> None:
         st.up, st.detail, st.info, st.discovered = health.ok, health.detail, health.info, discovered
         st.load = await engine_load(session, st) if health.ok else None
     except (TimeoutError, aiohttp.ClientError, EngineError) as exc:
-        st.up, st.detail = False, describe(exc)
+        st.up, st.detail = _failed_probe(st, exc, was_up)
     except Exception as exc:  # a plugin bug must not stop the agent's other services
         log.exception("engine %r failed while probing service %r", engine.name, service.name)
         st.up, st.detail = False, f"engine error: {type(exc).__name__}"
