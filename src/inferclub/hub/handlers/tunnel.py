@@ -204,6 +204,10 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # A provider first routed under a provisional id gets its store id later.
         if self.provider_id is not None and self.provider_id != provider_id:
             tunnels.release(self.provider_id, self.tunnel)
+        if self.provider_id != provider_id:
+            # A new tunnel is a new path: what failed on the old one (a closed tunnel, a
+            # hub process that died holding it) says nothing about this one.
+            self.hub.fleet.succeeded(provider_id)
         self.provider_id, self.tunnel.provider = provider_id, name
         replaced = tunnels.hold(provider_id, self.tunnel)
         if replaced is not None:
