@@ -33,6 +33,7 @@ KOKORO = "speaches-ai/Kokoro-82M-v1.0-ONNX"
 #: The hub's ping interval here. Not shorter: on a loaded CI machine an agent busy with its
 #: SIGTERM missed two 0.5 s pongs, and the hub rightly closed the tunnel under its last stream.
 PING = "2"
+ONLINE = "provider 'home-rig' of alice online through its tunnel (rtt "
 
 
 @dataclass
@@ -301,9 +302,20 @@ def test_a_hub_that_stops_closes_its_tunnels_and_says_why(tmp_path: Path) -> Non
         assert "closed by the hub (1001: the hub is shutting down)" in lost
         again = agent.wait_log("tunnel lost: cannot connect to ")
         assert "(connection refused)" in again
-        assert "closing the tunnel of provider 'home-rig' of alice: the hub is shutting down" in (
-            hub.log()
+        log = hub.log()
+        assert "closing the tunnel of provider 'home-rig' of alice: the hub is shutting down" in log
+        assert ONLINE in log
+        assert (
+            "provider 'home-rig' of alice offline: its tunnel closed (the hub is shutting down)"
+            in (log)
         )
+        # The hub comes back on its address: the agent dials in again, and the log says so.
+        port = str(urlsplit(hub.url).port)
+        with start_hub(tmp_path, "--port", port) as again:
+            deadline = time.monotonic() + 30
+            while again.log().count(ONLINE) < 2:
+                assert time.monotonic() < deadline, "the agent's provider never came back"
+                time.sleep(0.1)
     finally:
         if agent is not None:
             agent.kill()

@@ -3,18 +3,21 @@ that arrives at the other goes through the holder's internal listener."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
+from inferclub import tunnel, wire
 from inferclub.testing import AgentProcess
 from tests.support.fakes import FakeVllm
 from tests.support.hubproc import HubProcess
-from tests.support.tunnel import start_tunnel_agent
+from tests.support.tunnel import raw_tunnel, refusal, start_tunnel_agent
 
 pytestmark = pytest.mark.subprocess
 
@@ -86,3 +89,45 @@ def test_requests_reaching_the_other_worker_are_served(tmp_path: Path) -> None:
             agent.kill()
         hub.stop()
         engine.close()
+
+
+async def third_tunnel_refused(hub: HubProcess, key: str) -> bool:
+    """Whether one more tunnel, on a new connection (either worker), is refused with a 429;
+    one that is let in is closed at once."""
+    url = hub.url.replace("http://", "ws://") + tunnel.TUNNEL_PATH
+    async with aiohttp.ClientSession() as session:
+        try:
+            ws = await session.ws_connect(url, headers={wire.AUTH_HEADER: wire.bearer(key)})
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 429, exc
+            return True
+        await ws.close()
+        return False
+
+
+def test_the_per_user_tunnel_cap_holds_across_workers(tmp_path: Path) -> None:
+    env = {"INFERCLUB_TUNNEL_MAX_PER_USER": "2", "INFERCLUB_REGISTRY_REFRESH": "0.5"}
+    hub = HubProcess(tmp_path, "--workers", "2", env=env).start()
+    try:
+        key = hub.user_with_key("alice")
+
+        async def scenario() -> None:
+            async with raw_tunnel(hub, key) as one, raw_tunnel(hub, key) as two:
+                assert (await one.beat("rig-1"))["status"] == 200
+                assert (await two.beat("rig-2"))["status"] == 200
+                # Each new connection reaches either worker; once both have read the two
+                # providers from the store, every one is refused, whichever worker holds
+                # the tunnels (counted per process, the other worker let a third in).
+                deadline, in_a_row = time.monotonic() + 30, 0
+                while in_a_row < 10:
+                    assert time.monotonic() < deadline, "a worker let a third tunnel in"
+                    in_a_row = in_a_row + 1 if await third_tunnel_refused(hub, key) else 0
+                    if not in_a_row:
+                        await asyncio.sleep(0.2)
+                status, body, headers = await asyncio.to_thread(refusal, hub.url, key)
+                assert status == 429 and body["error"]["code"] == "tunnel_limit_reached"
+                assert headers["X-Request-Id"].startswith("req_")
+
+        asyncio.run(scenario())
+    finally:
+        hub.stop()

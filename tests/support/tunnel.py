@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from inferclub.testing import AgentProcess, manifest_text
 from tests.support.hubproc import HubProcess
 
 
-def start_tunnel_agent(
+def tunnel_agent(
     hub: HubProcess,
     key: str,
     path: Path,
@@ -26,9 +27,9 @@ def start_tunnel_agent(
     name: str = "home-rig",
     extra: tuple[str, ...] = (),
 ) -> AgentProcess:
-    """An agent on ``services`` through a tunnel, registered (its first beat accepted)."""
+    """An agent on ``services`` dialling ``hub``, started (not waited for)."""
     path.write_text(manifest_text(*services))
-    agent = AgentProcess(
+    return AgentProcess(
         [
             "run",
             "--tunnel",
@@ -45,6 +46,18 @@ def start_tunnel_agent(
             *extra,
         ]
     )
+
+
+def start_tunnel_agent(
+    hub: HubProcess,
+    key: str,
+    path: Path,
+    *services: dict[str, Any],
+    name: str = "home-rig",
+    extra: tuple[str, ...] = (),
+) -> AgentProcess:
+    """An agent on ``services`` through a tunnel, registered (its first beat accepted)."""
+    agent = tunnel_agent(hub, key, path, *services, name=name, extra=extra)
     agent.wait_listening()
     agent.wait_registered()
     return agent
@@ -103,12 +116,18 @@ UPGRADE = {
 
 def refused_upgrade(hub: HubProcess, key: str | None) -> tuple[int, dict[str, Any], str]:
     """A tunnel upgrade the hub must refuse: its status, JSON error and ``X-Request-Id``."""
+    status, body, headers = refusal(hub.url, key)
+    return status, body, headers.get("X-Request-Id", "")
+
+
+def refusal(base: str, key: str | None) -> tuple[int, dict[str, Any], Message]:
+    """A tunnel upgrade at ``base`` the hub must refuse: status, JSON error and headers."""
     headers = dict(UPGRADE)
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(hub.url + tunnel.TUNNEL_PATH, headers=headers)
+    request = urllib.request.Request(base + tunnel.TUNNEL_PATH, headers=headers)
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     err = caught.value
     with err:
-        return err.code, json.loads(err.read()), err.headers.get("X-Request-Id", "")
+        return err.code, json.loads(err.read()), err.headers

@@ -172,6 +172,8 @@ class TunnelClient:
         self._send_lock = asyncio.Lock()
         self._reply: asyncio.Future[tuple[int, bytes]] | None = None
         self._beat_lock = asyncio.Lock()
+        #: Seconds the hub's last refusal asked us to wait (``Retry-After``), at least.
+        self._retry_after = 0.0
 
     # -- the connection --
     async def run(self) -> None:
@@ -184,7 +186,7 @@ class TunnelClient:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = describe(exc, "the hub")
             failures = 1 if time.monotonic() - started > STABLE_AFTER else failures + 1
-            delay = backoff(failures)
+            delay, self._retry_after = max(backoff(failures), self._retry_after), 0.0
             log.warning("tunnel lost: %s; reconnecting in %.1f s", reason, delay)
             await asyncio.sleep(delay)
 
@@ -207,7 +209,7 @@ class TunnelClient:
                 raise Refused(
                     403, "insufficient_scope", "this key's scope does not allow running an agent"
                 ) from None
-            return f"the hub refused the tunnel (HTTP {exc.status})"
+            return self._refusal(exc)
         rtt = (time.perf_counter() - started) * 1000
         log.info("tunnel connected to %s (rtt %.1f ms)", self.url, rtt)
         self._ws = ws
@@ -218,6 +220,23 @@ class TunnelClient:
         finally:
             self._lost()
             await ws.close()
+
+    def _refusal(self, exc: aiohttp.WSServerHandshakeError) -> str:
+        """Why the hub refused the handshake, in words, and how long it asked us to wait."""
+        retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
+        if retry_after.isdigit():
+            self._retry_after = min(MAX_BACKOFF, float(retry_after))
+        if exc.status == 429:
+            return (
+                "the hub refused the tunnel: this user has as many tunnels open as it allows "
+                "(HTTP 429 tunnel_limit_reached; stop another agent of this user)"
+            )
+        if exc.status == 503:
+            return (
+                "the hub refused the tunnel: it holds as many tunnels as it allows "
+                "(HTTP 503 tunnel_capacity_reached)"
+            )
+        return f"the hub refused the tunnel (HTTP {exc.status})"
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:

@@ -87,6 +87,7 @@ class Hub:
         #: Checks those requests: every hub process signs with the same key.
         self.internal_verifier = signing.RequestVerifier(self.signer.public_key)
         self.heartbeat_pacer = HeartbeatPacer(settings.heartbeat_min_interval)
+        self.goodbye_pacer = HeartbeatPacer(settings.heartbeat_min_interval, "Goodbyes")
         self.probe_budget = ProbeBudget(settings.max_probe_targets_per_user)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
         #: Request starts of different users in turns on the event loop.

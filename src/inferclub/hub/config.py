@@ -217,10 +217,20 @@ class Settings:
     tunnel_max_per_user: int = field(
         default=100,
         metadata=_doc(
-            "Tunnels one user may hold open on one hub process at once (each agent dials "
-            "one; a reconnecting agent's old tunnel counts until it is closed). Past it "
-            "the upgrade gets a 429 `tunnel_limit_reached`: one tenant cannot exhaust the "
-            "hub's connections. 0 means no limit."
+            "Tunnels one user may hold open at once, over all hub processes sharing the "
+            "store (each agent dials one). A process counts its own open tunnels and the "
+            "user's providers online through a tunnel another process holds (docs/"
+            "operations.md says what that misses). Past it the upgrade gets a 429 "
+            "`tunnel_limit_reached`: one tenant cannot exhaust the hub's connections. 0 "
+            "means no limit."
+        ),
+    )
+    tunnel_max_total: int = field(
+        default=10000,
+        metadata=_doc(
+            "Tunnels one hub process holds open at once, all users together. Past it the "
+            "upgrade gets a 503 `tunnel_capacity_reached` with `Retry-After`, and the agent "
+            "retries later (or reaches another hub process). 0 means no limit."
         ),
     )
     heartbeat_min_interval: float = field(

@@ -45,6 +45,11 @@ class Accepted:
     leaving: bool = False
 
 
+def holder_url(hub: Hub) -> str:
+    """The callback URL this process records for the providers whose tunnel it holds."""
+    return hub.internal_url + "/v1" if hub.internal_url else TUNNEL_CALLBACK_URL
+
+
 def parse_heartbeat(data: object, known: wire.KnownServices | None = None) -> wire.Heartbeat:
     """The heartbeat in ``data``, or a 400 naming the bad field in ``param``."""
     try:
@@ -76,17 +81,17 @@ async def accept(
     # A tenant's many heartbeats take turns with other users' requests (hub/fairness.py).
     await hub.turns.turn(user_id)
     name = data.get("name")
-    # A goodbye is neither paced nor remembered (see _goodbye).
+    # A goodbye is paced apart from the beats it follows, and not remembered (see _goodbye).
     leaving = data.get("leaving") is True
     known = None
-    if isinstance(name, str) and not leaving:
+    if isinstance(name, str):
         # Before the rest is validated: a beat over the rate costs its JSON decoding only.
-        hub.heartbeat_pacer.check(user_id, name.strip())
-        known = hub.liveness.known_services(user_id, name.strip())
+        (hub.goodbye_pacer if leaving else hub.heartbeat_pacer).check(user_id, name.strip())
+        if not leaving:
+            known = hub.liveness.known_services(user_id, name.strip())
     hb = parse_heartbeat(data, known)
     if transport == TUNNEL:
-        holder = hub.internal_url + "/v1" if hub.internal_url else TUNNEL_CALLBACK_URL
-        hb = dataclasses.replace(hb, callback_url=holder)
+        hb = dataclasses.replace(hb, callback_url=holder_url(hub))
     if hb.leaving:
         return _goodbye(hub, owner, hb)
     hub.liveness.remember_services(user_id, hb.name, data.get("services", []), hb.services)
@@ -101,12 +106,12 @@ async def accept(
     hub.fleet.heard(record.id, ProviderState.of(hb), user_id=user_id)
     hub.heartbeat_pacer.accepted(user_id, hb.name)
     hub.metrics.heartbeats.inc()
-    if before is None or not hub.registry.is_online(before) or before.services != record.services:
+    if _news(hub, before, record, transport):
         log.info(
-            "provider %r of %s online %s: %d services, %d models",
+            "provider %r of %s %s: %d services, %d models",
             record.name,
             owner.login,
-            "through its tunnel" if transport == TUNNEL else f"at {record.callback_url}",
+            "through its tunnel" if transport == TUNNEL else f"online at {record.callback_url}",
             len(record.services),
             sum(len(s.models) for s in record.services),
         )
@@ -125,6 +130,15 @@ async def accept(
     return Accepted(reply.to_json(), record.id, record.name)
 
 
+def _news(hub: Hub, before: ProviderRecord | None, now: ProviderRecord, transport: str) -> bool:
+    """Whether a beat is worth a log line: the provider came online or changed services.
+    A tunnel's handler says when its provider comes online (with the round trip)."""
+    if before is not None and before.services != now.services:
+        return True
+    came = before is None or not hub.registry.is_online(before)
+    return came and transport == CALLBACK
+
+
 async def _reachability(hub: Hub, owner: KeyOwner, record: ProviderRecord) -> str | None:
     problem, probed = await hub.check_callback(owner.user_id, record.id, record.callback_url)
     if problem is not None and probed:
@@ -139,9 +153,10 @@ async def _reachability(hub: Hub, owner: KeyOwner, record: ProviderRecord) -> st
 
 
 def _goodbye(hub: Hub, owner: KeyOwner, hb: wire.Heartbeat) -> Accepted:
-    """The agent is shutting down: no new request goes to it from now on. Neither paced
-    nor stored (a goodbye follows a beat at once, and changes nothing in the store): it
-    only marks the known provider as leaving, until its next ordinary heartbeat."""
+    """The agent is shutting down: no new request goes to it from now on. Not stored (it
+    changes nothing in the store): it only marks the known provider as leaving, until its
+    next ordinary heartbeat. Paced apart from heartbeats (a goodbye follows a beat at once):
+    a flood of goodbyes gets the 429s a flood of beats gets, not a log line each."""
     known = hub.registry.find(owner.user_id, hb.name)
     if known is None:
         raise OpenAIError(
@@ -167,6 +182,7 @@ def _goodbye(hub: Hub, owner: KeyOwner, hb: wire.Heartbeat) -> Accepted:
     else:
         hub.fleet.leaving(known.id)
         log.info("provider %r of %s is shutting down", known.name, owner.login)
+    hub.goodbye_pacer.accepted(owner.user_id, hb.name)
     reply = wire.HeartbeatReply(
         provider_id=known.id,
         hub_key=hub.signer.public_key,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -21,6 +22,7 @@ from tornado.iostream import StreamClosedError
 
 from inferclub import signing, wire
 from inferclub.hub.relay.connect import Upstream, no_answer
+from inferclub.hub.relay.meter import new_request_id
 from inferclub.hub.tunnels import PROVIDER_ID_HEADER, Tunnel
 from inferclub.openai_errors import OpenAIError
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub.internal")
+
+#: A request id as the hubs make them (``req_`` and hex digits), or near enough to echo.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: Request headers passed into the tunnel: those ``Upstream.for_route`` sets.
 PASSED = (
@@ -49,6 +54,14 @@ class InternalHandler(tornado.web.RequestHandler):
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
+    def set_default_headers(self) -> None:
+        # Every answer, errors included, carries the request's id: the one the forwarding
+        # process sent (its client's, so its logs and the client's error agree) when it
+        # looks like one, else a new one.
+        given = self.request.headers.get(signing.REQUEST_ID_HEADER, "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else new_request_id()
+        self.set_header(signing.REQUEST_ID_HEADER, request_id)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         err = exc if isinstance(exc, OpenAIError) else OpenAIError(status_code, self._reason)
@@ -69,7 +82,13 @@ class InternalHandler(tornado.web.RequestHandler):
             raise OpenAIError(401, exc.message, "invalid_request_error", exc.code) from None
         held = self.hub.relay.tunnels.get(int(provider_id)) if provider_id.isdigit() else None
         if held is None:
-            raise OpenAIError(502, "This hub process holds no tunnel for that provider.")
+            raise OpenAIError(
+                502,
+                "The hub process that held this provider's tunnel holds it no more (its "
+                "agent disconnected, or dialled another hub process).",
+                "server_error",
+                "upstream_unreachable",
+            )
         headers = {h: self.request.headers[h] for h in PASSED if h in self.request.headers}
         upstream = Upstream(
             "http://internal" + (self.request.uri or ""),

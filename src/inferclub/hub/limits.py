@@ -19,10 +19,12 @@ _PRUNE_AT = 4096
 
 
 class HeartbeatPacer:
-    """At most one accepted heartbeat per ``interval`` seconds per provider (user, name)."""
+    """At most one accepted heartbeat per ``interval`` seconds per provider (user, name).
+    Goodbyes have a pacer of their own (``what="Goodbyes"``): one follows a beat at once."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, what: str = "Heartbeats") -> None:
         self.interval = interval
+        self.what = what
         self._last: dict[tuple[int, str], float] = {}
 
     def check(self, user_id: int, name: str) -> None:
@@ -34,7 +36,7 @@ class HeartbeatPacer:
         if wait > 0:
             raise OpenAIError(
                 429,
-                f"Heartbeats of provider {name!r} come faster than one per "
+                f"{self.what} of provider {name!r} come faster than one per "
                 f"{self.interval:g} s; retry after the interval.",
                 "rate_limit_error",
                 "rate_limit_exceeded",

@@ -295,6 +295,7 @@ class Tunnels:
         self._by_provider: dict[int, Tunnel] = {}
         #: Tunnels open per user, with or without a provider yet (``tunnel_max_per_user``).
         self._open: Counter[int] = Counter()
+        self._total = 0
         #: How to close each open tunnel (its WebSocket, with a code and a reason).
         self.closers: set[Callable[[int, str], None]] = set()
 
@@ -308,15 +309,23 @@ class Tunnels:
         while self.closers and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
-    def admit(self, user_id: int, limit: int) -> bool:
-        """Count one more open tunnel of the user; False (and not counted) past ``limit``."""
-        if limit > 0 and self._open[user_id] >= limit:
+    @property
+    def open_count(self) -> int:
+        """Tunnels open on this process, all users together (``tunnel_max_total``)."""
+        return self._total
+
+    def admit(self, user_id: int, limit: int, elsewhere: int = 0) -> bool:
+        """Count one more open tunnel of the user; False (and not counted) when the user
+        already has ``limit``: those open here plus ``elsewhere`` (held by other processes)."""
+        if limit > 0 and self._open[user_id] + elsewhere >= limit:
             return False
         self._open[user_id] += 1
+        self._total += 1
         return True
 
     def closed(self, user_id: int) -> None:
         """One of the user's admitted tunnels closed."""
+        self._total -= 1
         self._open[user_id] -= 1
         if self._open[user_id] <= 0:
             del self._open[user_id]

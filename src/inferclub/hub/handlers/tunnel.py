@@ -36,6 +36,8 @@ _PING = struct.Struct("!d")
 #: (one more after a reply timed out); the rest of the room is for a goodbye.
 _MAX_TEXTS_PENDING = 4
 _TEXT_FLOOD = "protocol error: heartbeats sent faster than the hub answers them"
+#: Seconds an agent refused for a full hub is asked to wait (its backoff may be longer).
+_FULL_RETRY_AFTER = 30
 
 
 class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
@@ -49,6 +51,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
     _opened = 0.0
     _closing_reason = ""
     _texts_pending = 0
+    _announced = False
 
     @property
     def max_message_size(self) -> int:
@@ -61,8 +64,30 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
         if self.request.headers.get("Origin"):
             raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
-        tunnels, limit = self.hub.relay.tunnels, self.hub.settings.tunnel_max_per_user
-        if not tunnels.admit(self.owner.user_id, limit):
+        tunnels = self.hub.relay.tunnels
+        self._admit()
+        tunnels.closers.add(self._refuse)
+        try:
+            await super().get(*args, **kwargs)  # returns once the tunnel closed
+        finally:
+            tunnels.closers.discard(self._refuse)
+            tunnels.closed(self.owner.user_id)
+
+    def _admit(self) -> None:
+        """Count this tunnel in, or refuse the upgrade: 503 when this process holds as many
+        tunnels as it may, 429 when the user does (over every process sharing the store)."""
+        tunnels, settings = self.hub.relay.tunnels, self.hub.settings
+        total = settings.tunnel_max_total
+        if total > 0 and tunnels.open_count >= total:
+            raise OpenAIError(
+                503,
+                f"This hub holds {total} tunnels, the most it allows; retry later.",
+                "server_error",
+                "tunnel_capacity_reached",
+                headers={"Retry-After": str(_FULL_RETRY_AFTER)},
+            )
+        limit, user_id = settings.tunnel_max_per_user, self.owner.user_id
+        if not tunnels.admit(user_id, limit, self._held_elsewhere() if limit > 0 else 0):
             raise OpenAIError(
                 429,
                 f"You have {limit} tunnels open, the most this hub allows one user; close "
@@ -70,12 +95,20 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
                 "rate_limit_error",
                 "tunnel_limit_reached",
             )
-        tunnels.closers.add(self._refuse)
-        try:
-            await super().get(*args, **kwargs)  # returns once the tunnel closed
-        finally:
-            tunnels.closers.discard(self._refuse)
-            tunnels.closed(self.owner.user_id)
+
+    def _held_elsewhere(self) -> int:
+        """The user's providers online through a tunnel another hub process holds: the
+        registry, which every process shares, records the holder's internal URL as theirs.
+        Tunnels that never named their provider elsewhere are not seen (docs/operations.md)."""
+        hub, mine = self.hub, heartbeats.holder_url(self.hub)
+        return sum(
+            1
+            for p in hub.registry.providers(self.owner.user_id)
+            if p.transport == heartbeats.TUNNEL
+            and p.callback_url != mine
+            and hub.registry.is_online(p)
+            and not hub.fleet.state(p.id).leaving
+        )
 
     def open(self, *args: str, **kwargs: str) -> None:
         # Frames are small and each is sent at once: with Nagle's algorithm on, the END after
@@ -171,14 +204,27 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # A provider first routed under a provisional id gets its store id later.
         if self.provider_id is not None and self.provider_id != provider_id:
             tunnels.release(self.provider_id, self.tunnel)
+        if self.provider_id != provider_id:
+            # A new tunnel is a new path: what failed on the old one (a closed tunnel, a
+            # hub process that died holding it) says nothing about this one.
+            self.hub.fleet.succeeded(provider_id)
         self.provider_id, self.tunnel.provider = provider_id, name
         replaced = tunnels.hold(provider_id, self.tunnel)
         if replaced is not None:
             replaced.close("replaced by a new tunnel")
+        self._announce()
+
+    def _announce(self) -> None:
+        """Log once that the provider is online through this tunnel: once it is named and
+        its first pong measured the round trip (a ping goes out as the tunnel opens)."""
+        if self._announced or self.provider_id is None or self.tunnel.rtt_ms is None:
+            return
+        self._announced = True
+        log.info("%s online through its tunnel (rtt %.1f ms)", self._who(), self.tunnel.rtt_ms)
 
     async def _ping_loop(self) -> None:
         interval = self.hub.settings.tunnel_ping_interval
-        next_ping = time.monotonic() + interval
+        next_ping = time.monotonic()  # at once: the round trip is in the "online" log line
         while True:
             # Woken at the next ping or at the pong deadline, whichever comes first: checked
             # only at pings, a tunnel dead just after a pong stayed up for three intervals.
@@ -209,6 +255,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self._last_pong = now = time.monotonic()
         if len(data) == _PING.size:
             self.tunnel.rtt_ms = (now - _PING.unpack(data)[0]) * 1000
+            self._announce()
 
     def _refuse(self, code: int, reason: str) -> None:
         if not self._closing_reason:
@@ -239,6 +286,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         ):
             # Like a goodbye: no new request goes there until the agent beats again.
             self.hub.fleet.leaving(self.provider_id)
+            log.info("%s offline: its tunnel closed (%s)", self._who(), reason)
 
 
 routes = [(tunnel.TUNNEL_PATH, TunnelHandler)]
