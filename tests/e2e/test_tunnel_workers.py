@@ -4,8 +4,10 @@ that arrives at the other goes through the holder's internal listener."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,22 +56,34 @@ def models_on_a_new_connection(hub: HubProcess, key: str) -> set[str]:
         conn.close()
 
 
+#: The workers' registry refresh in these tests: how soon a worker that does not hold the
+#: tunnel reads its provider from the store.
+REFRESH = 0.5
+
+
 def wait_for_both_workers(hub: HubProcess, key: str, timeout: float = 30) -> None:
-    """Both workers list the model: ten answers in a row on new connections (which the kernel
-    spreads over the workers) say so. The SDK's one kept-alive connection saw one worker only,
-    and the other, not yet refreshed from the store, then answered 404."""
+    """Both workers route to the tunnel: its provider is in the store, a few refresh intervals
+    have passed (so the worker that does not hold it has read it), and a new connection lists
+    the model. Answers alone could not say it: the SDK's kept-alive connection saw one worker
+    only, and even ten new connections in a row could all reach the tunnel's worker (the kernel
+    does not alternate), while the other, not refreshed yet, answered 404."""
     deadline = time.monotonic() + timeout
-    in_a_row = 0
-    while in_a_row < 10:
-        assert time.monotonic() < deadline, "a worker never listed the tunnelled model"
-        in_a_row = in_a_row + 1 if "m1" in models_on_a_new_connection(hub, key) else 0
-        if not in_a_row:
-            time.sleep(0.2)
+    while not stored_providers(hub):
+        assert time.monotonic() < deadline, "the tunnel's provider never reached the store"
+        time.sleep(0.05)
+    time.sleep(3 * REFRESH)
+    assert "m1" in models_on_a_new_connection(hub, key)
+
+
+def stored_providers(hub: HubProcess) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{hub.db}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM providers").fetchone()[0])
 
 
 def test_requests_reaching_the_other_worker_are_served(tmp_path: Path) -> None:
     engine = FakeVllm(["m1"]).start()
-    hub = HubProcess(tmp_path, "--workers", "2").start()
+    env = {"INFERCLUB_REGISTRY_REFRESH": str(REFRESH)}
+    hub = HubProcess(tmp_path, "--workers", "2", env=env).start()
     agent: AgentProcess | None = None
     try:
         key = hub.user_with_key("alice")
@@ -106,7 +120,7 @@ async def third_tunnel_refused(hub: HubProcess, key: str) -> bool:
 
 
 def test_the_per_user_tunnel_cap_holds_across_workers(tmp_path: Path) -> None:
-    env = {"INFERCLUB_TUNNEL_MAX_PER_USER": "2", "INFERCLUB_REGISTRY_REFRESH": "0.5"}
+    env = {"INFERCLUB_TUNNEL_MAX_PER_USER": "2", "INFERCLUB_REGISTRY_REFRESH": str(REFRESH)}
     hub = HubProcess(tmp_path, "--workers", "2", env=env).start()
     try:
         key = hub.user_with_key("alice")
