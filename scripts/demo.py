@@ -180,10 +180,14 @@ def start_engines(procs: Processes, state: Path) -> list[int]:
     except (OSError, ValueError, KeyError):
         raise DemoError(f"no engines in {path}: run `bash scripts/install-engines.sh`") from None
     ports = [port_for(name) for name in DEFAULT_PORTS]
+    # `-t 1`: llama.cpp's threads spin while they wait for each other, so on a machine whose
+    # cores are busy (the other two engines, a build, a test suite) two threads were 3 to 18
+    # times slower than one (two busy processes on 2 cores); on idle cores one thread costs
+    # 0.08 s more per 32 tokens of this model.
     procs.start(
         "llama-server",
         [llama["server"], "-m", llama["gguf"], "--alias", LLM_ALIAS, "--host", "127.0.0.1",
-         "--port", str(ports[0]), "-c", "2048", "-t", "2", "--jinja", "--no-webui"],
+         "--port", str(ports[0]), "-c", "2048", "-t", "1", "--jinja", "--no-webui"],
     )  # fmt: skip
     procs.start(
         "faster-whisper-server",

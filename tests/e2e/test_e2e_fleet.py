@@ -18,7 +18,7 @@ import pytest
 from inferclub.testing import AgentProcess
 from tests.support.fakes import FakeVllm
 from tests.support.hubproc import HubProcess, start_hub
-from tests.support.stack import start_agent_process, wait_models
+from tests.support.stack import spawn_agent_process, wait_models
 
 pytestmark = pytest.mark.subprocess
 
@@ -47,9 +47,12 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             key = hub.user_with_key("alice")
             for name in NAMES:
                 service = {"name": "chat", "engine": "vllm", "url": engines[name].url}
-                agents[name] = start_agent_process(
+                agents[name] = spawn_agent_process(
                     hub, key, tmp_path / f"{name}.yaml", service, name=name
                 )
+            for agent in agents.values():
+                agent.wait_listening()
+                agent.wait_registered()
             fleet = Fleet(hub, key, agents, engines)
             with fleet.client() as sdk:
                 wait_models(sdk, {"m1"})

@@ -4,6 +4,7 @@ test_heartbeat.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -127,15 +128,30 @@ async def test_stream_headers_disable_proxy_buffering(hub_app: HubApp, alice: st
 async def test_chunks_arrive_while_upstream_still_produces(
     hub_app: HubApp, alice: str, fake_agent: FakeAgent
 ) -> None:
-    fake_agent.chunks, fake_agent.chunk_delay = 6, 0.3
+    # The agent sends four words and then keeps the stream open without finishing it: they
+    # must reach the client now. A hub that buffered until the upstream finished would hand
+    # over nothing (no timed gaps between chunks to outwait: those took 2-3 s per run).
+    fake_agent.chunks, fake_agent.stall_after = 6, 5  # the role chunk, then four words
     stream = await hub_app.client(alice).chat.completions.create(
         model="m1", messages=[], stream=True
     )
-    seen_before_upstream_done = 0
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content and fake_agent.completed_streams == 0:
-            seen_before_upstream_done += 1
-    assert seen_before_upstream_done >= 4, "chunks were buffered until the upstream finished"
+    seen: list[str] = []
+
+    async def four_words() -> None:
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                seen.append(chunk.choices[0].delta.content)
+                if len(seen) == 4:
+                    return
+
+    try:
+        await asyncio.wait_for(four_words(), timeout=30)
+    except TimeoutError:
+        raise AssertionError(f"chunks were held back until the upstream finished: {seen}") from None
+    finally:
+        await stream.close()
+    assert seen == ["tok0 ", "tok1 ", "tok2 ", "tok3 "]
+    assert fake_agent.completed_streams == 0
 
 
 async def test_completions_streaming_and_not(hub_app: HubApp, alice: str) -> None:

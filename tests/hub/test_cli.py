@@ -91,6 +91,27 @@ def test_default_database_comes_from_the_environment(tmp_path: Path) -> None:
     assert db.exists()
 
 
+def test_user_and_key_commands_on_sqlite_load_no_server_and_no_postgres(tmp_path: Path) -> None:
+    # Scripts (and this suite) run these commands often: each import below costs 50-200 ms of
+    # CPU per command, and none of them can serve `users` or `keys` on a SQLite file. A hub
+    # on SQLite has no use for asyncpg either.
+    script = (
+        "import sys\n"
+        "from inferclub.hub.cli import main\n"
+        "for argv in (['users', 'create', 'ann'], ['keys', 'create', 'ann']):\n"
+        f"    assert main([*argv, '--db', {str(tmp_path / 'hub.db')!r}]) == 0\n"
+        "heavy = ('asyncpg', 'aiohttp', 'tornado.httpserver', 'prometheus_client')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import inferclub.hub.app\n"
+        "print('asyncpg' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["[]", "False"]
+
+
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "hub.yaml"
     cfg.write_text("prot: 1\n")

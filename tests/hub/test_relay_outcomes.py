@@ -273,7 +273,7 @@ def test_an_answer_on_its_way_when_the_drain_begins_closes_its_connection(
     with start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "20"}) as hub:
         key = hub.user_with_key("alice")
         assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        agent.delay = 3.0  # the answer is still on its way when the drain begins
+        agent.hold()  # the answer is still on its way when the drain begins
         url = urllib.parse.urlsplit(hub.url)
         kept = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -284,6 +284,10 @@ def test_an_answer_on_its_way_when_the_drain_begins_closes_its_connection(
             time.sleep(0.02)
         stopper = threading.Thread(target=lambda: setattr(hub, "code", hub.stop()))
         stopper.start()
+        while "shutting down" not in hub.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        agent.release()  # instead of a 3 s delay that the drain had to begin within
         answer = kept.getresponse()
         answer.read()
         assert "shutting down" in hub.log(), "the answer came before the drain began"

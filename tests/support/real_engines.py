@@ -307,12 +307,16 @@ def llama_server(
     *,
     api_key: str | None = None,
     ctx_size: int = 2048,
-    threads: int = 2,
+    threads: int = 1,
     extra_args: Sequence[str] = (),
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
 ) -> Iterator[RunningEngine]:
     """llama.cpp ``llama-server`` with SmolLM2-135M-Instruct (chat + completions, streaming
-    with ``stream_options.include_usage``). ``.model`` is ``smollm2-135m``."""
+    with ``stream_options.include_usage``). ``.model`` is ``smollm2-135m``.
+
+    One thread: llama.cpp's threads wait for each other by spinning, and with the suite's
+    workers on every core a second thread made a 32-token answer take 1-5 s instead of
+    0.2-0.8 s (two busy processes on a 2-core machine; on idle cores, 0.11 s against 0.19 s)."""
     info = _require("llama")
 
     def cmd(port: int) -> list[str]:

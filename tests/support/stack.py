@@ -114,8 +114,24 @@ def start_agent_process(
     interval: float = 1.0,
     name: str = "home-rig",
 ) -> AgentProcess:
+    agent = spawn_agent_process(hub, key, path, *services, interval=interval, name=name)
+    agent.wait_listening()
+    agent.wait_registered()
+    return agent
+
+
+def spawn_agent_process(
+    hub: HubProcess,
+    key: str,
+    path: Path,
+    *services: dict[str, Any],
+    interval: float = 1.0,
+    name: str = "home-rig",
+) -> AgentProcess:
+    """`start_agent_process` without the wait: several agents start at once, then each is
+    waited for (their start-up is mostly Python importing, which overlaps)."""
     path.write_text(manifest_text(*services))
-    agent = AgentProcess(
+    return AgentProcess(
         [
             "run",
             "--manifest",
@@ -132,9 +148,6 @@ def start_agent_process(
             str(interval),
         ]
     )
-    agent.wait_listening()
-    agent.wait_registered()
-    return agent
 
 
 def model_ids(sdk: openai.OpenAI) -> set[str]:

@@ -17,10 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import tornado.httpserver
-import tornado.netutil
-
-from inferclub import __version__, metrics
+from inferclub import __version__
 from inferclub.fdlimit import raise_nofile_limit
 from inferclub.hub import export, fallbacks, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
@@ -42,6 +39,8 @@ from inferclub.hub.store import (
 )
 
 if TYPE_CHECKING:
+    import tornado.httpserver
+
     from inferclub.hub.app import Hub
 
 log = logging.getLogger("inferclub")
@@ -261,6 +260,8 @@ def _serve(settings: Settings, quickstart: bool) -> int:
 
 
 def _bind(settings: Settings) -> list[socket.socket]:
+    import tornado.netutil  # see serve()
+
     try:
         return tornado.netutil.bind_sockets(settings.port, settings.host)
     except OSError as exc:
@@ -271,6 +272,8 @@ def _bind(settings: Settings) -> list[socket.socket]:
 
 def _bind_metrics(settings: Settings) -> list[socket.socket]:
     """The sockets of the separate ``/metrics`` listener (none unless ``metrics_listen``)."""
+    import tornado.netutil  # see serve()
+
     address = settings.metrics_address
     if address is None:
         return []
@@ -458,8 +461,9 @@ async def serve(
 ) -> int:
     """Run one hub until SIGTERM; with ``sockets`` as worker ``worker`` of ``--workers``."""
     raise_nofile_limit(log)
-    # Imported here, not at the top: the web application (every handler, aiohttp) is about
-    # half of the command's start-up time, and `users`, `keys` and `config` never need it.
+    # Imported here, not at the top: the web application (every handler, aiohttp, Tornado's
+    # server, the metrics) is most of the command's start-up time, and `users`, `keys` and
+    # `config` never need it (the test suite runs them hundreds of times).
     from inferclub.hub.app import Hub
 
     store = open_store(settings.db_url)
@@ -486,7 +490,10 @@ async def _run_server(
     worker: int | None,
     metrics_sockets: list[socket.socket] | None = None,
 ) -> int:
-    from inferclub.hub.app import make_app  # see serve()
+    import tornado.httpserver  # see serve()
+
+    from inferclub import metrics
+    from inferclub.hub.app import make_app
 
     server = tornado.httpserver.HTTPServer(
         make_app(hub),
@@ -540,7 +547,10 @@ async def _run_server(
 def _internal_server(hub: Hub, settings: Settings) -> tornado.httpserver.HTTPServer:
     """This process's own internal listener (each worker its own port), before any tunnel
     can land here: its URL is what a tunnelled provider's row records."""
-    from inferclub.hub.internal import internal_app  # see serve()
+    import tornado.httpserver  # see serve()
+    import tornado.netutil
+
+    from inferclub.hub.internal import internal_app
 
     host, port = settings.internal_address
     server = tornado.httpserver.HTTPServer(

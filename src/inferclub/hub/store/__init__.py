@@ -1,10 +1,16 @@
-"""The only package with SQL in it."""
+"""The only package with SQL in it.
+
+The PostgreSQL side (asyncpg and the modules that use it) is imported only when a
+``postgresql://`` database is opened or `PostgresStore` is asked for: every hub and every
+``inferclub`` command on SQLite would otherwise import asyncpg for nothing (about 60 ms of CPU
+per process, and the test suite starts hundreds of them).
+"""
 
 from __future__ import annotations
 
 import sqlite3
-
-import asyncpg
+import sys
+from typing import TYPE_CHECKING, Any
 
 from inferclub.hub.store.base import (
     KEYS_CHANNEL,
@@ -29,9 +35,10 @@ from inferclub.hub.store.models import (
     ServiceInfo,
     User,
 )
-from inferclub.hub.store.pgschema import redact_dsn
-from inferclub.hub.store.postgres import PostgresStore
 from inferclub.hub.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from inferclub.hub.store.postgres import PostgresStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -45,6 +52,8 @@ def open_store(db: str) -> Store:
     """The store for the ``db`` setting: a ``postgresql://`` (or ``postgres://``) URL selects
     PostgreSQL; anything else is a SQLite file path. Call ``open()`` on it before use."""
     if is_postgres_url(db):
+        from inferclub.hub.store.postgres import PostgresStore
+
         return PostgresStore(db)
     return SQLiteStore(db.removeprefix("sqlite:///"))
 
@@ -56,8 +65,6 @@ _REFUSED_ROW_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.DataError,
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
     ValueError,
     TypeError,
     OverflowError,
@@ -67,12 +74,31 @@ _REFUSED_ROW_ERRORS: tuple[type[BaseException], ...] = (
 def refuses_rows(exc: BaseException) -> bool:
     """Whether ``exc`` (from either backend) means the rows written were refused, so that
     retrying them is pointless; otherwise the store itself is failing and may recover."""
-    return isinstance(exc, _REFUSED_ROW_ERRORS)
+    if isinstance(exc, _REFUSED_ROW_ERRORS):
+        return True
+    # Only a process that imported asyncpg (a PostgreSQL store) can hold one of its errors.
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(
+        exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+    )
 
 
 def describe_db(db: str) -> str:
     """The ``db`` setting as it may be logged: a URL's password is masked."""
-    return redact_dsn(db) if is_postgres_url(db) else db
+    if not is_postgres_url(db):
+        return db
+    from inferclub.hub.store.pgschema import redact_dsn
+
+    return redact_dsn(db)
+
+
+def __getattr__(name: str) -> Any:
+    """`PostgresStore`, imported on first use (see the module's docstring)."""
+    if name == "PostgresStore":
+        from inferclub.hub.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
