@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,8 +171,11 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         with hub(workdir, profile, args.registry_refresh) as (url, pid):
             log(f"{name}: registering {len(providers)} providers")
             await drive(url, providers, None, args.concurrency)
+            spy = py_spy(pid, args.py_spy, name, args.duration)
             cpu0, t0, own0 = cpu_seconds(pid), time.monotonic(), time.process_time()
             lat = await drive(url, providers, args.duration, args.concurrency)
+            if spy is not None:
+                spy.wait(60)
             cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
             own = time.process_time() - own0
             idle = await idle_cpu(pid, args.idle) if args.idle else float("nan")
@@ -186,6 +190,20 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
         f"{own / len(lat) * 1000:.2f}",
         f"{idle:.2f}",
     ]
+
+
+def py_spy(
+    pid: int, prefix: str | None, name: str, seconds: float
+) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of the hub's steady state only (not the registrations before it),
+    as collapsed stacks in PREFIX.SCENARIO.txt; None without a prefix."""
+    if not prefix:
+        return None
+    out = f"{prefix}.{name.replace(' ', '-')}.txt"
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 1))]
+    argv += ["--rate", "200", "--format", "raw", "--output", out, "--nonblocking"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def idle_cpu(pid: int, seconds: float) -> float:
@@ -214,13 +232,20 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-hub", metavar="PREFIX", help="run the hub under cProfile: PREFIX.SCENARIO.prof"
     )
+    parser.add_argument(
+        "--py-spy",
+        metavar="PREFIX",
+        help="sample the hub's steady state with py-spy (pip install py-spy): PREFIX.SCENARIO.txt",
+    )
+    parser.add_argument("--only", choices=["fleet", "one user"], help="run one scenario only")
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.many, args.duration, args.idle = 100, 500, 5.0, 10.0
-    rows = [
-        await scenario("fleet", args.users, args.per_user, args),
-        await scenario("one user", 1, args.many, args),
-    ]
+    rows = []
+    if args.only in (None, "fleet"):
+        rows.append(await scenario("fleet", args.users, args.per_user, args))
+    if args.only in (None, "one user"):
+        rows.append(await scenario("one user", 1, args.many, args))
     head = ["scenario", "providers", "beats/s", "p50 ms", "p99 ms", "max ms", "hub CPU ms/beat"]
     head.append("load generator CPU ms/beat")
     head.append(f"idle hub CPU % ({args.idle:.0f} s)")

@@ -18,21 +18,36 @@ _FORGET_AFTER = 4
 _PRUNE_AT = 4096
 
 
+def next_prune(size_after: int) -> int:
+    """The table size at which to prune next, given its size after a prune. Twice what was
+    left: with more live entries than ``_PRUNE_AT`` (a fleet of 10,000 providers), pruning
+    at a fixed size would scan the whole table at every call; doubling makes it amortized
+    O(1) and still bounds the table to twice its live part."""
+    return max(_PRUNE_AT, 2 * size_after)
+
+
 class HeartbeatPacer:
     """At most one accepted heartbeat per ``interval`` seconds per provider (user, name).
     Goodbyes have a pacer of their own (``what="Goodbyes"``): one follows a beat at once."""
 
-    def __init__(self, interval: float, what: str = "Heartbeats") -> None:
+    def __init__(
+        self,
+        interval: float,
+        what: str = "Heartbeats",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval = interval
         self.what = what
+        self._clock = clock
         self._last: dict[tuple[int, str], float] = {}
+        self._prune_at = _PRUNE_AT
 
     def check(self, user_id: int, name: str) -> None:
         """Raise a 429 with ``Retry-After`` if this provider beat less than ``interval`` ago."""
         if self.interval <= 0:
             return
         last = self._last.get((user_id, name))
-        wait = 0.0 if last is None else last + self.interval - time.monotonic()
+        wait = 0.0 if last is None else last + self.interval - self._clock()
         if wait > 0:
             raise OpenAIError(
                 429,
@@ -43,11 +58,16 @@ class HeartbeatPacer:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
+    def __len__(self) -> int:
+        """How many providers' last beats are remembered."""
+        return len(self._last)
+
     def accepted(self, user_id: int, name: str) -> None:
-        now = time.monotonic()
-        if len(self._last) >= _PRUNE_AT:
+        now = self._clock()
+        if len(self._last) >= self._prune_at:
             horizon = now - _FORGET_AFTER * max(self.interval, 1.0)
             self._last = {k: t for k, t in self._last.items() if t > horizon}
+            self._prune_at = next_prune(len(self._last))
         self._last[(user_id, name)] = now
 
 
@@ -76,14 +96,16 @@ class ProbeBudget:
         self._clock = clock
         #: Per user: target -> when it was first checked in the window, oldest first.
         self._targets: dict[int, dict[str, float]] = {}
+        self._prune_at = _PRUNE_AT
 
     def allow(self, user_id: int, target: str) -> bool:
         """Whether the hub may connect to ``target`` for this user now (and count it)."""
         if self.limit <= 0:
             return True
         now = self._clock()
-        if len(self._targets) >= _PRUNE_AT:
+        if len(self._targets) >= self._prune_at:
             self._prune(now)
+            self._prune_at = next_prune(len(self._targets))
         seen = self._targets.setdefault(user_id, {})
         self._forget_old(seen, now)
         if target in seen:
