@@ -139,3 +139,39 @@ def test_a_full_tunnel_refuses_more_and_a_closed_one_fails_its_waiting_requests(
         pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_tunnel_replaced_by_a_new_one_for_its_provider_is_closed(tmp_path: Path) -> None:
+    # Two agents run with one key and one name (or an agent redials while the hub still
+    # holds its old connection): the newest tunnel carries the provider, and the one it
+    # replaced is closed saying so. Left open, its next beat took the provider back onto a
+    # tunnel already failed, and every request got a 502 while both agents were up.
+    with start_hub(tmp_path, env={"INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0"}) as hub:
+        key = hub.user_with_key("alice")
+
+        async def scenario() -> None:
+            async with raw_tunnel(hub, key) as first, raw_tunnel(hub, key) as second:
+                assert (await first.beat("rig"))["status"] == 200
+                assert (await second.beat("rig"))["status"] == 200
+                code, reason = await first.closed()
+                assert code == tunnel.CLOSE_REFUSED and "replaced by a new tunnel" in reason
+                sdk = openai.OpenAI(base_url=hub.api_base, api_key=key, max_retries=0)
+                with sdk:
+                    asking = asyncio.ensure_future(
+                        asyncio.to_thread(sdk.chat.completions.create, model="m1", messages=[])
+                    )
+                    opened = await second.frame()
+                    assert opened.type is FrameType.OPEN
+                    await second.ws.send_bytes(
+                        tunnel.encode(
+                            FrameType.ERROR,
+                            opened.stream,
+                            b'{"status": 418, "error": {"message": "teapot"}}',
+                        )
+                    )
+                    with pytest.raises(openai.APIStatusError) as caught:
+                        await asyncio.wait_for(asking, 10)
+                    assert caught.value.status_code == 418
+
+        asyncio.run(scenario())
+        assert "Traceback" not in hub.log()

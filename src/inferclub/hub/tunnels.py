@@ -43,6 +43,12 @@ TUNNEL_CALLBACK_URL = f"http://{TUNNEL_HOST}/v1"
 
 #: Sends one binary message; raises :class:`TunnelBroken` once the tunnel is gone.
 Send = Callable[[bytes], Awaitable[None]]
+#: Closes the tunnel's WebSocket with a close code and a reason.
+HangUp = Callable[[int, str], None]
+
+
+def _no_hang_up(code: int, reason: str) -> None:
+    pass
 
 
 class TunnelBroken(ConnectionError):
@@ -177,8 +183,11 @@ def _error_of(frame: Frame, who: str) -> OpenAIError:
 class Tunnel:
     """The hub's end of one agent's tunnel."""
 
-    def __init__(self, send: Send, max_streams: int, provider: str = "") -> None:
+    def __init__(
+        self, send: Send, max_streams: int, provider: str = "", hang_up: HangUp = _no_hang_up
+    ) -> None:
         self._send = send
+        self.hang_up = hang_up
         self.max_streams = max_streams
         self.provider = provider
         self.streams: dict[int, TunnelResponse] = {}

@@ -115,7 +115,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # an OPEN waited for the agent's delayed ACK (40 ms per request).
         self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
-        self.tunnel = Tunnel(self._send, limit)
+        self.tunnel = Tunnel(self._send, limit, hang_up=self._refuse)
         self._last_pong = self._opened = time.monotonic()
         self._pinger = asyncio.ensure_future(self._ping_loop())
         self._token = self.request.headers.get(wire.AUTH_HEADER, "").partition(" ")[2].strip()
@@ -211,7 +211,14 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self.provider_id, self.tunnel.provider = provider_id, name
         replaced = tunnels.hold(provider_id, self.tunnel)
         if replaced is not None:
-            replaced.close("replaced by a new tunnel")
+            # Its WebSocket is closed, not just its streams: left open, the next beat on it
+            # (a second agent with this key and name) took the provider back onto a tunnel
+            # already failed. Closed, its agent logs why and dials again.
+            replaced.hang_up(
+                tunnel.CLOSE_REFUSED,
+                f"replaced by a new tunnel for provider {name!r} (another agent with its "
+                "name and key?)",
+            )
         self._announce()
 
     def _announce(self) -> None:
