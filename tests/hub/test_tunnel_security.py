@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import json
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from inferclub import tunnel
 from inferclub.tunnel import FrameType
 from tests.support.hubproc import HubProcess, start_hub
 from tests.support.stack import wait_models
-from tests.support.tunnel import raw_tunnel, refused_upgrade
+from tests.support.tunnel import UPGRADE, raw_tunnel, refused_upgrade
 
 pytestmark = pytest.mark.subprocess
 
@@ -175,3 +177,25 @@ def test_a_tunnel_replaced_by_a_new_one_for_its_provider_is_closed(tmp_path: Pat
 
         asyncio.run(scenario())
         assert "Traceback" not in hub.log()
+
+
+def test_a_request_that_is_no_websocket_upgrade_gets_an_openai_error(
+    tunnel_hub: HubProcess,
+) -> None:
+    key = tunnel_hub.user_with_key("alice")
+    auth = {"Authorization": f"Bearer {key}"}
+    old_version = {**UPGRADE, "Sec-WebSocket-Version": "6", **auth}
+    for headers, status in ((auth, 400), (old_version, 426)):
+        address = urllib.parse.urlsplit(tunnel_hub.url).netloc
+        conn = http.client.HTTPConnection(address, timeout=10)
+        try:  # http.client, not urllib: urllib replaces Connection with "close"
+            conn.request("GET", tunnel.TUNNEL_PATH, headers=headers)
+            response = conn.getresponse()
+            assert response.status == status
+            assert response.headers["X-Request-Id"].startswith("req_")
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+        assert "WebSocket" in body["error"]["message"], body
+        assert body["error"]["code"] == "websocket_upgrade_required"
+    assert "Traceback" not in tunnel_hub.log()

@@ -38,6 +38,8 @@ _MAX_TEXTS_PENDING = 4
 _TEXT_FLOOD = "protocol error: heartbeats sent faster than the hub answers them"
 #: Seconds an agent refused for a full hub is asked to wait (its backoff may be longer).
 _FULL_RETRY_AFTER = 30
+#: The WebSocket versions Tornado accepts (13 is RFC 6455's).
+_WS_VERSIONS = ("7", "8", "13")
 
 
 class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
@@ -64,6 +66,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
         if self.request.headers.get("Origin"):
             raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
+        self._check_handshake()
         tunnels = self.hub.relay.tunnels
         self._admit()
         tunnels.closers.add(self._refuse)
@@ -72,6 +75,33 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         finally:
             tunnels.closers.discard(self._refuse)
             tunnels.closed(self.owner.user_id)
+
+    def _check_handshake(self) -> None:
+        """Refuse what Tornado would refuse with a plain-text body: every API error is
+        OpenAI-shaped, and a user who opens the URL with curl learns what it is."""
+        headers = self.request.headers
+        connection = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+        if (
+            headers.get("Upgrade", "").lower() != "websocket"
+            or "upgrade" not in connection
+            or not headers.get("Sec-WebSocket-Key")
+        ):
+            raise OpenAIError(
+                400,
+                "This endpoint is a WebSocket (RFC 6455) for `inference-club-agent run "
+                "--tunnel`: send `Connection: Upgrade`, `Upgrade: websocket` and "
+                "`Sec-WebSocket-Key`.",
+                "invalid_request_error",
+                "websocket_upgrade_required",
+            )
+        if headers.get("Sec-WebSocket-Version") not in _WS_VERSIONS:
+            raise OpenAIError(
+                426,
+                "This WebSocket speaks version 13 (RFC 6455) only.",
+                "invalid_request_error",
+                "websocket_upgrade_required",
+                headers={"Sec-WebSocket-Version": "13"},
+            )
 
     def _admit(self) -> None:
         """Count this tunnel in, or refuse the upgrade: 503 when this process holds as many
