@@ -199,3 +199,36 @@ def test_a_request_that_is_no_websocket_upgrade_gets_an_openai_error(
         assert "WebSocket" in body["error"]["message"], body
         assert body["error"]["code"] == "websocket_upgrade_required"
     assert "Traceback" not in tunnel_hub.log()
+
+
+def test_an_agents_error_mid_stream_reaches_the_client_in_its_words(
+    tunnel_hub: HubProcess,
+) -> None:
+    # An agent stopping (or its engine failing) after the answer began sends an ERROR
+    # frame: the client's final error event says what the agent said, not a generic
+    # "connection broke".
+    key = tunnel_hub.user_with_key("alice")
+
+    def stream() -> str:
+        with openai.OpenAI(base_url=tunnel_hub.api_base, api_key=key, max_retries=0) as sdk:
+            chunks = sdk.chat.completions.create(model="m1", messages=[], stream=True)
+            with pytest.raises(openai.APIError) as caught:
+                for _ in chunks:
+                    pass
+        return caught.value.message
+
+    async def scenario() -> None:
+        async with raw_tunnel(tunnel_hub, key) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            asking = asyncio.ensure_future(asyncio.to_thread(stream))
+            opened = await rig.frame()
+            head = {"status": 200, "headers": {"Content-Type": "text/event-stream"}}
+            await rig.ws.send_bytes(tunnel.encode_json(FrameType.RESPONSE, opened.stream, head))
+            chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+            await rig.ws.send_bytes(tunnel.encode(FrameType.DATA, opened.stream, chunk))
+            error = {"status": 503, "error": {"message": "The agent is shutting down."}}
+            await rig.ws.send_bytes(tunnel.encode_json(FrameType.ERROR, opened.stream, error))
+            message = await asyncio.wait_for(asking, 10)
+            assert "The agent is shutting down." in message
+
+    asyncio.run(scenario())

@@ -56,6 +56,15 @@ class TunnelBroken(ConnectionError):
     ``OSError``, as a broken connection is: the relay treats both alike."""
 
 
+class AgentFailedStream(TunnelBroken):
+    """The agent ended a stream with an ERROR frame after its answer began: the client's
+    final error event carries :attr:`error`, the agent's own words."""
+
+    def __init__(self, error: OpenAIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class TunnelBody:
     """A tunnelled answer's body, chunk by chunk, granting window as each is consumed."""
 
@@ -138,6 +147,8 @@ class TunnelResponse:
         elif not self._ended and self._error is None:
             # Mid-body, the relay sees a broken connection: the client's stream ends with
             # its final error event.
+            if isinstance(error, OpenAIError):
+                error = AgentFailedStream(error)
             self._error = error if isinstance(error, OSError) else TunnelBroken(str(error))
             self._arrived.set()
 
