@@ -111,8 +111,9 @@ class TunnelResponse:
             raise ProtocolError(f"a second RESPONSE on stream {self.id}")
         head = frame.json()
         status, headers = head.get("status"), head.get("headers")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise ProtocolError("RESPONSE frame without a valid status")
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            # 1xx heads are the HTTP connection's business, never a final answer.
+            raise ProtocolError("RESPONSE frame without a valid status (200-599)")
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
@@ -128,6 +129,9 @@ class TunnelResponse:
     def on_data(self, payload: bytes) -> None:
         if not self.head.done() or self._ended:
             raise ProtocolError(f"DATA on stream {self.id} outside its response body")
+        if self.status in _NO_BODY:
+            # Tornado refuses to write it (a RuntimeError, a 500 and a traceback).
+            raise ProtocolError(f"DATA on stream {self.id}: a {self.status} answer has no body")
         self._receive_window.received(len(payload))
         self._chunks.append(payload)
         self._arrived.set()
@@ -174,6 +178,8 @@ class TunnelResponse:
         self._tunnel.drop(self, cancel=not self._ended)
 
 
+#: Statuses whose answer has no body (RFC 9110).
+_NO_BODY = frozenset({204, 304})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
