@@ -232,3 +232,34 @@ def test_an_agents_error_mid_stream_reaches_the_client_in_its_words(
             assert "The agent is shutting down." in message
 
     asyncio.run(scenario())
+
+
+def test_a_bodiless_answer_is_relayed_without_a_body(tunnel_hub: HubProcess) -> None:
+    # A 204 from the agent (its engine's) reached Tornado with an empty write, which it
+    # refuses on a 204: the client got a 500 and the hub's log a traceback.
+    key = tunnel_hub.user_with_key("alice")
+
+    async def scenario() -> None:
+        async with raw_tunnel(tunnel_hub, key) as rig:
+            assert (await rig.beat("rig"))["status"] == 200
+            asking = asyncio.ensure_future(asyncio.to_thread(post_status, tunnel_hub, key))
+            opened = await rig.frame()
+            head = {"status": 204, "headers": {}}
+            await rig.ws.send_bytes(tunnel.encode_json(FrameType.RESPONSE, opened.stream, head))
+            await rig.ws.send_bytes(tunnel.encode(FrameType.END, opened.stream))
+            assert await asyncio.wait_for(asking, 10) == (204, b"")
+
+    asyncio.run(scenario())
+    assert "Traceback" not in tunnel_hub.log()
+
+
+def post_status(hub: HubProcess, key: str) -> tuple[int, bytes]:
+    """A chat request's status and body, whatever they are."""
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(hub.url).netloc, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        conn.request("POST", "/v1/chat/completions", b'{"model": "m1"}', headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
