@@ -66,11 +66,11 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # prepare() (ApiHandler's) authenticated the key and its scope before the upgrade.
         if self.request.headers.get("Origin"):
             raise OpenAIError(403, "Tunnels are for agents, not browsers.", "permission_error")
-        self._check_handshake()
         tunnels = self.hub.relay.tunnels
         self._admit()
         tunnels.closers.add(self._refuse)
         try:
+            self._check_handshake()  # after the caps: a refusal there needs no handshake
             await super().get(*args, **kwargs)  # returns once the tunnel closed
         finally:
             tunnels.closers.discard(self._refuse)
