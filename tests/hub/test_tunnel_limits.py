@@ -123,6 +123,16 @@ def probe_internal_listener(hub: HubProcess) -> None:
             # The forwarding process's id when it sent one, else one of the listener's.
             assert request_id == ("req_forged" if headers else request_id)
             assert request_id.startswith("req_")
+    # Off the /v1 paths too, every answer of the listener is OpenAI-shaped.
+    root = url.split("/v1/")[0]
+    for path in ("/", "/metrics", "/health"):
+        request = urllib.request.Request(root + path)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        with caught.value as err:
+            assert err.code == 404, path
+            assert json.loads(err.read())["error"]["type"] == "invalid_request_error"
+            assert err.headers["X-Request-Id"].startswith("req_")
 
 
 def test_a_response_header_with_a_line_break_closes_the_tunnel(

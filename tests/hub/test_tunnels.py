@@ -115,3 +115,27 @@ def test_an_error_frame_before_the_answer_fails_over_with_the_agents_error() -> 
         assert failed.value.status == 503
 
     asyncio.run(scenario())
+
+
+def test_an_answer_head_the_hub_cannot_relay_is_a_protocol_error() -> None:
+    # Tornado refuses a body on a 1xx, 204 or 304 answer (an uncaught RuntimeError and a 500
+    # with a traceback in the hub's log): the agent broke the protocol, and is told so.
+    async def send(message: bytes) -> None:
+        return None
+
+    async def scenario() -> None:
+        held = Tunnel(send, 4, "rig")
+        task = asyncio.ensure_future(held.open(UPSTREAM, b""))
+        await asyncio.sleep(0.01)
+        informational = {"status": 101, "headers": {}}
+        with pytest.raises(ProtocolError, match="valid status"):
+            held.on_frame(tunnel.decode(tunnel.encode_json(FrameType.RESPONSE, 1, informational)))
+        held.on_frame(
+            tunnel.decode(tunnel.encode_json(FrameType.RESPONSE, 1, {"status": 204, "headers": {}}))
+        )
+        await task
+        with pytest.raises(ProtocolError, match="no body"):
+            held.on_frame(tunnel.decode(tunnel.encode(FrameType.DATA, 1, b"x")))
+        held.on_frame(tunnel.decode(tunnel.encode(FrameType.END, 1)))  # without DATA: fine
+
+    asyncio.run(scenario())

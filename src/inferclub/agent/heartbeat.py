@@ -55,6 +55,10 @@ def is_final(status: int, code: object) -> bool:
     return status == 401 or code in FINAL_CODES.get(status, ())
 
 
+class TunnelDown(aiohttp.ClientConnectionError):
+    """A heartbeat found the tunnel (``run --tunnel``) not connected."""
+
+
 class Refused(Exception):
     """The hub refused the heartbeat for good (:func:`is_final`): a wrong or revoked key
     (401), a key whose scope cannot heartbeat (403 ``insufficient_scope``), or a provider name
@@ -212,6 +216,11 @@ class Heartbeat:
         )
         try:
             status, body = await self.exchange("heartbeat", payload.to_json())
+        except TunnelDown:
+            # The tunnel's own lines say why (and on every start, before it connects, there is
+            # nothing to say); it beats as soon as it is back.
+            log.debug("heartbeat waits for the tunnel to %s", self.hub_url)
+            return False
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._failed(describe(exc, "the hub"), retry_in)
         if status != 200:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from inferclub import tunnel, wire
-from inferclub.agent.heartbeat import Refused
+from inferclub.agent.heartbeat import Refused, TunnelDown
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.services import describe
 from inferclub.openai_errors import error_body
@@ -331,7 +331,7 @@ class TunnelClient:
         async with self._beat_lock:
             ws = self._ws
             if ws is None or ws.closed:
-                raise aiohttp.ClientConnectionError("the tunnel is not connected")
+                raise TunnelDown("the tunnel is not connected")
             reply: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
             self._reply = reply
             await ws.send_str(tunnel.text_message(kind, payload=payload))

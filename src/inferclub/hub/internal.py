@@ -131,5 +131,16 @@ class InternalHandler(tornado.web.RequestHandler):
             self._task.cancel()  # the stream on the tunnel is cancelled with it
 
 
+class NotFoundHandler(InternalHandler):
+    """Any path but ``/v1/...``: a 404, OpenAI-shaped like every answer of the listener."""
+
+    def prepare(self) -> None:
+        raise OpenAIError(404, "Not Found", "invalid_request_error")
+
+
 def internal_app(hub: Hub) -> tornado.web.Application:
-    return tornado.web.Application([(r"/v1/(.*)", InternalHandler, {"hub": hub})])
+    return tornado.web.Application(
+        [(r"/v1/(.*)", InternalHandler, {"hub": hub})],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"hub": hub},
+    )

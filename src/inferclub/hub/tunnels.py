@@ -43,11 +43,26 @@ TUNNEL_CALLBACK_URL = f"http://{TUNNEL_HOST}/v1"
 
 #: Sends one binary message; raises :class:`TunnelBroken` once the tunnel is gone.
 Send = Callable[[bytes], Awaitable[None]]
+#: Closes the tunnel's WebSocket with a close code and a reason.
+HangUp = Callable[[int, str], None]
+
+
+def _no_hang_up(code: int, reason: str) -> None:
+    pass
 
 
 class TunnelBroken(ConnectionError):
     """The tunnel closed (or the agent failed the stream) while a request was on it. An
     ``OSError``, as a broken connection is: the relay treats both alike."""
+
+
+class AgentFailedStream(TunnelBroken):
+    """The agent ended a stream with an ERROR frame after its answer began: the client's
+    final error event carries :attr:`error`, the agent's own words."""
+
+    def __init__(self, error: OpenAIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class TunnelBody:
@@ -96,8 +111,9 @@ class TunnelResponse:
             raise ProtocolError(f"a second RESPONSE on stream {self.id}")
         head = frame.json()
         status, headers = head.get("status"), head.get("headers")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise ProtocolError("RESPONSE frame without a valid status")
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            # 1xx heads are the HTTP connection's business, never a final answer.
+            raise ProtocolError("RESPONSE frame without a valid status (200-599)")
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
@@ -113,6 +129,9 @@ class TunnelResponse:
     def on_data(self, payload: bytes) -> None:
         if not self.head.done() or self._ended:
             raise ProtocolError(f"DATA on stream {self.id} outside its response body")
+        if self.status in _NO_BODY:
+            # Tornado refuses to write it (a RuntimeError, a 500 and a traceback).
+            raise ProtocolError(f"DATA on stream {self.id}: a {self.status} answer has no body")
         self._receive_window.received(len(payload))
         self._chunks.append(payload)
         self._arrived.set()
@@ -132,6 +151,8 @@ class TunnelResponse:
         elif not self._ended and self._error is None:
             # Mid-body, the relay sees a broken connection: the client's stream ends with
             # its final error event.
+            if isinstance(error, OpenAIError):
+                error = AgentFailedStream(error)
             self._error = error if isinstance(error, OSError) else TunnelBroken(str(error))
             self._arrived.set()
 
@@ -157,6 +178,8 @@ class TunnelResponse:
         self._tunnel.drop(self, cancel=not self._ended)
 
 
+#: Statuses whose answer has no body (RFC 9110).
+_NO_BODY = frozenset({204, 304})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -177,8 +200,11 @@ def _error_of(frame: Frame, who: str) -> OpenAIError:
 class Tunnel:
     """The hub's end of one agent's tunnel."""
 
-    def __init__(self, send: Send, max_streams: int, provider: str = "") -> None:
+    def __init__(
+        self, send: Send, max_streams: int, provider: str = "", hang_up: HangUp = _no_hang_up
+    ) -> None:
         self._send = send
+        self.hang_up = hang_up
         self.max_streams = max_streams
         self.provider = provider
         self.streams: dict[int, TunnelResponse] = {}

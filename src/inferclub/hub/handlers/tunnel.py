@@ -38,6 +38,8 @@ _MAX_TEXTS_PENDING = 4
 _TEXT_FLOOD = "protocol error: heartbeats sent faster than the hub answers them"
 #: Seconds an agent refused for a full hub is asked to wait (its backoff may be longer).
 _FULL_RETRY_AFTER = 30
+#: The WebSocket versions Tornado accepts (13 is RFC 6455's).
+_WS_VERSIONS = ("7", "8", "13")
 
 
 class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
@@ -68,10 +70,38 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self._admit()
         tunnels.closers.add(self._refuse)
         try:
+            self._check_handshake()  # after the caps: a refusal there needs no handshake
             await super().get(*args, **kwargs)  # returns once the tunnel closed
         finally:
             tunnels.closers.discard(self._refuse)
             tunnels.closed(self.owner.user_id)
+
+    def _check_handshake(self) -> None:
+        """Refuse what Tornado would refuse with a plain-text body: every API error is
+        OpenAI-shaped, and a user who opens the URL with curl learns what it is."""
+        headers = self.request.headers
+        connection = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+        if (
+            headers.get("Upgrade", "").lower() != "websocket"
+            or "upgrade" not in connection
+            or not headers.get("Sec-WebSocket-Key")
+        ):
+            raise OpenAIError(
+                400,
+                "This endpoint is a WebSocket (RFC 6455) for `inference-club-agent run "
+                "--tunnel`: send `Connection: Upgrade`, `Upgrade: websocket` and "
+                "`Sec-WebSocket-Key`.",
+                "invalid_request_error",
+                "websocket_upgrade_required",
+            )
+        if headers.get("Sec-WebSocket-Version") not in _WS_VERSIONS:
+            raise OpenAIError(
+                426,
+                "This WebSocket speaks version 13 (RFC 6455) only.",
+                "invalid_request_error",
+                "websocket_upgrade_required",
+                headers={"Sec-WebSocket-Version": "13"},
+            )
 
     def _admit(self) -> None:
         """Count this tunnel in, or refuse the upgrade: 503 when this process holds as many
@@ -115,7 +145,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         # an OPEN waited for the agent's delayed ACK (40 ms per request).
         self.set_nodelay(True)
         limit = min(self.hub.settings.tunnel_max_streams, tunnel.MAX_STREAMS)
-        self.tunnel = Tunnel(self._send, limit)
+        self.tunnel = Tunnel(self._send, limit, hang_up=self._refuse)
         self._last_pong = self._opened = time.monotonic()
         self._pinger = asyncio.ensure_future(self._ping_loop())
         self._token = self.request.headers.get(wire.AUTH_HEADER, "").partition(" ")[2].strip()
@@ -211,7 +241,14 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         self.provider_id, self.tunnel.provider = provider_id, name
         replaced = tunnels.hold(provider_id, self.tunnel)
         if replaced is not None:
-            replaced.close("replaced by a new tunnel")
+            # Its WebSocket is closed, not just its streams: left open, the next beat on it
+            # (a second agent with this key and name) took the provider back onto a tunnel
+            # already failed. Closed, its agent logs why and dials again.
+            replaced.hang_up(
+                tunnel.CLOSE_REFUSED,
+                f"replaced by a new tunnel for provider {name!r} (another agent with its "
+                "name and key?)",
+            )
         self._announce()
 
     def _announce(self) -> None:

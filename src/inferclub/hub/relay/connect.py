@@ -14,7 +14,7 @@ import aiohttp
 from inferclub import signing, wire
 from inferclub.fdlimit import out_of_descriptors
 from inferclub.hub.routing import Route
-from inferclub.hub.tunnels import unreachable
+from inferclub.hub.tunnels import AgentFailedStream, unreachable
 from inferclub.openai_errors import OpenAIError
 
 
@@ -162,6 +162,8 @@ def upstream_broke(exc: BaseException) -> OpenAIError:
     """The agent's connection failed while its answer was on its way."""
     # No exception text or class name: a client reads this inside its stream, and aiohttp's
     # ("Response payload is not completed: <TransferEncodingError ...>") tells it nothing.
+    if isinstance(exc, AgentFailedStream):
+        return exc.error  # the agent said why (shutting down, its engine failed)
     return OpenAIError(
         502,
         "The connection to the provider broke before the answer was complete.",

@@ -77,7 +77,8 @@ async def relay_whole(
     sink.set_status(resp.status)
     meter.answered(resp.status)
     meter.sent(len(body))
-    sink.write(body)
+    if body:  # even an empty write is a body to Tornado, refused on a 204 or 304
+        sink.write(body)
 
 
 def retry_after(value: str | None) -> str:
