@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.server import Runtime, make_app
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
+from tests.support.fakes import FakeVllm
 
 IDS = itertools.count()
 #: The hub this agent trusts, and the provider id it gave the agent.
@@ -139,3 +142,42 @@ async def test_after_a_changed_hub_key_nothing_is_served(
     for signer in (HUB, impostor):
         status, error = await call(http_server_client, "GET", "/models", signer=signer)
         assert (status, error["type"]) == (503, "service_unavailable")
+
+
+async def test_the_server_header_names_no_version(http_server_client: Any) -> None:
+    for path in ("/health", "/v1/models"):
+        resp = await http_server_client.fetch(path, raise_error=False)
+        assert resp.headers["Server"] == "inference-club-agent", path
+
+
+async def test_a_request_cut_by_the_agents_own_shutdown_does_not_blame_the_hub(
+    http_server_client: Any, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the drain deadline the agent closes what is left itself; its log says so."""
+    engine = FakeVllm(["qwen3"]).start()
+    engine.chunks, engine.chunk_delay = 50, 0.1
+    try:
+        runtime.table = ServiceTable(
+            [Service("qwen", "vllm", engine.url, models=(Model("qwen3"),))],
+            get_engines(get_plugin_manager(entrypoints=False)),
+        )
+        body = json.dumps({"model": "qwen3", "messages": [], "stream": True}).encode()
+        path = "/v1/chat/completions"
+        headers = {
+            "Content-Type": "application/json",
+            **HUB.sign("POST", path, "req_drain", str(PROVIDER), body, service=""),
+        }
+        caplog.set_level(logging.INFO, "inferclub.agent.server")
+        async with aiohttp.ClientSession() as client:
+            resp = await client.post(http_server_client.get_url(path), data=body, headers=headers)
+            assert (await resp.content.readline()).startswith(b"data: ")
+            runtime.draining = True  # what the runner sets before the deadline cuts the rest
+            resp.close()
+            for _ in range(100):
+                if "cancelled the request" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+        assert "shutting down; cancelled the request to service qwen" in caplog.text
+        assert "hub disconnected" not in caplog.text
+    finally:
+        engine.close()

@@ -82,6 +82,7 @@ def internal_post(url: str, headers: dict[str, str]) -> tuple[int, dict[str, obj
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     with caught.value as err:
+        assert err.headers["Server"] == "inferclub"  # as on the public port: no version
         return err.code, json.loads(err.read()), err.headers.get("X-Request-Id", "")
 
 
@@ -131,6 +132,7 @@ def probe_internal_listener(hub: HubProcess) -> None:
             urllib.request.urlopen(request, timeout=10)
         with caught.value as err:
             assert err.code == 404, path
+            assert err.headers["Server"] == "inferclub"
             assert json.loads(err.read())["error"]["type"] == "invalid_request_error"
             assert err.headers["X-Request-Id"].startswith("req_")
 

@@ -65,6 +65,9 @@ class Runtime:
 class BaseHandler(tornado.web.RequestHandler):
     """Base of every agent handler: any error is answered with OpenAI's error object."""
 
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "inference-club-agent")  # not Tornado's, with its version
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         err = exc if isinstance(exc, OpenAIError) else OpenAIError(status_code, self._reason)
@@ -220,7 +223,9 @@ class CallbackHandler(BaseHandler):
                 if not self._hub_gone:
                     raise
                 outcome = "cancelled"
-                log.info("hub disconnected; cancelled the request to service %s", state.name)
+                # At the drain deadline this agent closes what is left itself: not the hub.
+                why = "shutting down" if self.runtime.draining else "hub disconnected"
+                log.info("%s; cancelled the request to service %s", why, state.name)
         finally:
             state.release()
             self.runtime.metrics.request_done(state.name, time.perf_counter() - started, outcome)

@@ -55,6 +55,7 @@ class InternalHandler(tornado.web.RequestHandler):
         self._chunks.append(chunk)
 
     def set_default_headers(self) -> None:
+        self.set_header("Server", "inferclub")  # not Tornado's, which names its version
         # Every answer, errors included, carries the request's id: the one the forwarding
         # process sent (its client's, so its logs and the client's error agree) when it
         # looks like one, else a new one.
