@@ -80,12 +80,16 @@ class Relay:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            # An agent's cookies are nobody's business (and one jar would share them between
+            # users); the default jar also costs a filter pass on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._internal = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:

@@ -83,12 +83,10 @@ class Upstream:
         """``api_path`` (``/v1/...``) on the route's agent, signed for the route's provider
         (docs/signing.md): the consumer's key never travels to an agent. Signed here, once
         per request: the body is whole by now, and no chunk of the answer costs a signature."""
-        url = route.provider.callback_url.rstrip("/") + api_path[len("/v1") :]
-        target = signing.request_target(url)
+        provider = route.provider
+        url, target = _url_and_target(provider.callback_url, api_path)
         service = route.service.name
-        signed = signer.sign(
-            "POST", target, request_id, str(route.provider.id), body, service=service
-        )
+        signed = signer.sign("POST", target, request_id, str(provider.id), body, service=service)
         return cls(
             url=url,
             headers={
@@ -96,10 +94,27 @@ class Upstream:
                 wire.SERVICE_HEADER: service,
                 **signed,
             },
-            provider=route.provider.name,
-            provider_id=route.provider.id,
-            tunnel=route.provider.transport == "tunnel",
+            provider=provider.name,
+            provider_id=provider.id,
+            tunnel=provider.transport == "tunnel",
         )
+
+
+#: (callback URL, API path) -> (URL, request target): the same for every request to a route,
+#: and yarl's parse of the URL is not free. Bounded: emptied when full.
+_TARGETS: dict[tuple[str, str], tuple[str, str]] = {}
+MAX_TARGETS = 4096
+
+
+def _url_and_target(callback_url: str, api_path: str) -> tuple[str, str]:
+    """``api_path`` (``/v1/...``) on an agent's callback URL, and its signed request target."""
+    known = _TARGETS.get((callback_url, api_path))
+    if known is None:
+        if len(_TARGETS) >= MAX_TARGETS:
+            _TARGETS.clear()
+        url = callback_url.rstrip("/") + api_path[len("/v1") :]
+        known = _TARGETS[callback_url, api_path] = (url, signing.request_target(url))
+    return known
 
 
 async def open_upstream(
