@@ -150,13 +150,11 @@ class Relay:
         seconds (default: the ``first_byte`` timeout). Raises
         :class:`~inferclub.openai_errors.OpenAIError` (502, 504) when that fails."""
         assert self._session is not None, "relay not started"
-        timeouts = self.timeouts
-        if first_byte is not None:
-            # Not dataclasses.replace, which looks up the fields anew on every request.
-            timeouts = Timeouts(timeouts.connect, first_byte, timeouts.idle)
+        if first_byte is None:
+            first_byte = self.timeouts.first_byte
         if upstream.tunnel:
-            return await self._open_tunnel(upstream, body, timeouts.first_byte)
-        return await open_upstream(self._session, timeouts, upstream, body)
+            return await self._open_tunnel(upstream, body, first_byte)
+        return await open_upstream(self._session, self.timeouts, upstream, body, first_byte)
 
     async def _open_tunnel(
         self, upstream: Upstream, body: bytes, first_byte: float

@@ -118,11 +118,18 @@ def _url_and_target(callback_url: str, api_path: str) -> tuple[str, str]:
 
 
 async def open_upstream(
-    session: aiohttp.ClientSession, timeouts: Timeouts, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession,
+    timeouts: Timeouts,
+    upstream: Upstream,
+    body: bytes,
+    first_byte: float | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` and wait for the response headers, at most ``timeouts.first_byte``."""
+    """POST ``body`` and wait for the response headers, at most ``first_byte`` seconds
+    (default ``timeouts.first_byte``)."""
+    if first_byte is None:
+        first_byte = timeouts.first_byte
     try:
-        async with asyncio.timeout(timeouts.first_byte):
+        async with asyncio.timeout(first_byte):
             return await session.post(
                 upstream.url, data=body, headers=upstream.headers, allow_redirects=False
             )
@@ -134,7 +141,7 @@ async def open_upstream(
             "upstream_timeout",
         ) from None
     except TimeoutError:
-        raise no_answer(upstream, timeouts.first_byte) from None
+        raise no_answer(upstream, first_byte) from None
     except (aiohttp.ClientError, OSError) as exc:
         if out_of_descriptors(exc):
             raise hub_overloaded() from None
