@@ -36,7 +36,11 @@ def test_lookups_hit_the_store_once_and_revocation_is_seen(tmp_path: Path) -> No
         await cache.start()
 
         # A bad checksum or a foreign format never reaches the store.
-        for bad in (key[:-1] + ("0" if key[-1] != "0" else "1"), "sk-abc", ""):
+        # Nor does a key-sized token in Latin-1 (headers are decoded so) or outside the
+        # alphabet: they are refused before they are hashed, not with a 500.
+        latin = "ic_" + "\u00e9" * (keys.KEY_LEN - 3)
+        odd = "ic_" + "!" * (keys.KEY_LEN - 3)
+        for bad in (key[:-1] + ("0" if key[-1] != "0" else "1"), "sk-abc", "", latin, odd):
             assert await cache.authenticate(bad) is None
         assert store.lookups == 0
 

@@ -22,6 +22,9 @@ MAX_CONVERSATIONS = 10_000
 #: (provider id, service name) of a route.
 Served = tuple[int, str]
 
+#: ``json.dumps(..., sort_keys=True)`` builds an encoder per call; one serves every request.
+_ENCODER = json.JSONEncoder(sort_keys=True)
+
 
 def conversation_key(user_id: int, messages: Any) -> bytes | None:
     """The hash that names this chat's conversation, or None when it has no user message."""
@@ -29,7 +32,7 @@ def conversation_key(user_id: int, messages: Any) -> bytes | None:
         return None
     for end, message in enumerate(messages, 1):
         if isinstance(message, dict) and message.get("role") == "user":
-            opening = json.dumps([user_id, messages[:end]], sort_keys=True)
+            opening = _ENCODER.encode([user_id, messages[:end]])
             return hashlib.blake2b(opening.encode(), digest_size=16).digest()
     return None
 

@@ -230,17 +230,26 @@ class Fleet:
     @contextmanager
     def busy(self, route: Route) -> Iterator[None]:
         """Count one request in flight to ``route`` for the block."""
-        key = (route.provider.id, route.service.name)
-        self._inflight[key] = self._inflight.get(key, 0) + 1
+        key = self.enter(route)
         try:
             yield
         finally:
-            left = self._inflight[key] - 1
-            if left:
-                self._inflight[key] = left
-            else:
-                del self._inflight[key]
-            self.queue.wake(route.provider.user_id)
+            self.leave(key, route.provider.user_id)
+
+    def enter(self, route: Route) -> tuple[int, str]:
+        """Count one request in flight to ``route`` until :meth:`leave` with the key returned:
+        :meth:`busy` without a generator, for the proxy's path taken by every request."""
+        key = (route.provider.id, route.service.name)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        return key
+
+    def leave(self, key: tuple[int, str], user_id: int) -> None:
+        left = self._inflight[key] - 1
+        if left:
+            self._inflight[key] = left
+        else:
+            del self._inflight[key]
+        self.queue.wake(user_id)
 
     # -- passive health ------------------------------------------------------------------
 
@@ -347,7 +356,13 @@ class Fleet:
                 raise model_unavailable(model, reasons) from None
             raise
         now = time.monotonic()
-        ordered = self.order(online, model, now, self.affinity.preferred(conversation))
+        if len(online) == 1:
+            # One candidate (most users): nothing to sort, no conversation to prefer it by.
+            pid = online[0].provider.id
+            usable = not self.state(pid).leaving and self._usable(pid, now)
+            ordered = online if usable else []
+        else:
+            ordered = self.order(online, model, now, self.affinity.preferred(conversation))
         if ordered:
             return ordered
         reasons = list(dict.fromkeys(self._why_not(r, now) for r in online))

@@ -4,6 +4,7 @@ environment variables and command-line flags, in that order of precedence (flags
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -403,11 +404,12 @@ class Settings:
     def image_edit_body_limit(self) -> int:
         return wire.image_edit_body_limit(self.max_image_body)
 
-    @property
+    @functools.cached_property
     def body_ceiling(self) -> int:
         """The largest body a ``/v1`` route lets a client send: past every endpoint's own
         limit. The HTTP server's ``max_body_size`` is ``max_web_body``; the ``/v1`` handlers
-        raise it to this for their request only, after the headers are checked."""
+        raise it to this for their request only, after the headers are checked. Cached:
+        every API request reads it, and the settings never change."""
         return wire.body_ceiling(self.max_json_body, self.max_audio_body, self.max_image_body)
 
     @property

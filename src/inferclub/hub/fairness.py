@@ -8,8 +8,9 @@ arrival order, and another user's request that arrives just after waits behind a
 the loop lets every waiting user start one request, and the loop polls its sockets between
 two passes. A burst of one user is then spread over passes, and a request of another user
 that arrives meanwhile starts on the next pass, not after the whole burst. When nobody
-competes, a turn costs a pass of the loop. Nothing is held once granted: a request waiting
-for its agent holds no turn.
+waits and no pass is due, a start goes at once (no pass of the loop to wait for) and counts
+as its user's start of the next pass, so the rotation is the same. Nothing is held once
+granted: a request waiting for its agent holds no turn.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Turns:
         #: user id -> its waiters in arrival order; the dict's order is the rotation.
         self._queues: dict[int, deque[asyncio.Future[None]]] = {}
         self._scheduled = False
+        #: Users who started at once since the last pass: the next pass skips them once.
+        self._granted: set[int] = set()
 
     def waiting(self) -> int:
         """Starts waiting for their turn now, of all users."""
@@ -33,11 +36,15 @@ class Turns:
     async def turn(self, user_id: int) -> None:
         """Return when it is this user's turn to start a request."""
         loop = asyncio.get_running_loop()
+        if not self._scheduled:
+            # Nobody waits (a pass would be due otherwise): start now, as the user's start
+            # of the pass scheduled here. Most requests of a hub take this way.
+            self._scheduled = True
+            self._granted.add(user_id)
+            loop.call_soon(self._pass)
+            return
         waiter: asyncio.Future[None] = loop.create_future()
         self._queues.setdefault(user_id, deque()).append(waiter)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._pass)
         await waiter
 
     def _pass(self) -> None:
@@ -45,11 +52,12 @@ class Turns:
         more goes to the back. The next pass is scheduled after these starts have run (the
         loop runs ready callbacks in order), with a poll of the sockets in between."""
         self._scheduled = False
+        granted, self._granted = self._granted, set()
         for user_id in list(self._queues):
             queue = self._queues.pop(user_id)
             while queue and queue[0].done():  # a cancelled waiter's client left: skip it
                 queue.popleft()
-            if queue:
+            if queue and user_id not in granted:
                 queue.popleft().set_result(None)
             if queue:
                 self._queues[user_id] = queue

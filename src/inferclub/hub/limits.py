@@ -137,6 +137,15 @@ class ConcurrencyLimit:
     @contextmanager
     def slot(self, user_id: int) -> Iterator[None]:
         """Hold one of the user's slots for the block, or raise a 429 with ``Retry-After``."""
+        self.take(user_id)
+        try:
+            yield
+        finally:
+            self.give_back(user_id)
+
+    def take(self, user_id: int) -> None:
+        """Hold one of the user's slots until :meth:`give_back`, or raise a 429: :meth:`slot`
+        without a generator, for the proxy's path taken by every request."""
         count = self._inflight.get(user_id, 0)
         if self.limit > 0 and count >= self.limit:
             raise OpenAIError(
@@ -148,11 +157,10 @@ class ConcurrencyLimit:
                 headers={"Retry-After": "1"},
             )
         self._inflight[user_id] = count + 1
-        try:
-            yield
-        finally:
-            left = self._inflight[user_id] - 1
-            if left:
-                self._inflight[user_id] = left
-            else:
-                del self._inflight[user_id]
+
+    def give_back(self, user_id: int) -> None:
+        left = self._inflight[user_id] - 1
+        if left:
+            self._inflight[user_id] = left
+        else:
+            del self._inflight[user_id]

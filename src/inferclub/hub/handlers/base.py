@@ -9,7 +9,7 @@
 - :class:`DashboardHandler` and :class:`DashboardApiHandler`: the signed-in user's pages and
   the small JSON endpoints they poll.
 
-Services come from ``Application.settings["hub"]`` through the ``hub`` property.
+Services come from ``Application.settings["hub"]`` through the ``hub`` attribute.
 """
 
 from __future__ import annotations
@@ -60,15 +60,24 @@ def close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
 
 
 class HubHandler(tornado.web.RequestHandler):
+    #: The hub's services: ``Application.settings["hub"]``, looked up once per request (a
+    #: handler reads it a dozen times), before Tornado's constructor sets the default headers.
+    hub: Hub
+
+    def __init__(
+        self,
+        application: tornado.web.Application,
+        request: tornado.httputil.HTTPServerRequest,
+        **kwargs: Any,
+    ) -> None:
+        self.hub = application.settings["hub"]
+        super().__init__(application, request, **kwargs)
+
     def set_default_headers(self) -> None:
         # Tornado's default names its version: a free hint for anyone matching CVEs.
         self.set_header("Server", "inferclub")
         if is_secure(self.hub.settings):
             self.set_header("Strict-Transport-Security", "max-age=31536000")
-
-    @property
-    def hub(self) -> Hub:
-        return self.application.settings["hub"]  # type: ignore[no-any-return]
 
     def flush(self, include_footers: bool = False) -> Future[None]:
         # Checked at every flush, not when the request came in: an answer that was on its

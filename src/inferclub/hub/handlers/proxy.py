@@ -104,8 +104,13 @@ class ProxyHandler(ApiHandler):
         hub.inflight += 1
         hub.active.add(self)
         try:
-            with hub.concurrency.slot(self.owner.user_id):
+            # take/give_back, not the slot() context manager: a generator per request.
+            user_id = self.owner.user_id
+            hub.concurrency.take(user_id)
+            try:
                 await self._serve(meter)
+            finally:
+                hub.concurrency.give_back(user_id)
         except OpenAIError as err:
             meter.failed(err.status, err.type, err.code)
             raise
@@ -182,18 +187,21 @@ class ProxyHandler(ApiHandler):
             left = deadline - loop.time()
             if left <= 0 or (n > 1 and keepalive.committed):
                 break
-            with hub.fleet.busy(route):
-                self._attempting(n, route, meter)
-                adapted = self.adapt(route, fwd)
-                try:
-                    upstream = self._upstream(route, meter, adapted.body, n)
-                    resp = await hub.relay.open(upstream, adapted.body, left)
-                except OpenAIError as err:
-                    if err.code == "hub_overloaded":
-                        raise  # the hub's own trouble: no provider is to blame
-                    hub.fleet.failed(route.provider.id)
-                    error = err
-                    continue
+            # fleet.enter/leave, not the busy() context manager: a generator per attempt.
+            busy = hub.fleet.enter(route)
+            try:
+                resp, adapted = await self._send(n, route, fwd, meter, left)
+            except OpenAIError as err:
+                hub.fleet.leave(busy, route.provider.user_id)
+                if err.code == "hub_overloaded":
+                    raise  # the hub's own trouble: no provider is to blame
+                hub.fleet.failed(route.provider.id)
+                error = err
+                continue
+            except BaseException:
+                hub.fleet.leave(busy, route.provider.user_id)
+                raise
+            try:
                 if resp.status in RETRIED_STATUSES and n < len(routes) and not keepalive.committed:
                     self._note_refusal(route, resp.status)
                     resp.close()
@@ -206,12 +214,23 @@ class ProxyHandler(ApiHandler):
                 keepalive.stop()
                 await self._answer(resp, adapted, meter, keepalive.committed)
                 return None
+            finally:
+                hub.fleet.leave(busy, route.provider.user_id)
         return error or OpenAIError(
             504,
             f"No provider answered within {hub.settings.first_byte_timeout:g} s.",
             "server_error",
             "upstream_timeout",
         )
+
+    async def _send(
+        self, n: int, route: Route, fwd: Forward, meter: RequestMeter, left: float
+    ) -> tuple[UpstreamResponse, Forward]:
+        """Attempt ``n``: the request to ``route``, up to its response headers."""
+        self._attempting(n, route, meter)
+        adapted = self.adapt(route, fwd)
+        upstream = self._upstream(route, meter, adapted.body, n)
+        return await self.hub.relay.open(upstream, adapted.body, left), adapted
 
     def _upstream(self, route: Route, meter: RequestMeter, body: bytes, attempt: int) -> Upstream:
         # Each attempt is signed for its own provider. A later attempt gets its own request

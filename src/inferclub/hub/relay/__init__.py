@@ -80,12 +80,16 @@ class Relay:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            # An agent's cookies are nobody's business (and one jar would share them between
+            # users); the default jar also costs a filter pass on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._internal = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -146,13 +150,11 @@ class Relay:
         seconds (default: the ``first_byte`` timeout). Raises
         :class:`~inferclub.openai_errors.OpenAIError` (502, 504) when that fails."""
         assert self._session is not None, "relay not started"
-        timeouts = self.timeouts
-        if first_byte is not None:
-            # Not dataclasses.replace, which looks up the fields anew on every request.
-            timeouts = Timeouts(timeouts.connect, first_byte, timeouts.idle)
+        if first_byte is None:
+            first_byte = self.timeouts.first_byte
         if upstream.tunnel:
-            return await self._open_tunnel(upstream, body, timeouts.first_byte)
-        return await open_upstream(self._session, timeouts, upstream, body)
+            return await self._open_tunnel(upstream, body, first_byte)
+        return await open_upstream(self._session, self.timeouts, upstream, body, first_byte)
 
     async def _open_tunnel(
         self, upstream: Upstream, body: bytes, first_byte: float

@@ -83,12 +83,10 @@ class Upstream:
         """``api_path`` (``/v1/...``) on the route's agent, signed for the route's provider
         (docs/signing.md): the consumer's key never travels to an agent. Signed here, once
         per request: the body is whole by now, and no chunk of the answer costs a signature."""
-        url = route.provider.callback_url.rstrip("/") + api_path[len("/v1") :]
-        target = signing.request_target(url)
+        provider = route.provider
+        url, target = _url_and_target(provider.callback_url, api_path)
         service = route.service.name
-        signed = signer.sign(
-            "POST", target, request_id, str(route.provider.id), body, service=service
-        )
+        signed = signer.sign("POST", target, request_id, str(provider.id), body, service=service)
         return cls(
             url=url,
             headers={
@@ -96,18 +94,42 @@ class Upstream:
                 wire.SERVICE_HEADER: service,
                 **signed,
             },
-            provider=route.provider.name,
-            provider_id=route.provider.id,
-            tunnel=route.provider.transport == "tunnel",
+            provider=provider.name,
+            provider_id=provider.id,
+            tunnel=provider.transport == "tunnel",
         )
 
 
+#: (callback URL, API path) -> (URL, request target): the same for every request to a route,
+#: and yarl's parse of the URL is not free. Bounded: emptied when full.
+_TARGETS: dict[tuple[str, str], tuple[str, str]] = {}
+MAX_TARGETS = 4096
+
+
+def _url_and_target(callback_url: str, api_path: str) -> tuple[str, str]:
+    """``api_path`` (``/v1/...``) on an agent's callback URL, and its signed request target."""
+    known = _TARGETS.get((callback_url, api_path))
+    if known is None:
+        if len(_TARGETS) >= MAX_TARGETS:
+            _TARGETS.clear()
+        url = callback_url.rstrip("/") + api_path[len("/v1") :]
+        known = _TARGETS[callback_url, api_path] = (url, signing.request_target(url))
+    return known
+
+
 async def open_upstream(
-    session: aiohttp.ClientSession, timeouts: Timeouts, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession,
+    timeouts: Timeouts,
+    upstream: Upstream,
+    body: bytes,
+    first_byte: float | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` and wait for the response headers, at most ``timeouts.first_byte``."""
+    """POST ``body`` and wait for the response headers, at most ``first_byte`` seconds
+    (default ``timeouts.first_byte``)."""
+    if first_byte is None:
+        first_byte = timeouts.first_byte
     try:
-        async with asyncio.timeout(timeouts.first_byte):
+        async with asyncio.timeout(first_byte):
             return await session.post(
                 upstream.url, data=body, headers=upstream.headers, allow_redirects=False
             )
@@ -119,7 +141,7 @@ async def open_upstream(
             "upstream_timeout",
         ) from None
     except TimeoutError:
-        raise no_answer(upstream, timeouts.first_byte) from None
+        raise no_answer(upstream, first_byte) from None
     except (aiohttp.ClientError, OSError) as exc:
         if out_of_descriptors(exc):
             raise hub_overloaded() from None

@@ -162,10 +162,29 @@ def cut_events(data: bytes) -> tuple[bytes, bytes]:
     return data[:cut], data[cut:]
 
 
+def _event_end_before(data: bytes, pos: int) -> int:
+    """Where the last complete event of ``data`` before ``pos`` ends (0 if none does)."""
+    lf, crlf = data.rfind(b"\n\n", 0, pos), data.rfind(b"\r\n\r\n", 0, pos)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
 def scan_events(events: bytes, meter: RequestMeter, strip_usage: bool) -> bytes:
     """Complete events, as they go to the client: usage and upstream errors recorded, and
     usage-only events dropped when the hub (not the client) asked for them. Kept events
-    keep their bytes."""
+    keep their bytes.
+
+    Only the events from the first that mentions ``"usage"`` or ``"error"`` on are split and
+    parsed: the ones before it go out as they are. A stream read in one piece (a fast engine,
+    a busy hub) otherwise had its every event matched by the regular expression, byte by
+    byte, for the usage in its last one."""
+    marks = [i for i in (events.find(b'"usage"'), events.find(b'"error"')) if i >= 0]
+    start = _event_end_before(events, min(marks)) if marks else len(events)
+    if start:
+        return events[:start] + _scan(events[start:], meter, strip_usage)
+    return _scan(events, meter, strip_usage)
+
+
+def _scan(events: bytes, meter: RequestMeter, strip_usage: bool) -> bytes:
     kept: list[bytes] = []
     end = 0
     for match in _EVENT.finditer(events):
