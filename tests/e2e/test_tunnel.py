@@ -251,6 +251,12 @@ def test_sigterm_says_goodbye_and_lets_the_stream_finish(tunnelled: Tunnelled) -
         chunks += list(stream)  # the one in flight ends whole
     assert engine.completed_streams == 1 and len(chunks) > 2
     assert tunnelled.agent.wait(15) == 0
+    # The hub's log says why the tunnel closed, in the agent's words (close code 1001).
+    deadline = time.monotonic() + 10
+    while "closed: agent shutting down" not in tunnelled.hub.log():
+        assert time.monotonic() < deadline, tunnelled.hub.log()
+        time.sleep(0.05)
+    assert "tunnel lost" not in tunnelled.agent.stderr  # nothing to reconnect: it is leaving
 
 
 def test_an_inference_key_stops_a_tunnel_agent_with_exit_status_3(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ from inferclub.tunnel import Frame, FrameType, ProtocolError, ReceiveWindow, Sen
 log = logging.getLogger("inferclub.agent.tunnel")
 
 MAX_BACKOFF = 60.0
+#: The close reason of an agent that stops (code 1001): the hub's log quotes it.
+GOING_AWAY = b"agent shutting down"
 #: A tunnel that stayed up this long starts its next backoff from the beginning.
 STABLE_AFTER = 30.0
 #: Seconds a heartbeat waits for the hub's reply on the tunnel.
@@ -174,6 +176,8 @@ class TunnelClient:
         self._beat_lock = asyncio.Lock()
         #: Seconds the hub's last refusal asked us to wait (``Retry-After``), at least.
         self._retry_after = 0.0
+        #: Set by :meth:`shutdown`: the tunnel closes with 1001 and is not dialled again.
+        self._leaving = False
 
     # -- the connection --
     async def run(self) -> None:
@@ -185,6 +189,8 @@ class TunnelClient:
                 reason = await self._connected()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = describe(exc, "the hub")
+            if self._leaving:
+                return
             failures = 1 if time.monotonic() - started > STABLE_AFTER else failures + 1
             delay, self._retry_after = max(backoff(failures), self._retry_after), 0.0
             log.warning("tunnel lost: %s; reconnecting in %.1f s", reason, delay)
@@ -219,7 +225,12 @@ class TunnelClient:
             return await self._serve(ws)
         finally:
             self._lost()
-            await ws.close()
+            # While shutdown() closes it, this receiving task sees the close first (aiohttp):
+            # its close must carry the same code and reason, or the hub gets a bare 1000.
+            if self._leaving:
+                await ws.close(code=tunnel.CLOSE_GOING_AWAY, message=GOING_AWAY)
+            else:
+                await ws.close()
 
     def _refusal(self, exc: aiohttp.WSServerHandshakeError) -> str:
         """Why the hub refused the handshake, in words, and how long it asked us to wait."""
@@ -344,6 +355,7 @@ class TunnelClient:
         for stream_id, stream in list(self.streams.items()):
             stream.cancel()
             await self.fail_stream(stream_id, 503, "The agent is shutting down.")
+        self._leaving = True
         ws = self._ws
         if ws is not None:
-            await ws.close(code=tunnel.CLOSE_GOING_AWAY, message=b"agent shutting down")
+            await ws.close(code=tunnel.CLOSE_GOING_AWAY, message=GOING_AWAY)
