@@ -181,10 +181,11 @@ def metric(url: str, name: str) -> float:
 
 def test_a_slow_client_holds_the_agent_to_its_window(tmp_path: Path) -> None:
     speaches = FakeSpeaches().start()
-    speaches.audio = bytes(range(256)) * (128 * 1024)  # 32 MiB: far past every buffer
+    speaches.audio = bytes(range(256)) * (128 * 1024)  # 32 MiB: far past the windows
     speaches.audio_chunks = 512
     total = len(speaches.audio)
     agent: AgentProcess | None = None
+    conn: http.client.HTTPConnection | None = None
     try:
         with start_hub(tmp_path) as hub:
             key = hub.user_with_key("alice")
@@ -201,11 +202,15 @@ def test_a_slow_client_holds_the_agent_to_its_window(tmp_path: Path) -> None:
             assert sent < total / 2, sent
             peak = metric(metrics, "inferclub_agent_tunnel_unacked_peak_bytes")
             assert 0 < peak <= tunnel.INITIAL_WINDOW
-            assert speaches.completed_streams == 0
+            # (Whether the engine has finished says nothing about the agent: a loopback
+            # socket's receive buffer may grow to net.ipv4.tcp_rmem's maximum, 32 MiB on
+            # some machines, and hold the whole answer in the kernel.)
             rest = resp.read()  # the client reads on: everything arrives
             assert len(first) + len(rest) == total
-            conn.close()
+            assert speaches.completed_streams == 1
     finally:
+        if conn is not None:
+            conn.close()  # also when an assertion failed: no socket left to a later test
         if agent is not None:
             agent.kill()
         speaches.close()
