@@ -12,6 +12,9 @@ with the raw keep-alive generator of ``bench/loadgen.py``:
    bench reads the database every 0.2 s: how far the newest stored row is behind the newest
    answer, and how many answered requests have no row yet. Then ``kill -9`` of the hub: the rows
    lost (answered, never stored) against the bound, flush interval x rate + one batch (1,000).
+   ``--history-model NAME`` asks for a model nobody serves instead: the hub answers each with a
+   404 itself, and still writes one history row per request, so the history writer gets a rate
+   (2,000/s) that chats through one hub process on a 2-core machine do not reach.
 3. ``workers``: chats as fast as they are answered (concurrency C) against ``--workers 1`` and
    ``--workers 2``; requests/s of each.
 
@@ -42,7 +45,7 @@ from heartbeats import Beats, cpu_seconds, drive, hub, log, make_users
 
 HERE = Path(__file__).resolve().parent
 BATCH = 1000  # the history writer's batch size (src/inferclub/hub/history.py)
-CHAT = b'{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
+CHAT = b'{"model":"%s","messages":[{"role":"user","content":"hi"}]}'
 
 
 @contextlib.asynccontextmanager
@@ -73,9 +76,12 @@ async def upstream() -> AsyncIterator[tuple[str, int]]:
 class Chats:
     """The same chat request for ``seconds`` (forever when None, until ``stop()``)."""
 
-    def __init__(self, key: str, seconds: float | None) -> None:
+    def __init__(self, key: str, seconds: float | None, model: str = "m1") -> None:
         self._raw = loadgen.request_bytes(
-            "POST", "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {key}"}
+            "POST",
+            "/v1/chat/completions",
+            CHAT % model.encode(),
+            {"Authorization": f"Bearer {key}"},
         )
         self._deadline = None if seconds is None else time.monotonic() + seconds
         self.stopped = False
@@ -177,7 +183,7 @@ async def history(args: argparse.Namespace) -> list[list[str]]:
         async with upstream() as (up, _up_pid):
             with hub(workdir, procs=procs) as (url, _pid):
                 await register(url, key, up)
-                chats, res = Chats(key, None), loadgen.Results()
+                chats, res = Chats(key, None, args.history_model), loadgen.Results()
                 load = asyncio.create_task(
                     loadgen.run(url, chats, 50, args.history_rate, results=res)
                 )
@@ -185,15 +191,17 @@ async def history(args: argparse.Namespace) -> list[list[str]]:
                 lags, backlogs = await watch_history(workdir / "hub.db", res, args.duration)
                 procs[0].send_signal(signal.SIGKILL)
                 procs[0].wait()
-                answered, wall = len(res.latencies), time.monotonic() - t0
+                # Every answer of the proxy is a row, an error (404 for --history-model) too.
+                answered, wall = answered_count(res), time.monotonic() - t0
                 chats.stopped = True
                 with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                     await load
                 stored = rows(workdir / "hub.db")[0]
     reached = answered / wall
     bound = args.flush * reached + BATCH
+    what = "chats" if args.history_model == "m1" else f"requests for {args.history_model!r}"
     return [
-        ["chats answered (until kill -9)", f"{answered:,}", f"{reached:,.0f}/s"],
+        [f"{what} answered (until kill -9)", f"{answered:,}", f"{reached:,.0f}/s"],
         ["newest stored row behind, max", f"{max(lags):.2f} s", f"flush interval {args.flush} s"],
         ["answered without a row yet, max", f"{max(backlogs):,}", ""],
         ["rows lost by kill -9", f"{max(answered - stored, 0):,}", f"bound {bound:,.0f}"],
@@ -209,12 +217,16 @@ async def watch_history(
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
         await asyncio.sleep(0.2)
-        answered = len(res.latencies)
+        answered = answered_count(res)
         count, newest = rows(db)
         if newest:
             lags.append(time.time() - newest)
         backlogs.append(max(answered - count, 0))
     return lags, backlogs
+
+
+def answered_count(res: loadgen.Results) -> int:
+    return len(res.latencies) + sum(res.errors.values())
 
 
 def rows(db: Path) -> tuple[int, float]:
@@ -269,6 +281,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hb-rate", type=float, default=333.0)
     parser.add_argument("--chat-rate", type=float, default=1000.0)
     parser.add_argument("--history-rate", type=float, default=2000.0)
+    parser.add_argument(
+        "--history-model", default="m1", help="what the history scenario asks for (m1: served)"
+    )
     parser.add_argument("--flush", type=float, default=1.0, help="the hub's flush interval")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=50)
