@@ -7,6 +7,7 @@ Two scenarios, each against a fresh hub (``python -m inferclub serve``, SQLite i
 
 Every provider registers once (its description is stored), then the load generator sends
 steady-state heartbeats (same description, new health) for DURATION seconds at concurrency C
+(as fast as they are answered, or at ``--rate`` beats/s in all)
 over keep-alive connections, round-robin over the providers. Reported: heartbeats/s, latency
 p50/p99/max, and the hub's CPU time per heartbeat (``/proc/PID/stat``). Callback URLs point at a
 closed local port, so the hub's reachability probe fails fast (and is cached for a minute).
@@ -150,10 +151,15 @@ class Beats:
 
 
 async def drive(
-    url: str, providers: list[tuple[str, str]], seconds: float | None, concurrency: int
+    url: str,
+    providers: list[tuple[str, str]],
+    seconds: float | None,
+    concurrency: int,
+    rate: float | None = None,
 ) -> list[float]:
-    """Send heartbeats (see :class:`Beats`); their latencies in seconds."""
-    results = await loadgen.run(url, Beats(providers, seconds), concurrency)
+    """Send heartbeats (see :class:`Beats`), as fast as answered or at ``rate``/s in all;
+    their latencies in seconds."""
+    results = await loadgen.run(url, Beats(providers, seconds), concurrency, rate)
     if results.errors:
         raise RuntimeError(f"heartbeats failed: {results.errors} {results.first_error!r}")
     return results.latencies
@@ -173,7 +179,7 @@ async def scenario(name: str, users: int, per_user: int, args: argparse.Namespac
             await drive(url, providers, None, args.concurrency)
             spy = py_spy(pid, args.py_spy, name, args.duration)
             cpu0, t0, own0 = cpu_seconds(pid), time.monotonic(), time.process_time()
-            lat = await drive(url, providers, args.duration, args.concurrency)
+            lat = await drive(url, providers, args.duration, args.concurrency, args.rate)
             if spy is not None:
                 spy.wait(60)
             cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
@@ -222,6 +228,12 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--many", type=int, default=2000, help="providers of the single user")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="steady beats/s offered in all (default: as fast as the hub answers, which "
+        "measures its capacity, with every beat queued behind the other connections')",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--idle", type=float, default=60.0, help="seconds of idle CPU to measure (0: skip)"
