@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 #: One ``(?, ?, ...)`` per history row in a multi-row INSERT, and rows per statement within
 #: SQLite's limit on a statement's parameters (32,766 since 3.32, 999 before).
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" for _ in REQUEST_COLUMNS) + ")"
-_ROWS_PER_INSERT = (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(
-    REQUEST_COLUMNS
-)
+_MAX_PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_ROWS_PER_INSERT = _MAX_PARAMETERS // len(REQUEST_COLUMNS)
+#: Last-seen rows per UPDATE (three parameters each); UPDATE ... FROM needs SQLite 3.33.
+_PROVIDERS_PER_UPDATE = _MAX_PARAMETERS // 3
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
 
 BUSY_TIMEOUT_MS = 10_000
 #: Reader connections beside the one writer.
@@ -426,15 +428,29 @@ class SQLiteStore(Store):
     async def touch_providers(self, seen: Mapping[int, tuple[float, dict[str, Any]]]) -> None:
         if not seen:
             return
+        rows = [
+            (pid, ts, json.dumps(health, separators=(",", ":")))
+            for pid, (ts, health) in seen.items()
+        ]
         async with self._write() as db:
-            await db.executemany(
-                "UPDATE providers SET last_heartbeat_at = ?, health = ?"
-                " WHERE id = ? AND last_heartbeat_at < ?",
-                [
-                    (ts, json.dumps(health, separators=(",", ":")), pid, ts)
-                    for pid, (ts, health) in seen.items()
-                ],
-            )
+            if not _UPDATE_FROM:
+                await db.executemany(
+                    "UPDATE providers SET last_heartbeat_at = ?, health = ?"
+                    " WHERE id = ? AND last_heartbeat_at < ?",
+                    [(ts, health, pid, ts) for pid, ts, health in rows],
+                )
+            # Many providers per statement (UPDATE ... FROM a VALUES list), for the reason
+            # add_requests gives: a statement per provider waited on the GIL once each.
+            for start in range(0, len(rows) if _UPDATE_FROM else 0, _PROVIDERS_PER_UPDATE):
+                chunk = rows[start : start + _PROVIDERS_PER_UPDATE]
+                await db.execute(
+                    "WITH seen(id, ts, health) AS (VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(chunk))
+                    + ") UPDATE providers SET last_heartbeat_at = seen.ts, health = seen.health"
+                    " FROM seen WHERE providers.id = seen.id"
+                    " AND providers.last_heartbeat_at < seen.ts",
+                    [value for row in chunk for value in row],
+                )
             await db.execute(BUMP_LAST_SEEN_VERSION)
 
     async def list_providers(self, user_id: int | None = None) -> list[ProviderRecord]:
