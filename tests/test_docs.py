@@ -60,10 +60,13 @@ def test_every_hub_command_and_option_is_documented() -> None:
         for action, leaf in leaves:
             line = f"inferclub {command} {action}".strip()
             assert line in text, line
+            # The synopsis lines of this command (the block at the top of operations.md); the
+            # common --db and --config are said once under it.
+            synopsis = " ".join(s for s in text.splitlines() if s.startswith(line + " "))
             for option in leaf._actions:
                 for flag in option.option_strings:
-                    if flag not in ("-h", "--help"):
-                        assert f"[{flag}" in text or f"`{flag}" in text, (line, flag)
+                    if flag not in ("-h", "--help", "--db", "--config"):
+                        assert flag in synopsis, (line, flag)
 
 
 def test_every_testing_fixture_is_documented() -> None:
