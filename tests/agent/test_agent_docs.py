@@ -4,6 +4,7 @@ manifest field, and agent command and option."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,17 @@ def test_every_command_and_option_is_documented() -> None:
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}" in text or f"[{flag}" in text, (command, flag)
+
+
+def test_the_tutorial_code_is_the_example_plugin() -> None:
+    """plugin-tutorial.md says its steps build the example plugin the suite runs ("known to
+    work"): every line of its engine code (steps 2 to 5) is a line of that plugin, so an edit to
+    either that breaks the tutorial fails here."""
+    text = doc("plugin-tutorial.md")
+    steps = text[text.index("## 2. ") : text.index("## 6. ")]
+    blocks = re.findall(r"```python\n(.*?)```", steps, re.S)
+    plugin = DOCS.parent / "tests" / "plugins" / "example_engine" / "inferclub_example_engine.py"
+    source = set(plugin.read_text().splitlines())
+    lines = [line for block in blocks for line in block.splitlines() if line.strip()]
+    assert len(lines) > 20
+    assert [line for line in lines if line not in source] == ["# inferclub_example_engine.py"]
