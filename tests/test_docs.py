@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from inferclub import wire
 from inferclub.hub import cli
 from inferclub.hub.config import Settings, setting_names
 from inferclub.hub.handlers import agent as agent_handlers
@@ -67,6 +68,20 @@ def test_every_hub_command_and_option_is_documented() -> None:
                 for flag in option.option_strings:
                     if flag not in ("-h", "--help", "--db", "--config"):
                         assert flag in synopsis, (line, flag)
+
+
+def test_every_heartbeat_field_is_documented() -> None:
+    """protocol.md's field tables follow the dataclasses the hub parses and the agent builds."""
+    text = doc("protocol.md")
+    for f in fields(wire.Heartbeat):
+        assert f"| `{f.name}` |" in text, f.name
+    for f in fields(wire.AdvertisedService):
+        # `detail` is only sent for a service that is down: the `down` row says so.
+        row = "| `down` |" if f.name == "detail" else f"| `services[].{f.name}` |"
+        assert row in text, f.name
+    assert "`detail`" in text
+    for f in fields(wire.HeartbeatReply):
+        assert f"`{f.name}`" in text, f.name
 
 
 def test_every_testing_fixture_is_documented() -> None:
