@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ import tornado.web
 
 import inferclub
 from inferclub import wire
+from inferclub.agent import runner
 from inferclub.agent.heartbeat import Heartbeat, hub_auth
 from inferclub.agent.services import ServiceTable
 from inferclub.engines import Model, Service, get_engines, get_plugin_manager
@@ -203,6 +205,27 @@ def test_hub_serves_exactly_the_endpoints_of_the_table() -> None:
     assert wire.ENDPOINT_TYPES["/responses"] == "llm"
     assert "/images/variations" not in wire.ENDPOINT_TYPES
     assert set(wire.ENDPOINT_TYPES.values()) == set(wire.SERVICE_TYPES)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{}, {"max_image_body": 1000, "max_audio_body": 10**9}, {"max_json_body": 10**8}],
+    ids=["defaults", "large-audio", "large-json"],
+)
+def test_the_body_ceiling_is_past_every_endpoint_limit(limits: dict[str, int]) -> None:
+    """Tornado answers a body past its max_body_size with a bare 400: the servers' ceiling
+    must stay above what any endpoint accepts, or an upload in between loses its OpenAI 413
+    (once 16 images at the limit were accepted by the handler and not by the server)."""
+    settings = Settings(**limits)  # type: ignore[arg-type]
+    for handler in openai_handlers.PROXY_HANDLERS:
+        fake = SimpleNamespace(hub=SimpleNamespace(settings=settings))
+        fake.body_limit_setting = handler.body_limit_setting
+        limit = handler.body_limit(fake)  # type: ignore[arg-type]
+        assert limit < settings.body_ceiling, handler.__name__
+    per_image = settings.max_image_body * (wire.MAX_EDIT_IMAGES + 1)
+    assert per_image < settings.image_edit_body_limit < settings.body_ceiling
+    # The agent takes whatever a hub with the default limits forwards.
+    assert Settings().body_ceiling == runner.MAX_BODY_SIZE
 
 
 # -- the agent's real heartbeat against the hub's real handler, in process ----------------------
