@@ -181,3 +181,19 @@ async def test_a_request_cut_by_the_agents_own_shutdown_does_not_blame_the_hub(
         assert "hub disconnected" not in caplog.text
     finally:
         engine.close()
+
+
+async def test_a_body_over_the_agents_limit_is_an_openai_413_before_it_is_read(
+    http_server_client: Any, runtime: Runtime
+) -> None:
+    """A hub whose limits are above this agent's gets a clear 413 to relay, not a bare 400."""
+    runtime.max_body = 1000
+    status, error = await call(
+        http_server_client, "POST", "/chat/completions", {"model": "qwen3", "pad": "x" * 2000}
+    )
+    assert (status, error["code"], error["type"]) == (
+        413,
+        "request_too_large",
+        "invalid_request_error",
+    )
+    assert "1000 bytes" in error["message"]

@@ -28,7 +28,7 @@ from inferclub.agent.heartbeat import HubAuth
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.services import ServiceState, ServiceTable
 from inferclub.metrics import metrics_route
-from inferclub.openai_errors import OpenAIError
+from inferclub.openai_errors import OpenAIError, too_large
 from inferclub.signing import SignatureRejected
 
 log = logging.getLogger("inferclub.agent.server")
@@ -60,6 +60,9 @@ class Runtime:
     #: Bearer token for /metrics on this server; empty: no /metrics here.
     metrics_token: str = ""
     draining: bool = False
+    #: The largest request body forwarded: a larger ``Content-Length`` gets an OpenAI 413 before
+    #: any of it is read (a hub with higher limits than this agent's gets a clear answer).
+    max_body: int = wire.DEFAULT_BODY_CEILING
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -126,6 +129,8 @@ class CallbackHandler(BaseHandler):
                 f"this agent does not forward {self.request.method} {self.request.path}",
                 code="not_found",
             )
+        if int(self.request.headers.get("Content-Length") or 0) > self.runtime.max_body:
+            raise too_large(self.runtime.max_body, "request body (for this agent)")
 
     def on_connection_close(self) -> None:
         super().on_connection_close()  # fails a streamed body's future, freeing its chunks

@@ -29,7 +29,7 @@ from inferclub import tunnel, wire
 from inferclub.agent.heartbeat import Refused, TunnelDown
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.services import describe
-from inferclub.openai_errors import error_body
+from inferclub.openai_errors import OpenAIError, error_body, too_large
 from inferclub.tunnel import Frame, FrameType, ProtocolError, ReceiveWindow, SendWindow
 
 log = logging.getLogger("inferclub.agent.tunnel")
@@ -91,7 +91,12 @@ class AgentStream:
         self.receive_window.received(len(payload))
         self.size += len(payload)
         if self.size > self.client.max_body:
-            raise ProtocolError(f"request body of stream {self.id} over {self.client.max_body}")
+            # This request only: its stream ends with a 413, the tunnel's others go on (what
+            # is still on its way for it is dropped, as for any ended stream).
+            self.client.refuse(
+                self, too_large(self.client.max_body, "request body (for this agent)")
+            )
+            return
         self.body.append(payload)
         # Held until END, as the callback server holds a body (its signature covers it all).
         credit = self.receive_window.consumed(len(payload))
@@ -328,6 +333,13 @@ class TunnelClient:
     async def _send_quietly(self, message: bytes) -> None:
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
             await self.send(message)
+
+    def refuse(self, stream: AgentStream, error: OpenAIError) -> None:
+        """End ``stream`` at once with ``error`` (an ERROR frame), before it reached anything."""
+        self.streams.pop(stream.id, None)
+        stream.body = []
+        payload = {"status": error.status, **error.body()}
+        self.send_soon(tunnel.encode_json(FrameType.ERROR, stream.id, payload))
 
     async def fail_stream(self, stream_id: int, status: int, message: str) -> None:
         """End a stream with an ERROR frame (an OpenAI error object and its status)."""
