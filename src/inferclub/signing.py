@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -95,11 +96,22 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-#: Method, target, provider id and service combinations that passed the checks. They are the
-#: same for every request to one route: each is checked once, not with four regular
-#: expressions per request. Bounded: past it, new combinations are checked every time.
-_CHECKED: set[tuple[str, str, str, str]] = set()
-MAX_CHECKED = 4096
+def _check(*checks: tuple[str, str, re.Pattern[str]]) -> None:
+    for name, value, pattern in checks:
+        if not pattern.fullmatch(value):
+            raise SigningError(f"cannot sign: the {name} {value[:80]!r} is not allowed")
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_route_fields(method: str, target: str, provider_id: str, service: str) -> None:
+    """The fields that are the same for every request to one route: checked once per route
+    (a refusal raises, so it is never cached), not with four regular expressions a request."""
+    _check(
+        ("method", method, _TOKEN),
+        ("target", target, _TARGET),
+        ("provider id", provider_id, _FIELD),
+        ("service", service, _SERVICE),
+    )
 
 
 def canonical_message(
@@ -113,27 +125,10 @@ def canonical_message(
 ) -> bytes:
     """The exact bytes that are signed. Raises :class:`SigningError` for a field that could
     make the encoding ambiguous (a line feed, non-ASCII, an empty value)."""
-    fixed = (method, target, provider_id, service)
-    known = fixed in _CHECKED
-    checks = (
-        (("request id", request_id, _FIELD), ("body digest", digest, _DIGEST))
-        if known
-        else (
-            ("method", method, _TOKEN),
-            ("target", target, _TARGET),
-            ("request id", request_id, _FIELD),
-            ("provider id", provider_id, _FIELD),
-            ("service", service, _SERVICE),
-            ("body digest", digest, _DIGEST),
-        )
-    )
-    for name, value, pattern in checks:
-        if not pattern.fullmatch(value):
-            raise SigningError(f"cannot sign: the {name} {value[:80]!r} is not allowed")
+    _check_route_fields(method, target, provider_id, service)
+    _check(("request id", request_id, _FIELD), ("body digest", digest, _DIGEST))
     if not 0 <= timestamp < 10**16:
         raise SigningError(f"cannot sign: timestamp {timestamp} out of range")
-    if not known and len(_CHECKED) < MAX_CHECKED:
-        _CHECKED.add(fixed)
     fields = (VERSION, method, target, str(timestamp), request_id, provider_id, service, digest)
     return "\n".join(fields).encode("ascii")
 

@@ -4,6 +4,7 @@ client (OpenAI-shaped errors with a 502 or 504 status)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -100,21 +101,12 @@ class Upstream:
         )
 
 
-#: (callback URL, API path) -> (URL, request target): the same for every request to a route,
-#: and yarl's parse of the URL is not free. Bounded: emptied when full.
-_TARGETS: dict[tuple[str, str], tuple[str, str]] = {}
-MAX_TARGETS = 4096
-
-
+@functools.lru_cache(maxsize=4096)
 def _url_and_target(callback_url: str, api_path: str) -> tuple[str, str]:
-    """``api_path`` (``/v1/...``) on an agent's callback URL, and its signed request target."""
-    known = _TARGETS.get((callback_url, api_path))
-    if known is None:
-        if len(_TARGETS) >= MAX_TARGETS:
-            _TARGETS.clear()
-        url = callback_url.rstrip("/") + api_path[len("/v1") :]
-        known = _TARGETS[callback_url, api_path] = (url, signing.request_target(url))
-    return known
+    """``api_path`` (``/v1/...``) on an agent's callback URL, and its signed request target.
+    Cached: the same for every request to a route, and yarl's parse of the URL is not free."""
+    url = callback_url.rstrip("/") + api_path[len("/v1") :]
+    return url, signing.request_target(url)
 
 
 async def open_upstream(
