@@ -29,7 +29,7 @@ from inferclub import tunnel, wire
 from inferclub.agent.heartbeat import Refused, TunnelDown
 from inferclub.agent.metrics import AgentMetrics
 from inferclub.agent.services import describe
-from inferclub.openai_errors import OpenAIError, error_body, too_large
+from inferclub.openai_errors import OpenAIError, too_large
 from inferclub.tunnel import Frame, FrameType, ProtocolError, ReceiveWindow, SendWindow
 
 log = logging.getLogger("inferclub.agent.tunnel")
@@ -61,6 +61,11 @@ def backoff(failures: int) -> float:
     jitter, so a hub that restarts is not hit by all its agents at one instant."""
     base: float = min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))
     return base * random.uniform(0.5, 1.0)
+
+
+def error_frame(stream_id: int, error: OpenAIError) -> bytes:
+    """The ERROR frame that ends a stream: the error's status and OpenAI's error object."""
+    return tunnel.encode_json(FrameType.ERROR, stream_id, {"status": error.status, **error.body()})
 
 
 class AgentStream:
@@ -338,14 +343,13 @@ class TunnelClient:
         """End ``stream`` at once with ``error`` (an ERROR frame), before it reached anything."""
         self.streams.pop(stream.id, None)
         stream.body = []
-        payload = {"status": error.status, **error.body()}
-        self.send_soon(tunnel.encode_json(FrameType.ERROR, stream.id, payload))
+        self.send_soon(error_frame(stream.id, error))
 
     async def fail_stream(self, stream_id: int, status: int, message: str) -> None:
         """End a stream with an ERROR frame (an OpenAI error object and its status)."""
-        payload = {"status": status, **error_body(message, "server_error")}
+        frame = error_frame(stream_id, OpenAIError(status, message, "server_error"))
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await self.send(tunnel.encode_json(FrameType.ERROR, stream_id, payload))
+            await self.send(frame)
 
     async def exchange(self, kind: str, payload: dict[str, Any]) -> tuple[int, bytes]:
         """A heartbeat (``kind`` ``heartbeat`` or ``goodbye``) and the hub's reply, as the
