@@ -267,10 +267,30 @@ def test_any_text_a_client_or_agent_sends_is_stored(backend: Backend) -> None:
             [
                 RequestRecord("r1", user.id, "/v1/x", 1.0, 200, model=odd, prompt_tokens=big),
                 RequestRecord("r2", user.id, "/v1/x", 2.0, 200, prompt_tokens=big),
+                # Every text column, and a bool, which each backend stores its own way.
+                RequestRecord(
+                    "r3",
+                    user.id,
+                    "/v1/x" + odd,
+                    3.0,
+                    502,
+                    service=odd,
+                    type=odd,
+                    model="fine",
+                    error_type=odd,
+                    error_code=odd,
+                    served_model=odd,
+                    cancelled=True,
+                ),
             ]
         )
         got = await store.get_request(user.id, "r1")
         assert got is not None and got.model == "m\ufffd\ufffdx" and got.prompt_tokens == big
+        assert got.cancelled is False
+        every = await store.get_request(user.id, "r3")
+        assert every is not None and every.cancelled is True and every.model == "fine"
+        texts = (every.service, every.type, every.error_type, every.error_code, every.served_model)
+        assert set(texts) == {"m\ufffd\ufffdx"} and every.endpoint == "/v1/xm\ufffd\ufffdx"
         [bucket] = await store.request_buckets(user.id, None, 60.0)
         assert bucket.prompt_tokens == 2 * big
         health = {"error": "engine said \x00 and \ud800", "n": [1, 2.5, None, True]}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -218,15 +220,24 @@ def request_values(record: RequestRecord) -> tuple[Any, ...]:
 
     A client's request can put any string in a row (the ``model`` it asked for). One that a
     database refuses (a lone surrogate; NUL for PostgreSQL) would fail its whole history
-    batch, and again on every retry, so such characters become U+FFFD.
+    batch, and again on every retry, so such characters become U+FFFD. Once per request:
+    one lookup of all columns, and one search over all the row's texts at once.
     """
-    return tuple(_storable(getattr(record, c)) for c in REQUEST_COLUMNS)
+    row: tuple[Any, ...] = _ROW(record)
+    if _UNSTORABLE.search("".join(filter(None, _TEXTS(record)))):
+        return tuple(_storable(v) for v in row)
+    return row
 
 
 def _storable(value: Any) -> Any:
     return _UNSTORABLE.sub("\ufffd", value) if isinstance(value, str) else value
 
 
+_ROW = operator.attrgetter(*REQUEST_COLUMNS)
+#: The row's text columns (``str`` or None), searched together for unstorable characters.
+_TEXTS = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(RequestRecord) if f.type in ("str", "str | None"))
+)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 

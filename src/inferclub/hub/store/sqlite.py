@@ -554,7 +554,8 @@ class SQLiteStore(Store):
 
     # -------------------------------------------------------- request history
     async def add_requests(self, rows: Iterable[RequestRecord]) -> None:
-        values = [tuple(_db_value(v) for v in request_values(r)) for r in rows]
+        # A bool (``cancelled``) is an int to sqlite3: stored as 0 or 1.
+        values = [request_values(r) for r in rows]
         if not values:
             return
         # Many rows per statement, not executemany(): the sqlite3 module takes the GIL back
@@ -729,10 +730,6 @@ def _user(row: sqlite3.Row) -> User:
 
 def _key(row: sqlite3.Row) -> ApiKey:
     return ApiKey(*row)
-
-
-def _db_value(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
 
 
 def _request(row: sqlite3.Row) -> RequestRecord:
