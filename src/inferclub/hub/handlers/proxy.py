@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tornado.iostream import StreamClosedError
 
@@ -67,9 +67,13 @@ class ProxyHandler(ApiHandler):
     #: The endpoint (relative to ``/v1``) this handler serves: a key of ``wire.ENDPOINT_TYPES``.
     endpoint: ClassVar[str] = "/chat/completions"
 
-    _relay_task: asyncio.Task[None] | None = None
+    #: This request's task while its attempts and relay run: what ``cut`` and a client that
+    #: leaves cancel.
+    _relay_task: asyncio.Task[Any] | None = None
     #: The shutdown deadline cut this request (``cut``).
     _cut = False
+    #: ``_relay_task`` was cancelled here (not by whoever runs the handler).
+    _cancelled = False
 
     @property
     def service_type(self) -> str:
@@ -126,13 +130,17 @@ class ProxyHandler(ApiHandler):
         await self.hub.turns.turn(self.owner.user_id)
         model, fwd = self.parse()
         meter.asked_for(model)
-        task = asyncio.ensure_future(self._attempts(model, fwd, meter))
+        # The attempts run in this handler's own task (a task of their own per request cost
+        # as much as the rest of the handler's bookkeeping); ``cut`` and a client that leaves
+        # cancel it only while they run (``_relay_task``).
+        task = asyncio.current_task()
         self._relay_task = task
         try:
-            await task
+            await self._attempts(model, fwd, meter)
         except asyncio.CancelledError:
-            if not task.cancelled():
+            if not self._cancelled or task is None:
                 raise
+            task.uncancel()
             if self._cut:
                 self._end_cut(meter)
                 return
@@ -144,7 +152,7 @@ class ProxyHandler(ApiHandler):
             self._connection_lost(meter)
             return
         finally:
-            self._relay_task = None
+            self._relay_task = None  # no cancel from here on
         if not self._finished:
             self.finish()
 
@@ -333,9 +341,7 @@ class ProxyHandler(ApiHandler):
     def cut(self) -> None:
         """The shutdown deadline passed: stop relaying (see ``_end_cut``)."""
         self._cut = True
-        task = self._relay_task
-        if task is not None and not task.done():
-            task.cancel()
+        self._cancel_relay()
 
     def _end_cut(self, meter: RequestMeter) -> None:
         """End a request the shutdown deadline cut: a begun event stream with a final error
@@ -372,6 +378,10 @@ class ProxyHandler(ApiHandler):
         # Frees an abandoned upload's chunks (see ApiHandler); without it they stayed in
         # memory until the hub exited.
         super().on_connection_close()
+        self._cancel_relay()
+
+    def _cancel_relay(self) -> None:
         task = self._relay_task
-        if task is not None and not task.done():
+        if task is not None and not task.done() and not self._cancelled:
+            self._cancelled = True
             task.cancel()

@@ -93,6 +93,15 @@ def retry_after(value: str | None) -> str:
 async def read_body(resp: UpstreamResponse, idle: float) -> tuple[list[bytes], bool]:
     """The answer's first chunks, up to about :data:`MAX_WHOLE_BODY` bytes, and whether they
     are all of it."""
+    content = resp.content
+    if isinstance(content, aiohttp.StreamReader) and content.is_eof():
+        # The whole answer came with its headers (most JSON answers do): taken as it is,
+        # without a timer or the iteration that waits for more.
+        try:
+            body = content.read_nowait()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise upstream_broke(exc) from None
+        return [body], len(body) <= MAX_WHOLE_BODY
     parts: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
