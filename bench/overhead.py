@@ -544,8 +544,11 @@ def signing_cpu_us(body: bytes, n: int = 3000) -> float:
     signer = HubSigner(Ed25519PrivateKey.generate())
     url = "http://127.0.0.1:8000/v1/chat/completions"
     t0 = time.process_time()
-    for i in range(n):
-        signer.sign("POST", request_target(url), f"req_{i:024x}", "1", body, service="llm")
+    try:
+        for i in range(n):
+            signer.sign("POST", request_target(url), f"req_{i:024x}", "1", body, service="llm")
+    except TypeError:  # a tree from before signing (bench/compare.py's baselines): no number
+        return math.nan
     return 1e6 * (time.process_time() - t0) / n
 
 
@@ -801,7 +804,7 @@ def signing_targets(
     out: list[tuple[str, str, bool | None]] = []
     for key, modes in res.items():
         with_us = modes["hub"]["cpu_us_per_request"]["hub"]
-        if not with_us or math.isnan(with_us) or with_us <= sign_us:
+        if not with_us or math.isnan(with_us) or math.isnan(sign_us) or with_us <= sign_us:
             continue
         ratio = with_us / (with_us - sign_us)
         out.append(
@@ -885,7 +888,8 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
         await heartbeat(control, cluster)
-        await cluster.wait_agent(control)
+        if cluster.with_agent:
+            await cluster.wait_agent(control)
         beat = asyncio.create_task(keep_heartbeating(control, cluster))
         try:
             for sc in selected(args):
@@ -895,7 +899,7 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                     ("hub", cluster.hub_url, cluster.key),
                     ("agent", cluster.hub_url, cluster.agent_key),
                 )
-                for mode, base, key in paths:
+                for mode, base, key in paths if cluster.with_agent else paths[:2]:
                     t = time.perf_counter()
                     sample = await measure(cluster, sc, base, key)
                     results[sc.key][mode] = summ = summarise(sc, sample)
@@ -972,15 +976,23 @@ def report(
         )
     )
     print()
-    print("The full path: the same upstream through the hub and a real agent (its CLI):")
-    print()
-    print(
-        markdown(
-            ["metric", "direct", "hub alone", "hub + agent", "ratio (full/direct)", "agent adds"],
-            full_path_rows(results, args),
+    if not args.hub_only:
+        print("The full path: the same upstream through the hub and a real agent (its CLI):")
+        print()
+        print(
+            markdown(
+                [
+                    "metric",
+                    "direct",
+                    "hub alone",
+                    "hub + agent",
+                    "ratio (full/direct)",
+                    "agent adds",
+                ],
+                full_path_rows(results, args),
+            )
         )
-    )
-    print()
+        print()
     print(
         "CPU used per process during each measurement (CPU% of one core; µs of CPU per "
         "request or stream):"
@@ -1098,6 +1110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", help="also write all numbers to FILE as JSON")
     p.add_argument(
+        "--hub-only",
+        action="store_true",
+        help="no agent and no full path: direct and through the hub only (what "
+        "bench/compare.py runs, so that a baseline tree's agent and its flags play no part)",
+    )
+    p.add_argument(
         "--profile-hub",
         metavar="FILE",
         help="profile the hub process: FILE.prof runs it under cProfile; .svg "
@@ -1126,6 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow_delay_s": args.delay,
         "slow_rounds": args.rounds,
         "quick": args.quick,
+        "hub_only": args.hub_only,
     }
     if args.only:
         params["only"] = args.only
@@ -1134,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="inferclub-bench-"))
-    cluster = Cluster(workdir, args.profile_hub)
+    cluster = Cluster(workdir, args.profile_hub, with_agent=not args.hub_only)
     try:
         log(f"starting upstream and hub in {workdir} ...")
         cluster.start()
