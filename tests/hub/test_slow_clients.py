@@ -54,3 +54,59 @@ def test_slow_headers_and_slow_bodies_are_cut(tmp_path: Path) -> None:
             assert closed
         with socket.create_connection(addr) as idle:
             assert closed_within(idle, 15)
+
+
+def slow_body_is_cut(addr: tuple[str | None, int | None], head: bytes) -> bool:
+    """Send ``head`` (headers announcing a 1,000-byte body) and then a byte every 0.5 s: the
+    hub closes the connection within 15 s."""
+    with socket.create_connection(addr) as sock:  # type: ignore[arg-type]
+        sock.sendall(head)
+        started = time.monotonic()
+        while time.monotonic() - started < 15:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return True
+            if closed_within(sock, 0.5):
+                return True
+    return False
+
+
+def answer(sock: socket.socket, request: bytes) -> bytes:
+    """One request on a kept-alive connection; its status line."""
+    sock.sendall(request)
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the hub closed the connection; got {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))[15:]
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+def test_the_body_deadline_covers_every_route_and_ends_with_its_request(tmp_path: Path) -> None:
+    """A slow body is cut on the browser routes and on a static file's route too, while a
+    kept-alive connection whose bodies came in time outlives the body timeout."""
+    with start_hub(tmp_path, env={"INFERCLUB_BODY_TIMEOUT": "1"}) as hub:
+        key = hub.user_with_key("keeps")
+        parts = urlsplit(hub.url)
+        addr = (parts.hostname, parts.port)
+        for path in ("/logout", "/favicon.ico"):
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+            assert slow_body_is_cut(addr, head), path
+        body = b'{"model": "nobody-serves-this", "messages": []}'
+        chat = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.create_connection(addr) as kept:
+            assert answer(kept, chat) == b"HTTP/1.1 404 Not Found"
+            time.sleep(2.5)  # past the body timeout: the first request's deadline is gone
+            assert answer(kept, chat) == b"HTTP/1.1 404 Not Found"
+        assert "its request body took longer than 1 s" in hub.log()

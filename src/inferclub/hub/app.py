@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+import tornado.httputil
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from inferclub import metrics, signing
 from inferclub.hub import background
@@ -228,6 +231,75 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         )
 
 
+class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
+    """A request's body must arrive within ``body_timeout`` of its headers, or the connection
+    is closed (slow clients each hold a socket and a buffer). One timer per request that
+    has a body, cancelled when the request ends: Tornado's own ``body_timeout`` wraps every
+    body read in a task and a timeout future, 3 % of a small request's instructions."""
+
+    __slots__ = ("_connection", "_delegate", "_timeout", "_timer")
+
+    def __init__(
+        self,
+        delegate: tornado.httputil.HTTPMessageDelegate,
+        connection: tornado.httputil.HTTPConnection,
+        timeout: float,
+    ) -> None:
+        self._delegate = delegate
+        self._connection = connection
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        length = headers.get("Content-Length")
+        if (length is not None and length != "0") or "Transfer-Encoding" in headers:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._timeout, self._expired)
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._cancel()
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._cancel()
+        self._delegate.on_connection_close()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        log.info(
+            "closed a connection from %s: its request body took longer than %g s",
+            getattr(self._connection, "context", "a client"),
+            self._timeout,
+        )
+        if isinstance(self._connection, HTTP1Connection):
+            self._connection.close()
+
+
+class HubApplication(tornado.web.Application):
+    """The hub's application: Tornado's, with the body deadline of :class:`_BodyDeadline`."""
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        timeout: float = self.settings["hub"].settings.body_timeout
+        return _BodyDeadline(
+            super().start_request(server_conn, request_conn), request_conn, timeout
+        )
+
+
 def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
     routes: list[Any] = [
         *openai_handlers.routes,
@@ -262,4 +334,4 @@ def make_app(hub: Hub, **overrides: Any) -> tornado.web.Application:
         "static_path": str(here / "static"),
         **overrides,
     }
-    return tornado.web.Application(routes, **settings)
+    return HubApplication(routes, **settings)

@@ -503,8 +503,8 @@ async def _run_server(
         # raise it for their request, after checking its headers (handlers/base.py).
         max_body_size=settings.max_web_body,
         # Slow clients (slowloris) are cut: each held connection costs a socket and a buffer.
+        # The body's deadline is the application's (hub/app.py: HubApplication).
         idle_connection_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
     )
     # Before "listening on": a supervisor may signal as soon as it sees that line.
     stop = asyncio.Event()
