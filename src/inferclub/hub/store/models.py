@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import operator
 import re
@@ -224,7 +223,8 @@ def request_values(record: RequestRecord) -> tuple[Any, ...]:
     one lookup of all columns, and one search over all the row's texts at once.
     """
     row: tuple[Any, ...] = _ROW(record)
-    if _UNSTORABLE.search("".join(filter(None, _TEXTS(record)))):
+    # Every column as text, in C: a number's, None's or a bool's text has neither character.
+    if _UNSTORABLE.search("".join(map(str, row))):
         return tuple(_storable(v) for v in row)
     return row
 
@@ -234,10 +234,6 @@ def _storable(value: Any) -> Any:
 
 
 _ROW = operator.attrgetter(*REQUEST_COLUMNS)
-#: The row's text columns (``str`` or None), searched together for unstorable characters.
-_TEXTS = operator.attrgetter(
-    *(f.name for f in dataclasses.fields(RequestRecord) if f.type in ("str", "str | None"))
-)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
