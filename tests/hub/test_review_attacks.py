@@ -313,3 +313,86 @@ def test_racing_disconnects_stress(tmp_path: Path) -> None:
         print("\n".join(bad[:40]))
         assert not bad
         assert hub.stop() == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_unstorable_text_from_client_and_agent_reaches_history(
+    tmp_path: Path, backend: str
+) -> None:
+    import contextlib
+
+    from tests.support.hubproc import HubProcess
+    from tests.support.postgres import pg_schema
+
+    with contextlib.ExitStack() as stack:
+        dsn = stack.enter_context(pg_schema()) if backend == "postgres" else None
+        agent = stack.enter_context(FakeAgent(["m1"]))
+        hub = HubProcess(tmp_path, db=dsn).start()
+        stack.callback(hub.stop)
+        key = hub.user_with_key("odd")
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        raw = b'{"model": "m\\u0000\\ud800x", "messages": []}'
+        assert hub.post_json("/v1/chat/completions", raw, key)[0] in (400, 404)
+        raw = b'{"model": "m\\u0000x", "messages": []}'
+        assert hub.post_json("/v1/chat/completions", raw, key)[0] == 404
+        agent.raw_answer = (
+            400,
+            b'{"error": {"message": "no", "type": "bad\\u0000\\udfff", "code": "c\\u0000\\ud800"}}',
+        )
+        status, body = hub.post_json("/v1/chat/completions", {"model": "m1", "messages": []}, key)
+        assert status == 400, body
+        agent.raw_answer = None
+        assert hub.post_json("/v1/chat/completions", {"model": "m1", "messages": []}, key)[0] == 200
+        time.sleep(1.5)
+        if dsn is None:
+            rows = [
+                dict(r)
+                for r in hub.query("SELECT model, error_type, error_code, status FROM requests")
+            ]
+        else:
+            import asyncio
+            from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+            import asyncpg
+
+            parts = urlsplit(dsn)
+            path = dict(parse_qsl(parts.query))["search_path"]
+
+            async def fetch() -> list[dict]:
+                conn = await asyncpg.connect(
+                    urlunsplit(parts._replace(query="")), server_settings={"search_path": path}
+                )
+                try:
+                    got = await conn.fetch(
+                        "SELECT model, error_type, error_code, status FROM requests"
+                    )
+                    return [dict(r) for r in got]
+                finally:
+                    await conn.close()
+
+            rows = asyncio.run(fetch())
+        print(rows)
+        assert len(rows) == 4, (rows, hub.log()[-2000:])
+        assert "Traceback" not in hub.log()
+
+
+def test_a_stream_longer_than_the_body_timeout_is_not_cut(tmp_path: Path) -> None:
+    with (
+        FakeAgent(["m1"]) as agent,
+        start_hub(tmp_path, env={"INFERCLUB_BODY_TIMEOUT": "1"}) as hub,
+    ):
+        key = hub.user_with_key("long")
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        parts = urlsplit(hub.url)
+        agent.chunks, agent.chunk_delay = 10, 0.3
+        with socket.create_connection((parts.hostname, parts.port)) as s:
+            s.settimeout(10)
+            for _ in range(2):
+                s.sendall(chat_request(key, stream=True))
+                got = b""
+                while not got.endswith(b"0\r\n\r\n"):
+                    chunk = s.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                assert b"[DONE]" in got and b"tok9" in got, got
+        assert "took longer than" not in hub.log()
