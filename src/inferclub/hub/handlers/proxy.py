@@ -74,6 +74,8 @@ class ProxyHandler(ApiHandler):
     _cut = False
     #: ``_relay_task`` was cancelled here (not by whoever runs the handler).
     _cancelled = False
+    #: The client's connection closed (``on_connection_close``): its body's chunks are gone.
+    _gone = False
 
     @property
     def service_type(self) -> str:
@@ -128,6 +130,11 @@ class ProxyHandler(ApiHandler):
     async def _serve(self, meter: RequestMeter) -> None:
         # One user's burst of starts must not delay another user's (hub/fairness.py).
         await self.hub.turns.turn(self.owner.user_id)
+        if self._gone:
+            # The client left after sending its body (on_connection_close dropped the chunks):
+            # cancelled, not a 400 for an empty body, and no agent is asked.
+            self._connection_lost(meter)
+            return
         model, fwd = self.parse()
         meter.asked_for(model)
         # The attempts run in this handler's own task (a task of their own per request cost
@@ -378,6 +385,7 @@ class ProxyHandler(ApiHandler):
         # Frees an abandoned upload's chunks (see ApiHandler); without it they stayed in
         # memory until the hub exited.
         super().on_connection_close()
+        self._gone = True
         self._cancel_relay()
 
     def _cancel_relay(self) -> None:

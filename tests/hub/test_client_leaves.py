@@ -1,0 +1,39 @@
+"""A client that sends its whole request and leaves at once is recorded as cancelled (499), on
+a real hub process."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.hub.test_review_attacks import chat_request
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.hubproc import start_hub
+
+pytestmark = pytest.mark.subprocess
+
+
+def test_a_client_that_leaves_right_after_its_body_is_recorded_as_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Send a whole chat request and reset the connection at once: the hub must record the
+    request as cancelled by its client, not as a 400 for an empty body (the dropped chunks)."""
+    with FakeAgent(["m1"]) as agent, start_hub(tmp_path) as hub:
+        key = hub.user_with_key("leaver")
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        parts = urlsplit(hub.url)
+        addr = (parts.hostname, parts.port)
+        for _ in range(40):
+            with socket.create_connection(addr) as s:
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                s.sendall(chat_request(key))
+        rows = hub.wait_for_request_rows(40)
+        statuses = [(r["status"], r["cancelled"]) for r in rows]
+        assert len(rows) <= 40
+        assert all(s == 200 or c for s, c in statuses), statuses
+        assert "body is empty" not in hub.log()
