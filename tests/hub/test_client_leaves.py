@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.hub.test_review_attacks import chat_request
+from tests.hub.test_hostile_clients import chat_request
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubproc import start_hub
 

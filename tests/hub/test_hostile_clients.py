@@ -1,10 +1,16 @@
-"""Review: hostile clients against a real hub (disconnects at every stage)."""
+"""Hostile clients against a real hub process: disconnects at every stage of a request, racing
+disconnects, slow bodies on every kind of route, pipelined and long kept-alive connections, and
+a SIGTERM drain with requests in flight. The upstream is cancelled at once, the hub keeps
+serving, and its log has no traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -86,13 +92,10 @@ def test_disconnects_at_every_stage(tmp_path: Path) -> None:
         time.sleep(1.5)
         rows = hub.wait_for_request_rows(64)
         log = hub.log()
-        (tmp_path / "hub.log.copy").write_text(log)
-        print(log[-4000:])
         assert "Traceback" not in log
         assert "CancelledError" not in log
         assert "Task was destroyed" not in log
         cancelled = [r for r in rows if r["cancelled"]]
-        print(len(rows), len(cancelled), [dict(r)["status"] for r in rows])
         assert len(cancelled) >= 2
 
 
@@ -146,7 +149,6 @@ def test_slow_bodies_everywhere(tmp_path: Path) -> None:
         with socket.create_connection(addr) as s:
             s.sendall(expect)
             results["expect-silent"] = _closed_within(s, 6)
-        print(results)
         assert all(results.values()), results
         # pipelined: two chats on one send, both answered
         body = b'{"model": "nobody", "messages": []}'
@@ -183,20 +185,17 @@ def test_slow_bodies_everywhere(tmp_path: Path) -> None:
                 ).encode()
             )
             s.settimeout(5)
-            first = s.recv(65536)
-            print(first[:80])
+            assert s.recv(65536).startswith(b"HTTP/1.1 413"), "refused from its Content-Length"
             assert _closed_within(s, 5)
         log = hub.log()
         assert "Traceback" not in log, log[-3000:]
 
 
 def test_sigterm_drain_cut_with_requests_in_flight(tmp_path: Path) -> None:
-    import signal
-    import threading
-
-    with FakeAgent(["m1"]) as agent:
-        hub_cm = start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "1"})
-        hub = hub_cm.__enter__()
+    with (
+        FakeAgent(["m1"]) as agent,
+        start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "1"}) as hub,
+    ):
         key = hub.user_with_key("drain")
         assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
         parts = urlsplit(hub.url)
@@ -239,11 +238,10 @@ def test_sigterm_drain_cut_with_requests_in_flight(tmp_path: Path) -> None:
         held.close()
         agent.release()
         log = hub.log()
-        print(answer[:200], rest[-300:])
         rows = hub.query("SELECT status, error_code, cancelled FROM requests")
-        print([tuple(r) for r in rows])
-        print("\n".join(ln for ln in log.splitlines() if "aiosqlite" not in ln)[-3000:])
         assert code == [0]
+        # Both cut at the drain deadline, recorded as such (not as clients that left).
+        assert sorted(tuple(r) for r in rows) == [(503, "server_shutting_down", 0)] * 2, rows
         assert b"503" in answer.split(b"\r\n")[0], answer
         assert b"server" in rest or b"shutting down" in rest, rest
         assert "Traceback" not in log and "CancelledError" not in log
@@ -251,9 +249,6 @@ def test_sigterm_drain_cut_with_requests_in_flight(tmp_path: Path) -> None:
 
 
 def test_racing_disconnects_stress(tmp_path: Path) -> None:
-    import random
-    import threading
-
     with FakeAgent(["m1"]) as agent, start_hub(tmp_path) as hub:
         key = hub.user_with_key("racer")
         assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
@@ -307,73 +302,10 @@ def test_racing_disconnects_stress(tmp_path: Path) -> None:
             )
         ]
         rows = hub.query("SELECT status, cancelled, error_code FROM requests")
-        from collections import Counter
-
-        print(n, len(rows), Counter(tuple(r) for r in rows))
-        print("\n".join(bad[:40]))
         assert not bad
+        # A client that left after its body was sent is cancelled, never a 400 "empty body".
+        assert not [tuple(r) for r in rows if r["status"] == 400], rows
         assert hub.stop() == 0
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_unstorable_text_from_client_and_agent_reaches_history(
-    tmp_path: Path, backend: str
-) -> None:
-    import contextlib
-
-    from tests.support.hubproc import HubProcess
-    from tests.support.postgres import pg_schema
-
-    with contextlib.ExitStack() as stack:
-        dsn = stack.enter_context(pg_schema()) if backend == "postgres" else None
-        agent = stack.enter_context(FakeAgent(["m1"]))
-        hub = HubProcess(tmp_path, db=dsn).start()
-        stack.callback(hub.stop)
-        key = hub.user_with_key("odd")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        raw = b'{"model": "m\\u0000\\ud800x", "messages": []}'
-        assert hub.post_json("/v1/chat/completions", raw, key)[0] in (400, 404)
-        raw = b'{"model": "m\\u0000x", "messages": []}'
-        assert hub.post_json("/v1/chat/completions", raw, key)[0] == 404
-        agent.raw_answer = (
-            400,
-            b'{"error": {"message": "no", "type": "bad\\u0000\\udfff", "code": "c\\u0000\\ud800"}}',
-        )
-        status, body = hub.post_json("/v1/chat/completions", {"model": "m1", "messages": []}, key)
-        assert status == 400, body
-        agent.raw_answer = None
-        assert hub.post_json("/v1/chat/completions", {"model": "m1", "messages": []}, key)[0] == 200
-        time.sleep(1.5)
-        if dsn is None:
-            rows = [
-                dict(r)
-                for r in hub.query("SELECT model, error_type, error_code, status FROM requests")
-            ]
-        else:
-            import asyncio
-            from urllib.parse import parse_qsl, urlsplit, urlunsplit
-
-            import asyncpg
-
-            parts = urlsplit(dsn)
-            path = dict(parse_qsl(parts.query))["search_path"]
-
-            async def fetch() -> list[dict]:
-                conn = await asyncpg.connect(
-                    urlunsplit(parts._replace(query="")), server_settings={"search_path": path}
-                )
-                try:
-                    got = await conn.fetch(
-                        "SELECT model, error_type, error_code, status FROM requests"
-                    )
-                    return [dict(r) for r in got]
-                finally:
-                    await conn.close()
-
-            rows = asyncio.run(fetch())
-        print(rows)
-        assert len(rows) == 4, (rows, hub.log()[-2000:])
-        assert "Traceback" not in hub.log()
 
 
 def test_a_stream_longer_than_the_body_timeout_is_not_cut(tmp_path: Path) -> None:
