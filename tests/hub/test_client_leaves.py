@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.hub.test_hostile_clients import chat_request
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubproc import start_hub
+from tests.support.rawhttp import chat_request
 
 pytestmark = pytest.mark.subprocess
 

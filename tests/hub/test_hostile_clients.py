@@ -6,7 +6,6 @@ serving, and its log has no traceback."""
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import signal
 import socket
@@ -19,19 +18,9 @@ import pytest
 
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubproc import start_hub
+from tests.support.rawhttp import chat_request, closed_within, slow_body_is_cut
 
 pytestmark = pytest.mark.subprocess
-
-
-def chat_request(key: str, stream: bool = False) -> bytes:
-    body = json.dumps(
-        {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    ).encode()
-    return (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 def test_disconnects_at_every_stage(tmp_path: Path) -> None:
@@ -99,32 +88,6 @@ def test_disconnects_at_every_stage(tmp_path: Path) -> None:
         assert len(cancelled) >= 2
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _dribble_cut(addr: tuple, head: bytes, step: bytes = b" ") -> bool:
-    with socket.create_connection(addr) as sock:
-        sock.sendall(head)
-        started = time.monotonic()
-        while time.monotonic() - started < 8:
-            try:
-                sock.sendall(step)
-            except OSError:
-                return True
-            if _closed_within(sock, 0.5):
-                return True
-    return False
-
-
 def test_slow_bodies_everywhere(tmp_path: Path) -> None:
     with start_hub(tmp_path, env={"INFERCLUB_BODY_TIMEOUT": "1"}) as hub:
         key = hub.user_with_key("slow")
@@ -136,19 +99,19 @@ def test_slow_bodies_everywhere(tmp_path: Path) -> None:
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
                 "Content-Length: 1000\r\n\r\n"
             ).encode()
-            results[path] = _dribble_cut(addr, head)
+            results[path] = slow_body_is_cut(addr, head)
         chunked = (
             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
             f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
         ).encode()
-        results["chunked"] = _dribble_cut(addr, chunked, b"1\r\n \r\n")
+        results["chunked"] = slow_body_is_cut(addr, chunked, b"1\r\n \r\n")
         expect = (
             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
             f"Authorization: Bearer {key}\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
         ).encode()
         with socket.create_connection(addr) as s:
             s.sendall(expect)
-            results["expect-silent"] = _closed_within(s, 6)
+            results["expect-silent"] = closed_within(s, 6)
         assert all(results.values()), results
         # pipelined: two chats on one send, both answered
         body = b'{"model": "nobody", "messages": []}'
@@ -186,7 +149,7 @@ def test_slow_bodies_everywhere(tmp_path: Path) -> None:
             )
             s.settimeout(5)
             assert s.recv(65536).startswith(b"HTTP/1.1 413"), "refused from its Content-Length"
-            assert _closed_within(s, 5)
+            assert closed_within(s, 5)
         log = hub.log()
         assert "Traceback" not in log, log[-3000:]
 

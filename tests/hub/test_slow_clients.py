@@ -11,21 +11,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.hubproc import start_hub
+from tests.support.rawhttp import closed_within, slow_body_is_cut
 
 pytestmark = pytest.mark.subprocess
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """The hub closed ``sock`` (EOF or reset) within ``seconds``."""
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def test_slow_headers_and_slow_bodies_are_cut(tmp_path: Path) -> None:
@@ -54,22 +42,6 @@ def test_slow_headers_and_slow_bodies_are_cut(tmp_path: Path) -> None:
             assert closed
         with socket.create_connection(addr) as idle:
             assert closed_within(idle, 15)
-
-
-def slow_body_is_cut(addr: tuple[str | None, int | None], head: bytes) -> bool:
-    """Send ``head`` (headers announcing a 1,000-byte body) and then a byte every 0.5 s: the
-    hub closes the connection within 15 s."""
-    with socket.create_connection(addr) as sock:  # type: ignore[arg-type]
-        sock.sendall(head)
-        started = time.monotonic()
-        while time.monotonic() - started < 15:
-            try:
-                sock.sendall(b" ")
-            except OSError:
-                return True
-            if closed_within(sock, 0.5):
-                return True
-    return False
 
 
 def answer(sock: socket.socket, request: bytes) -> bytes:
