@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.fakes.agent import LLM, FakeAgent
-from tests.support.hubproc import start_hub
-from tests.support.rawhttp import chat_request
+from tests.support.rawhttp import chat_request, serving_m1
 
 pytestmark = pytest.mark.subprocess
 
@@ -21,11 +18,8 @@ def test_a_client_that_leaves_right_after_its_body_is_recorded_as_cancelled(
 ) -> None:
     """Send a whole chat request and reset the connection at once: the hub must record the
     request as cancelled by its client, not as a 400 for an empty body (the dropped chunks)."""
-    with FakeAgent(["m1"]) as agent, start_hub(tmp_path) as hub:
-        key = hub.user_with_key("leaver")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        parts = urlsplit(hub.url)
-        addr = (parts.hostname, parts.port)
+    with serving_m1(tmp_path, "leaver") as served:
+        hub, key, addr = served.hub, served.key, served.addr
         for _ in range(40):
             with socket.create_connection(addr) as s:
                 s.setsockopt(

@@ -16,22 +16,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubproc import start_hub
-from tests.support.rawhttp import chat_request, closed_within, slow_body_is_cut
+from tests.support.rawhttp import chat_request, closed_within, serving_m1, slow_body_is_cut
 
 pytestmark = pytest.mark.subprocess
 
 
 def test_disconnects_at_every_stage(tmp_path: Path) -> None:
-    with (
-        FakeAgent(["m1"]) as agent,
-        start_hub(tmp_path, env={"INFERCLUB_BODY_TIMEOUT": "3"}) as hub,
-    ):
-        key = hub.user_with_key("hostile")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        parts = urlsplit(hub.url)
-        addr = (parts.hostname, parts.port)
+    with serving_m1(tmp_path, "hostile", {"INFERCLUB_BODY_TIMEOUT": "3"}) as served:
+        hub, agent, key, addr = served.hub, served.agent, served.key, served.addr
         req = chat_request(key)
         # 1. before the body is complete
         with socket.create_connection(addr) as s:
@@ -155,14 +148,8 @@ def test_slow_bodies_everywhere(tmp_path: Path) -> None:
 
 
 def test_sigterm_drain_cut_with_requests_in_flight(tmp_path: Path) -> None:
-    with (
-        FakeAgent(["m1"]) as agent,
-        start_hub(tmp_path, env={"INFERCLUB_DRAIN_TIMEOUT": "1"}) as hub,
-    ):
-        key = hub.user_with_key("drain")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        parts = urlsplit(hub.url)
-        addr = (parts.hostname, parts.port)
+    with serving_m1(tmp_path, "drain", {"INFERCLUB_DRAIN_TIMEOUT": "1"}) as served:
+        hub, agent, key, addr = served.hub, served.agent, served.key, served.addr
         agent.stall_after = 2
         stream = socket.create_connection(addr)
         stream.sendall(chat_request(key, stream=True))
@@ -212,11 +199,8 @@ def test_sigterm_drain_cut_with_requests_in_flight(tmp_path: Path) -> None:
 
 
 def test_racing_disconnects_stress(tmp_path: Path) -> None:
-    with FakeAgent(["m1"]) as agent, start_hub(tmp_path) as hub:
-        key = hub.user_with_key("racer")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        parts = urlsplit(hub.url)
-        addr = (parts.hostname, parts.port)
+    with serving_m1(tmp_path, "racer") as served:
+        hub, agent, key, addr = served.hub, served.agent, served.key, served.addr
         agent.chunks = 5
         reqs = [chat_request(key), chat_request(key, stream=True)]
         n = 0
@@ -272,15 +256,10 @@ def test_racing_disconnects_stress(tmp_path: Path) -> None:
 
 
 def test_a_stream_longer_than_the_body_timeout_is_not_cut(tmp_path: Path) -> None:
-    with (
-        FakeAgent(["m1"]) as agent,
-        start_hub(tmp_path, env={"INFERCLUB_BODY_TIMEOUT": "1"}) as hub,
-    ):
-        key = hub.user_with_key("long")
-        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
-        parts = urlsplit(hub.url)
+    with serving_m1(tmp_path, "long", {"INFERCLUB_BODY_TIMEOUT": "1"}) as served:
+        hub, agent, key = served.hub, served.agent, served.key
         agent.chunks, agent.chunk_delay = 10, 0.3
-        with socket.create_connection((parts.hostname, parts.port)) as s:
+        with socket.create_connection(served.addr) as s:
             s.settimeout(10)
             for _ in range(2):
                 s.sendall(chat_request(key, stream=True))

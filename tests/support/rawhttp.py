@@ -3,9 +3,38 @@ leaving, pipelining."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.support.fakes.agent import LLM, FakeAgent
+from tests.support.hubproc import HubProcess, start_hub
+
+
+@dataclass
+class Served:
+    """A real hub with one user whose provider (a fake agent) serves ``m1``."""
+
+    hub: HubProcess
+    agent: FakeAgent
+    key: str
+    #: The hub's (host, port), for raw sockets.
+    addr: tuple[str, int]
+
+
+@contextlib.contextmanager
+def serving_m1(workdir: Path, login: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    with FakeAgent(["m1"]) as agent, start_hub(workdir, env=env) as hub:
+        key = hub.user_with_key(login)
+        assert hub.heartbeat(key, "rig", agent.url, LLM)[0] == 200
+        parts = urlsplit(hub.url)
+        assert parts.hostname is not None and parts.port is not None
+        yield Served(hub, agent, key, (parts.hostname, parts.port))
 
 
 def chat_request(key: str, stream: bool = False) -> bytes:

@@ -234,10 +234,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
     """A request's body must arrive within ``body_timeout`` of its headers, or the connection
     is closed (slow clients each hold a socket and a buffer). One timer per request that
-    has a body, cancelled when the request ends: Tornado's own ``body_timeout`` wraps every
-    body read in a task and a timeout future, 3 % of a small request's instructions."""
-
-    __slots__ = ("_connection", "_delegate", "_timeout", "_timer")
+    has a body, cancelled once the body is in or the connection closed: Tornado's own
+    ``body_timeout`` wraps every body read in a task and a timeout future, 3 % of a small
+    request's instructions."""
 
     def __init__(
         self,
