@@ -433,23 +433,24 @@ class SQLiteStore(Store):
             for pid, (ts, health) in seen.items()
         ]
         async with self._write() as db:
-            if not _UPDATE_FROM:
+            if _UPDATE_FROM:
+                # Many providers per statement (UPDATE ... FROM a VALUES list), for the reason
+                # add_requests gives: a statement per provider waited on the GIL once each.
+                for start in range(0, len(rows), _PROVIDERS_PER_UPDATE):
+                    chunk = rows[start : start + _PROVIDERS_PER_UPDATE]
+                    await db.execute(
+                        "WITH seen(id, ts, health) AS (VALUES "
+                        + ", ".join(["(?, ?, ?)"] * len(chunk))
+                        + ") UPDATE providers SET last_heartbeat_at = seen.ts,"
+                        " health = seen.health FROM seen WHERE providers.id = seen.id"
+                        " AND providers.last_heartbeat_at < seen.ts",
+                        [value for row in chunk for value in row],
+                    )
+            else:
                 await db.executemany(
                     "UPDATE providers SET last_heartbeat_at = ?, health = ?"
                     " WHERE id = ? AND last_heartbeat_at < ?",
                     [(ts, health, pid, ts) for pid, ts, health in rows],
-                )
-            # Many providers per statement (UPDATE ... FROM a VALUES list), for the reason
-            # add_requests gives: a statement per provider waited on the GIL once each.
-            for start in range(0, len(rows) if _UPDATE_FROM else 0, _PROVIDERS_PER_UPDATE):
-                chunk = rows[start : start + _PROVIDERS_PER_UPDATE]
-                await db.execute(
-                    "WITH seen(id, ts, health) AS (VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(chunk))
-                    + ") UPDATE providers SET last_heartbeat_at = seen.ts, health = seen.health"
-                    " FROM seen WHERE providers.id = seen.id"
-                    " AND providers.last_heartbeat_at < seen.ts",
-                    [value for row in chunk for value in row],
                 )
             await db.execute(BUMP_LAST_SEEN_VERSION)
 
