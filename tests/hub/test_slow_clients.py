@@ -42,6 +42,12 @@ def test_slow_headers_and_slow_bodies_are_cut(tmp_path: Path) -> None:
             assert closed
         with socket.create_connection(addr) as idle:
             assert closed_within(idle, 15)
+        with socket.create_connection(addr):
+            pass  # closed by the client before its deadline
+        time.sleep(1.5)
+        # Only the slow client is logged: an idle connection is no attack, and a closed one
+        # ended its deadline.
+        assert hub.log().count("its request headers took longer than 1 s") == 1
 
 
 def answer(sock: socket.socket, request: bytes) -> bytes:
@@ -82,3 +88,30 @@ def test_the_body_deadline_covers_every_route_and_ends_with_its_request(tmp_path
             time.sleep(2.5)  # past the body timeout: the first request's deadline is gone
             assert answer(kept, chat) == b"HTTP/1.1 404 Not Found"
         assert "its request body took longer than 1 s" in hub.log()
+
+
+def test_the_header_deadline_restarts_with_each_request(tmp_path: Path) -> None:
+    """A kept-alive connection lives as long as its requests come within ``header_timeout`` of
+    each other, and is closed once it sits idle for longer; a body is not held to it."""
+    with start_hub(tmp_path, env={"INFERCLUB_HEADER_TIMEOUT": "2"}) as hub:
+        key = hub.user_with_key("keeps")
+        parts = urlsplit(hub.url)
+        models = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+        with socket.create_connection((parts.hostname, parts.port)) as kept:
+            for _ in range(4):  # 6 s in all, past the deadline of the connection's start
+                assert answer(kept, models.encode()) == b"HTTP/1.1 200 OK"
+                time.sleep(1.5)
+            assert closed_within(kept, 10)
+        # The headers' deadline ends with them: a body may take longer (up to body_timeout).
+        body = b'{"model": "nobody-serves-this", "messages": []}'
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection((parts.hostname, parts.port)) as slow:
+            slow.sendall(head)
+            for piece in (body[:10], body[10:20]):
+                time.sleep(1.5)
+                slow.sendall(piece)
+            assert answer(slow, body[20:]) == b"HTTP/1.1 404 Not Found"
+        assert "its request headers took longer" not in hub.log()

@@ -231,33 +231,46 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         )
 
 
-class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
-    """A request's body must arrive within ``body_timeout`` of its headers, or the connection
-    is closed (slow clients each hold a socket and a buffer). One timer per request that
-    has a body, cancelled once the body is in or the connection closed: Tornado's own
-    ``body_timeout`` wraps every body read in a task and a timeout future, 3 % of a small
-    request's instructions."""
+class _Deadlines(tornado.httputil.HTTPMessageDelegate):
+    """Slow clients are cut, each holds a socket and a buffer: a request's headers must arrive
+    within ``header_timeout`` of the connection being ready for them (opened, or its previous
+    answer sent, so an idle kept-alive connection ends too), and its body within
+    ``body_timeout`` of its headers, or the connection is closed.
+
+    One timer per request, moved from the headers to the body if there is one, and cancelled
+    once the body is in or the connection closed. Tornado's own ``header_timeout`` and
+    ``body_timeout`` wrap every header read in a timeout future and every body read in a task
+    and a timeout future: 1.7 % and 3 % of a small request's instructions. The server that
+    serves this application leaves both to it (``cli.py``)."""
 
     def __init__(
         self,
         delegate: tornado.httputil.HTTPMessageDelegate,
         connection: tornado.httputil.HTTPConnection,
-        timeout: float,
+        settings: Settings,
     ) -> None:
         self._delegate = delegate
         self._connection = connection
-        self._timeout = timeout
+        self._settings = settings
         self._timer: asyncio.TimerHandle | None = None
+        if isinstance(connection, HTTP1Connection):
+            # Called before Tornado reads the headers. A connection that closes while idle
+            # ends its timer here: Tornado tells no delegate of a request that never began.
+            connection.stream.set_close_callback(self._cancel)
+            self._timer = asyncio.get_running_loop().call_later(
+                settings.header_timeout, self._headers_expired
+            )
 
     def headers_received(
         self,
         start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
+        self._cancel()
         length = headers.get("Content-Length")
         if (length is not None and length != "0") or "Transfer-Encoding" in headers:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._timeout, self._expired)
+            self._timer = loop.call_later(self._settings.body_timeout, self._body_expired)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
@@ -276,26 +289,41 @@ class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
             self._timer.cancel()
             self._timer = None
 
-    def _expired(self) -> None:
+    def _headers_expired(self) -> None:
+        self._timer = None
+        assert isinstance(self._connection, HTTP1Connection)
+        stream = self._connection.stream
+        if stream is None or stream.closed():
+            return
+        if stream._read_buffer_size:  # part of a request came: a slow client, not an idle one
+            log.info(
+                "closed a connection from %s: its request headers took longer than %g s",
+                self._connection.context,
+                self._settings.header_timeout,
+            )
+        self._connection.close()
+
+    def _body_expired(self) -> None:
         self._timer = None
         log.info(
             "closed a connection from %s: its request body took longer than %g s",
             getattr(self._connection, "context", "a client"),
-            self._timeout,
+            self._settings.body_timeout,
         )
         if isinstance(self._connection, HTTP1Connection):
             self._connection.close()
 
 
 class HubApplication(tornado.web.Application):
-    """The hub's application: Tornado's, with the body deadline of :class:`_BodyDeadline`."""
+    """The hub's application: Tornado's, with the deadlines of :class:`_Deadlines`."""
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> tornado.httputil.HTTPMessageDelegate:
-        timeout: float = self.settings["hub"].settings.body_timeout
-        return _BodyDeadline(
-            super().start_request(server_conn, request_conn), request_conn, timeout
+        return _Deadlines(
+            super().start_request(server_conn, request_conn),
+            request_conn,
+            self.settings["hub"].settings,
         )
 
 

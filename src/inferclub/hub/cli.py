@@ -502,10 +502,10 @@ async def _run_server(
         # (static files, anything unknown) cannot make the hub read more. The /v1 handlers
         # raise it for their request, after checking its headers (handlers/base.py).
         max_body_size=settings.max_web_body,
-        # Slow clients (slowloris) are cut: each held connection costs a socket and a buffer.
-        # The body's deadline is the application's (hub/app.py: HubApplication).
-        idle_connection_timeout=settings.header_timeout,
     )
+    # Slow clients (slowloris) are cut by the application's deadlines, cheaper than Tornado's
+    # (hub/app.py: _Deadlines). Tornado would wrap every header read in a timeout of its own.
+    server.conn_params.header_timeout = None
     # Before "listening on": a supervisor may signal as soon as it sees that line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
