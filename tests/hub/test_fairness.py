@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from inferclub.hub import fairness
 from inferclub.hub.fairness import Turns
 
 TENANT, VICTIM, THIRD = 1, 2, 3
@@ -99,3 +102,42 @@ async def test_each_pass_lets_every_waiting_user_start_one_request() -> None:
     assert order == ["t0", "v0"] and turns.waiting() == 1
     await asyncio.gather(*tasks)
     assert order == ["t0", "v0", "t1", "v1", "t2"]
+
+
+async def test_one_user_alone_starts_at_once_until_another_user_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Turns are taken between users: a user alone on the hub starts a burst at once. Another
+    user's start turns the rotation on for ``SHARED_FOR`` seconds (a fake clock here)."""
+    now = [1000.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    turns = Turns()
+    order: list[str] = []
+
+    async def start(user_id: int, label: str) -> None:
+        await turns.turn(user_id)
+        order.append(label)
+
+    async def burst(arrivals: list[tuple[int, str]]) -> int:
+        """Start these; how many had started after the first step of each."""
+        tasks = [asyncio.ensure_future(start(user, label)) for user, label in arrivals]
+        await asyncio.sleep(0)
+        at_once = len(order)
+        await asyncio.gather(*tasks)
+        return at_once
+
+    await start(TENANT, "first")  # on an idle hub: at once, with a pass scheduled
+    await asyncio.sleep(0)  # the pass: nobody waited
+    assert await burst([(TENANT, f"a{i}") for i in range(5)]) == 6
+    order.clear()
+    # Another user: from its start on, the tenant's starts take turns with it.
+    assert await burst([(VICTIM, "v0"), *((TENANT, f"t{i}") for i in range(3))]) == 1
+    assert order == ["v0", "t0", "t1", "t2"]
+    order.clear()
+    now[0] += fairness.SHARED_FOR - 1  # the victim started less than SHARED_FOR ago
+    assert await burst([(TENANT, f"t{i}") for i in range(3)]) == 1
+    assert turns.waiting() == 0
+    await asyncio.sleep(0)  # the last pass
+    now[0] += 2  # the victim's start is SHARED_FOR ago: the tenant is alone again
+    order.clear()
+    assert await burst([(TENANT, f"b{i}") for i in range(5)]) == 5
