@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from inferclub import wire
-from inferclub.hub.affinity import conversation_key
+from inferclub.hub.affinity import Conversation, conversation_key
 from inferclub.hub.choose import Fleet, ProviderState, more_room
 from inferclub.hub.routing import Registry, Route
 from inferclub.openai_errors import OpenAIError
@@ -191,14 +191,27 @@ def test_a_heartbeat_wakes_waiters_only_when_it_brings_room() -> None:
     assert more_room(state(one, leaving=True), steady)
 
 
+def test_a_single_candidate_leaves_the_conversation_unhashed() -> None:
+    """Nothing to choose between: the chat's opening messages are not encoded, and the turn
+    is not remembered (``asked`` stays None)."""
+    fleet = Fleet(10)
+    reg = registry(provider(1, svc("s1", "llm", "m1")))
+    chat = Conversation(ALICE, [{"role": "user", "content": "hi"}])
+    assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-1"]
+    assert chat.asked is None
+    two = registry(*(provider(pid, svc(f"s{pid}", "llm", "m1")) for pid in (1, 2)))
+    fleet.choose(two, ALICE, "llm", "m1", chat)
+    assert chat.asked == conversation_key(ALICE, [{"role": "user", "content": "hi"}])
+
+
 def test_a_conversation_goes_back_to_its_service_unless_another_has_more_room() -> None:
     """Affinity sits after load and before hot models and registration order."""
     fleet = Fleet(10)
     reg = registry(*(provider(pid, svc(f"s{pid}", "llm", "m1")) for pid in (1, 2, 3)))
-    chat = conversation_key(ALICE, [{"role": "user", "content": "hi"}])
-    other = conversation_key(ALICE, [{"role": "user", "content": "hello"}])
+    chat = Conversation(ALICE, [{"role": "user", "content": "hi"}])
+    other = Conversation(ALICE, [{"role": "user", "content": "hello"}])
     assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-1", "rig-2", "rig-3"]
-    fleet.affinity.served(chat, 2, "s2")  # rig-2 answered the first turn
+    fleet.affinity.served(chat.asked, 2, "s2")  # rig-2 answered the first turn
     assert names(fleet.choose(reg, ALICE, "llm", "m1", chat)) == ["rig-2", "rig-1", "rig-3"]
     assert names(fleet.choose(reg, ALICE, "llm", "m1", other)) == ["rig-1", "rig-2", "rig-3"]
     # Preferred over a hot model elsewhere...

@@ -37,6 +37,33 @@ def conversation_key(user_id: int, messages: Any) -> bytes | None:
     return None
 
 
+class Conversation:
+    """A chat's conversation, hashed (:func:`conversation_key`) only when a choice between
+    services asks for it: most users have one service per model, and their requests then
+    never encode their opening messages. A turn whose key was never asked for is not
+    remembered either: a fleet that grows from one service to two loses one turn's preference."""
+
+    __slots__ = ("_user_id", "_messages", "_key", "_hashed")
+
+    def __init__(self, user_id: int, messages: Any) -> None:
+        self._user_id = user_id
+        self._messages = messages
+        self._key: bytes | None = None
+        self._hashed = False
+
+    def key(self) -> bytes | None:
+        """The conversation's key (None for a chat without a user message)."""
+        if not self._hashed:
+            self._hashed = True
+            self._key = conversation_key(self._user_id, self._messages)
+        return self._key
+
+    @property
+    def asked(self) -> bytes | None:
+        """The key, if a choice asked for it; None otherwise."""
+        return self._key
+
+
 class Affinity:
     """Which service served each conversation last, bounded."""
 

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from inferclub import wire
-from inferclub.hub.affinity import Affinity, Served
+from inferclub.hub.affinity import Affinity, Conversation, Served
 from inferclub.hub.routing import Registry, Route, model_unavailable
 from inferclub.openai_errors import OpenAIError
 
@@ -340,12 +340,12 @@ class Fleet:
         user_id: int,
         type_: str,
         model: str,
-        conversation: bytes | None = None,
+        conversation: Conversation | None = None,
     ) -> list[Route]:
         """The services to try for a request, best first; or the error that says why none
         can serve: 503 ``model_unavailable`` naming each provider and why, or the registry's
-        404 when the user has no such model at all. ``conversation`` is the request's
-        :func:`~inferclub.hub.affinity.conversation_key`, if it has one."""
+        404 when the user has no such model at all. ``conversation`` is the request's, if it
+        is a chat (:class:`~inferclub.hub.affinity.Conversation`)."""
         try:
             online = registry.candidates(user_id, type_, model)
         except OpenAIError as err:
@@ -362,7 +362,8 @@ class Fleet:
             usable = not self.state(pid).leaving and self._usable(pid, now)
             ordered = online if usable else []
         else:
-            ordered = self.order(online, model, now, self.affinity.preferred(conversation))
+            key = None if conversation is None else conversation.key()
+            ordered = self.order(online, model, now, self.affinity.preferred(key))
         if ordered:
             return ordered
         reasons = list(dict.fromkeys(self._why_not(r, now) for r in online))
@@ -398,7 +399,7 @@ class Fleet:
         user_id: int,
         type_: str,
         model: str,
-        conversation: bytes | None = None,
+        conversation: Conversation | None = None,
     ) -> list[Route]:
         """:meth:`choose`; when every candidate is at its capacity, wait in the user's queue
         for one to free up. Return without an await after the choice, so the caller counts

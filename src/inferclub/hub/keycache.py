@@ -10,7 +10,9 @@ in batches.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections import OrderedDict
 
@@ -27,8 +29,12 @@ class KeyCache:
         self._store = store
         self._pepper = pepper
         self._refresh_interval = refresh_interval
-        self._owners: dict[str, KeyOwner] = {}
-        self._unknown: OrderedDict[str, None] = OrderedDict()
+        #: The cache's own keyed hash of a key names it here: BLAKE2b, 0.8 µs where the stored
+        #: form (HMAC-SHA256 through OpenSSL 3) takes 7 µs, and only a miss needs that one.
+        #: Its key is this process's, so the names match nothing stored anywhere.
+        self._lookup_key = os.urandom(32)
+        self._owners: dict[bytes, KeyOwner] = {}
+        self._unknown: OrderedDict[bytes, None] = OrderedDict()
         self._version: int | None = None
         self._last_used: dict[int, float] = {}
         #: bumped by every invalidation, so a lookup that straddles one is not cached
@@ -50,24 +56,24 @@ class KeyCache:
         """The owner of ``token``, or None. Malformed keys never reach the store."""
         if len(token) != keys.KEY_LEN or not token.isascii():
             return None  # before the hash: a header of 8 KB is not hashed, nor Latin-1 text
-        digest = keys.hash_key(self._pepper, token)
-        owner = self._owners.get(digest)
+        name = hashlib.blake2b(token.encode(), key=self._lookup_key, digest_size=16).digest()
+        owner = self._owners.get(name)
         if owner is None:
             # The checksum only on a miss: a cached owner's key passed it when it was cached
             # (its hash names it), and the check is a Python loop on every request.
-            if digest in self._unknown or not keys.is_well_formed(token):
+            if name in self._unknown or not keys.is_well_formed(token):
                 return None
             generation = self._generation
-            owner = await self._store.find_active_key(digest)
+            owner = await self._store.find_active_key(keys.hash_key(self._pepper, token))
             if generation != self._generation:
                 # The cache was dropped while we looked: the answer may be stale already.
                 return owner
             if owner is None:
-                self._unknown[digest] = None
+                self._unknown[name] = None
                 if len(self._unknown) > _NEGATIVE_CACHE_MAX:
                     self._unknown.popitem(last=False)
                 return None
-            self._owners[digest] = owner
+            self._owners[name] = owner
         if owner.key_id is not None:
             self._last_used[owner.key_id] = time.time()
         return owner

@@ -9,7 +9,7 @@ from typing import Any
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from inferclub import multipart, openai_errors, wire
-from inferclub.hub.affinity import conversation_key
+from inferclub.hub.affinity import Conversation
 from inferclub.hub.handlers.base import ApiHandler, NotFoundHandler
 from inferclub.hub.handlers.proxy import Forward, ProxyHandler, checked_model
 from inferclub.hub.routing import Route
@@ -85,7 +85,7 @@ class ChatCompletionsHandler(ProxyHandler):
                     "include_usage": True,
                 }
                 fwd = Forward(json.dumps(payload).encode(), strip_usage=True, stream=True)
-        fwd.conversation = conversation_key(self.owner.user_id, payload.get("messages"))
+        fwd.conversation = Conversation(self.owner.user_id, payload.get("messages"))
         return model, fwd
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from tornado.iostream import StreamClosedError
 
 from inferclub import openai_errors, wire
+from inferclub.hub.affinity import Conversation
 from inferclub.hub.handlers.base import ApiHandler
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
 from inferclub.hub.relay.connect import UpstreamResponse
@@ -53,7 +54,7 @@ class Forward:
     #: The client asked for an event stream (keep-alive comments while it waits).
     stream: bool = False
     #: A chat's conversation (hub/affinity.py): its next turn prefers the service that served.
-    conversation: bytes | None = None
+    conversation: Conversation | None = None
 
 
 #: Statuses from an agent that send a request on to the next candidate: the agent is busy
@@ -222,9 +223,9 @@ class ProxyHandler(ApiHandler):
                     resp.close()
                     continue
                 self._note_answer(route, resp.status)
-                if resp.status < 400:
+                if resp.status < 400 and fwd.conversation is not None:
                     hub.fleet.affinity.served(
-                        fwd.conversation, route.provider.id, route.service.name
+                        fwd.conversation.asked, route.provider.id, route.service.name
                     )
                 keepalive.stop()
                 await self._answer(resp, adapted, meter, keepalive.committed)
