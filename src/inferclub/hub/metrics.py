@@ -1,20 +1,29 @@
 """The hub's Prometheus metrics (``docs/operations.md`` lists them).
 
 Counters and histograms are updated once per request, when its history row is complete, and
-once per accepted heartbeat: never per chunk of a stream. Gauges of state the hub keeps anyway
-(requests in flight, providers online, history backlog, store failures) are read only when
-someone scrapes, by :class:`_StateCollector`.
+once per accepted heartbeat: never per chunk of a stream. The per-request ones are plain
+numbers (:class:`RequestCounts`), turned into Prometheus families only when someone scrapes:
+prometheus-client's own counters and histograms take a lock per update and walk a histogram's
+buckets in Python. Gauges of state the hub keeps anyway (requests in flight, providers online,
+history backlog, store failures) are read at scrape time too, by :class:`_StateCollector`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.store import RequestRecord
@@ -28,60 +37,97 @@ TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
+class Buckets:
+    """One histogram's counts: a value goes to the first bucket whose bound is at least it
+    (Prometheus's ``le``), or past the last bound (``+Inf``)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count)`` pairs as a histogram family takes them, ``+Inf`` last."""
+        out, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), float(total)))
+        return out
+
+
+class RequestCounts(Collector):
+    """Finished requests by type, status and provider, and their time to first byte and
+    duration by type: plain numbers, one dict update and two bisects per request."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int, str], int] = {}
+        self.ttfb: dict[str, Buckets] = {}
+        self.duration: dict[str, Buckets] = {}
+
+    def request_done(self, row: RequestRecord, provider: str) -> None:
+        kind = row.type or "unknown"
+        labels = (kind, row.status or 0, provider)
+        self.requests[labels] = self.requests.get(labels, 0) + 1
+        if row.ttfb_ms is not None:
+            ttfb = self.ttfb.get(kind)
+            if ttfb is None:
+                ttfb = self.ttfb[kind] = Buckets(TTFB_BUCKETS)
+            ttfb.observe(row.ttfb_ms / 1000)
+        if row.duration_ms is not None:
+            took = self.duration.get(kind)
+            if took is None:
+                took = self.duration[kind] = Buckets(DURATION_BUCKETS)
+            took.observe(row.duration_ms / 1000)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "inferclub_requests",
+            "Proxied inference requests, by service type, final status and provider.",
+            labels=["type", "status", "provider"],
+        )
+        for (kind, status, provider), n in self.requests.items():
+            requests.add_metric([kind, str(status), provider], n)
+        yield requests
+        for name, doc, by_type in (
+            (
+                "inferclub_request_ttfb_seconds",
+                "Seconds from a request's arrival to the agent's response headers.",
+                self.ttfb,
+            ),
+            (
+                "inferclub_request_duration_seconds",
+                "Seconds from a request's arrival to its end (the last byte of a stream).",
+                self.duration,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=["type"])
+            for kind, buckets in by_type.items():
+                family.add_metric([kind], buckets.cumulative(), buckets.sum)
+            yield family
+
+
 class HubMetrics:
     """One hub's metrics, in a registry of its own."""
 
     def __init__(self, hub: Hub) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "inferclub_requests",
-            "Proxied inference requests, by service type, final status and provider.",
-            ["type", "status", "provider"],
-            registry=r,
-        )
-        self.ttfb = Histogram(
-            "inferclub_request_ttfb_seconds",
-            "Seconds from a request's arrival to the agent's response headers.",
-            ["type"],
-            buckets=TTFB_BUCKETS,
-            registry=r,
-        )
-        self.duration = Histogram(
-            "inferclub_request_duration_seconds",
-            "Seconds from a request's arrival to its end (the last byte of a stream).",
-            ["type"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
+        self.counts = RequestCounts()
+        r.register(self.counts)
+        #: Count one finished request (its history row is complete).
+        self.request_done = self.counts.request_done
         self.heartbeats = Counter(
             "inferclub_heartbeats", "Heartbeats accepted from agents.", registry=r
         )
-        # The labelled children, looked up once: ``labels()`` checks and converts its
-        # arguments and takes a lock on every call. Never removed, as prometheus-client keeps
-        # every child it made anyway.
-        self._counted: dict[tuple[str, int, str], Counter] = {}
-        self._timers: dict[str, tuple[Histogram, Histogram]] = {}
         r.register(_StateCollector(hub))
         # The usual process_* series (CPU, memory, open files), from /proc where there is one.
         ProcessCollector(registry=r)
-
-    def request_done(self, row: RequestRecord, provider: str) -> None:
-        """Count one finished request (its history row is complete)."""
-        kind = row.type or "unknown"
-        status = row.status or 0
-        counter = self._counted.get((kind, status, provider))
-        if counter is None:
-            counter = self.requests.labels(kind, str(status), provider)
-            self._counted[kind, status, provider] = counter
-        counter.inc()
-        timers = self._timers.get(kind)
-        if timers is None:
-            timers = self._timers[kind] = (self.ttfb.labels(kind), self.duration.labels(kind))
-        if row.ttfb_ms is not None:
-            timers[0].observe(row.ttfb_ms / 1000)
-        if row.duration_ms is not None:
-            timers[1].observe(row.duration_ms / 1000)
 
 
 class _StateCollector(Collector):
