@@ -34,9 +34,7 @@ def test_a_scrape_shows_what_prometheus_clients_own_metrics_would() -> None:
     counts = RequestCounts()
     ours.register(counts)
     theirs = CollectorRegistry()
-    requests = Counter(
-        "inferclub_requests", "-", ["type", "status", "provider"], registry=theirs
-    )
+    requests = Counter("inferclub_requests", "-", ["type", "status", "provider"], registry=theirs)
     ttfb = Histogram(
         "inferclub_request_ttfb_seconds", "-", ["type"], buckets=TTFB_BUCKETS, registry=theirs
     )
