@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
@@ -24,6 +24,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+#: A bucket bound as Prometheus writes it in ``le`` (``0.005``, ``1.0``, ``+Inf``).
+_le: Callable[[float], str] = floatToGoString
 
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.store import RequestRecord
@@ -41,12 +44,13 @@ class Buckets:
     """One histogram's counts: a value goes to the first bucket whose bound is at least it
     (Prometheus's ``le``), or past the last bound (``+Inf``)."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "_labels")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
+        self._labels = [_le(bound) for bound in (*self.bounds, float("inf"))]
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
@@ -55,9 +59,9 @@ class Buckets:
     def cumulative(self) -> list[tuple[str, float]]:
         """``(le, count)`` pairs as a histogram family takes them, ``+Inf`` last."""
         out, total = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+        for le, count in zip(self._labels, self.counts, strict=True):
             total += count
-            out.append((floatToGoString(bound), float(total)))
+            out.append((le, float(total)))
         return out
 
 
