@@ -25,14 +25,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-#: A bucket bound as Prometheus writes it in ``le`` (``0.005``, ``1.0``, ``+Inf``).
-_le: Callable[[float], str] = floatToGoString
-
 from inferclub.hub.background import StoreFailures
 from inferclub.hub.store import RequestRecord
 
 if TYPE_CHECKING:
     from inferclub.hub.app import Hub
+
+#: A bucket bound as Prometheus writes it in ``le`` (``0.005``, ``1.0``, ``+Inf``).
+_le: Callable[[float], str] = floatToGoString
 
 #: Seconds: from a fast cached answer to a cold model load.
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
