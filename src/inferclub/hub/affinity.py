@@ -41,7 +41,10 @@ class Conversation:
     """A chat's conversation, hashed (:func:`conversation_key`) only when a choice between
     services asks for it: most users have one service per model, and their requests then
     never encode their opening messages. A turn whose key was never asked for is not
-    remembered either: a fleet that grows from one service to two loses one turn's preference."""
+    remembered either: a fleet that grows from one service to two loses one turn's preference.
+
+    The decoded messages are held only until the choice is made (:meth:`chosen`): a request
+    runs on for as long as its answer streams, and they weigh several times its body."""
 
     __slots__ = ("_user_id", "_messages", "_key", "_hashed")
 
@@ -52,11 +55,18 @@ class Conversation:
         self._hashed = False
 
     def key(self) -> bytes | None:
-        """The conversation's key (None for a chat without a user message)."""
+        """The conversation's key (None for a chat without a user message, or asked for only
+        after :meth:`chosen`)."""
         if not self._hashed:
             self._hashed = True
             self._key = conversation_key(self._user_id, self._messages)
+            self._messages = None
         return self._key
+
+    def chosen(self) -> None:
+        """The request's services are chosen: let its messages go, hashed or not."""
+        self._hashed = True
+        self._messages = None
 
     @property
     def asked(self) -> bytes | None:

@@ -313,6 +313,8 @@ class ProxyHandler(ApiHandler):
             except OpenAIError:
                 raise err from None  # the model asked for is what the client needs to hear of
             model, fwd = fallback, self.with_model(fwd, fallback)
+        if fwd.conversation is not None:
+            fwd.conversation.chosen()  # its decoded messages are not kept while the answer runs
         meter.served_as(model)
         self.set_header(wire.SERVED_MODEL_HEADER, model)
         return routes, fwd
