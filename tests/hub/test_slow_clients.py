@@ -3,6 +3,8 @@ on a real hub process (the HTTP server's settings are the contract)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import socket
 import time
 from pathlib import Path
@@ -10,6 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from inferclub.hub.app import _Deadlines
+from tests.support.hubapp import running_hub
 from tests.support.hubproc import start_hub
 from tests.support.rawhttp import closed_within, slow_body_is_cut
 
@@ -115,3 +119,28 @@ def test_the_header_deadline_restarts_with_each_request(tmp_path: Path) -> None:
                 slow.sendall(piece)
             assert answer(slow, body[20:]) == b"HTTP/1.1 404 Not Found"
         assert "its request headers took longer" not in hub.log()
+
+
+async def test_a_connection_closed_after_its_answer_leaves_no_deadline_behind(
+    tmp_path: Path,
+) -> None:
+    """Tornado begins one more request on a connection it closed after an answer
+    (``Connection: close``, HTTP/1.0, a body refused with a 401): its header deadline must not
+    outlive the connection, holding it for ``header_timeout`` (a minute by default)."""
+    async with running_hub(tmp_path) as hub:
+        parts = urlsplit(hub.url)
+        body = b'{"model": "m1", "messages": []}'
+        requests = [
+            b"GET /v1/models HTTP/1.0\r\n\r\n",
+            b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        ]
+        for request in requests * 5:
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.write(request)
+            assert (await reader.read()).startswith(b"HTTP/1.1 ")  # answered, then closed
+            writer.close()
+        await asyncio.sleep(0.2)
+        gc.collect()
+        assert [o for o in gc.get_objects() if isinstance(o, _Deadlines)] == []

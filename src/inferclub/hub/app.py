@@ -253,9 +253,12 @@ class _Deadlines(tornado.httputil.HTTPMessageDelegate):
         self._connection = connection
         self._settings = settings
         self._timer: asyncio.TimerHandle | None = None
-        if isinstance(connection, HTTP1Connection):
+        if isinstance(connection, HTTP1Connection) and not connection.stream.closed():
             # Called before Tornado reads the headers. A connection that closes while idle
             # ends its timer here: Tornado tells no delegate of a request that never began.
+            # Tornado also begins a request on a stream closed after the last answer
+            # (``Connection: close``, HTTP/1.0, a refused body): a close callback set now would
+            # never run, and the timer would hold the connection for ``header_timeout``.
             connection.stream.set_close_callback(self._cancel)
             self._timer = asyncio.get_running_loop().call_later(
                 settings.header_timeout, self._headers_expired
