@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-#: Seconds after a start of another user during which starts take turns.
-SHARED_FOR = 30.0
+#: Seconds after a start of another user during which starts take turns: three heartbeat
+#: intervals, so another user with an agent online (a heartbeat every 30 s) keeps them on.
+SHARED_FOR = 90.0
 
 
 class Turns:
