@@ -46,26 +46,24 @@ class Conversation:
     The decoded messages are held only until the choice is made (:meth:`chosen`): a request
     runs on for as long as its answer streams, and they weigh several times its body."""
 
-    __slots__ = ("_user_id", "_messages", "_key", "_hashed")
+    __slots__ = ("_user_id", "_messages", "_key")
 
     def __init__(self, user_id: int, messages: Any) -> None:
         self._user_id = user_id
+        #: None once hashed or let go (a chat without messages has no key either).
         self._messages = messages
         self._key: bytes | None = None
-        self._hashed = False
 
     def key(self) -> bytes | None:
         """The conversation's key (None for a chat without a user message, or asked for only
         after :meth:`chosen`)."""
-        if not self._hashed:
-            self._hashed = True
+        if self._messages is not None:
             self._key = conversation_key(self._user_id, self._messages)
             self._messages = None
         return self._key
 
     def chosen(self) -> None:
         """The request's services are chosen: let its messages go, hashed or not."""
-        self._hashed = True
         self._messages = None
 
     @property
