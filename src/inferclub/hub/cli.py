@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from inferclub import __version__
 from inferclub.fdlimit import raise_nofile_limit
-from inferclub.hub import export, fallbacks, keys, workers
+from inferclub.hub import collector, export, fallbacks, keys, workers
 from inferclub.hub.accounts import AccountError, Accounts, link_base_url
 from inferclub.hub.config import (
     ConfigError,
@@ -474,6 +474,7 @@ async def serve(
         secrets = load_or_create_secrets(settings.secrets_path)
         hub = Hub(settings, store, secrets)
         await hub.start()
+        collector.tune()  # after start-up loaded the registry (hub/collector.py)
         try:
             return await _run_server(hub, settings, quickstart, sockets, worker, metrics_sockets)
         finally:
