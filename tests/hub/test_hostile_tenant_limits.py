@@ -154,6 +154,8 @@ async def test_provider_names_follow_the_manifest_rules(hub_app: HubApp, name: s
         (json.dumps({"model": "m" * 257, "messages": []}).encode(), "model"),
         (b'{"model": "m1", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
         (b"[" * 100_000, None),
+        # 10 MB of empty arrays: 3.3 million lists, a second of the event loop to decode.
+        (b'{"model": "m1", "messages": [' + b",".join([b"[]"] * 3_300_000) + b"]}", None),
         (b'{"model": "a\\ud800b", "messages": []}', None),
         (b'{"model": "m1", "messages": [{"role": "user", "content": "\\udfff"}]}', None),
         (b'{"model": "m1", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}', None),
@@ -164,6 +166,7 @@ async def test_provider_names_follow_the_manifest_rules(hub_app: HubApp, name: s
         "257-model",
         "nested",
         "unbalanced",
+        "3.3M-arrays",
         "lone-model",
         "lone-content",
         "utf8",

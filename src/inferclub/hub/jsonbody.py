@@ -6,7 +6,10 @@ wherever the text is encoded again (the history writer, the database). Both are 
 here, as a 400, before any handler sees the data. So are ``NaN``, ``Infinity`` and numbers
 too large for a float (``1e999``): Python reads them, but they are not JSON, and written back
 out (a provider's health on the dashboard) they break every strict parser, browsers' included.
-The depth and surrogate checks cost nothing for ordinary bodies: each runs only when a cheap
+Bodies of more than :data:`MAX_CONTAINERS` arrays and objects are refused too: 10 MB of
+``[],[],...`` is 3.3 million lists, a second of the event loop to decode (and as much again
+for the garbage collector), during which every other user's request waited. The depth,
+container and surrogate checks cost nothing for ordinary bodies: each runs only when a cheap
 count says it could matter."""
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 
 #: Deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
+#: Most arrays and objects a body may hold in all: a chat of thousands of messages, or an
+#: embeddings batch of 2,048 token arrays, is far below it; decoding this many takes ~20 ms.
+MAX_CONTAINERS = 100_000
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
@@ -30,13 +36,14 @@ class JSONBodyError(ValueError):
 
 
 def loads(raw: bytes) -> Any:
-    """``raw`` decoded: strict UTF-8, nesting at most :data:`MAX_DEPTH`, no lone surrogates."""
+    """``raw`` decoded: strict UTF-8, nesting at most :data:`MAX_DEPTH`, at most
+    :data:`MAX_CONTAINERS` arrays and objects, no lone surrogates."""
     try:
         text = raw.decode("utf-8")  # strict: encoded surrogates are refused here
     except UnicodeDecodeError as exc:
         raise JSONBodyError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        _check_depth(raw)
+        _check_shape(raw)
     try:
         data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
@@ -61,9 +68,12 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
-def _check_depth(raw: bytes) -> None:
-    # Brackets inside strings do not count; what is left is peeled one level at a time.
+def _check_shape(raw: bytes) -> None:
+    # Brackets inside strings do not count; what is left is counted, then peeled one level
+    # at a time (the count first: peeling millions of pairs took half a second).
     brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    if brackets.count(b"[") + brackets.count(b"{") > MAX_CONTAINERS:
+        raise JSONBodyError(f"more than {MAX_CONTAINERS:,} arrays and objects")
     for _ in range(MAX_DEPTH):
         brackets, n = _EMPTY_PAIR.subn(b"", brackets)
         if not brackets:
