@@ -37,6 +37,9 @@ OPENAI_ERROR_TYPES = frozenset(
 #: Longest message taken from an engine's error body: an HTML error page or a stack trace
 #: must not blow up a client's log line.
 MAX_MESSAGE = 2000
+#: An error body with more ``[`` and ``{`` than this is taken as text, not decoded: an error
+#: object has a handful, and an agent's 32 MiB of ``[],[],...`` took seconds to decode.
+MAX_ERROR_CONTAINERS = 10_000
 #: An engine's ``code`` or ``param`` longer than this is dropped: they are identifiers, and a
 #: code is kept in every history row.
 MAX_CODE = 100
@@ -140,6 +143,9 @@ def normalise_error_body(status: int, body: bytes, content_type: str = "") -> di
     text = body.decode("utf-8", "replace").strip()
     if not text:
         return _from_message(status, _reason(status))
+    if text.count("[") + text.count("{") > MAX_ERROR_CONTAINERS:
+        # Not decoded: millions of arrays took seconds of the hub's event loop (every user's).
+        return _from_message(status, text)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested too deep to decode

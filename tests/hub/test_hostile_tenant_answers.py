@@ -9,6 +9,7 @@ import json
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from inferclub.openai_errors import MAX_MESSAGE
 from tests.support.fakes.agent import FakeAgent
 from tests.support.hubapp import HubApp, wait_until
 
@@ -54,6 +55,36 @@ async def test_json_nested_too_deep_is_relayed_not_a_500(
         error_of(answer)
     (row,) = await hub_app.wait_for_request_rows(1)
     assert row["status"] == status
+
+
+#: 10 MB of empty arrays: 3.3 million lists, seconds of the hub's event loop to decode.
+MILLIONS = b"[" + b",".join([b"[]"] * 3_300_000) + b"]"
+
+
+async def test_an_answer_of_millions_of_arrays_is_relayed_without_being_decoded(
+    hub_app: HubApp, alice: str, fake_agent: FakeAgent
+) -> None:
+    usage = b'"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}'
+    body = b'{"object": "chat.completion", ' + usage + b', "x": ' + MILLIONS + b"}"
+    fake_agent.raw_answer = (200, body)
+    status, answer = await chat(hub_app, alice)
+    assert status == 200 and answer == body
+    (row,) = await hub_app.wait_for_request_rows(1)
+    assert row["status"] == 200
+    assert row["prompt_tokens"] is None  # the usage in it was not read: the body was not decoded
+
+
+async def test_an_error_of_millions_of_arrays_is_taken_as_text(
+    hub_app: HubApp, alice: str, fake_agent: FakeAgent
+) -> None:
+    error = b'{"error": {"message": "no", "type": "invalid_request_error"}, "x": '
+    fake_agent.raw_answer = (400, error + MILLIONS + b"}")
+    status, answer = await chat(hub_app, alice)
+    assert status == 400
+    err = error_of(answer)
+    # Not decoded, so not "no": the start of the body's text, as for any error that is not JSON.
+    assert str(err["message"]).startswith('{"error": {"message": "no"')
+    assert len(str(err["message"])) == MAX_MESSAGE
 
 
 async def test_an_agents_huge_error_code_and_param_are_not_kept(

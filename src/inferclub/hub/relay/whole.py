@@ -13,6 +13,7 @@ from contextlib import suppress
 
 import aiohttp
 
+from inferclub.hub import jsonbody
 from inferclub.hub.relay.connect import UpstreamResponse, upstream_broke, upstream_idle
 from inferclub.hub.relay.meter import RequestMeter
 from inferclub.hub.relay.stream import Sink, relay_headers, relay_stream
@@ -67,9 +68,10 @@ async def relay_whole(
     else:
         ctype = resp.headers.get("Content-Type", "application/json")
         if ctype.startswith("application/json") and has_metrics(body, meter.type):
-            # Not JSON after all, or nested too deep to decode: relayed as it is, no usage.
-            with suppress(ValueError, RecursionError):
-                meter.usage(json.loads(body))
+            # Not JSON after all, or JSON the hub does not decode (nested too deep, millions
+            # of arrays: seconds of the event loop, every user's): relayed as it is, no usage.
+            with suppress(jsonbody.JSONBodyError):
+                meter.usage(jsonbody.loads(body))
         if transform is not None:
             ctype, body = transform(ctype, body)
         sink.set_header("Content-Type", ctype)
