@@ -5,8 +5,8 @@ ref, by default ``99bfe9d``: main just before issue 9's first merge), unpacked w
 ``git archive`` into a temp dir and run from there (``PYTHONPATH``) with the same interpreter.
 Each hub gets its own throw-away SQLite database, a user ``victim`` with one provider, and a
 user ``tenant`` with the most providers a user may have (64), each advertising the most models
-a provider may (1,024). Every provider's callback URL is the fake upstream
-(``bench/fake_upstream.py``), which plays the agents.
+a provider may (1,024). The victim's provider points at one fake upstream
+(``bench/fake_upstream.py``) and the tenant's at another, as separate agents would.
 
 1. **CPU per request.** The victim sends non-streaming chats and 20-chunk streams at
    concurrency C through one hub, then the other, alternating for ``--rounds`` rounds; the
@@ -15,8 +15,10 @@ a provider may (1,024). Every provider's callback URL is the fake upstream
 2. **A noisy neighbour.** On each hub, the victim's chat latency at concurrency 1, on a quiet
    hub and while the tenant floods, alternating ``--cycles`` times: every one of the tenant's
    64 providers heartbeats once a second (the allowed rate) with its 1,024 models, and it
-   keeps 64 slow streams open (its concurrent-request limit), from a separate process at the
-   lowest CPU priority, so the flood does not slow the victim's load generator. Reported:
+   keeps 64 slow streams open (its concurrent-request limit; each 4 s long, so all 64 end and
+   start again together every ~4 s, at least once in every flooded window), from a separate
+   process at the lowest CPU priority, so the flood does not slow the victim's load generator.
+   Reported:
    victim p50/p99 quiet and flooded, the p99 ratio, the hub's CPU share while flooded (1.0 =
    one core) and what the hub answered the tenant.
 
@@ -55,6 +57,10 @@ MODELS = 1024
 #: Seconds from starting the flood process until the victim is measured: its start-up, then
 #: heartbeats spread over a second and the streams open.
 FLOOD_RAMP = 2.0
+#: Chunks of each of the tenant's streams, 0.1 s apart: a stream lasts 4 s.
+STREAM_CHUNKS = 40
+#: Seconds between the end of a flood and the next quiet window.
+QUIET_SETTLE = 3.0
 DEFAULT_BASELINE = "99bfe9d"
 
 
@@ -241,7 +247,9 @@ async def flood(
                 await asyncio.sleep(max(0.0, 1.02 - (time.monotonic() - started)))
 
         async def streams() -> None:
-            body = chat(True, chunks=40, delay=0.1)
+            # Four seconds each: all 64 end and start again together every ~4 s, and a flooded
+            # window (--flood / --cycles, 5 s by default) holds at least one such burst.
+            body = chat(True, chunks=STREAM_CHUNKS, delay=0.1)
             while time.monotonic() < deadline:
                 async with session.post("/v1/chat/completions", data=body, headers=headers) as r:
                     await r.read()
@@ -267,7 +275,7 @@ def flooding(hub: Hub, callback: str, seconds: float, parts: str) -> Iterator[Pa
     argv += [hub.url, hub.keys["tenant"], callback, str(seconds), str(out), parts]
     # At the lowest CPU priority: the tenant's clients and agents run on other machines,
     # and on a 2-core box this process would otherwise take the victim's client's turn.
-    child = subprocess.Popen(argv, env=os.environ.copy(), preexec_fn=lambda: os.nice(19))
+    child = subprocess.Popen(["nice", "-n", "19", *argv], env=os.environ.copy())
     try:
         yield out
     finally:
@@ -327,7 +335,9 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
         if counts_file.exists():
             for what, n in json.loads(counts_file.read_text()).items():
                 counts[what] = counts.get(what, 0) + n
-        await asyncio.sleep(0.5)  # the cut streams' ends are handled: quiet means quiet
+        # The cut streams' ends, and the hub's batched writes after the flood (history every
+        # second, last-seen times every two), happen before the next quiet window.
+        await asyncio.sleep(QUIET_SETTLE)
     return Noise(quiet, loud, counts, statistics.mean(busy))
 
 
@@ -421,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of quiet victim load")
     parser.add_argument("--flood", type=float, default=15.0, help="seconds of flooded load")
     parser.add_argument(
-        "--cycles", type=int, default=5, help="alternations of quiet and flooded load"
+        "--cycles",
+        type=int,
+        default=3,
+        help="alternations of quiet and flooded load (a flooded window under 4 s may miss "
+        "the tenant's bursts of stream starts)",
     )
     parser.add_argument(
         "--flood-parts",
@@ -434,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-hub", metavar="FILE.prof", help="cProfile the current hub")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.rounds, args.quiet, args.flood, args.cycles = 300, 2, 5.0, 6.0, 2
+        args.requests, args.rounds, args.quiet, args.flood, args.cycles = 300, 2, 5.0, 10.0, 2
     return asyncio.run(run(args))
 
 
