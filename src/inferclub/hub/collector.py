@@ -3,13 +3,15 @@
 CPython's defaults (a young collection every 700 net allocations, a full one whenever a quarter
 more objects reached the oldest generation) suit a short script. A hub with 10,000 providers
 holds ~360,000 tracked objects (routes, records, index lists): each full collection walked them
-all, 200-270 ms with the event loop stopped, a few times a minute under 333 heartbeats/s and
-~900 chats/s (every request in flight waited; heartbeats' p99 was ~330 ms), and collections took
-~9 % of the hub's CPU. Most of a request's objects die young by reference counting; collecting
-the young generation every 10,000 net allocations instead of 700 lets them go before a collection
-promotes them, so the old generations grow, and are walked, far less often (docs/benchmarks.md:
-"The garbage collector"). Only what start-up loaded is frozen: providers registered or changed
-later are walked by the full collections that remain, which come far less often.
+all, 190-270 ms with the event loop stopped, 16-17 times in a minute of registering 10,000
+providers and then serving 333 heartbeats/s beside ~800 chats/s (every request in flight
+waited; the heartbeats' p99 was ~330 ms), and collections took ~7 % of the hub's CPU.
+
+Most of a request's objects die young by reference counting; collecting the young generation
+every 10,000 net allocations instead of 700 lets them go before a collection promotes them, so
+the old generations grow, and are walked, far less often (docs/benchmarks.md: "The garbage
+collector"). Only what start-up loaded is frozen: providers registered or changed later are
+walked by the full collections that remain, which come far less often.
 """
 
 from __future__ import annotations

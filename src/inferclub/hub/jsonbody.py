@@ -22,7 +22,8 @@ from typing import Any
 #: Deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
 #: Most arrays and objects a body may hold in all: a chat of thousands of messages, or an
-#: embeddings batch of 2,048 token arrays, is far below it; decoding this many takes ~20 ms.
+#: embeddings batch of 2,048 token arrays, is far below it; checking and decoding this many
+#: empty arrays takes ~40 ms.
 MAX_CONTAINERS = 100_000
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
