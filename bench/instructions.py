@@ -15,6 +15,7 @@ prints a table and never fails on a number. bench/README.md says more, caveats i
 
     .venv/bin/python bench/instructions.py --baseline 99bfe9d --baseline 4b8b6b4
     .venv/bin/python bench/instructions.py --baseline main --requests 40 --keep /tmp/cg
+    .venv/bin/python bench/instructions.py --baseline 99bfe9d --tenant   # a hub two users share
     .venv/bin/python bench/compare.py --baseline main --instructions    # the same, one ref
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 from overhead import Cluster, Sample, Scenario, drive, heartbeat, log, one_request, one_stream
+from tenants import MODELS, PROVIDERS, beat
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNKS = 20
@@ -126,13 +128,44 @@ async def run_requests(
         raise RuntimeError(f"{sc.key}: {out.errors} errors, first: {out.first_error}")
 
 
-async def phases(cluster: Cluster, cg: Callgrind, sc: Scenario) -> tuple[int, int]:
+class Tenant:
+    """``--tenant``: a second user, ``tenants.py``'s tenant at its limits (64 providers of
+    1,024 models), idle while the requests are counted but for one heartbeat before them, so
+    the hub has a big registry and its users take turns (hub/fairness.py)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        cluster._cli("users", "create", "tenant")
+        self.key = cluster._cli("keys", "create", "tenant").strip().splitlines()[-1]
+        self.callback = cluster.upstream_url + "/v1"
+        self.registered = False
+        self.beats = 0
+
+    async def beat(self, session: aiohttp.ClientSession, url: str) -> None:
+        """All its providers' first heartbeats, or one more of its first provider's."""
+        names = [f"rig{i}" for i in range(1 if self.registered else PROVIDERS)]
+        for name in names:
+            self.beats += 1
+            body = beat(name, self.callback, MODELS, self.beats)
+            headers = {"Authorization": f"Bearer {self.key}"}
+            async with session.post(url + "/v1/agent/heartbeat", data=body, headers=headers) as r:
+                if r.status not in (200, 429):  # 429: paced, a turn taken all the same
+                    raise RuntimeError(f"tenant heartbeat: {r.status} {await r.text()}")
+        self.registered = True
+
+
+async def phases(
+    cluster: Cluster, cg: Callgrind, sc: Scenario, tenant: Tenant | None = None
+) -> tuple[int, int]:
     """The instructions of N requests (A), then of 2N more (B), for one scenario."""
     connector = aiohttp.TCPConnector(limit=sc.concurrency, limit_per_host=sc.concurrency)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await heartbeat(session, cluster)
+        if tenant is not None and not tenant.registered:
+            await tenant.beat(session, cluster.hub_url)
         await run_requests(session, cluster, sc, sc.warmup)
+        if tenant is not None:
+            await tenant.beat(session, cluster.hub_url)
         cg.control("--zero")
         await run_requests(session, cluster, sc, sc.requests)
         a = cg.dump()
@@ -155,13 +188,14 @@ def measure_tree(
     try:
         cluster.start()
         assert cluster.hub is not None
+        tenant = Tenant(cluster) if args.tenant else None
         cg.pid = cluster.hub.pid
         cg.control("--instr=on")
         for sc in scenarios(args.requests, args.concurrency):
             if args.only and not any(word in sc.key for word in args.only.split(",")):
                 continue
             log(f"{label}: {sc.key} ...")
-            a, b = asyncio.run(phases(cluster, cg, sc))
+            a, b = asyncio.run(phases(cluster, cg, sc, tenant))
             n = sc.requests
             log(f"{label}: {sc.key}: A/N {a / n:,.0f}, (B - A)/N {(b - a) / n:,.0f} per request")
             results[sc.key] = (a + b) / (3 * n)
@@ -193,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=50, help="of the c-N scenarios (50)")
     p.add_argument("--only", help="scenarios whose key contains one of these words (a,b)")
     p.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
+    p.add_argument(
+        "--tenant",
+        action="store_true",
+        help="a second user with 64 providers of 1,024 models (bench/tenants.py's tenant)",
+    )
     args = p.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("bench/instructions.py needs valgrind (apt-get install valgrind)")
