@@ -18,9 +18,8 @@ a provider may (1,024). The victim's provider points at one fake upstream
    keeps 64 slow streams open (its concurrent-request limit; each 4 s long, so all 64 end and
    start again together every ~4 s, at least once in every flooded window), from a separate
    process at the lowest CPU priority, so the flood does not slow the victim's load generator.
-   Reported:
-   victim p50/p99 quiet and flooded, the p99 ratio, the hub's CPU share while flooded (1.0 =
-   one core) and what the hub answered the tenant.
+   Reported: victim p50/p99 quiet and flooded, the p99 ratio, the hub's CPU share while
+   flooded (1.0 = one core) and what the hub answered the tenant.
 
 A benchmark, not a test: it prints tables and never fails on a number. Everything binds to
 127.0.0.1; subprocesses and temp dirs are removed on exit.
