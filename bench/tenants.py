@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from overhead import Proc
@@ -56,6 +57,8 @@ MODELS = 1024
 #: Seconds from starting the flood process until the victim is measured: its start-up, then
 #: heartbeats spread over a second and the streams open.
 FLOOD_RAMP = 2.0
+#: What the flood times: heartbeats the hub accepted, and streams it began to answer.
+ACCEPTED, STARTED = "heartbeats accepted", "streams begun"
 #: Chunks of each of the tenant's streams, 0.1 s apart: a stream lasts 4 s.
 STREAM_CHUNKS = 40
 #: Seconds between the end of a flood and the next quiet window.
@@ -221,11 +224,13 @@ async def victim_for(url: str, key: str, seconds: float) -> list[float]:
 
 async def flood(
     url: str, key: str, callback: str, seconds: float, parts: str = "both"
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """The tenant at its limits: each provider heartbeats once a second with all its models,
     and 64 slow streams are kept open (``parts``: ``heartbeats`` or ``streams`` for one of
-    the two alone). Counts of what the hub answered."""
+    the two alone). Counts of what the hub answered, and when (``time.monotonic()``, the same
+    clock in every process) it accepted each heartbeat and began each stream."""
     counts: dict[str, int] = {}
+    times: dict[str, list[float]] = {ACCEPTED: [], STARTED: []}
     deadline = time.monotonic() + seconds
     headers = {"Authorization": f"Bearer {key}"}
     conn = aiohttp.TCPConnector(limit=0)
@@ -243,6 +248,8 @@ async def flood(
                 async with session.post("/v1/agent/heartbeat", data=body, headers=headers) as r:
                     await r.read()
                 count(f"heartbeat {r.status}")
+                if r.status == 200:
+                    times[ACCEPTED].append(time.monotonic())
                 await asyncio.sleep(max(0.0, 1.02 - (time.monotonic() - started)))
 
         async def streams() -> None:
@@ -251,6 +258,8 @@ async def flood(
             body = chat(True, chunks=STREAM_CHUNKS, delay=0.1)
             while time.monotonic() < deadline:
                 async with session.post("/v1/chat/completions", data=body, headers=headers) as r:
+                    if r.status == 200:
+                        times[STARTED].append(time.monotonic())
                     await r.read()
                 count(f"stream {r.status}")
 
@@ -263,7 +272,7 @@ async def flood(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await asyncio.gather(*tasks)
-    return counts
+    return {"counts": counts, "times": times}
 
 
 @contextlib.contextmanager
@@ -311,6 +320,10 @@ class Noise:
     flood: list[float]
     counts: dict[str, int]
     busy: float  # the hub's CPU seconds per second while flooded
+    #: What the flood got from the hub inside the measured windows: per kind, how many.
+    inside: dict[str, int]
+    #: The measured windows' seconds in all.
+    window_seconds: float
 
 
 async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
@@ -323,6 +336,8 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
     loud: list[float] = []
     counts: dict[str, int] = {}
     busy: list[float] = []
+    inside = {ACCEPTED: 0, STARTED: 0}
+    window_seconds = 0.0
     for _ in range(args.cycles):
         quiet += await victim_for(hub.url, key, args.quiet / args.cycles)
         seconds = FLOOD_RAMP + args.flood / args.cycles + 0.5
@@ -330,14 +345,19 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
             await asyncio.sleep(FLOOD_RAMP)  # the flood's streams and heartbeats are under way
             cpu0, wall0 = hub.cpu(), time.monotonic()
             loud += await victim_for(hub.url, key, args.flood / args.cycles)
-            busy.append((hub.cpu() - cpu0) / (time.monotonic() - wall0))
+            wall1 = time.monotonic()
+            busy.append((hub.cpu() - cpu0) / (wall1 - wall0))
+        window_seconds += wall1 - wall0
         if counts_file.exists():
-            for what, n in json.loads(counts_file.read_text()).items():
+            seen = json.loads(counts_file.read_text())
+            for what, n in seen["counts"].items():
                 counts[what] = counts.get(what, 0) + n
+            for what, times in seen["times"].items():
+                inside[what] += sum(wall0 <= t <= wall1 for t in times)
         # The cut streams' ends, and the hub's batched writes after the flood (history every
         # second, last-seen times every two), happen before the next quiet window.
         await asyncio.sleep(QUIET_SETTLE)
-    return Noise(quiet, loud, counts, statistics.mean(busy))
+    return Noise(quiet, loud, counts, statistics.mean(busy), inside, window_seconds)
 
 
 def print_cpu(per: dict[str, list[float]]) -> None:
@@ -359,16 +379,19 @@ def print_tables(per: dict[str, list[float]], noise: dict[str, Noise], parts: st
     print(f"\nVictim chat latency, concurrency 1, quiet vs one tenant flooding ({parts})\n")
     print(
         "| tree | quiet n | quiet p50 ms | quiet p99 ms | flood n | flood p50 ms "
-        "| flood p99 ms | p99 ratio | hub CPU in flood | tenant's answers |"
+        "| flood p99 ms | p99 ratio | hub CPU in flood | tenant's answers "
+        "| flood inside the measured windows |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, result in noise.items():
         quiet, loud = result.quiet, result.flood
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
         print(
             f"| {name} | {len(quiet)} | {pct(quiet, 50) * 1000:.1f} | {pct(quiet, 99) * 1000:.1f} "
             f"| {len(loud)} | {pct(loud, 50) * 1000:.1f} | {pct(loud, 99) * 1000:.1f} "
-            f"| {pct(loud, 99) / pct(quiet, 99):.2f} | {result.busy:.0%} | {answers} |"
+            f"| {pct(loud, 99) / pct(quiet, 99):.2f} | {result.busy:.0%} | {answers} "
+            f"| {result.inside[ACCEPTED] / result.window_seconds:.0f} heartbeats accepted/s, "
+            f"{result.inside[STARTED]} streams begun in {result.window_seconds:.0f} s |"
         )
 
 
@@ -419,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--flood-worker"]:
         url, key, callback, seconds, out, parts = argv[1:7]
-        counts = asyncio.run(flood(url, key, callback, float(seconds), parts))
-        Path(out).write_text(json.dumps(counts))
+        seen = asyncio.run(flood(url, key, callback, float(seconds), parts))
+        Path(out).write_text(json.dumps(seen))
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE, help="'' for no baseline")
