@@ -43,8 +43,7 @@ def loads(raw: bytes) -> Any:
         text = raw.decode("utf-8")  # strict: encoded surrogates are refused here
     except UnicodeDecodeError as exc:
         raise JSONBodyError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        _check_shape(raw)
+    check_shape(raw)
     try:
         data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
@@ -69,7 +68,12 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
-def _check_shape(raw: bytes) -> None:
+def check_shape(raw: bytes) -> None:
+    """A :class:`JSONBodyError` if ``raw`` nests deeper than :data:`MAX_DEPTH` or holds more
+    than :data:`MAX_CONTAINERS` arrays and objects; nothing else is checked. For JSON the hub
+    only reads (an agent's answer), where :func:`loads`'s other rules are not its business."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
     # Brackets inside strings do not count; what is left is counted, then peeled one level
     # at a time (the count first: peeling millions of pairs took half a second).
     brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)

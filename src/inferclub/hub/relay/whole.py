@@ -70,8 +70,9 @@ async def relay_whole(
         if ctype.startswith("application/json") and has_metrics(body, meter.type):
             # Not JSON after all, or JSON the hub does not decode (nested too deep, millions
             # of arrays: seconds of the event loop, every user's): relayed as it is, no usage.
-            with suppress(jsonbody.JSONBodyError):
-                meter.usage(jsonbody.loads(body))
+            with suppress(ValueError):
+                jsonbody.check_shape(body)
+                meter.usage(json.loads(body))
         if transform is not None:
             ctype, body = transform(ctype, body)
         sink.set_header("Content-Type", ctype)
