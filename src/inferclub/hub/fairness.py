@@ -5,18 +5,26 @@ once (a tenant's 64 streams starting together), their starts sit in the loop's r
 arrival order, and another user's request that arrives just after waits behind all of them.
 :class:`Turns` makes each request wait for its turn before the costly part of its start
 (decoding the body, choosing, signing, connecting; a heartbeat's validation): each pass of
-the loop lets every waiting user start one request, and the loop polls its sockets between
-two passes. A burst of one user is then spread over passes, and a request of another user
-that arrives meanwhile starts on the next pass, not after the whole burst. When nobody
-waits and no pass is due, a start goes at once (no pass of the loop to wait for) and counts
-as its user's start of the next pass, so the rotation is the same. Nothing is held once
-granted: a request waiting for its agent holds no turn.
+the loop lets every waiting user start a few requests (:data:`STARTS_PER_PASS`, and no more
+than :data:`BYTES_PER_PASS` of body, one start at least), and the loop polls its sockets
+between two passes. A burst of one user is then spread over passes, and a request of another
+user that arrives meanwhile starts on the next pass, after a few of the burst's starts, not
+after the whole burst. Nothing is held once granted: a request waiting for its agent holds no
+turn.
+
+A start whose user has nothing waiting and has not used up its share of the next pass goes
+at once, as one of its user's starts of that pass, so the rotation is the same without a
+future and a pass of the loop to wait for; most requests of a hub take this way.
+
+A few starts a pass, not one: each pass is a round of the event loop, and the loop handles
+the sockets that became ready meanwhile in one batch. With one start a pass, 50 requests at
+once from one user cost the hub twice the CPU per request (the loop went round once per
+request), while another user's request waits for a few more small starts at most.
 
 Turns are taken only between users: while one user alone has started requests (or sent
-heartbeats) for :data:`SHARED_FOR` seconds, the home hub's case, their starts go at once, with
-no pass of the loop to wait for (the passes cost about 5 % of the CPU of a small request at
-concurrency 10). Another user's start turns the rotation on again, at once and for the next
-:data:`SHARED_FOR` seconds; a burst that had begun before it goes on in turns from there.
+heartbeats) for :data:`SHARED_FOR` seconds, the home hub's case, their starts go at once.
+Another user's start turns the rotation on again, at once and for the next :data:`SHARED_FOR`
+seconds; a burst that had begun before it goes on in turns from there.
 """
 
 from __future__ import annotations
@@ -28,16 +36,26 @@ from collections import deque
 #: intervals, so another user with an agent online (a heartbeat every 30 s) keeps them on.
 SHARED_FOR = 90.0
 
+#: The most starts of one user in one pass of the loop.
+STARTS_PER_PASS = 8
+
+#: The most body bytes of one user's starts in one pass (a start's cost grows with its body:
+#: a heartbeat with 1,024 models is a pass of its own); a larger start still gets its turn,
+#: alone.
+BYTES_PER_PASS = 16 * 1024
+
 
 class Turns:
-    """Round-robin admission of request starts, one per waiting user per pass, in memory."""
+    """Round-robin admission of request starts, a few per waiting user per pass, in memory."""
 
     def __init__(self) -> None:
-        #: user id -> its waiters in arrival order; the dict's order is the rotation.
-        self._queues: dict[int, deque[asyncio.Future[None]]] = {}
+        #: user id -> its waiters (and their body sizes) in arrival order; the dict's order
+        #: is the rotation.
+        self._queues: dict[int, deque[tuple[asyncio.Future[None], int]]] = {}
         self._scheduled = False
-        #: Users who started at once since the last pass: the next pass skips them once.
-        self._granted: set[int] = set()
+        #: Users who started at once since the last pass: their starts and body bytes, which
+        #: count against their share of the next pass.
+        self._used: dict[int, tuple[int, int]] = {}
         #: The user of the latest start, and the loop time until which starts take turns.
         self._last_user: int | None = None
         self._shared_until = -1.0
@@ -46,8 +64,8 @@ class Turns:
         """Starts waiting for their turn now, of all users."""
         return sum(len(q) for q in self._queues.values())
 
-    async def turn(self, user_id: int) -> None:
-        """Return when it is this user's turn to start a request."""
+    async def turn(self, user_id: int, size: int = 0) -> None:
+        """Return when it is this user's turn to start a request with a ``size``-byte body."""
         loop = asyncio.get_running_loop()
         if user_id != self._last_user:
             if self._last_user is not None:
@@ -55,31 +73,45 @@ class Turns:
             self._last_user = user_id
         elif not self._scheduled and loop.time() >= self._shared_until:
             return  # one user alone: nobody to take turns with, and no pass is due
-        if not self._scheduled:
-            # Nobody waits (a pass would be due otherwise): start now, as the user's start
-            # of the pass scheduled here. Most requests of a hub take this way.
-            self._scheduled = True
-            self._granted.add(user_id)
-            loop.call_soon(self._pass)
-            return
+        if user_id not in self._queues:
+            starts, size_used = self._used.get(user_id, (0, 0))
+            if starts == 0 or (starts < STARTS_PER_PASS and size_used + size <= BYTES_PER_PASS):
+                # Nothing of this user waits and its share of the next pass is not used up:
+                # start now, as one of its starts of that pass.
+                self._used[user_id] = (starts + 1, size_used + size)
+                self._schedule(loop)
+                return
         waiter: asyncio.Future[None] = loop.create_future()
-        self._queues.setdefault(user_id, deque()).append(waiter)
+        self._queues.setdefault(user_id, deque()).append((waiter, size))
+        self._schedule(loop)
         await waiter
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._pass)
+
     def _pass(self) -> None:
-        """Wake the first live waiter of every waiting user, in rotation order; a user with
-        more goes to the back. The next pass is scheduled after these starts have run (the
-        loop runs ready callbacks in order), with a poll of the sockets in between."""
+        """Wake the first live waiters of every waiting user, their share each, in rotation
+        order; a user with more goes to the back. The next pass is scheduled after these
+        starts have run (the loop runs ready callbacks in order), with a poll of the sockets
+        in between."""
         self._scheduled = False
-        granted, self._granted = self._granted, set()
+        used, self._used = self._used, {}
         for user_id in list(self._queues):
             queue = self._queues.pop(user_id)
-            while queue and queue[0].done():  # a cancelled waiter's client left: skip it
+            starts, size_used = used.get(user_id, (0, 0))
+            while queue:
+                waiter, size = queue[0]
+                if waiter.done():  # a cancelled waiter's client left: skip it
+                    queue.popleft()
+                    continue
+                if starts >= STARTS_PER_PASS or (starts and size_used + size > BYTES_PER_PASS):
+                    break
                 queue.popleft()
-            if queue and user_id not in granted:
-                queue.popleft().set_result(None)
+                waiter.set_result(None)
+                starts, size_used = starts + 1, size_used + size
             if queue:
                 self._queues[user_id] = queue
         if self._queues:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._pass)
+            self._schedule(asyncio.get_running_loop())

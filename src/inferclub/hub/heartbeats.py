@@ -74,12 +74,13 @@ async def check_callback(url: str, policy: CallbackPolicy) -> None:
 
 
 async def accept(
-    hub: Hub, owner: KeyOwner, data: dict[str, Any], transport: str = CALLBACK
+    hub: Hub, owner: KeyOwner, data: dict[str, Any], transport: str = CALLBACK, size: int = 0
 ) -> Accepted:
-    """Apply one heartbeat sent with ``owner``'s key; raises :class:`OpenAIError` to refuse it."""
+    """Apply one heartbeat sent with ``owner``'s key (a ``size``-byte body); raises
+    :class:`OpenAIError` to refuse it."""
     user_id = owner.user_id
     # A tenant's many heartbeats take turns with other users' requests (hub/fairness.py).
-    await hub.turns.turn(user_id)
+    await hub.turns.turn(user_id, size)
     name = data.get("name")
     # A goodbye is paced apart from the beats it follows, and not remembered (see _goodbye).
     leaving = data.get("leaving") is True

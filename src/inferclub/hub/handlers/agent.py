@@ -13,7 +13,8 @@ class HeartbeatHandler(ApiHandler):
     required_scope = keys.AGENT
 
     async def post(self) -> None:
-        accepted = await heartbeats.accept(self.hub, self.owner, self.json_body())
+        payload = self.json_body()
+        accepted = await heartbeats.accept(self.hub, self.owner, payload, size=self._size)
         self.write_json(accepted.reply)
 
 

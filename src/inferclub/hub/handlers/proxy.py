@@ -130,7 +130,7 @@ class ProxyHandler(ApiHandler):
 
     async def _serve(self, meter: RequestMeter) -> None:
         # One user's burst of starts must not delay another user's (hub/fairness.py).
-        await self.hub.turns.turn(self.owner.user_id)
+        await self.hub.turns.turn(self.owner.user_id, self._size)
         if self._gone:
             # The client left after sending its body (on_connection_close dropped the chunks):
             # cancelled, not a 400 for an empty body, and no agent is asked.

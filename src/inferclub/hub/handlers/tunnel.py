@@ -194,7 +194,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             return
         if kind == "goodbye":
             payload = {**payload, "leaving": True}
-        status, body = await self._beat(payload)
+        status, body = await self._beat(payload, len(message))
         with contextlib.suppress(tornado.websocket.WebSocketClosedError):
             await self.write_message(
                 tunnel.text_message("heartbeat_reply", status=status, body=body)
@@ -204,8 +204,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
         elif status == 409:
             self._refuse(tunnel.CLOSE_REFUSED, body["error"]["message"])
 
-    async def _beat(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """The heartbeat's reply as the HTTP endpoint gives it: ``(status, JSON body)``."""
+    async def _beat(self, payload: dict[str, Any], size: int) -> tuple[int, dict[str, Any]]:
+        """The heartbeat's reply (a ``size``-byte message) as the HTTP endpoint gives it:
+        ``(status, JSON body)``."""
         hub = self.hub
         name = payload.get("name")
         held = self.tunnel.provider
@@ -222,7 +223,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             owner = await hub.keys.authenticate(self._token)
             if owner is None:
                 raise invalid_key()
-            accepted = await heartbeats.accept(hub, owner, payload, heartbeats.TUNNEL)
+            accepted = await heartbeats.accept(hub, owner, payload, heartbeats.TUNNEL, size)
         except OpenAIError as err:
             return err.status, err.body()
         if not accepted.leaving and not self._closing_reason:
