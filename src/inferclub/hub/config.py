@@ -54,7 +54,9 @@ class Settings:
     db: str = field(
         default="",
         metadata=_doc(
-            "SQLite database file, created (with its directory) when missing.",
+            "SQLite database file, created (with its directory) when missing; or a PostgreSQL "
+            "URL, `postgresql://USER@HOST:PORT/DB`, for hubs on several machines sharing one "
+            "database (docs/operations.md).",
             "`inferclub.db` in the user data directory "
             "(usually `~/.local/share/inferclub/` on Linux)",
         ),
@@ -66,7 +68,8 @@ class Settings:
             "mode 0600 on first use. Kept out of the database on purpose: a leaked database "
             "alone cannot be used to test guessed keys. `INFERCLUB_PEPPER` replaces it. The "
             "hub's signing key is created beside it (`.secrets.json` -> `.hub-key.pem`).",
-            "`<db>.secrets.json`, beside the database",
+            "`<db>.secrets.json`, beside a SQLite database; with a PostgreSQL `db`, "
+            "`inferclub.secrets.json` in the user data directory",
         ),
     )
     online_window: float = field(
