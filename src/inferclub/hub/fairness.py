@@ -5,21 +5,24 @@ once (a tenant's 64 streams starting together), their starts sit in the loop's r
 arrival order, and another user's request that arrives just after waits behind all of them.
 :class:`Turns` makes each request wait for its turn before the costly part of its start
 (decoding the body, choosing, signing, connecting; a heartbeat's validation): each pass of
-the loop lets every waiting user start a few requests (:data:`STARTS_PER_PASS`, and no more
-than :data:`BYTES_PER_PASS` of body, one start at least), and the loop polls its sockets
+the loop lets every waiting user start its share of requests, and the loop polls its sockets
 between two passes. A burst of one user is then spread over passes, and a request of another
-user that arrives meanwhile starts on the next pass, after a few of the burst's starts, not
-after the whole burst. Nothing is held once granted: a request waiting for its agent holds no
-turn.
+user that arrives meanwhile starts on the next pass, not after the whole burst. Nothing is
+held once granted: a request waiting for its agent holds no turn.
+
+The share is one start a pass while starts of different users have followed each other in
+the last :data:`MIXED_FOR` seconds: users competing for the loop get short passes, so that a
+light user's request, which needs several rounds of the loop, waits for few starts of a heavy
+one in each. Once one user alone has started requests for that long, the share is a few
+(:data:`STARTS_PER_PASS`, with no more than :data:`BYTES_PER_PASS` of body; one start always):
+each pass is a round of the loop, and with one start a pass 50 requests at once of one user
+cost the hub twice the CPU per request (the loop went round once per request instead of
+handling what became ready meanwhile in one batch). Another user's first start then waits for
+one pass of the burst at most, and from there the share is one start again.
 
 A start whose user has nothing waiting and has not used up its share of the next pass goes
 at once, as one of its user's starts of that pass, so the rotation is the same without a
 future and a pass of the loop to wait for; most requests of a hub take this way.
-
-A few starts a pass, not one: each pass is a round of the event loop, and the loop handles
-the sockets that became ready meanwhile in one batch. With one start a pass, 50 requests at
-once from one user cost the hub twice the CPU per request (the loop went round once per
-request), while another user's request waits for a few more small starts at most.
 
 Turns are taken only between users: while one user alone has started requests (or sent
 heartbeats) for :data:`SHARED_FOR` seconds, the home hub's case, their starts go at once.
@@ -36,12 +39,16 @@ from collections import deque
 #: intervals, so another user with an agent online (a heartbeat every 30 s) keeps them on.
 SHARED_FOR = 90.0
 
-#: The most starts of one user in one pass of the loop.
+#: Seconds after starts of two different users followed each other during which the share
+#: of a pass is one start.
+MIXED_FOR = 0.1
+
+#: The most starts of one user in one pass of the loop, while one user alone has been starting.
 STARTS_PER_PASS = 8
 
-#: The most body bytes of one user's starts in one pass (a start's cost grows with its body:
-#: a heartbeat with 1,024 models is a pass of its own); a larger start still gets its turn,
-#: alone.
+#: The most body bytes of one user's starts in one pass then (a start's cost grows with its
+#: body: a heartbeat with a thousand long model ids takes a pass of its own); a larger start
+#: still gets its turn, alone.
 BYTES_PER_PASS = 16 * 1024
 
 
@@ -56,9 +63,11 @@ class Turns:
         #: Users who started at once since the last pass: their starts and body bytes, which
         #: count against their share of the next pass.
         self._used: dict[int, tuple[int, int]] = {}
-        #: The user of the latest start, and the loop time until which starts take turns.
+        #: The user of the latest start, the loop time until which starts take turns, and
+        #: the loop time until which the share of a pass is one start.
         self._last_user: int | None = None
         self._shared_until = -1.0
+        self._mixed_until = -1.0
 
     def waiting(self) -> int:
         """Starts waiting for their turn now, of all users."""
@@ -67,15 +76,17 @@ class Turns:
     async def turn(self, user_id: int, size: int = 0) -> None:
         """Return when it is this user's turn to start a request with a ``size``-byte body."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
         if user_id != self._last_user:
             if self._last_user is not None:
-                self._shared_until = loop.time() + SHARED_FOR
+                self._shared_until = now + SHARED_FOR
+                self._mixed_until = now + MIXED_FOR
             self._last_user = user_id
-        elif not self._scheduled and loop.time() >= self._shared_until:
+        elif not self._scheduled and now >= self._shared_until:
             return  # one user alone: nobody to take turns with, and no pass is due
         if user_id not in self._queues:
             starts, size_used = self._used.get(user_id, (0, 0))
-            if starts == 0 or (starts < STARTS_PER_PASS and size_used + size <= BYTES_PER_PASS):
+            if starts == 0 or (starts < self._share(now) and size_used + size <= BYTES_PER_PASS):
                 # Nothing of this user waits and its share of the next pass is not used up:
                 # start now, as one of its starts of that pass.
                 self._used[user_id] = (starts + 1, size_used + size)
@@ -85,6 +96,10 @@ class Turns:
         self._queues.setdefault(user_id, deque()).append((waiter, size))
         self._schedule(loop)
         await waiter
+
+    def _share(self, now: float) -> int:
+        """The most starts of one user in a pass now."""
+        return 1 if now < self._mixed_until else STARTS_PER_PASS
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled:
@@ -98,6 +113,8 @@ class Turns:
         in between."""
         self._scheduled = False
         used, self._used = self._used, {}
+        loop = asyncio.get_running_loop()
+        share = self._share(loop.time())
         for user_id in list(self._queues):
             queue = self._queues.pop(user_id)
             starts, size_used = used.get(user_id, (0, 0))
@@ -106,7 +123,7 @@ class Turns:
                 if waiter.done():  # a cancelled waiter's client left: skip it
                     queue.popleft()
                     continue
-                if starts >= STARTS_PER_PASS or (starts and size_used + size > BYTES_PER_PASS):
+                if starts >= share or (starts and size_used + size > BYTES_PER_PASS):
                     break
                 queue.popleft()
                 waiter.set_result(None)
@@ -114,4 +131,4 @@ class Turns:
             if queue:
                 self._queues[user_id] = queue
         if self._queues:
-            self._schedule(asyncio.get_running_loop())
+            self._schedule(loop)

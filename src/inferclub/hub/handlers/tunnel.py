@@ -182,8 +182,9 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             self._texts_pending -= 1
 
     async def _answer_text(self, message: str) -> None:
+        raw = message.encode()
         try:
-            data = jsonbody.loads(message.encode())
+            data = jsonbody.loads(raw)
         except jsonbody.JSONBodyError as exc:
             self._refuse(tunnel.CLOSE_PROTOCOL, f"protocol error: text message is not JSON: {exc}")
             return
@@ -194,7 +195,7 @@ class TunnelHandler(tornado.websocket.WebSocketHandler, ApiHandler):
             return
         if kind == "goodbye":
             payload = {**payload, "leaving": True}
-        status, body = await self._beat(payload, len(message))
+        status, body = await self._beat(payload, len(raw))
         with contextlib.suppress(tornado.websocket.WebSocketClosedError):
             await self.write_message(
                 tunnel.text_message("heartbeat_reply", status=status, body=body)
