@@ -124,7 +124,7 @@ async def test_the_share_of_a_pass_counts_body_bytes(clock: list[float]) -> None
     always): starts of a quarter of it go four at a time, a larger one alone."""
     # The values docs/benchmarks.md names (the tests here scale with them).
     assert (fairness.STARTS_PER_PASS, fairness.BYTES_PER_PASS) == (8, 16 * 1024)
-    assert fairness.MIXED_FOR == 0.1
+    assert fairness.MIXED_FOR == 1.0
     turns = Turns()
     await two_users_then_alone(turns, clock)
     quarter = fairness.BYTES_PER_PASS // 4
