@@ -10,15 +10,17 @@ between two passes. A burst of one user is then spread over passes, and a reques
 user that arrives meanwhile starts on the next pass, not after the whole burst. Nothing is
 held once granted: a request waiting for its agent holds no turn.
 
-The share is one start a pass while starts of different users have followed each other in
-the last :data:`MIXED_FOR` seconds: users competing for the loop get short passes, so that a
-light user's request, which needs several rounds of the loop, waits for few starts of a heavy
-one in each. Once one user alone has started requests for that long, the share is a few
-(:data:`STARTS_PER_PASS`, with no more than :data:`BYTES_PER_PASS` of body; one start always):
-each pass is a round of the loop, and with one start a pass 50 requests at once of one user
-cost the hub twice the CPU per request (the loop went round once per request instead of
-handling what became ready meanwhile in one batch). Another user's first start then waits for
-one pass of the burst at most, and from there the share is one start again.
+The share is one start a pass while requests of different users have asked for their turn
+one after the other in the last :data:`MIXED_FOR` seconds: users competing for the loop get
+short passes, so that a light user's request, which needs several rounds of the loop, waits
+for few starts of a heavy one in each. Once one user alone has asked for that long, the share
+is a few (:data:`STARTS_PER_PASS`, with no more than :data:`BYTES_PER_PASS` of body; one start
+always): each pass is a round of the loop, and with one start a pass 50 requests at once of
+one user cost the hub twice the CPU per request (the loop went round once per request instead
+of handling what became ready meanwhile in one batch). Another user's request arriving then
+starts at once, but runs in rounds of the loop that already hold a pass of the burst and its
+answers (when the burst keeps the CPU busy, several times the delay one start a pass gives);
+from its arrival on, the share is one start again.
 
 A start whose user has nothing waiting and has not used up its share of the next pass goes
 at once, as one of its user's starts of that pass, so the rotation is the same without a
