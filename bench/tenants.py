@@ -58,7 +58,7 @@ MODELS = 1024
 #: heartbeats spread over a second and the streams open.
 FLOOD_RAMP = 2.0
 #: What the flood times: heartbeats the hub accepted, and streams it began to answer.
-ACCEPTED, STARTED = "heartbeats accepted", "streams begun"
+ACCEPTED, STARTED = "heartbeats accepted", "requests begun"
 #: Chunks of each of the tenant's streams, 0.1 s apart: a stream lasts 4 s.
 STREAM_CHUNKS = 40
 #: Seconds between the end of a flood and the next quiet window.
@@ -223,12 +223,14 @@ async def victim_for(url: str, key: str, seconds: float) -> list[float]:
 
 
 async def flood(
-    url: str, key: str, callback: str, seconds: float, parts: str = "both"
+    url: str, key: str, callback: str, seconds: float, parts: str = "both", kind: str = "slow"
 ) -> dict[str, Any]:
     """The tenant at its limits: each provider heartbeats once a second with all its models,
-    and 64 slow streams are kept open (``parts``: ``heartbeats`` or ``streams`` for one of
-    the two alone). Counts of what the hub answered, and when (``time.monotonic()``, the same
-    clock in every process) it accepted each heartbeat and began each stream."""
+    and 64 requests are kept in flight (``parts``: ``heartbeats`` or ``streams`` for one of
+    the two alone): slow streams (``kind`` ``slow``) or tiny chats answered at once, each
+    followed by the next (``tiny``: as many requests a second as the hub can take). Counts of
+    what the hub answered, and when (``time.monotonic()``, the same clock in every process)
+    it accepted each heartbeat and began each stream or answered each chat."""
     counts: dict[str, int] = {}
     times: dict[str, list[float]] = {ACCEPTED: [], STARTED: []}
     deadline = time.monotonic() + seconds
@@ -252,22 +254,24 @@ async def flood(
                     times[ACCEPTED].append(time.monotonic())
                 await asyncio.sleep(max(0.0, 1.02 - (time.monotonic() - started)))
 
-        async def streams() -> None:
-            # Four seconds each: all 64 end and start again together every ~4 s, and a flooded
-            # window (--flood / --cycles, 5 s by default) holds at least one such burst.
-            body = chat(True, chunks=STREAM_CHUNKS, delay=0.1)
+        async def in_flight() -> None:
+            # Slow: four seconds each, all 64 end and start again together every ~4 s, and a
+            # flooded window (--flood / --cycles, 5 s by default) holds at least one such
+            # burst. Tiny: answered at once, each followed by the next.
+            body = chat(True, chunks=STREAM_CHUNKS, delay=0.1) if kind == "slow" else chat(False)
+            what = "stream" if kind == "slow" else "chat"
             while time.monotonic() < deadline:
                 async with session.post("/v1/chat/completions", data=body, headers=headers) as r:
                     if r.status == 200:
                         times[STARTED].append(time.monotonic())
                     await r.read()
-                count(f"stream {r.status}")
+                count(f"{what} {r.status}")
 
         tasks = []
         if parts != "streams":
             tasks += [beats(b, i / PROVIDERS) for i, b in enumerate(bodies)]
         if parts != "heartbeats":
-            tasks += [streams() for _ in range(PROVIDERS)]
+            tasks += [in_flight() for _ in range(PROVIDERS)]
         # On time: the streams still open at the end are cut (the hub cancels them upstream).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -276,11 +280,11 @@ async def flood(
 
 
 @contextlib.contextmanager
-def flooding(hub: Hub, callback: str, seconds: float, parts: str) -> Iterator[Path]:
+def flooding(hub: Hub, callback: str, seconds: float, parts: str, kind: str) -> Iterator[Path]:
     """The flood in a child process for ``seconds``; yields where its counts will be."""
     out = hub.workdir / "flood.json"
     argv = [sys.executable, str(Path(__file__).resolve()), "--flood-worker"]
-    argv += [hub.url, hub.keys["tenant"], callback, str(seconds), str(out), parts]
+    argv += [hub.url, hub.keys["tenant"], callback, str(seconds), str(out), parts, kind]
     # At the lowest CPU priority: the tenant's clients and agents run on other machines,
     # and on a 2-core box this process would otherwise take the victim's client's turn.
     child = subprocess.Popen(["nice", "-n", "19", *argv], env=os.environ.copy())
@@ -341,7 +345,9 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
     for _ in range(args.cycles):
         quiet += await victim_for(hub.url, key, args.quiet / args.cycles)
         seconds = FLOOD_RAMP + args.flood / args.cycles + 0.5
-        with flooding(hub, callback, seconds, args.flood_parts) as counts_file:
+        with flooding(
+            hub, callback, seconds, args.flood_parts, args.tenant_requests
+        ) as counts_file:
             await asyncio.sleep(FLOOD_RAMP)  # the flood's streams and heartbeats are under way
             cpu0, wall0 = hub.cpu(), time.monotonic()
             loud += await victim_for(hub.url, key, args.flood / args.cycles)
@@ -373,10 +379,13 @@ def print_cpu(per: dict[str, list[float]]) -> None:
         print(f"\ncurrent/baseline CPU per request: {ratio:.2f}")
 
 
-def print_tables(per: dict[str, list[float]], noise: dict[str, Noise], parts: str) -> None:
+def print_tables(
+    per: dict[str, list[float]], noise: dict[str, Noise], parts: str, kind: str
+) -> None:
     if per:
         print_cpu(per)
-    print(f"\nVictim chat latency, concurrency 1, quiet vs one tenant flooding ({parts})\n")
+    what = "64 slow streams" if kind == "slow" else "64 tiny chats in flight"
+    print(f"\nVictim chat latency, concurrency 1, quiet vs one tenant flooding ({parts}; {what})\n")
     print(
         "| tree | quiet n | quiet p50 ms | quiet p99 ms | flood n | flood p50 ms "
         "| flood p99 ms | p99 ratio | hub CPU in flood | tenant's answers "
@@ -391,7 +400,8 @@ def print_tables(per: dict[str, list[float]], noise: dict[str, Noise], parts: st
             f"| {len(loud)} | {pct(loud, 50) * 1000:.1f} | {pct(loud, 99) * 1000:.1f} "
             f"| {pct(loud, 99) / pct(quiet, 99):.2f} | {result.busy:.0%} | {answers} "
             f"| {result.inside[ACCEPTED] / result.window_seconds:.0f} heartbeats accepted/s, "
-            f"{result.inside[STARTED]} streams begun in {result.window_seconds:.0f} s |"
+            f"{result.inside[STARTED]} {'streams begun' if kind == 'slow' else 'chats answered'} "
+            f"in {result.window_seconds:.0f} s |"
         )
 
 
@@ -401,16 +411,19 @@ async def run(args: argparse.Namespace) -> int:
         # The victim's agent and the tenant's are separate processes, as on separate
         # machines: one shared fake upstream made the victim's answer wait in the upstream's
         # own event loop behind the tenant's 64 streams, which is not the hub's doing.
+        # The tenant's runs at the lowest CPU priority, as its load generator does: on a
+        # 2-core box, answering 64 tiny chats in flight as fast as the hub forwards them
+        # would otherwise take the victim's upstream's and client's turns.
         upstreams = [
             Proc(
                 name,
-                [sys.executable, str(HERE / "fake_upstream.py"), "--port", "0"]
+                [*nice, sys.executable, str(HERE / "fake_upstream.py"), "--port", "0"]
                 + ["--exit-on-stdin-eof"],
                 root,
                 dict(os.environ),
                 stdin_pipe=True,
             )
-            for name in ("victim-upstream", "tenant-upstream")
+            for name, nice in (("victim-upstream", []), ("tenant-upstream", ["nice", "-n", "19"]))
         ]
         hubs: list[Hub] = []
         try:
@@ -434,15 +447,15 @@ async def run(args: argparse.Namespace) -> int:
                 upstream.stop()
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print_tables(per, noise, args.flood_parts)
+    print_tables(per, noise, args.flood_parts, args.tenant_requests)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--flood-worker"]:
-        url, key, callback, seconds, out, parts = argv[1:7]
-        seen = asyncio.run(flood(url, key, callback, float(seconds), parts))
+        url, key, callback, seconds, out, parts, kind = argv[1:8]
+        seen = asyncio.run(flood(url, key, callback, float(seconds), parts, kind))
         Path(out).write_text(json.dumps(seen))
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -464,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["both", "heartbeats", "streams"],
         default="both",
         help="what the tenant floods with (to tell which part costs the victim)",
+    )
+    parser.add_argument(
+        "--tenant-requests",
+        choices=["slow", "tiny"],
+        default="slow",
+        help="the tenant's 64 requests in flight: 4 s streams, or tiny chats answered at once "
+        "(each followed by the next: a flood that keeps the hub's CPU busy)",
     )
     parser.add_argument("--skip-cpu", action="store_true", help="the noisy neighbour only")
     parser.add_argument("--quick", action="store_true")

@@ -247,3 +247,143 @@ async def test_one_user_alone_starts_at_once_until_another_user_starts(
     now[0] += 2  # the victim's start is SHARED_FOR ago: the tenant is alone again
     order.clear()
     assert await burst([(TENANT, f"b{i}") for i in range(many)]) == many
+
+
+# -- held starts while the loop is busy ----------------------------------------------------
+
+
+class FakeCpu:
+    """The loop thread's CPU clock, driven by the test: ``busy(share)`` spends ``share`` of
+    the loop time that passes next on the CPU."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self._clock = clock
+        self.cpu = 0.0
+        self.share = 0.0
+        self._at = clock[0]
+
+    def __call__(self) -> float:
+        self.cpu += (self._clock[0] - self._at) * self.share
+        self._at = self._clock[0]
+        return self.cpu
+
+
+async def competing(turns: Turns, cpu: FakeCpu, clock: list[float], share: float) -> None:
+    """The victim and the tenant have each held a start (they compete, within MIXED_FOR),
+    hold none now, and the loop's thread was on the CPU ``share`` of the last window."""
+    for user in (VICTIM, TENANT):
+        turns.release(user, await turns.hold(user))
+    await asyncio.sleep(0)  # the pass those scheduled
+    cpu.share = share
+    clock[0] += 0.01
+    turns._loop_busy(clock[0])  # the first window begins
+    clock[0] += fairness.BUSY_WINDOW
+
+
+async def held_at_once(turns: Turns, user: int, n: int) -> list[asyncio.Future[float]]:
+    """``n`` holds of ``user``; those that started at once after a step of the loop."""
+    tasks = [asyncio.ensure_future(turns.hold(user)) for _ in range(n)]
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def test_on_a_busy_loop_a_competing_user_holds_one_start_at_a_time(
+    clock: list[float],
+) -> None:
+    """The loop's thread busy (above BUSY_ABOVE) and two users competing: the tenant's
+    second start waits until its first one's answer begins; the victim's start goes at once
+    (it holds none); each release lets the tenant's next one go."""
+    assert (fairness.BUSY_ABOVE, fairness.CALM_BELOW, fairness.HOLD_FOR) == (0.6, 0.3, 0.02)
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.9)
+    tenant = await held_at_once(turns, TENANT, 3)
+    assert [t.done() for t in tenant] == [True, False, False]
+    victim = await turns.hold(VICTIM)  # at once, while the tenant holds one and two wait
+    assert turns.waiting() == 2
+    turns.release(TENANT, tenant[0].result())
+    for _ in range(4):  # the passes: the next one goes, the last waits for it to release
+        await asyncio.sleep(0)
+    assert [t.done() for t in tenant] == [True, True, False]
+    turns.release(VICTIM, victim)
+    turns.release(TENANT, tenant[1].result())
+    await asyncio.gather(*tenant)
+    assert turns.waiting() == 0
+
+
+async def test_on_a_calm_loop_competing_users_hold_as_many_starts_as_they_like(
+    clock: list[float],
+) -> None:
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.5)  # under BUSY_ABOVE
+    tenant = await held_at_once(turns, TENANT, 3)
+    for _ in range(4):  # one a pass (the users compete), none held back
+        await asyncio.sleep(0)
+    assert all(t.done() for t in tenant)
+
+
+async def test_the_hold_lasts_until_the_loop_is_calm_again(clock: list[float]) -> None:
+    """Hysteresis: once busy, starts are held to their count until the loop's share falls
+    under CALM_BELOW, not as soon as it is under BUSY_ABOVE."""
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.9)
+    turns.release(TENANT, await turns.hold(TENANT))  # the window measures busy
+    cpu.share = 0.4  # between the two thresholds: still busy
+    clock[0] += fairness.BUSY_WINDOW
+    first = await turns.hold(TENANT)
+    second = asyncio.ensure_future(turns.hold(TENANT))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not second.done()
+    turns.release(TENANT, first)
+    await second
+    cpu.share = 0.1  # calm
+    clock[0] += fairness.BUSY_WINDOW
+    more = await held_at_once(turns, TENANT, 3)
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert all(t.done() for t in more)
+
+
+async def test_a_start_waiting_for_its_engine_stops_counting_after_hold_for(
+    clock: list[float],
+) -> None:
+    """A held start whose answer has not begun after HOLD_FOR waits for its engine, which
+    costs no CPU: the user's next start goes then (a timer's pass), without a release."""
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.9)
+    slow = await turns.hold(TENANT)
+    nxt = asyncio.ensure_future(turns.hold(TENANT))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not nxt.done()
+    clock[0] += fairness.HOLD_FOR  # the timer is due
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert nxt.done()
+    turns.release(TENANT, slow)  # late: it no longer counted, and nothing breaks
+    assert turns.waiting() == 0
+
+
+async def test_a_client_that_leaves_after_its_turn_came_gives_its_start_back(
+    clock: list[float],
+) -> None:
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.9)
+    first = await turns.hold(TENANT)
+    second = asyncio.ensure_future(turns.hold(TENANT))
+    await asyncio.sleep(0)
+    turns.release(TENANT, first)
+    await asyncio.sleep(0)  # the pass: the second's turn comes (its future is done) ...
+    second.cancel()  # ... and its client leaves before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    third = asyncio.ensure_future(turns.hold(TENANT))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert third.done()  # not held back by the start its client left
+    turns.release(TENANT, third.result())

@@ -77,6 +77,8 @@ class ProxyHandler(ApiHandler):
     _cancelled = False
     #: The client's connection closed (``on_connection_close``): its body's chunks are gone.
     _gone = False
+    #: The ticket of this request's start while it holds it (hub/fairness.py).
+    _ticket: float | None = None
 
     @property
     def service_type(self) -> str:
@@ -130,7 +132,18 @@ class ProxyHandler(ApiHandler):
 
     async def _serve(self, meter: RequestMeter) -> None:
         # One user's burst of starts must not delay another user's (hub/fairness.py).
-        await self.hub.turns.turn(self.owner.user_id, self._size)
+        self._ticket = await self.hub.turns.hold(self.owner.user_id, self._size)
+        try:
+            await self._started(meter)
+        finally:
+            self._release_start()
+
+    def _release_start(self) -> None:
+        if self._ticket is not None:
+            self.hub.turns.release(self.owner.user_id, self._ticket)
+            self._ticket = None
+
+    async def _started(self, meter: RequestMeter) -> None:
         if self._gone:
             # The client left after sending its body (on_connection_close dropped the chunks):
             # cancelled, not a 400 for an empty body, and no agent is asked.
@@ -266,6 +279,10 @@ class ProxyHandler(ApiHandler):
         self, resp: UpstreamResponse, fwd: Forward, meter: RequestMeter, committed: bool
     ) -> None:
         relay = self.hub.relay
+        if not is_whole(resp):
+            # A stream's start is over at its first bytes: a long stream does not hold its
+            # user's next start back. A whole answer's start ends with it (_serve).
+            self._release_start()
         if committed and is_whole(resp):
             # The 200 and keep-alive comments went out: an error answer becomes the
             # stream's final error event.
