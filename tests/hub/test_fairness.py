@@ -293,7 +293,7 @@ async def test_on_a_busy_loop_a_competing_user_holds_one_start_at_a_time(
     """The loop's thread busy (above BUSY_ABOVE) and two users competing: the tenant's
     second start waits until its first one's answer begins; the victim's start goes at once
     (it holds none); each release lets the tenant's next one go."""
-    assert (fairness.BUSY_ABOVE, fairness.CALM_BELOW, fairness.HOLD_FOR) == (0.6, 0.3, 0.02)
+    assert (fairness.BUSY_ABOVE, fairness.CALM_BELOW, fairness.HOLD_FOR) == (0.6, 0.3, 0.01)
     cpu = FakeCpu(clock)
     turns = Turns(cpu_clock=cpu)
     await competing(turns, cpu, clock, share=0.9)
@@ -387,3 +387,41 @@ async def test_a_client_that_leaves_after_its_turn_came_gives_its_start_back(
         await asyncio.sleep(0)
     assert third.done()  # not held back by the start its client left
     turns.release(TENANT, third.result())
+
+
+async def test_another_users_heartbeats_alone_hold_no_one_back(clock: list[float]) -> None:
+    """Heartbeats hold no start: a user whose agent beats while a heavy user's requests keep
+    the loop busy is no competitor, and the heavy user's starts are not held back."""
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await turns.turn(VICTIM)  # a heartbeat of another user
+    turns.release(TENANT, await turns.hold(TENANT))
+    await asyncio.sleep(0)
+    cpu.share = 0.9
+    clock[0] += 0.001
+    turns._loop_busy(clock[0])  # the first window begins
+    clock[0] += fairness.BUSY_WINDOW
+    tenant = await held_at_once(turns, TENANT, 3)
+    for _ in range(4):  # one a pass (the two users' starts followed each other), none held back
+        await asyncio.sleep(0)
+    assert all(t.done() for t in tenant)
+
+
+async def test_a_heartbeat_does_not_wait_behind_its_users_held_back_requests(
+    clock: list[float],
+) -> None:
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
+    await competing(turns, cpu, clock, share=0.9)
+    tenant = await held_at_once(turns, TENANT, 3)  # one holds, two are held back
+    beat = asyncio.ensure_future(turns.turn(TENANT))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert beat.done()
+    assert [t.done() for t in tenant] == [True, False, False]
+    for i in range(3):  # each release lets the next one go
+        turns.release(TENANT, tenant[i].result())
+        for _ in range(4):
+            await asyncio.sleep(0)
+        assert sum(t.done() for t in tenant) == min(3, i + 2)
+    assert turns.waiting() == 0

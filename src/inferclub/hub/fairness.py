@@ -34,14 +34,20 @@ seconds; a burst that had begun before it goes on in turns from there.
 Turns alone cannot help a light user against a tenant that keeps the loop's CPU busy with
 many tiny requests: each start of the tenant is cheap to let through, but every round of the
 loop then holds the rest of the tenant's requests in flight, and a light request needs several
-rounds (measured: a victim's p50 went from 1.3 to 7 ms against 64 tiny chats in flight). So
-while users compete (:data:`MIXED_FOR`) and the loop's thread has been busy (its CPU time over
-the last :data:`BUSY_WINDOW` at least :data:`BUSY_ABOVE`, until it falls below
-:data:`CALM_BELOW`), a proxied request *holds* its start until its answer begins (the
-upstream's headers), and a user may hold at most one more start than the user who holds the
-fewest: a light user with one request at a time keeps its pace, a heavy one waits for its own
-answers, and two heavy users get the same number. A stream's start ends at its first bytes, so
-a user with many long streams is not held back by them, only by starts.
+rounds (measured: a victim's p50 went from 1.2 to 7-9 ms against 64 tiny chats in flight). So a
+proxied request *holds* its start (:meth:`Turns.hold`) until its answer begins (a stream's first
+bytes; a whole answer's end), for :data:`HOLD_FOR` seconds at most: a request that waits longer
+for its engine costs the loop nothing meanwhile. While at least two users have held starts in
+the last :data:`MIXED_FOR` seconds (heartbeats hold none) and the loop's thread has been busy
+(its CPU time over a :data:`BUSY_WINDOW` at least :data:`BUSY_ABOVE` of it, until it falls
+below :data:`CALM_BELOW`), a user may hold at most one more start than the competing user who
+held the fewest when the window began. A light user with one request at a time keeps its pace;
+a heavy one starts its next request as its last one is answered. A heartbeat queued behind its
+user's held-back requests does not wait for them.
+
+Not counted: what a request costs after its start (a long stream's chunks), and a burst of
+starts already queued goes on a few a pass once no other user's start has come for
+:data:`MIXED_FOR` seconds.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ CALM_BELOW = 0.3
 
 #: Seconds after which a start no longer counts as held though its answer has not begun: it
 #: waits for its engine (a model's first token, a whole answer), and waiting costs no CPU.
-HOLD_FOR = 0.02
+HOLD_FOR = 0.01
 
 
 class Turns:
@@ -114,6 +120,8 @@ class Turns:
         self._window: tuple[float, float] | None = None
         self._busy = False
         self._fewest = 0
+        #: At least two users held a start within MIXED_FOR (heartbeats hold none).
+        self._competing = False
         #: A pass due when a user's oldest held start stops counting.
         self._timer: asyncio.TimerHandle | None = None
 
@@ -198,11 +206,11 @@ class Turns:
 
     def _at_cap(self, user_id: int, now: float) -> bool:
         """Whether this user may not begin to hold another start now: while users compete
-        and the loop is busy, a user holds no more than the competing user who held the
-        fewest at the window's start did, and one at least."""
-        if now >= self._mixed_until or not self._loop_busy(now):
+        and the loop is busy, a user holds at most one more than the competing user who held
+        the fewest at the window's start."""
+        if now >= self._mixed_until or not self._loop_busy(now) or not self._competing:
             return False
-        return self._held_now(user_id, now) >= max(1, self._fewest)
+        return self._held_now(user_id, now) > self._fewest
 
     def _loop_busy(self, now: float) -> bool:
         """Whether the loop's thread has been busy, measured over windows of
@@ -224,6 +232,7 @@ class Turns:
                     del self._held_at[user_id]
                     self._held.pop(user_id, None)
             self._fewest = min((self._held_now(u, now) for u in self._held_at), default=0)
+            self._competing = len(self._held_at) > 1
         return self._busy
 
     def _share(self, now: float) -> int:
@@ -259,9 +268,11 @@ class Turns:
                     more = True
                     break
                 if hold and self._at_cap(user_id, now):
-                    # Its release(), or its oldest held start's age, lets it go on.
+                    # Its release(), or its oldest held start's age, lets it go on. A
+                    # heartbeat behind it does not wait for that.
                     oldest = self._held[user_id][0] + HOLD_FOR
                     wake = oldest if wake is None else min(wake, oldest)
+                    _let_a_heartbeat_through(queue)
                     break
                 queue.popleft()
                 waiter.set_result(self._hold(user_id, now) if hold else 0.0)
@@ -278,3 +289,12 @@ class Turns:
     def _timed_pass(self) -> None:
         self._timer = None
         self._schedule(asyncio.get_running_loop())
+
+
+def _let_a_heartbeat_through(queue: deque[tuple[asyncio.Future[float], int, bool]]) -> None:
+    """Start the first live waiter that holds no start (a heartbeat) in a user's queue whose
+    head is held back."""
+    beat = next((w for w in queue if not w[2] and not w[0].done()), None)
+    if beat is not None:
+        queue.remove(beat)
+        beat[0].set_result(0.0)
