@@ -268,9 +268,12 @@ class FakeCpu:
         return self.cpu
 
 
-async def competing(turns: Turns, cpu: FakeCpu, clock: list[float], share: float) -> None:
-    """The victim and the tenant have each held a start (they compete, within MIXED_FOR),
-    hold none now, and the loop's thread was on the CPU ``share`` of the last window."""
+async def competing(clock: list[float], share: float) -> tuple[Turns, FakeCpu]:
+    """Turns on a fake CPU clock where the victim and the tenant have each held a start (they
+    compete, within MIXED_FOR), hold none now, and the loop's thread was on the CPU ``share``
+    of the last window."""
+    cpu = FakeCpu(clock)
+    turns = Turns(cpu_clock=cpu)
     for user in (VICTIM, TENANT):
         turns.release(user, await turns.hold(user))
     await asyncio.sleep(0)  # the pass those scheduled
@@ -278,6 +281,13 @@ async def competing(turns: Turns, cpu: FakeCpu, clock: list[float], share: float
     clock[0] += 0.01
     turns._loop_busy(clock[0])  # the first window begins
     clock[0] += fairness.BUSY_WINDOW
+    return turns, cpu
+
+
+async def passes(n: int = 4) -> None:
+    """A few rounds of the loop: the passes due run, and what they let start."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 async def held_at_once(turns: Turns, user: int, n: int) -> list[asyncio.Future[float]]:
@@ -294,16 +304,13 @@ async def test_on_a_busy_loop_a_competing_user_holds_one_start_at_a_time(
     second start waits until its first one's answer begins; the victim's start goes at once
     (it holds none); each release lets the tenant's next one go."""
     assert (fairness.BUSY_ABOVE, fairness.CALM_BELOW, fairness.HOLD_FOR) == (0.6, 0.3, 0.01)
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.9)
+    turns, cpu = await competing(clock, share=0.9)
     tenant = await held_at_once(turns, TENANT, 3)
     assert [t.done() for t in tenant] == [True, False, False]
     victim = await turns.hold(VICTIM)  # at once, while the tenant holds one and two wait
     assert turns.waiting() == 2
     turns.release(TENANT, tenant[0].result())
-    for _ in range(4):  # the passes: the next one goes, the last waits for it to release
-        await asyncio.sleep(0)
+    await passes()  # the passes: the next one goes, the last waits for it to release
     assert [t.done() for t in tenant] == [True, True, False]
     turns.release(VICTIM, victim)
     turns.release(TENANT, tenant[1].result())
@@ -314,36 +321,29 @@ async def test_on_a_busy_loop_a_competing_user_holds_one_start_at_a_time(
 async def test_on_a_calm_loop_competing_users_hold_as_many_starts_as_they_like(
     clock: list[float],
 ) -> None:
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.5)  # under BUSY_ABOVE
+    turns, cpu = await competing(clock, share=0.5)  # under BUSY_ABOVE
     tenant = await held_at_once(turns, TENANT, 3)
-    for _ in range(4):  # one a pass (the users compete), none held back
-        await asyncio.sleep(0)
+    await passes()  # one a pass (the users compete), none held back
     assert all(t.done() for t in tenant)
 
 
 async def test_the_hold_lasts_until_the_loop_is_calm_again(clock: list[float]) -> None:
     """Hysteresis: once busy, starts are held to their count until the loop's share falls
     under CALM_BELOW, not as soon as it is under BUSY_ABOVE."""
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.9)
+    turns, cpu = await competing(clock, share=0.9)
     turns.release(TENANT, await turns.hold(TENANT))  # the window measures busy
     cpu.share = 0.4  # between the two thresholds: still busy
     clock[0] += fairness.BUSY_WINDOW
     first = await turns.hold(TENANT)
     second = asyncio.ensure_future(turns.hold(TENANT))
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await passes(3)
     assert not second.done()
     turns.release(TENANT, first)
     await second
     cpu.share = 0.1  # calm
     clock[0] += fairness.BUSY_WINDOW
     more = await held_at_once(turns, TENANT, 3)
-    for _ in range(4):
-        await asyncio.sleep(0)
+    await passes()
     assert all(t.done() for t in more)
 
 
@@ -352,17 +352,13 @@ async def test_a_start_waiting_for_its_engine_stops_counting_after_hold_for(
 ) -> None:
     """A held start whose answer has not begun after HOLD_FOR waits for its engine, which
     costs no CPU: the user's next start goes then (a timer's pass), without a release."""
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.9)
+    turns, cpu = await competing(clock, share=0.9)
     slow = await turns.hold(TENANT)
     nxt = asyncio.ensure_future(turns.hold(TENANT))
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await passes(3)
     assert not nxt.done()
     clock[0] += fairness.HOLD_FOR  # the timer is due
-    for _ in range(4):
-        await asyncio.sleep(0)
+    await passes()
     assert nxt.done()
     turns.release(TENANT, slow)  # late: it no longer counted, and nothing breaks
     assert turns.waiting() == 0
@@ -371,9 +367,7 @@ async def test_a_start_waiting_for_its_engine_stops_counting_after_hold_for(
 async def test_a_client_that_leaves_after_its_turn_came_gives_its_start_back(
     clock: list[float],
 ) -> None:
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.9)
+    turns, cpu = await competing(clock, share=0.9)
     first = await turns.hold(TENANT)
     second = asyncio.ensure_future(turns.hold(TENANT))
     await asyncio.sleep(0)
@@ -383,8 +377,7 @@ async def test_a_client_that_leaves_after_its_turn_came_gives_its_start_back(
     with pytest.raises(asyncio.CancelledError):
         await second
     third = asyncio.ensure_future(turns.hold(TENANT))
-    for _ in range(4):
-        await asyncio.sleep(0)
+    await passes()
     assert third.done()  # not held back by the start its client left
     turns.release(TENANT, third.result())
 
@@ -402,26 +395,21 @@ async def test_another_users_heartbeats_alone_hold_no_one_back(clock: list[float
     turns._loop_busy(clock[0])  # the first window begins
     clock[0] += fairness.BUSY_WINDOW
     tenant = await held_at_once(turns, TENANT, 3)
-    for _ in range(4):  # one a pass (the two users' starts followed each other), none held back
-        await asyncio.sleep(0)
+    await passes()  # one a pass (the two users' starts followed each other), none held back
     assert all(t.done() for t in tenant)
 
 
 async def test_a_heartbeat_does_not_wait_behind_its_users_held_back_requests(
     clock: list[float],
 ) -> None:
-    cpu = FakeCpu(clock)
-    turns = Turns(cpu_clock=cpu)
-    await competing(turns, cpu, clock, share=0.9)
+    turns, cpu = await competing(clock, share=0.9)
     tenant = await held_at_once(turns, TENANT, 3)  # one holds, two are held back
     beat = asyncio.ensure_future(turns.turn(TENANT))
-    for _ in range(4):
-        await asyncio.sleep(0)
+    await passes()
     assert beat.done()
     assert [t.done() for t in tenant] == [True, False, False]
     for i in range(3):  # each release lets the next one go
         turns.release(TENANT, tenant[i].result())
-        for _ in range(4):
-            await asyncio.sleep(0)
+        await passes()
         assert sum(t.done() for t in tenant) == min(3, i + 2)
     assert turns.waiting() == 0

@@ -15,16 +15,24 @@ from tests.support.hubapp import HubApp, wait_until
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-async def test_a_whole_answer_holds_its_start_until_it_ends(
-    hub_app: HubApp, fake_agent: FakeAgent, alice: str
-) -> None:
-    turns = hub_app.hub.turns
-    client = hub_app.client(alice)
+async def waiting_at_the_agent(
+    hub_app: HubApp, fake_agent: FakeAgent, key: str
+) -> asyncio.Future[object]:
+    """A chat sent with the SDK that the agent holds (until ``fake_agent.release()``)."""
     fake_agent.hold()
+    client = hub_app.client(key)
     chat = asyncio.ensure_future(
         client.chat.completions.create(model="m1", messages=MESSAGES)  # type: ignore[arg-type]
     )
     assert await wait_until(lambda: hub_app.hub.inflight == 1)
+    return chat
+
+
+async def test_a_whole_answer_holds_its_start_until_it_ends(
+    hub_app: HubApp, fake_agent: FakeAgent, alice: str
+) -> None:
+    turns = hub_app.hub.turns
+    chat = await waiting_at_the_agent(hub_app, fake_agent, alice)
     assert turns.holding() == 1  # waiting at the agent, no answer begun
     fake_agent.release()
     await chat
@@ -65,12 +73,7 @@ async def test_a_client_that_leaves_gives_its_start_back(
     hub_app: HubApp, fake_agent: FakeAgent, alice: str
 ) -> None:
     turns = hub_app.hub.turns
-    client = hub_app.client(alice)
-    fake_agent.hold()
-    chat = asyncio.ensure_future(
-        client.chat.completions.create(model="m1", messages=MESSAGES)  # type: ignore[arg-type]
-    )
-    assert await wait_until(lambda: hub_app.hub.inflight == 1)
+    chat = await waiting_at_the_agent(hub_app, fake_agent, alice)
     assert turns.holding() == 1
     chat.cancel()  # the SDK closes its connection
     assert await wait_until(lambda: turns.holding() == 0)
