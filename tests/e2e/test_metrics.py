@@ -101,6 +101,7 @@ def test_hub_and_agent_metrics_after_real_requests(tmp_path: Path) -> None:
             assert m[("inferclub_requests_in_flight", ())] == 0
             assert m[("inferclub_providers_online", ())] == 1
             assert m[("inferclub_heartbeats_total", ())] >= 1
+            assert m[("inferclub_requests_paced_total", ())] == 0
             assert m[("inferclub_history_backlog_rows", ())] == 0
             assert m[("inferclub_history_dropped_rows_total", ())] == 0
             assert m[("inferclub_store_errors_total", (("what", "request history"),))] == 0

@@ -8,16 +8,19 @@ import dataclasses
 import http.client
 import json
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.ioloop import IOLoop
 
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp, running_hub, wait_until
+from tests.support.rawhttp import chat_request
 
 CALLBACK = "http://127.0.0.1:9/v1"
 MIB = 1024 * 1024
@@ -286,6 +289,69 @@ async def test_concurrent_requests_stop_at_the_per_user_limit(
     fake_agent.release()
     assert [s for s, _ in await asyncio.gather(*slow)] == [200, 200]
     assert len(fake_agent.posts("/v1/chat/completions")) == 2
+
+
+SCRAPE_TOKEN = "scrape"
+CHAT = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+@pytest.fixture
+def paced_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
+    """A hub where each user may begin one inference request at once, then one every 100 s."""
+    hub = running_hub(
+        tmp_path,
+        max_requests_per_second_per_user=0.01,
+        request_burst_per_user=1,
+        metrics_token=SCRAPE_TOKEN,
+    )
+    app = io_loop.run_sync(hub.__aenter__)
+    try:
+        yield app
+    finally:
+        io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
+
+
+def _paced_total(url: str) -> float:
+    """``inferclub_requests_paced_total`` as an operator's scrape shows it."""
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": "Bearer scrape"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    return next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "inferclub_requests_paced_total"
+    )
+
+
+async def test_a_request_past_the_per_user_rate_waits_for_its_slot_and_may_be_abandoned(
+    paced_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    """Past its rate, a tenant's request is neither refused (a refusal costs the hub CPU, and
+    the tenant asks again at once) nor forwarded: it waits for its slot. Another user's
+    request goes meanwhile, and a client that gives up frees its place in flight without
+    anything reaching the agent."""
+    mallory = await paced_hub.user_with_key("mallory")
+    bob = await paced_hub.user_with_key("bob")
+    for key, rig in ((mallory, "rig"), (bob, "bobs-rig")):
+        status, _ = await paced_hub.heartbeat(key, rig, fake_agent.url, LLM)
+        assert status == 200
+    chats = lambda: len(fake_agent.posts("/v1/chat/completions"))  # noqa: E731
+    status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, mallory)
+    assert status == 200 and chats() == 1
+    assert await asyncio.to_thread(_paced_total, paced_hub.url) == 0
+    parts = urlsplit(paced_hub.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as waiting:
+        waiting.sendall(chat_request(mallory))
+        assert await wait_until(lambda: asyncio.to_thread(_paced_total, paced_hub.url))
+        assert paced_hub.hub.inflight == 1 and chats() == 1
+        status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, bob)
+        assert status == 200 and chats() == 2
+    assert await wait_until(lambda: paced_hub.hub.inflight == 0)
+    assert chats() == 2
+    assert await wait_until(lambda: len(paced_hub.query("SELECT 1 FROM requests")) == 3)
+    rows = paced_hub.query("SELECT status, cancelled FROM requests")
+    assert sorted((r["status"], r["cancelled"]) for r in rows) == [(200, 0), (200, 0), (499, 1)]
 
 
 # -- web hygiene ------------------------------------------------------------------------------

@@ -31,7 +31,13 @@ from inferclub.hub.handlers import tunnel as tunnel_handlers
 from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_name
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
-from inferclub.hub.limits import ConcurrencyLimit, HeartbeatPacer, ProbeBudget, probe_target
+from inferclub.hub.limits import (
+    ConcurrencyLimit,
+    HeartbeatPacer,
+    ProbeBudget,
+    RequestRate,
+    probe_target,
+)
 from inferclub.hub.liveness import Liveness
 from inferclub.hub.metrics import HubMetrics
 from inferclub.hub.reachability import NOT_CHECKED
@@ -93,6 +99,9 @@ class Hub:
         self.goodbye_pacer = HeartbeatPacer(settings.heartbeat_min_interval, "Goodbyes")
         self.probe_budget = ProbeBudget(settings.max_probe_targets_per_user)
         self.concurrency = ConcurrencyLimit(settings.max_concurrent_requests_per_user)
+        self.request_rate = RequestRate(
+            settings.max_requests_per_second_per_user, settings.request_burst_per_user
+        )
         #: Request starts of different users in turns on the event loop.
         self.turns = Turns()
         self.fallbacks = Fallbacks(store)

@@ -251,6 +251,21 @@ class Settings:
             "gets a 429 `rate_limit_exceeded` with `Retry-After`. 0 means no limit."
         ),
     )
+    max_requests_per_second_per_user: float = field(
+        default=100.0,
+        metadata=_doc(
+            "Most inference requests one user may begin a second through this hub process, "
+            "in bursts of up to `request_burst_per_user`; a request beyond that waits for its "
+            "slot (it is not refused). 0 means no limit."
+        ),
+    )
+    request_burst_per_user: int = field(
+        default=100,
+        metadata=_doc(
+            "Inference requests one user may begin at once, before "
+            "`max_requests_per_second_per_user` paces the rest."
+        ),
+    )
     header_timeout: float = field(
         default=60.0,
         metadata=_doc(

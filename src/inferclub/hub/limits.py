@@ -1,7 +1,7 @@
 """Per-tenant limits kept in memory, off the database: how often a provider may heartbeat,
-how many callback addresses the hub checks for one user, and how many requests one user may
-have in flight. All are bookkeeping of this hub process (several processes sharing a store
-each apply them to what they see)."""
+how many callback addresses the hub checks for one user, how many requests one user may
+have in flight, and how many it may begin a second. All are bookkeeping of this hub process
+(several processes sharing a store each apply them to what they see)."""
 
 from __future__ import annotations
 
@@ -164,3 +164,50 @@ class ConcurrencyLimit:
             self._inflight[user_id] = left
         else:
             del self._inflight[user_id]
+
+
+class RequestRate:
+    """At most ``rate`` inference requests a second begin per user, in bursts of up to
+    ``burst`` at once: a request beyond that *waits* for its slot instead of being refused.
+
+    A refusal would not bound the hub's CPU: a 429 costs the hub a fair part of what a tiny
+    request does, and a client that ignores ``Retry-After`` asks again at once. A request
+    that waits costs nothing meanwhile, and the user's concurrency limit bounds how many wait
+    (each holds one of its slots), so a tenant's requests can keep no more of the hub's CPU
+    busy than ``rate`` of them a second take.
+
+    The schedule is GCRA's (the generic cell rate algorithm): per user, the time at which its
+    next request would be on schedule; a request takes the later of that time less the
+    burst's allowance and now, and moves the user's time on by ``1 / rate``.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self._step = 1.0 / rate if rate > 0 else 0.0
+        self._allowance = max(0, burst - 1) * self._step
+        self._clock = clock
+        #: user id -> when its next request is on schedule; a time in the past is the same
+        #: as no entry, and such entries are dropped when the table grows.
+        self._due: dict[int, float] = {}
+        self._prune_at = _PRUNE_AT
+        #: Requests that had to wait for their slot, since the process started.
+        self.paced = 0
+
+    def wait(self, user_id: int) -> float:
+        """Seconds this user's request must wait before it begins (0 if none); its slot is
+        taken, also when the client leaves meanwhile."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        if len(self._due) >= self._prune_at:
+            self._due = {u: t for u, t in self._due.items() if t > now}
+            self._prune_at = next_prune(len(self._due))
+        due = max(self._due.get(user_id, now), now)
+        self._due[user_id] = due + self._step
+        wait = due - self._allowance - now
+        if wait <= 0:
+            return 0.0
+        self.paced += 1
+        return wait

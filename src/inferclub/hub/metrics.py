@@ -153,6 +153,11 @@ class _StateCollector(Collector):
             "Agents' tunnels this hub process holds now.",
             len(hub.relay.tunnels),
         )
+        yield _counter(
+            "inferclub_requests_paced",
+            "Inference requests that waited for their slot under the user's request rate.",
+            hub.request_rate.paced,
+        )
         yield _gauge(
             "inferclub_history_backlog_rows",
             "Request-history rows waiting to be written to the store.",

@@ -117,7 +117,9 @@ class ProxyHandler(ApiHandler):
             user_id = self.owner.user_id
             hub.concurrency.take(user_id)
             try:
-                await self._serve(meter)
+                wait = hub.request_rate.wait(user_id)
+                if not wait or await self._waited(wait, meter):
+                    await self._serve(meter)
             finally:
                 hub.concurrency.give_back(user_id)
         except OpenAIError as err:
@@ -129,6 +131,24 @@ class ProxyHandler(ApiHandler):
             row = meter.finished()
             hub.history.add(row)
             hub.metrics.request_done(row, self.provider_name)
+
+    async def _waited(self, wait: float, meter: RequestMeter) -> bool:
+        """Wait ``wait`` seconds for this request's slot under its user's request rate
+        (hub/limits.py): whether it is still wanted then, not if its client left or the
+        shutdown deadline cut it meanwhile (ended here, as a relay they cancel is)."""
+        task = asyncio.current_task()
+        self._relay_task = task
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            if not self._cancelled or task is None:
+                raise
+            task.uncancel()
+            self._ended_early(meter)
+            return False
+        finally:
+            self._relay_task = None
+        return True
 
     async def _serve(self, meter: RequestMeter) -> None:
         # One user's burst of starts must not delay another user's (hub/fairness.py).
@@ -162,11 +182,7 @@ class ProxyHandler(ApiHandler):
             if not self._cancelled or task is None:
                 raise
             task.uncancel()
-            if self._cut:
-                self._end_cut(meter)
-                return
-            # on_connection_close cancelled the relay: the connection is gone.
-            self._connection_lost(meter)
+            self._ended_early(meter)
             return
         except StreamClosedError:
             # A write found the connection closed before on_connection_close ran.
@@ -369,6 +385,14 @@ class ProxyHandler(ApiHandler):
         """The shutdown deadline passed: stop relaying (see ``_end_cut``)."""
         self._cut = True
         self._cancel_relay()
+
+    def _ended_early(self, meter: RequestMeter) -> None:
+        """End a request whose task ``cut`` or on_connection_close cancelled."""
+        if self._cut:
+            self._end_cut(meter)
+        else:
+            # on_connection_close cancelled it: the connection is gone.
+            self._connection_lost(meter)
 
     def _end_cut(self, meter: RequestMeter) -> None:
         """End a request the shutdown deadline cut: a begun event stream with a final error
