@@ -83,6 +83,7 @@ def hub(
         "INFERCLUB_HEARTBEAT_MIN_INTERVAL": "0",
         "INFERCLUB_MAX_PROVIDERS_PER_USER": "0",
         "INFERCLUB_MAX_CONCURRENT_REQUESTS_PER_USER": "0",  # chat_load.py: one user's load
+        "INFERCLUB_MAX_REQUESTS_PER_SECOND_PER_USER": "0",
     }
     if refresh:
         env["INFERCLUB_REGISTRY_REFRESH"] = refresh

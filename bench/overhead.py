@@ -176,7 +176,13 @@ class Cluster:
         self.with_agent = with_agent
         self.db = workdir / "hub.db"
         self.profile = profile
-        self.env = {**os.environ, "INFERCLUB_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "INFERCLUB_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            # One user's load as fast as the hub takes it: the hub's overhead, not its pacing.
+            "INFERCLUB_MAX_REQUESTS_PER_SECOND_PER_USER": "0",
+        }
         self.procs: list[Proc] = []
         self.upstream: Proc | None = None
         self.hub: Proc | None = None

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,8 @@ class Hub:
     keys: dict[str, str] = field(default_factory=dict)
     #: A ``.prof`` file: run this hub under cProfile (it writes the file when it stops).
     profile: str = ""
+    #: Settings of this hub (``INFERCLUB_*``) beside the bench's own.
+    settings: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> str:
         db = str(self.workdir / "hub.db")
@@ -110,6 +112,7 @@ class Hub:
             "INFERCLUB_LOG_LEVEL": "WARNING",
             # Providers stay online for the whole run without keep-alive heartbeats.
             "INFERCLUB_ONLINE_WINDOW": "3600",
+            **self.settings,
         }
         for login in ("victim", "tenant"):
             self.cli("users", "create", login)
@@ -210,12 +213,14 @@ async def requests(url: str, key: str, total: int, concurrency: int, body: bytes
     return latencies
 
 
-async def victim_for(url: str, key: str, seconds: float) -> list[float]:
-    """Chats one at a time for ``seconds``: their latencies."""
+async def victim_for(url: str, key: str, seconds: float, every: float = 0.0) -> list[float]:
+    """Chats one at a time for ``seconds``, each ``every`` seconds after the last one began
+    (0: each as soon as the last one is answered): their latencies."""
     out: list[float] = []
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while (began := time.monotonic()) < deadline:
         out += await requests(url, key, 1, 1, chat(False))
+        await asyncio.sleep(max(0.0, began + every - time.monotonic()))
     return out
 
 
@@ -343,14 +348,14 @@ async def noisy(hub: Hub, callback: str, args: argparse.Namespace) -> Noise:
     inside = {ACCEPTED: 0, STARTED: 0}
     window_seconds = 0.0
     for _ in range(args.cycles):
-        quiet += await victim_for(hub.url, key, args.quiet / args.cycles)
+        quiet += await victim_for(hub.url, key, args.quiet / args.cycles, args.victim_every)
         seconds = FLOOD_RAMP + args.flood / args.cycles + 0.5
         with flooding(
             hub, callback, seconds, args.flood_parts, args.tenant_requests
         ) as counts_file:
             await asyncio.sleep(FLOOD_RAMP)  # the flood's streams and heartbeats are under way
             cpu0, wall0 = hub.cpu(), time.monotonic()
-            loud += await victim_for(hub.url, key, args.flood / args.cycles)
+            loud += await victim_for(hub.url, key, args.flood / args.cycles, args.victim_every)
             wall1 = time.monotonic()
             busy.append((hub.cpu() - cpu0) / (wall1 - wall0))
         window_seconds += wall1 - wall0
@@ -425,24 +430,45 @@ async def run(args: argparse.Namespace) -> int:
             )
             for name, nice in (("victim-upstream", []), ("tenant-upstream", ["nice", "-n", "19"]))
         ]
-        hubs: list[Hub] = []
+        trees = [("current", REPO / "src")]
+        if args.baseline_ref:
+            trees.insert(
+                0, (f"baseline {args.baseline_ref}", unpack(args.baseline_ref, root / "baseline"))
+            )
+        profile = str(Path(args.profile_hub).resolve()) if args.profile_hub else ""
+
+        @contextlib.asynccontextmanager
+        async def running(part: str, settings: dict[str, str]) -> AsyncIterator[list[Hub]]:
+            """A hub of each tree with these settings, the two users registered."""
+            hubs = [
+                Hub(name, src, root / f"{part}-hub-{i}", settings=settings)
+                for i, (name, src) in enumerate(trees)
+            ]
+            if part == "noise":
+                hubs[-1].profile = profile
+            try:
+                for hub in hubs:
+                    hub.start()
+                    await register(hub, callback, tenant_callback)
+                    log(f"{hub.name} ({part}): {hub.url}")
+                yield hubs
+            finally:
+                for hub in hubs:
+                    hub.stop()
+
         try:
             callback, tenant_callback = (u.wait_url() + "/v1" for u in upstreams)
-            if args.baseline_ref:
-                base_src = unpack(args.baseline_ref, root / "baseline")
-                hubs.append(Hub(f"baseline {args.baseline_ref}", base_src, root / "base-hub"))
-            current = Hub("current", REPO / "src", root / "current-hub")
-            current.profile = str(Path(args.profile_hub).resolve()) if args.profile_hub else ""
-            hubs.append(current)
-            for hub in hubs:
-                hub.start()
-                await register(hub, callback, tenant_callback)
-                log(f"{hub.name}: {hub.url}")
-            per = {} if args.skip_cpu else await cpu_per_request(hubs, args)
-            noise = {h.name: await noisy(h, tenant_callback, args) for h in hubs}
+            per: dict[str, list[float]] = {}
+            if not args.skip_cpu:
+                # CPU per request at the load's own pace: 1,000 requests at concurrency 10
+                # are far past the default request rate, which would pace them.
+                unpaced = {"INFERCLUB_MAX_REQUESTS_PER_SECOND_PER_USER": "0"}
+                async with running("cpu", unpaced) as hubs:
+                    per = await cpu_per_request(hubs, args)
+            # The noisy neighbour with every limit at its default: the tenant floods at them.
+            async with running("noise", {}) as hubs:
+                noise = {h.name: await noisy(h, tenant_callback, args) for h in hubs}
         finally:
-            for hub in hubs:
-                hub.stop()
             for upstream in upstreams:
                 upstream.stop()
     load = os.getloadavg()
@@ -484,6 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         default="slow",
         help="the tenant's 64 requests in flight: 4 s streams, or tiny chats answered at once "
         "(each followed by the next: a flood that keeps the hub's CPU busy)",
+    )
+    parser.add_argument(
+        "--victim-every",
+        type=float,
+        default=0.02,
+        metavar="SECONDS",
+        help="the victim's chats begin this far apart (0: each as soon as the last one is"
+        " answered, which takes the victim past the default request rate itself)",
     )
     parser.add_argument("--skip-cpu", action="store_true", help="the noisy neighbour only")
     parser.add_argument("--quick", action="store_true")

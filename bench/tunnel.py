@@ -99,6 +99,7 @@ def started(workdir: Path) -> Iterator[Rig]:
         "PYTHONUNBUFFERED": "1",
         # 500 streams of one user at once: the per-user limit would refuse most of them.
         "INFERCLUB_MAX_CONCURRENT_REQUESTS_PER_USER": "0",
+        "INFERCLUB_MAX_REQUESTS_PER_SECOND_PER_USER": "0",
     }
     rig = Rig()
     try:
