@@ -59,6 +59,13 @@ def test_bad_env_value_names_the_variable() -> None:
         load_settings({}, env={"INFERCLUB_IDLE_TIMEOUT": "soon"})
 
 
+@pytest.mark.parametrize("nan", ["nan", "NaN", "-nan"])
+def test_nan_is_no_number_for_a_setting(nan: str) -> None:
+    """NaN compares false with everything: a limit set to it would silently be no limit."""
+    with pytest.raises(ConfigError, match=r"MAX_REQUESTS_PER_SECOND_PER_USER.*invalid value"):
+        load_settings({}, env={"INFERCLUB_MAX_REQUESTS_PER_SECOND_PER_USER": nan})
+
+
 def test_secrets_file_is_private_and_stable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -472,7 +473,10 @@ def _coerce(name: str, raw: Any, kind: Any, source: str) -> Any:
         if kind in (float, "float"):
             if isinstance(raw, bool):
                 raise ValueError
-            return float(raw)
+            value = float(raw)
+            if math.isnan(value):  # every comparison with it is false: no limit, silently
+                raise ValueError
+            return value
         return str(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from None

@@ -50,7 +50,7 @@ starts already queued goes on a few a pass once no other user's start has come f
 :data:`MIXED_FOR` seconds.
 
 Sharing the loop fairly is not keeping it responsive: a tenant that keeps it saturated with
-tiny requests still makes every round long, and a light request needs several rounds (19-26 ms
+tiny requests still makes every round long, and a light request needs several rounds (12-26 ms
 at p99 against 4-7 quiet, measured). What keeps a tenant from saturating it is the per-user
 request rate (:class:`inferclub.hub.limits.RequestRate`), checked before a request asks for
 its turn here.
