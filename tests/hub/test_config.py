@@ -59,6 +59,22 @@ def test_bad_env_value_names_the_variable() -> None:
         load_settings({}, env={"INFERCLUB_IDLE_TIMEOUT": "soon"})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_REQUESTS_PER_SECOND_PER_USER", "-1"),
+        ("MAX_REQUESTS_PER_SECOND_PER_USER", "inf"),
+        ("MAX_REQUESTS_PER_SECOND_PER_USER", "1e-320"),  # 1 / rate is no number
+        ("MAX_REQUESTS_PER_SECOND_PER_USER", "2e9"),
+        ("REQUEST_BURST_PER_USER", "0"),
+        ("REQUEST_BURST_PER_USER", "-5"),
+    ],
+)
+def test_request_rate_settings_out_of_range_stop_the_hub(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"setting '{name.lower()}' is"):
+        load_settings({}, env={f"INFERCLUB_{name}": value})
+
+
 @pytest.mark.parametrize("nan", ["nan", "NaN", "-nan"])
 def test_nan_is_no_number_for_a_setting(nan: str) -> None:
     """NaN compares false with everything: a limit set to it would silently be no limit."""

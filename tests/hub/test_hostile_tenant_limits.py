@@ -8,6 +8,7 @@ import dataclasses
 import http.client
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,11 +298,13 @@ CHAT = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}
 
 @pytest.fixture
 def paced_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
-    """A hub where each user may begin one inference request at once, then one every 100 s."""
+    """A hub where each user, while it shares the hub, may begin one inference request at
+    once, then one every 100 s, and have two in flight."""
     hub = running_hub(
         tmp_path,
         max_requests_per_second_per_user=0.01,
         request_burst_per_user=1,
+        max_concurrent_requests_per_user=2,
         metrics_token=SCRAPE_TOKEN,
     )
     app = io_loop.run_sync(hub.__aenter__)
@@ -352,6 +355,103 @@ async def test_a_request_past_the_per_user_rate_waits_for_its_slot_and_may_be_ab
     assert await wait_until(lambda: len(paced_hub.query("SELECT 1 FROM requests")) == 3)
     rows = paced_hub.query("SELECT status, cancelled FROM requests")
     assert sorted((r["status"], r["cancelled"]) for r in rows) == [(200, 0), (200, 0), (499, 1)]
+
+
+async def sharing(hub: HubApp, agent: FakeAgent) -> tuple[str, str]:
+    """Keys of mallory and bob, each with a provider of ``m1`` (their heartbeats make them
+    share the hub)."""
+    mallory = await hub.user_with_key("mallory")
+    bob = await hub.user_with_key("bob")
+    for key, rig in ((mallory, "rig"), (bob, "bobs-rig")):
+        status, _ = await hub.heartbeat(key, rig, agent.url, LLM)
+        assert status == 200
+    return mallory, bob
+
+
+def _chat_on_a_socket(url: str, key: str) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(chat_request(key))
+    return sock
+
+
+async def test_a_user_alone_on_the_hub_is_never_paced(
+    paced_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    """The home case: one user's batch goes as fast as its engines take it, whatever the rate;
+    once another user's agent beats, the same user is paced."""
+    mallory = await paced_hub.user_with_key("mallory")
+    status, _ = await paced_hub.heartbeat(mallory, "rig", fake_agent.url, LLM)
+    assert status == 200
+    for _ in range(3):
+        status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, mallory)
+        assert status == 200
+    assert await asyncio.to_thread(_paced_total, paced_hub.url) == 0
+    bob = await paced_hub.user_with_key("bob")
+    status, _ = await paced_hub.heartbeat(bob, "bobs-rig", fake_agent.url, LLM)
+    assert status == 200
+    status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, mallory)  # its burst
+    assert status == 200
+    with _chat_on_a_socket(paced_hub.url, mallory):
+        assert await wait_until(lambda: asyncio.to_thread(_paced_total, paced_hub.url))
+        assert len(fake_agent.posts("/v1/chat/completions")) == 4
+
+
+async def test_a_request_waiting_when_its_key_is_revoked_gets_a_401(
+    tmp_path: Path, io_loop: IOLoop, fake_agent: FakeAgent
+) -> None:
+    async with running_hub(
+        tmp_path, max_requests_per_second_per_user=0.2, request_burst_per_user=1
+    ) as hub:
+        mallory, _ = await sharing(hub, fake_agent)
+        status, _ = await post(hub, "/v1/chat/completions", CHAT, mallory)
+        assert status == 200
+        waiting = asyncio.create_task(post(hub, "/v1/chat/completions", CHAT, mallory))
+        assert await wait_until(lambda: hub.hub.request_rate.paced == 1)
+        await hub.revoke_elsewhere(mallory)  # the store; this hub's key cache learns of it
+        status, data = await waiting
+        assert status == 401 and error(data)["code"] == "invalid_api_key"
+        assert len(fake_agent.posts("/v1/chat/completions")) == 1
+
+
+async def test_a_client_that_sends_and_closes_at_once_while_paced_reaches_nothing(
+    paced_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    """Tornado tells a handler of a close only if the handler exists when it happens: a
+    request whose client closed right after sending must not wait out its slot and then be
+    forwarded to nobody."""
+    mallory, _ = await sharing(paced_hub, fake_agent)
+    status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, mallory)
+    assert status == 200
+    for _ in range(3):
+        _chat_on_a_socket(paced_hub.url, mallory).close()
+    assert await wait_until(lambda: len(paced_hub.query("SELECT 1 FROM requests")) == 4)
+    assert paced_hub.hub.inflight == 0
+    rows = paced_hub.query("SELECT status FROM requests")
+    assert sorted(r["status"] for r in rows) == [200, 499, 499, 499]
+    assert len(fake_agent.posts("/v1/chat/completions")) == 1
+
+
+async def test_past_its_cap_a_user_sharing_the_hub_gets_its_429_when_retry_after_says(
+    paced_hub: HubApp, fake_agent: FakeAgent
+) -> None:
+    """Refusals answered at once let a client that ignores Retry-After spin the hub's CPU;
+    while users share the hub, the 429 comes no sooner than the second it names."""
+    mallory, bob = await sharing(paced_hub, fake_agent)
+    fake_agent.hold()
+    at_agent = asyncio.create_task(post(paced_hub, "/v1/chat/completions", CHAT, mallory))
+    assert await wait_until(lambda: fake_agent.posts("/v1/chat/completions"))
+    with _chat_on_a_socket(paced_hub.url, mallory):  # waits for its slot: the cap is reached
+        assert await wait_until(lambda: paced_hub.hub.request_rate.paced == 1)
+        began = time.monotonic()
+        status, headers, data = await asyncio.to_thread(
+            _post, paced_hub.url, "/v1/chat/completions", CHAT, mallory
+        )
+        assert time.monotonic() - began >= 1.0
+    assert status == 429 and error(data)["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "1"
+    fake_agent.release()
+    assert (await at_agent)[0] == 200
 
 
 # -- web hygiene ------------------------------------------------------------------------------

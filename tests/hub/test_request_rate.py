@@ -53,6 +53,17 @@ def test_one_users_backlog_does_not_delay_another() -> None:
     assert waits(rate, BOB, 2) == [0, 0]
 
 
+def test_a_request_that_left_before_its_slot_gives_it_back() -> None:
+    """Clients that ask and leave must not push their user's schedule on: the next request
+    takes the slot the one that left had."""
+    rate = RequestRate(10.0, burst=1, clock=Clock())
+    assert waits(rate, MALLORY, 3) == [0, 0.1, 0.2]
+    for _ in range(100):  # ask, and leave before the slot
+        rate.wait(MALLORY)
+        rate.give_back(MALLORY)
+    assert waits(rate, MALLORY, 1) == [0.3]
+
+
 def test_rate_zero_is_no_limit_and_remembers_nothing() -> None:
     rate = RequestRate(0.0, burst=1, clock=Clock())
     assert waits(rate, MALLORY, 1000) == [0] * 1000

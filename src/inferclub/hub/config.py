@@ -38,6 +38,12 @@ def _doc(help: str, default: str | None = None) -> dict[str, str]:
     return {"help": help} if default is None else {"help": help, "default": default}
 
 
+#: The bounds of a per-user request rate other than 0 (no limit): one request in about 12
+#: days, and one a nanosecond (past them the wait between two is no number a timer takes).
+MIN_REQUEST_RATE = 1e-6
+MAX_REQUEST_RATE = 1e9
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every hub setting. Each has an ``INFERCLUB_<NAME>`` variable and a config-file key; the
@@ -249,22 +255,25 @@ class Settings:
         default=64,
         metadata=_doc(
             "Most inference requests one user may have in flight through this hub; one more "
-            "gets a 429 `rate_limit_exceeded` with `Retry-After`. 0 means no limit."
+            "gets a 429 `rate_limit_exceeded` with `Retry-After` (while the user shares the "
+            "hub, after the second Retry-After names). 0 means no limit."
         ),
     )
     max_requests_per_second_per_user: float = field(
         default=100.0,
         metadata=_doc(
-            "Most inference requests one user may begin a second through this hub process, "
-            "in bursts of up to `request_burst_per_user`; a request beyond that waits for its "
-            "slot (it is not refused). 0 means no limit."
+            "Most inference requests one user may begin a second through this hub process "
+            "while it shares the hub (another user's request or heartbeat within 90 s; a user "
+            "alone is never paced), in bursts of up to `request_burst_per_user`; a request "
+            "beyond that waits for its slot (it is not refused). 0 means no limit; otherwise "
+            "from 0.000001 to 1e9."
         ),
     )
     request_burst_per_user: int = field(
         default=100,
         metadata=_doc(
             "Inference requests one user may begin at once, before "
-            "`max_requests_per_second_per_user` paces the rest."
+            "`max_requests_per_second_per_user` paces the rest; at least 1."
         ),
     )
     header_timeout: float = field(
@@ -408,6 +417,19 @@ class Settings:
     )
     #: Where the settings file was read from (informational; the file itself is not a setting).
     config: str = field(default="", metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        rate = self.max_requests_per_second_per_user
+        if not (rate == 0 or MIN_REQUEST_RATE <= rate <= MAX_REQUEST_RATE):
+            raise ConfigError(
+                f"setting 'max_requests_per_second_per_user' is {rate!r}: use 0 for no limit, "
+                f"or a rate from {MIN_REQUEST_RATE:g} to {MAX_REQUEST_RATE:g} a second"
+            )
+        if self.request_burst_per_user < 1:
+            raise ConfigError(
+                f"setting 'request_burst_per_user' is {self.request_burst_per_user!r}: "
+                "at least 1 (one request may always begin)"
+            )
 
     @property
     def db_path(self) -> Path:

@@ -131,6 +131,11 @@ class Turns:
         #: A pass due when a user's oldest held start stops counting.
         self._timer: asyncio.TimerHandle | None = None
 
+    def shared(self) -> bool:
+        """Whether users share the hub now: a start (request or heartbeat) of another user
+        than the latest one came within :data:`SHARED_FOR` seconds."""
+        return asyncio.get_running_loop().time() < self._shared_until
+
     def waiting(self) -> int:
         """Starts waiting for their turn now, of all users."""
         return sum(len(q) for q in self._queues.values())

@@ -173,8 +173,10 @@ class RequestRate:
     A refusal would not bound the hub's CPU: a 429 costs the hub a fair part of what a tiny
     request does, and a client that ignores ``Retry-After`` asks again at once. A request
     that waits costs nothing meanwhile, and the user's concurrency limit bounds how many wait
-    (each holds one of its slots), so a tenant's requests can keep no more of the hub's CPU
-    busy than ``rate`` of them a second take.
+    (each holds one of its slots; one that leaves gives its slot back), so a request waits at
+    most that limit's worth of slots, and a tenant's requests can keep no more of the hub's
+    CPU busy than ``rate`` of them a second take. The proxy asks for a slot only while users
+    share the hub (:meth:`inferclub.hub.fairness.Turns.shared`): a user alone is never paced.
 
     The schedule is GCRA's (the generic cell rate algorithm): per user, the time at which its
     next request would be on schedule; a request takes the later of that time less the
@@ -211,3 +213,10 @@ class RequestRate:
             return 0.0
         self.paced += 1
         return wait
+
+    def give_back(self, user_id: int) -> None:
+        """A request that :meth:`wait` made wait left before its slot: the slot is free
+        again (requests that left would otherwise push their user's schedule on and on)."""
+        due = self._due.get(user_id)
+        if due is not None:
+            self._due[user_id] = due - self._step

@@ -61,6 +61,10 @@ class Forward:
 #: (429, its service at max_concurrency) or could not reach its engine (502, 503).
 RETRIED_STATUSES = frozenset({429, 502, 503})
 
+#: Seconds before a request past its user's cap on requests in flight gets its 429, while the
+#: user shares the hub: the ``Retry-After`` it is sent with.
+REFUSED_AFTER = 1.0
+
 
 class ProxyHandler(ApiHandler):
     """Routes a request to one of the caller's online providers and relays the answer."""
@@ -115,10 +119,19 @@ class ProxyHandler(ApiHandler):
         try:
             # take/give_back, not the slot() context manager: a generator per request.
             user_id = self.owner.user_id
-            hub.concurrency.take(user_id)
+            # A user alone on the hub (the home case) is never paced (hub/limits.py).
+            shared = hub.turns.shared()
             try:
-                wait = hub.request_rate.wait(user_id)
-                if not wait or await self._waited(wait, meter):
+                hub.concurrency.take(user_id)
+            except OpenAIError:
+                # The refusal comes when its Retry-After says, not at once: a client that
+                # ignores it would otherwise spin the hub's CPU on refusals.
+                if shared and not await self._pause(REFUSED_AFTER, meter):
+                    return
+                raise
+            try:
+                wait = hub.request_rate.wait(user_id) if shared else 0.0
+                if not wait or await self._paced(wait, meter):
                     await self._serve(meter)
             finally:
                 hub.concurrency.give_back(user_id)
@@ -132,14 +145,25 @@ class ProxyHandler(ApiHandler):
             hub.history.add(row)
             hub.metrics.request_done(row, self.provider_name)
 
-    async def _waited(self, wait: float, meter: RequestMeter) -> bool:
+    async def _paced(self, wait: float, meter: RequestMeter) -> bool:
         """Wait ``wait`` seconds for this request's slot under its user's request rate
-        (hub/limits.py): whether it is still wanted then, not if its client left or the
-        shutdown deadline cut it meanwhile (ended here, as a relay they cancel is)."""
+        (hub/limits.py): whether it may begin then. Not if its client left (the slot is
+        given back when it left early), the shutdown deadline cut it, or its key was revoked
+        meanwhile (a 401)."""
+        if not await self._pause(wait, meter):
+            self.hub.request_rate.give_back(self.owner.user_id)
+            return False
+        await self.authenticate()
+        return True
+
+    async def _pause(self, seconds: float, meter: RequestMeter) -> bool:
+        """Sleep ``seconds`` unless the client leaves or the shutdown deadline cuts this
+        request first: then end it here (as a relay they cancel is) and return False."""
         task = asyncio.current_task()
         self._relay_task = task
         try:
-            await asyncio.sleep(wait)
+            if not self._client_gone():
+                await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             if not self._cancelled or task is None:
                 raise
@@ -148,7 +172,17 @@ class ProxyHandler(ApiHandler):
             return False
         finally:
             self._relay_task = None
+        if self._client_gone():
+            self._connection_lost(meter)
+            return False
         return True
+
+    def _client_gone(self) -> bool:
+        """The client's connection is closed: on_connection_close said so, or it closed
+        before this handler could hear of it (a client that sends its request and closes at
+        once; Tornado reports a close only to a handler that exists when it happens)."""
+        stream = getattr(self.request.connection, "stream", None)
+        return self._gone or (stream is not None and stream.closed())
 
     async def _serve(self, meter: RequestMeter) -> None:
         # One user's burst of starts must not delay another user's (hub/fairness.py).
@@ -164,7 +198,7 @@ class ProxyHandler(ApiHandler):
             self._ticket = None
 
     async def _started(self, meter: RequestMeter) -> None:
-        if self._gone:
+        if self._client_gone():
             # The client left after sending its body (on_connection_close dropped the chunks):
             # cancelled, not a 400 for an empty body, and no agent is asked.
             self._connection_lost(meter)
