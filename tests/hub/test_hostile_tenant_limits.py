@@ -454,6 +454,23 @@ async def test_past_its_cap_a_user_sharing_the_hub_gets_its_429_when_retry_after
     assert (await at_agent)[0] == 200
 
 
+async def test_past_its_cap_a_request_gets_a_place_that_frees_within_the_second(
+    tmp_path: Path, io_loop: IOLoop, fake_agent: FakeAgent
+) -> None:
+    """A legitimate burst past the cap is not refused for a place that freed while it waited:
+    it tries again after its second."""
+    async with running_hub(tmp_path, max_concurrent_requests_per_user=1) as hub:
+        mallory, _ = await sharing(hub, fake_agent)
+        fake_agent.hold()
+        first = asyncio.create_task(post(hub, "/v1/chat/completions", CHAT, mallory))
+        assert await wait_until(lambda: fake_agent.posts("/v1/chat/completions"))
+        second = asyncio.create_task(post(hub, "/v1/chat/completions", CHAT, mallory))
+        assert await wait_until(lambda: hub.hub.inflight == 2)  # past the cap: it waits
+        fake_agent.release()
+        assert [(await t)[0] for t in (first, second)] == [200, 200]
+        assert len(fake_agent.posts("/v1/chat/completions")) == 2
+
+
 # -- web hygiene ------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from inferclub.hub.accounts import Accounts
 from inferclub.hub.callback_policy import policy_for
 from inferclub.hub.choose import Fleet, WaitQueue
 from inferclub.hub.config import ConfigError, Secrets, Settings
-from inferclub.hub.fairness import Turns
+from inferclub.hub.fairness import SHARED_FOR, Turns
 from inferclub.hub.fallbacks import Fallbacks
 from inferclub.hub.handlers import agent as agent_handlers
 from inferclub.hub.handlers import auth as auth_handlers
@@ -102,8 +102,11 @@ class Hub:
         self.request_rate = RequestRate(
             settings.max_requests_per_second_per_user, settings.request_burst_per_user
         )
+        #: When requests past a user's cap on requests in flight try again (or get their
+        #: 429): no sooner than a second, and one at a time at the same rate (hub/limits.py).
+        self.refusal_rate = RequestRate(settings.max_requests_per_second_per_user, 1)
         #: Request starts of different users in turns on the event loop.
-        self.turns = Turns()
+        self.turns = Turns(shared_for=max(SHARED_FOR, settings.online_window))
         self.fallbacks = Fallbacks(store)
         #: Load, goodbyes and passive health of providers: the choice between candidates.
         self.fleet = Fleet(

@@ -42,6 +42,7 @@ def _doc(help: str, default: str | None = None) -> dict[str, str]:
 #: days, and one a nanosecond (past them the wait between two is no number a timer takes).
 MIN_REQUEST_RATE = 1e-6
 MAX_REQUEST_RATE = 1e9
+MAX_REQUEST_BURST = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,8 @@ class Settings:
         metadata=_doc(
             "Most inference requests one user may have in flight through this hub; one more "
             "gets a 429 `rate_limit_exceeded` with `Retry-After` (while the user shares the "
-            "hub, after the second Retry-After names). 0 means no limit."
+            "hub, it first waits a second, and longer under a flood of them, and tries again). "
+            "0 means no limit."
         ),
     )
     max_requests_per_second_per_user: float = field(
@@ -273,7 +275,7 @@ class Settings:
         default=100,
         metadata=_doc(
             "Inference requests one user may begin at once, before "
-            "`max_requests_per_second_per_user` paces the rest; at least 1."
+            "`max_requests_per_second_per_user` paces the rest; from 1 to 1e9."
         ),
     )
     header_timeout: float = field(
@@ -425,10 +427,10 @@ class Settings:
                 f"setting 'max_requests_per_second_per_user' is {rate!r}: use 0 for no limit, "
                 f"or a rate from {MIN_REQUEST_RATE:g} to {MAX_REQUEST_RATE:g} a second"
             )
-        if self.request_burst_per_user < 1:
+        if not 1 <= self.request_burst_per_user <= MAX_REQUEST_BURST:
             raise ConfigError(
                 f"setting 'request_burst_per_user' is {self.request_burst_per_user!r}: "
-                "at least 1 (one request may always begin)"
+                f"from 1 (one request may always begin) to {MAX_REQUEST_BURST:,}"
             )
 
     @property

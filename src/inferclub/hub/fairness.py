@@ -99,7 +99,12 @@ HOLD_FOR = 0.01
 class Turns:
     """Round-robin admission of request starts, a few per waiting user per pass, in memory."""
 
-    def __init__(self, cpu_clock: Callable[[], float] = time.thread_time) -> None:
+    def __init__(
+        self, cpu_clock: Callable[[], float] = time.thread_time, shared_for: float = SHARED_FOR
+    ) -> None:
+        #: Seconds after another user's start during which users share the hub (at least
+        #: the hub's online window: a user with a provider online shares it).
+        self._shared_for = shared_for
         #: user id -> its waiters (their body sizes, whether they hold their start) in arrival
         #: order; the dict's order is the rotation.
         self._queues: dict[int, deque[tuple[asyncio.Future[float], int, bool]]] = {}
@@ -133,7 +138,8 @@ class Turns:
 
     def shared(self) -> bool:
         """Whether users share the hub now: a start (request or heartbeat) of another user
-        than the latest one came within :data:`SHARED_FOR` seconds."""
+        than the latest one came within :data:`SHARED_FOR` seconds (or the hub's online window,
+        if longer: another user with a provider online heartbeats within it)."""
         return asyncio.get_running_loop().time() < self._shared_until
 
     def waiting(self) -> int:
@@ -173,7 +179,7 @@ class Turns:
             self._held_at[user_id] = now
         if user_id != self._last_user:
             if self._last_user is not None:
-                self._shared_until = now + SHARED_FOR
+                self._shared_until = now + self._shared_for
                 self._mixed_until = now + MIXED_FOR
             self._last_user = user_id
         elif not self._scheduled and now >= self._shared_until:

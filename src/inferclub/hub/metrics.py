@@ -143,7 +143,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
         yield _gauge(
-            "inferclub_requests_in_flight", "Inference requests being proxied now.", hub.inflight
+            "inferclub_requests_in_flight",
+            "Inference requests in the hub now (proxied, or waiting for a slot or place).",
+            hub.inflight,
         )
         now = time.time()
         online = sum(1 for p in hub.registry.all_providers() if hub.registry.is_online(p, now))

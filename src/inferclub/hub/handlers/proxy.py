@@ -61,8 +61,8 @@ class Forward:
 #: (429, its service at max_concurrency) or could not reach its engine (502, 503).
 RETRIED_STATUSES = frozenset({429, 502, 503})
 
-#: Seconds before a request past its user's cap on requests in flight gets its 429, while the
-#: user shares the hub: the ``Retry-After`` it is sent with.
+#: Seconds before a request past its user's cap on requests in flight tries again for a
+#: place, while the user shares the hub (the ``Retry-After`` of its 429 if it is still full).
 REFUSED_AFTER = 1.0
 
 
@@ -124,11 +124,16 @@ class ProxyHandler(ApiHandler):
             try:
                 hub.concurrency.take(user_id)
             except OpenAIError:
-                # The refusal comes when its Retry-After says, not at once: a client that
-                # ignores it would otherwise spin the hub's CPU on refusals.
-                if shared and not await self._pause(REFUSED_AFTER, meter):
+                if not shared:
+                    raise
+                # Not at once: a client that ignores Retry-After would spin the hub's CPU on
+                # refusals. After a second, and one at a time at the user's rate (refusals
+                # of many connections must not come due together), it tries again.
+                wait = max(REFUSED_AFTER, hub.refusal_rate.wait(user_id))
+                if not await self._pause(wait, meter):
+                    hub.refusal_rate.give_back(user_id)
                     return
-                raise
+                hub.concurrency.take(user_id)
             try:
                 wait = hub.request_rate.wait(user_id) if shared else 0.0
                 if not wait or await self._paced(wait, meter):
