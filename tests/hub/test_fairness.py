@@ -7,12 +7,14 @@ pass (a few starts, a budget of body bytes) has tests of its own with the real v
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from tornado.ioloop import IOLoop
 
 from inferclub.hub import fairness
 from inferclub.hub.fairness import Turns
+from tests.support.hubapp import running_hub
 
 TENANT, VICTIM, THIRD = 1, 2, 3
 K = fairness.STARTS_PER_PASS
@@ -413,3 +415,26 @@ async def test_a_heartbeat_does_not_wait_behind_its_users_held_back_requests(
         await passes()
         assert sum(t.done() for t in tenant) == min(3, i + 2)
     assert turns.waiting() == 0
+
+
+@pytest.mark.parametrize(("shared_for", "still_shared_at"), [(fairness.SHARED_FOR, 0), (600, 1)])
+async def test_users_share_the_hub_for_as_long_as_it_was_given(
+    clock: list[float], shared_for: float, still_shared_at: int
+) -> None:
+    """A hub whose online window is longer than SHARED_FOR shares for that long: another
+    user with a provider online (a heartbeat within the window) always counts."""
+    turns = Turns(shared_for=shared_for)
+    await turns.turn(VICTIM)
+    assert not turns.shared()  # one user alone
+    await turns.turn(TENANT)
+    assert turns.shared()
+    clock[0] += fairness.SHARED_FOR + 1
+    assert turns.shared() == bool(still_shared_at)
+    clock[0] += 600
+    assert not turns.shared()
+    await asyncio.sleep(0)  # the pass the turns scheduled
+
+
+async def test_the_hub_shares_for_its_online_window_when_longer(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, online_window=600) as hub:
+        assert hub.hub.turns._shared_for == 600
