@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.ioloop import IOLoop
 
+from inferclub.hub.limits import RequestRate
 from tests.support.fakes.agent import LLM, FakeAgent
 from tests.support.hubapp import HubApp, running_hub, wait_until
 from tests.support.rawhttp import chat_request
@@ -469,6 +470,34 @@ async def test_past_its_cap_a_request_gets_a_place_that_frees_within_the_second(
         fake_agent.release()
         assert [(await t)[0] for t in (first, second)] == [200, 200]
         assert len(fake_agent.posts("/v1/chat/completions")) == 2
+
+
+@pytest.mark.parametrize("meanwhile", ["revoked", "draining"])
+async def test_a_request_waiting_past_the_cap_is_not_served_after_a_revocation_or_drain(
+    tmp_path: Path, io_loop: IOLoop, fake_agent: FakeAgent, meanwhile: str
+) -> None:
+    async with running_hub(tmp_path, max_concurrent_requests_per_user=1) as hub:
+        mallory, _ = await sharing(hub, fake_agent)
+        # Its wait past the cap, five seconds here: long enough for the revocation to reach
+        # this hub's key cache on any machine.
+        hub.hub.refusal_rate = RequestRate(100.0, 1, not_before=5.0)
+        fake_agent.hold()
+        first = asyncio.create_task(post(hub, "/v1/chat/completions", CHAT, mallory))
+        assert await wait_until(lambda: fake_agent.posts("/v1/chat/completions"))
+        second = asyncio.create_task(post(hub, "/v1/chat/completions", CHAT, mallory))
+        assert await wait_until(lambda: hub.hub.inflight == 2)
+        fake_agent.release()
+        assert (await first)[0] == 200  # a place is free now: only the wait holds it back
+        if meanwhile == "revoked":
+            await hub.revoke_elsewhere(mallory)
+            expected = (401, "invalid_api_key")
+        else:
+            hub.hub.draining = True
+            expected = (503, "server_shutting_down")
+        status, data = await second
+        assert (status, error(data)["code"]) == expected
+        assert len(fake_agent.posts("/v1/chat/completions")) == 1
+        hub.hub.draining = False
 
 
 # -- web hygiene ------------------------------------------------------------------------------

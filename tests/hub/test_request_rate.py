@@ -64,6 +64,14 @@ def test_a_request_that_left_before_its_slot_gives_it_back() -> None:
     assert waits(rate, MALLORY, 1) == [0.3]
 
 
+def test_with_not_before_the_first_requests_of_a_flood_do_not_come_due_together() -> None:
+    """Refusals past the in-flight cap: each waits a second at least, and the first ones of
+    a flood are spread at the rate from there, not all due at that second."""
+    rate = RequestRate(10.0, burst=1, clock=Clock(), not_before=1.0)
+    assert waits(rate, MALLORY, 4) == [1.0, 1.1, 1.2, 1.3]
+    assert waits(RequestRate(0.0, burst=1, not_before=1.0), MALLORY, 2) == [1.0, 1.0]
+
+
 def test_rate_zero_is_no_limit_and_remembers_nothing() -> None:
     rate = RequestRate(0.0, burst=1, clock=Clock())
     assert waits(rate, MALLORY, 1000) == [0] * 1000

@@ -32,6 +32,7 @@ from inferclub.hub.handlers.base import NotFoundPage, is_secure, xsrf_cookie_nam
 from inferclub.hub.history import HistoryWriter, Retention
 from inferclub.hub.keycache import KeyCache
 from inferclub.hub.limits import (
+    REFUSED_AFTER,
     ConcurrencyLimit,
     HeartbeatPacer,
     ProbeBudget,
@@ -104,7 +105,9 @@ class Hub:
         )
         #: When requests past a user's cap on requests in flight try again (or get their
         #: 429): no sooner than a second, and one at a time at the same rate (hub/limits.py).
-        self.refusal_rate = RequestRate(settings.max_requests_per_second_per_user, 1)
+        self.refusal_rate = RequestRate(
+            settings.max_requests_per_second_per_user, 1, not_before=REFUSED_AFTER
+        )
         #: Request starts of different users in turns on the event loop.
         self.turns = Turns(shared_for=max(SHARED_FOR, settings.online_window))
         self.fallbacks = Fallbacks(store)

@@ -17,6 +17,11 @@ from inferclub.openai_errors import OpenAIError
 _FORGET_AFTER = 4
 _PRUNE_AT = 4096
 
+#: Seconds before a request past its user's cap on requests in flight tries again for a
+#: place, at least, while the user shares the hub (the ``Retry-After`` of its 429 if it is
+#: still full); such requests then come due one at a time at the user's request rate.
+REFUSED_AFTER = 1.0
+
 
 def next_prune(size_after: int) -> int:
     """The table size at which to prune next, given its size after a prune. Twice what was
@@ -184,11 +189,18 @@ class RequestRate:
     """
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        not_before: float = 0.0,
     ) -> None:
         self.rate = rate
         self._step = 1.0 / rate if rate > 0 else 0.0
         self._allowance = max(0, burst - 1) * self._step
+        #: Seconds every request waits at least (the schedule begins that far ahead, so the
+        #: first requests of a flood do not all come due at that same instant).
+        self._not_before = not_before
         self._clock = clock
         #: user id -> when its next request is on schedule; a time in the past is the same
         #: as no entry, and such entries are dropped when the table grows.
@@ -201,12 +213,13 @@ class RequestRate:
         """Seconds this user's request must wait before it begins (0 if none); its slot is
         taken, also when the client leaves meanwhile."""
         if self.rate <= 0:
-            return 0.0
+            return self._not_before
         now = self._clock()
         if len(self._due) >= self._prune_at:
             self._due = {u: t for u, t in self._due.items() if t > now}
             self._prune_at = next_prune(len(self._due))
-        due = max(self._due.get(user_id, now), now)
+        first = now + self._not_before
+        due = max(self._due.get(user_id, first), first)
         self._due[user_id] = due + self._step
         wait = due - self._allowance - now
         if wait <= 0:

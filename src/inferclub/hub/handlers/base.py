@@ -90,6 +90,17 @@ class HubHandler(tornado.web.RequestHandler):
 # -- the API ----------------------------------------------------------------------------------
 
 
+def shutting_down() -> OpenAIError:
+    """The 503 of a request the hub will not begin because it is draining."""
+    return OpenAIError(
+        503,
+        "The hub is shutting down; retry on a new connection.",
+        "service_unavailable",
+        "server_shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
 @tornado.web.stream_request_body
 class ApiHandler(HubHandler):
     """Authenticates with ``Authorization: Bearer <key>`` only: cookies are ignored and XSRF
@@ -139,13 +150,7 @@ class ApiHandler(HubHandler):
         self._too_large = False
         self._limit = self.body_limit()
         if self.hub.draining:
-            raise OpenAIError(
-                503,
-                "The hub is shutting down; retry on a new connection.",
-                "service_unavailable",
-                "server_shutting_down",
-                headers={"Retry-After": "1"},
-            )
+            raise shutting_down()
         self.owner = await self.authenticate()
         self.check_scope()
         length = self.request.headers.get("Content-Length")

@@ -13,7 +13,8 @@ from tornado.iostream import StreamClosedError
 
 from inferclub import openai_errors, wire
 from inferclub.hub.affinity import Conversation
-from inferclub.hub.handlers.base import ApiHandler
+from inferclub.hub.handlers.base import ApiHandler, shutting_down
+from inferclub.hub.limits import RequestRate
 from inferclub.hub.relay import RequestMeter, Transform, Upstream
 from inferclub.hub.relay.connect import UpstreamResponse
 from inferclub.hub.relay.keepalive import KeepAlive
@@ -60,10 +61,6 @@ class Forward:
 #: Statuses from an agent that send a request on to the next candidate: the agent is busy
 #: (429, its service at max_concurrency) or could not reach its engine (502, 503).
 RETRIED_STATUSES = frozenset({429, 502, 503})
-
-#: Seconds before a request past its user's cap on requests in flight tries again for a
-#: place, while the user shares the hub (the ``Retry-After`` of its 429 if it is still full).
-REFUSED_AFTER = 1.0
 
 
 class ProxyHandler(ApiHandler):
@@ -129,14 +126,11 @@ class ProxyHandler(ApiHandler):
                 # Not at once: a client that ignores Retry-After would spin the hub's CPU on
                 # refusals. After a second, and one at a time at the user's rate (refusals
                 # of many connections must not come due together), it tries again.
-                wait = max(REFUSED_AFTER, hub.refusal_rate.wait(user_id))
-                if not await self._pause(wait, meter):
-                    hub.refusal_rate.give_back(user_id)
+                if not await self._waited(hub.refusal_rate, meter):
                     return
                 hub.concurrency.take(user_id)
             try:
-                wait = hub.request_rate.wait(user_id) if shared else 0.0
-                if not wait or await self._paced(wait, meter):
+                if not shared or await self._waited(hub.request_rate, meter):
                     await self._serve(meter)
             finally:
                 hub.concurrency.give_back(user_id)
@@ -150,14 +144,20 @@ class ProxyHandler(ApiHandler):
             hub.history.add(row)
             hub.metrics.request_done(row, self.provider_name)
 
-    async def _paced(self, wait: float, meter: RequestMeter) -> bool:
-        """Wait ``wait`` seconds for this request's slot under its user's request rate
-        (hub/limits.py): whether it may begin then. Not if its client left (the slot is
-        given back when it left early), the shutdown deadline cut it, or its key was revoked
-        meanwhile (a 401)."""
+    async def _waited(self, schedule: RequestRate, meter: RequestMeter) -> bool:
+        """Wait for this request's slot on its user's ``schedule`` (hub/limits.py): whether
+        it may go on then. Not if its client left (the slot is given back) or the shutdown
+        deadline cut it; a 503 if the hub began to drain meanwhile, a 401 if its key was
+        revoked."""
+        user_id = self.owner.user_id
+        wait = schedule.wait(user_id)
+        if not wait:
+            return True
         if not await self._pause(wait, meter):
-            self.hub.request_rate.give_back(self.owner.user_id)
+            schedule.give_back(user_id)
             return False
+        if self.hub.draining:
+            raise shutting_down()
         await self.authenticate()
         return True
 
