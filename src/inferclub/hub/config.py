@@ -265,7 +265,8 @@ class Settings:
         default=100.0,
         metadata=_doc(
             "Most inference requests one user may begin a second through this hub process "
-            "while it shares the hub (another user's request or heartbeat within 90 s; a user "
+            "while it shares the hub (another user's request or heartbeat within 90 s, or "
+            "`online_window` if longer; a user "
             "alone is never paced), in bursts of up to `request_burst_per_user`; a request "
             "beyond that waits for its slot (it is not refused). 0 means no limit; otherwise "
             "from 0.000001 to 1e9."

@@ -210,8 +210,8 @@ class RequestRate:
         self.paced = 0
 
     def wait(self, user_id: int) -> float:
-        """Seconds this user's request must wait before it begins (0 if none); its slot is
-        taken, also when the client leaves meanwhile."""
+        """Seconds this user's request must wait before it begins (0 if none). Its slot is
+        taken: a request that leaves before it gives it back (:meth:`give_back`)."""
         if self.rate <= 0:
             return self._not_before
         now = self._clock()
