@@ -521,7 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-cpu", action="store_true", help="the noisy neighbour only")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--profile-hub", metavar="FILE.prof", help="cProfile the current hub")
+    parser.add_argument(
+        "--profile-hub",
+        metavar="FILE.prof",
+        help="cProfile the current hub of the noisy-neighbour part",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.rounds, args.quiet, args.flood, args.cycles = 300, 2, 5.0, 10.0, 2

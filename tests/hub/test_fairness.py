@@ -435,6 +435,17 @@ async def test_users_share_the_hub_for_as_long_as_it_was_given(
     await asyncio.sleep(0)  # the pass the turns scheduled
 
 
-async def test_the_hub_shares_for_its_online_window_when_longer(tmp_path: Path) -> None:
+async def test_the_hub_shares_for_its_online_window_when_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub whose online window is 600 s: two users' starts keep it shared past SHARED_FOR."""
     async with running_hub(tmp_path, online_window=600) as hub:
-        assert hub.hub.turns._shared_for == 600
+        turns = hub.hub.turns
+        await turns.turn(VICTIM)
+        await turns.turn(TENANT)
+        loop = asyncio.get_running_loop()
+        later = loop.time() + fairness.SHARED_FOR + 1
+        with monkeypatch.context() as m:
+            m.setattr(loop, "time", lambda: later)
+            assert turns.shared()
+        await asyncio.sleep(0)  # the pass the turns scheduled

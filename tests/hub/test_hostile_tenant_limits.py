@@ -315,6 +315,24 @@ def paced_hub(tmp_path: Path, io_loop: IOLoop) -> Iterator[HubApp]:
         io_loop.run_sync(lambda: hub.__aexit__(None, None, None))
 
 
+async def sharing(hub: HubApp, agent: FakeAgent) -> tuple[str, str]:
+    """Keys of mallory and bob, each with a provider of ``m1`` (their heartbeats make them
+    share the hub)."""
+    mallory = await hub.user_with_key("mallory")
+    bob = await hub.user_with_key("bob")
+    for key, rig in ((mallory, "rig"), (bob, "bobs-rig")):
+        status, _ = await hub.heartbeat(key, rig, agent.url, LLM)
+        assert status == 200
+    return mallory, bob
+
+
+def _chat_on_a_socket(url: str, key: str) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(chat_request(key))
+    return sock
+
+
 def _paced_total(url: str) -> float:
     """``inferclub_requests_paced_total`` as an operator's scrape shows it."""
     req = urllib.request.Request(url + "/metrics", headers={"Authorization": "Bearer scrape"})
@@ -335,18 +353,12 @@ async def test_a_request_past_the_per_user_rate_waits_for_its_slot_and_may_be_ab
     the tenant asks again at once) nor forwarded: it waits for its slot. Another user's
     request goes meanwhile, and a client that gives up frees its place in flight without
     anything reaching the agent."""
-    mallory = await paced_hub.user_with_key("mallory")
-    bob = await paced_hub.user_with_key("bob")
-    for key, rig in ((mallory, "rig"), (bob, "bobs-rig")):
-        status, _ = await paced_hub.heartbeat(key, rig, fake_agent.url, LLM)
-        assert status == 200
+    mallory, bob = await sharing(paced_hub, fake_agent)
     chats = lambda: len(fake_agent.posts("/v1/chat/completions"))  # noqa: E731
     status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, mallory)
     assert status == 200 and chats() == 1
     assert await asyncio.to_thread(_paced_total, paced_hub.url) == 0
-    parts = urlsplit(paced_hub.url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as waiting:
-        waiting.sendall(chat_request(mallory))
+    with _chat_on_a_socket(paced_hub.url, mallory):
         assert await wait_until(lambda: asyncio.to_thread(_paced_total, paced_hub.url))
         assert paced_hub.hub.inflight == 1 and chats() == 1
         status, _ = await post(paced_hub, "/v1/chat/completions", CHAT, bob)
@@ -356,24 +368,6 @@ async def test_a_request_past_the_per_user_rate_waits_for_its_slot_and_may_be_ab
     assert await wait_until(lambda: len(paced_hub.query("SELECT 1 FROM requests")) == 3)
     rows = paced_hub.query("SELECT status, cancelled FROM requests")
     assert sorted((r["status"], r["cancelled"]) for r in rows) == [(200, 0), (200, 0), (499, 1)]
-
-
-async def sharing(hub: HubApp, agent: FakeAgent) -> tuple[str, str]:
-    """Keys of mallory and bob, each with a provider of ``m1`` (their heartbeats make them
-    share the hub)."""
-    mallory = await hub.user_with_key("mallory")
-    bob = await hub.user_with_key("bob")
-    for key, rig in ((mallory, "rig"), (bob, "bobs-rig")):
-        status, _ = await hub.heartbeat(key, rig, agent.url, LLM)
-        assert status == 200
-    return mallory, bob
-
-
-def _chat_on_a_socket(url: str, key: str) -> socket.socket:
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    sock.sendall(chat_request(key))
-    return sock
 
 
 async def test_a_user_alone_on_the_hub_is_never_paced(
