@@ -254,6 +254,11 @@ def test_sigterm_says_goodbye_and_lets_the_stream_finish(tunnelled: Tunnelled) -
             sdk.chat.completions.create(model="m1", messages=[])
         assert refused.value.status_code == 503  # no new request goes to a leaving agent
         chunks += list(stream)  # the one in flight ends whole
+    # The engine counts the stream once its last flush returns, in its own thread: the
+    # client may read that last chunk first.
+    deadline = time.monotonic() + 5
+    while engine.completed_streams == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.completed_streams == 1 and len(chunks) > 2
     assert tunnelled.agent.wait(15) == 0
     # The hub's log says why the tunnel closed, in the agent's words (close code 1001).
